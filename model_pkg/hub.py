@@ -1,0 +1,299 @@
+"""Model cards and Hugging Face Hub helpers for petmatch models.
+
+* :func:`write_model_card` writes ``README.md`` (YAML front matter + sections)
+  next to ``config.json`` / ``model.safetensors`` in a ``save_pretrained`` folder.
+* :func:`read_model_card_metrics` reads the metrics back from that front matter.
+* :func:`push_folder_to_hub` checks the folder is complete and uploads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub.constants as hf_constants
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import validate_repo_id
+
+__all__ = ["write_model_card", "read_model_card_metrics", "push_folder_to_hub", "LIBRARY_NAME"]
+
+LIBRARY_NAME = "petmatch"
+CARD_NAME = "README.md"
+METRICS_KEY = "petmatch_metrics"
+TRAINING_KEY = "petmatch_training"
+MODEL_TYPE_KEY = "petmatch_model_type"
+
+
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [HfHubHTTPError, OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for mod_name in ("httpx2", "httpx", "requests"):
+        try:
+            mod = __import__(mod_name)
+        except ImportError:
+            continue
+        for attr in ("HTTPError", "RequestException", "TransportError"):
+            cls = getattr(mod, attr, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                types.append(cls)
+    return tuple(dict.fromkeys(types))
+
+
+_NETWORK_ERRORS = _network_error_types()
+
+
+# --------------------------------------------------------------------------- #
+# Model card
+# --------------------------------------------------------------------------- #
+def _plain(value: Any) -> Any:
+    """Convert numpy scalars/arrays, tuples and Paths to YAML/JSON-safe Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalar or array
+        return _plain(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{name}."))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.4f}" if math.isfinite(value) and value != 0 and 1e-4 <= abs(value) < 1e6 else f"{value:g}"
+    elif isinstance(value, list):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(d: dict[str, Any], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(d)]
+    return "\n".join(lines)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _default_usage(model_name: str, model_type: str) -> str:
+    return (
+        "```python\n"
+        "from huggingface_hub import snapshot_download\n\n"
+        f'local_dir = snapshot_download("<user-or-org>/{model_name}")\n'
+        f"# load with the petmatch model class for model_type `{model_type}`:\n"
+        "# model = <ModelClass>.from_pretrained(local_dir)\n"
+        "```"
+    )
+
+
+def write_model_card(
+    save_directory: str | os.PathLike,
+    *,
+    model_name: str,
+    model_type: str,
+    description: str,
+    metrics: dict | None = None,
+    data: str | None = None,
+    intended_use: str | None = None,
+    limitations: str | None = None,
+    training: dict | None = None,
+    base_model: str | None = None,
+    usage: str | None = None,
+    tags: list[str] | None = None,
+    license: str = "apache-2.0",
+) -> str:
+    """Write ``<save_directory>/README.md`` (a Hugging Face model card) and return its text.
+
+    Front matter (YAML, via ``huggingface_hub.ModelCardData``): ``license``,
+    ``library_name: petmatch``, ``tags`` (``petmatch``, ``model_type``, then
+    ``tags``), ``model_name``, ``base_model`` (if given), ``petmatch_model_type``,
+    ``petmatch_metrics`` (the ``metrics`` dict, numpy values converted to plain
+    Python) and ``petmatch_training`` (the ``training`` dict) when given.
+
+    Body sections: Model description, Intended use, Training data, Training
+    procedure (only if ``training``), Evaluation (metrics as a markdown table;
+    nested dicts are flattened to dotted names), Limitations, How to use (``usage``
+    as a code block; wrapped in a ```python fence unless it already has one).
+    Missing optional texts are rendered as "_Not provided._".
+
+    The file is written atomically (temporary file in the folder + ``os.replace``).
+    """
+    if not model_name or not model_name.strip():
+        raise ValueError("model_name must be a non-empty string")
+    if not model_type or not model_type.strip():
+        raise ValueError("model_type must be a non-empty string")
+    folder = Path(save_directory)
+
+    all_tags = list(dict.fromkeys([LIBRARY_NAME, model_type, *(tags or [])]))
+    extra: dict[str, Any] = {MODEL_TYPE_KEY: model_type}
+    if metrics:
+        extra[METRICS_KEY] = _plain(metrics)
+    if training:
+        extra[TRAINING_KEY] = _plain(training)
+    card_data = ModelCardData(
+        license=license,
+        library_name=LIBRARY_NAME,
+        tags=all_tags,
+        base_model=base_model,
+        model_name=model_name,
+        **extra,
+    )
+
+    missing = "_Not provided._"
+    sections = [f"# {model_name}", "## Model description", description.strip() or missing]
+    sections.append(f"- **Model type:** `{model_type}`")
+    if base_model:
+        sections[-1] += f"\n- **Base model:** `{base_model}`"
+    sections += ["## Intended use", (intended_use or "").strip() or missing]
+    sections += ["## Training data", (data or "").strip() or missing]
+    if training:
+        sections += ["## Training procedure", _table(_plain(training), ("Setting", "Value"))]
+    sections.append("## Evaluation")
+    sections.append(_table(_plain(metrics), ("Metric", "Value")) if metrics else "No evaluation metrics were provided.")
+    sections += ["## Limitations", (limitations or "").strip() or missing]
+    sections.append("## How to use")
+    if usage and usage.strip():
+        body = usage.strip()
+        sections.append(body if body.startswith("```") else f"```python\n{body}\n```")
+    else:
+        sections.append(_default_usage(model_name, model_type))
+    text = "\n\n".join(sections) + "\n"
+
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}")
+    content = str(card)
+    _atomic_write_text(folder / CARD_NAME, content)
+    return content
+
+
+def read_model_card_metrics(save_directory: str | os.PathLike) -> dict:
+    """Return the ``petmatch_metrics`` dict stored in ``<save_directory>/README.md`` ({} if none).
+
+    Reads the local file only (never the Hub); raises ``FileNotFoundError`` if
+    there is no README.md.
+    """
+    path = Path(save_directory) / CARD_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no model card at {path}; create it with write_model_card({str(save_directory)!r}, ...)")
+    card = ModelCard.load(path)
+    metrics = card.data.to_dict().get(METRICS_KEY)
+    return dict(metrics) if isinstance(metrics, dict) else {}
+
+
+# --------------------------------------------------------------------------- #
+# Upload
+# --------------------------------------------------------------------------- #
+def _missing_files(folder: Path) -> list[str]:
+    problems: list[str] = []
+    if not (folder / "config.json").is_file():
+        problems.append("config.json (write it with `model.save_pretrained(dir)`)")
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        pass
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, AttributeError) as exc:
+            problems.append(f"a readable model.safetensors.index.json ({exc}); re-run `model.save_pretrained(dir)`")
+        else:
+            if not shards:
+                problems.append("weight shards (model.safetensors.index.json lists none); re-run `model.save_pretrained(dir)`")
+            absent = [s for s in shards if not (folder / s).is_file()]
+            if absent:
+                problems.append(
+                    f"safetensors shard(s) {', '.join(absent)} listed in model.safetensors.index.json; "
+                    "re-run `model.save_pretrained(dir)`"
+                )
+    else:
+        problems.append(
+            "model.safetensors (or sharded model-XXXXX-of-XXXXX.safetensors + model.safetensors.index.json); "
+            "write it with `model.save_pretrained(dir)`"
+        )
+    if not (folder / CARD_NAME).is_file():
+        problems.append("README.md (write it with `model_pkg.hub.write_model_card(dir, ...)`)")
+    return problems
+
+
+def push_folder_to_hub(
+    save_directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload petmatch model",
+) -> str:
+    """Upload a ``save_pretrained`` folder (with model card) to a Hub model repo; return the repo URL.
+
+    Before any network call it checks that the folder holds ``config.json``,
+    ``model.safetensors`` (or a sharded index with all its shards) and
+    ``README.md`` (``ValueError`` naming what is missing and how to create it),
+    validates ``repo_id``, and refuses to run when ``HF_HUB_OFFLINE`` is set
+    (``RuntimeError``).  Then ``HfApi().create_repo(exist_ok=True)`` and
+    ``upload_folder``.  Network/HTTP errors from huggingface_hub are re-raised as
+    ``RuntimeError`` (original chained) saying the folder is ready to retry.
+    """
+    folder = Path(save_directory).resolve()
+    if not folder.is_dir():
+        raise ValueError(
+            f"{folder} is not a folder; create it with `model.save_pretrained(dir)` and "
+            "`model_pkg.hub.write_model_card(dir, ...)`"
+        )
+    problems = _missing_files(folder)
+    if problems:
+        raise ValueError(f"cannot push {folder} to the Hub, missing: " + "; ".join(problems))
+    validate_repo_id(repo_id)
+
+    advice = (
+        f"The model folder is ready at {folder}. "
+        "Unset HF_HUB_OFFLINE (and check the network connection / token) and run again."
+    )
+    if hf_constants.HF_HUB_OFFLINE:
+        raise RuntimeError(f"The Hugging Face Hub is offline (HF_HUB_OFFLINE is set); nothing was uploaded. {advice}")
+
+    api = HfApi(token=token)
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
+            repo_type="model",
+            token=token,
+        )
+    except _NETWORK_ERRORS as exc:
+        raise RuntimeError(f"Could not upload {folder} to the Hub repo {repo_id!r}: {exc}. {advice}") from exc
+    url = str(repo_url) if repo_url else ""
+    return url or f"{hf_constants.ENDPOINT.rstrip('/')}/{repo_id}"

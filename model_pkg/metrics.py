@@ -1,0 +1,456 @@
+"""Evaluation metrics for petmatch models (the project's single metrics module).
+
+Three families of numbers are computed here:
+
+* **Verification** (``verification_metrics``, ``choose_threshold``, ``roc_pr_curves``):
+  a model scores a *pair* of photo sets; label 1 means "same dog", 0 "different
+  dogs".  A pair is predicted positive when ``score >= threshold``.  Scores may
+  be probabilities, cosine similarities or any other real number where higher
+  means "more likely the same dog".
+* **Retrieval / identification** (``retrieval_metrics``): each query is ranked
+  against a gallery by similarity; recall@k, mAP and MRR.
+* **Open set** (``open_set_metrics``): how well a "known dog" score separates
+  queries whose dog is in the gallery from queries whose dog is not.
+
+Plus ``confusion`` / ``save_confusion`` for classification-style confusion
+matrices.  Every dict returned holds plain Python ``float``/``int``/``str``/
+``list`` values so it can be passed to ``json.dumps`` directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+__all__ = [
+    "choose_threshold",
+    "verification_metrics",
+    "roc_pr_curves",
+    "retrieval_metrics",
+    "open_set_metrics",
+    "confusion",
+    "save_confusion",
+]
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------- #
+# Input validation helpers
+# --------------------------------------------------------------------------- #
+def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s)")
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} contains {int(np.isinf(arr).sum())} infinite value(s)")
+    return arr
+
+
+def _as_binary_labels(labels: Any, n: int | None = None, *, require_both: bool = True) -> np.ndarray:
+    raw = np.asarray(labels)
+    if raw.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {raw.shape}")
+    if raw.size == 0:
+        raise ValueError("labels is empty")
+    if n is not None and raw.size != n:
+        raise ValueError(f"labels and scores have different lengths: {raw.size} labels vs {n} scores")
+    try:
+        as_float = raw.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"labels must be 0/1 (or booleans), got dtype {raw.dtype}") from exc
+    bad = ~np.isin(as_float, (0.0, 1.0))
+    if bad.any():
+        examples = sorted({str(v) for v in raw[bad][:5]})
+        raise ValueError(f"labels must be 0/1 (or booleans); found other values such as {examples}")
+    out = as_float.astype(np.int64)
+    if require_both:
+        n_pos = int(out.sum())
+        if n_pos == 0:
+            raise ValueError(
+                f"only one class present in labels: all {out.size} are 0 (negative / different dog); "
+                "need at least one positive (1) and one negative (0)"
+            )
+        if n_pos == out.size:
+            raise ValueError(
+                f"only one class present in labels: all {out.size} are 1 (positive / same dog); "
+                "need at least one positive (1) and one negative (0)"
+            )
+    return out
+
+
+def _above(x: float) -> float:
+    """A finite number strictly greater than ``x`` (``x + 1`` when representable)."""
+    y = x + 1.0
+    if y > x and math.isfinite(y):
+        return float(y)
+    y = float(np.nextafter(x, np.inf))
+    if not math.isfinite(y):  # x is the largest finite double
+        raise ValueError("scores are too large to place a threshold above the maximum")
+    return y
+
+
+def _midpoint(a: float, b: float) -> float:
+    """Midpoint of a < b that is guaranteed to lie in (a, b]."""
+    mid = a / 2.0 + b / 2.0  # no overflow for huge magnitudes
+    if not (a < mid <= b):
+        mid = b
+    return float(mid)
+
+
+# --------------------------------------------------------------------------- #
+# Verification
+# --------------------------------------------------------------------------- #
+def choose_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Threshold that maximises accuracy of ``score >= threshold`` on (validation) data.
+
+    Candidates are: the smallest score (everything predicted positive), the
+    midpoints between each pair of neighbouring distinct sorted scores, and a
+    value above the largest score (``max + 1``; everything predicted negative).
+    The candidate with the highest number of correct predictions wins; ties go
+    to the smallest candidate, so the result is deterministic.  Works for any
+    real score range (probabilities, cosine similarities, logits, ...).
+
+    Choose it on a validation split and pass it as ``threshold`` to
+    :func:`verification_metrics` on the test split; choosing on test data gives
+    an optimistic ("oracle") accuracy.
+
+    Raises ``ValueError`` on length mismatch, NaN/inf scores, non-0/1 labels,
+    or when only one class is present.
+    """
+    s = _as_scores(scores)
+    y = _as_binary_labels(labels, s.size)
+    uniq, inverse = np.unique(s, return_inverse=True)
+    pos_per = np.bincount(inverse, weights=y, minlength=uniq.size).astype(np.int64)
+    neg_per = np.bincount(inverse, weights=1 - y, minlength=uniq.size).astype(np.int64)
+    # candidate j (0..U): predict positive iff unique index >= j
+    neg_below = np.concatenate([[0], np.cumsum(neg_per)])
+    pos_below = np.concatenate([[0], np.cumsum(pos_per)])
+    correct = neg_below + (int(y.sum()) - pos_below)
+    j = int(np.argmax(correct))  # first maximum = smallest threshold
+    if j == 0:
+        return float(uniq[0])
+    if j == uniq.size:
+        return _above(float(uniq[-1]))
+    return _midpoint(float(uniq[j - 1]), float(uniq[j]))
+
+
+def verification_metrics(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Pair-verification metrics ("same dog?"), JSON-serialisable.
+
+    Keys:
+
+    * ``accuracy`` -- fraction of pairs classified correctly by ``score >= threshold``.
+    * ``precision`` -- of the pairs predicted "same dog", the fraction that are (0 if none predicted).
+    * ``recall`` -- of the true "same dog" pairs, the fraction predicted as such.
+    * ``f1`` -- harmonic mean of precision and recall at the threshold.
+    * ``threshold`` -- the decision threshold used.
+    * ``threshold_source`` -- ``"given"`` if ``threshold`` was passed, else
+      ``"oracle"``: chosen by :func:`choose_threshold` on *this* data, so the
+      thresholded numbers are optimistic.
+    * ``roc_auc`` -- area under the ROC curve (threshold-free; 0.5 = chance).
+    * ``pr_auc`` -- average precision (sklearn ``average_precision_score``), the
+      area under the precision-recall curve with positives = "same dog".
+    * ``best_accuracy`` -- accuracy at the oracle threshold on this data (upper
+      reference for ``accuracy``).
+    * ``num_pairs``, ``num_positive``, ``num_negative`` -- counts.
+
+    Raises ``ValueError`` when only one class is present (naming it), lengths
+    differ, scores contain NaN/inf, or labels are not 0/1.
+    """
+    s = _as_scores(scores)
+    y = _as_binary_labels(labels, s.size)
+    oracle = choose_threshold(y, s)
+    if threshold is None:
+        thr, source = oracle, "oracle"
+    else:
+        thr = float(threshold)
+        if math.isnan(thr):
+            raise ValueError("threshold is NaN")
+        source = "given"
+    pred = (s >= thr).astype(np.int64)
+    best_pred = (s >= oracle).astype(np.int64)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "threshold": float(thr),
+        "threshold_source": source,
+        "roc_auc": float(roc_auc_score(y, s)),
+        "pr_auc": float(average_precision_score(y, s)),
+        "best_accuracy": float(accuracy_score(y, best_pred)),
+        "num_pairs": int(y.size),
+        "num_positive": int(y.sum()),
+        "num_negative": int(y.size - y.sum()),
+    }
+
+
+def roc_pr_curves(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> dict[str, list[float]]:
+    """ROC and precision-recall curves as JSON-serialisable lists of finite floats.
+
+    * ``fpr``, ``tpr``, ``roc_thresholds`` -- from sklearn ``roc_curve``
+      (same length; point i is "predict positive when score >= roc_thresholds[i]").
+      sklearn's first threshold (``inf``, nothing predicted positive) is
+      replaced by ``max(scores) + 1``.
+    * ``precision``, ``recall``, ``pr_thresholds`` -- from sklearn
+      ``precision_recall_curve``; ``precision``/``recall`` have one more entry
+      than ``pr_thresholds`` (the final point precision=1, recall=0 has no
+      threshold), exactly as in sklearn.
+    """
+    s = _as_scores(scores)
+    y = _as_binary_labels(labels, s.size)
+    top = _above(float(s.max()))
+    fpr, tpr, roc_thr = roc_curve(y, s)
+    roc_thr = np.where(np.isfinite(roc_thr), roc_thr, top)
+    precision, recall, pr_thr = precision_recall_curve(y, s)
+    pr_thr = np.where(np.isfinite(pr_thr), pr_thr, top)
+    return {
+        "fpr": [float(v) for v in fpr],
+        "tpr": [float(v) for v in tpr],
+        "roc_thresholds": [float(v) for v in roc_thr],
+        "precision": [float(v) for v in precision],
+        "recall": [float(v) for v in recall],
+        "pr_thresholds": [float(v) for v in pr_thr],
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Retrieval / identification
+# --------------------------------------------------------------------------- #
+def retrieval_metrics(
+    query_labels: Sequence[Any] | np.ndarray,
+    gallery_labels: Sequence[Any] | np.ndarray,
+    similarity: np.ndarray,
+    ks: Iterable[int] = (1, 5, 10),
+) -> dict[str, Any]:
+    """Gallery retrieval metrics (identify a query dog among gallery photos).
+
+    ``similarity[q, g]`` is the score of gallery item ``g`` for query ``q``
+    (higher = more similar).  Each query's gallery is ranked by descending
+    similarity; exact ties keep gallery order (stable sort), so results are
+    deterministic.  Labels may be ints or strings (dog identities).
+
+    Keys:
+
+    * ``r{k}`` for each k in ``ks`` -- recall@k in **percent** (0-100): the share
+      of queries whose top-k gallery items contain at least one item with the
+      query's label (k larger than the gallery means "whole gallery").
+    * ``map`` -- mean average precision in [0, 1]: per query, the mean of
+      precision@rank over the ranks of all same-label gallery items, averaged
+      over queries.
+    * ``mrr`` -- mean reciprocal rank in [0, 1]: average of 1/(rank of the first
+      same-label gallery item).
+    * ``num_queries`` -- queries that count (have >= 1 match in the gallery).
+    * ``num_queries_without_match`` -- queries whose label is absent from the
+      gallery; they are excluded from every metric above.
+
+    Raises ``ValueError`` on shape mismatch, NaN similarities, bad ``ks`` or when
+    no query has a match in the gallery.
+    """
+    q = np.asarray(query_labels)
+    g = np.asarray(gallery_labels)
+    sim = np.asarray(similarity, dtype=np.float64)
+    if q.ndim != 1 or g.ndim != 1:
+        raise ValueError(f"query_labels and gallery_labels must be 1-D, got shapes {q.shape} and {g.shape}")
+    if q.size == 0 or g.size == 0:
+        raise ValueError(f"need at least one query and one gallery item, got {q.size} and {g.size}")
+    if sim.shape != (q.size, g.size):
+        raise ValueError(
+            f"similarity must have shape (num_queries, num_gallery) = ({q.size}, {g.size}), got {sim.shape}"
+        )
+    if np.isnan(sim).any():
+        raise ValueError(f"similarity contains {int(np.isnan(sim).sum())} NaN value(s)")
+    ks = [int(k) for k in ks]
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty list of positive integers, got {ks}")
+
+    matches = q[:, None] == g[None, :]  # (Q, G) bool
+    has_match = matches.any(axis=1)
+    n_without = int((~has_match).sum())
+    if not has_match.any():
+        raise ValueError(f"none of the {q.size} queries has a gallery item with the same label")
+    order = np.argsort(-sim[has_match], axis=1, kind="stable")
+    rel = np.take_along_axis(matches[has_match], order, axis=1)  # relevance in ranked order
+    n_q, n_g = rel.shape
+
+    first_hit = rel.argmax(axis=1)  # 0-based rank of the first correct item (exists)
+    out: dict[str, Any] = {}
+    for k in ks:
+        out[f"r{k}"] = float(100.0 * np.mean(first_hit < k))
+    hits_cum = np.cumsum(rel, axis=1)
+    prec_at = hits_cum / np.arange(1, n_g + 1)[None, :]
+    ap = (prec_at * rel).sum(axis=1) / rel.sum(axis=1)
+    out["map"] = float(ap.mean())
+    out["mrr"] = float(np.mean(1.0 / (first_hit + 1)))
+    out["num_queries"] = int(n_q)
+    out["num_queries_without_match"] = n_without
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Open set
+# --------------------------------------------------------------------------- #
+def open_set_metrics(
+    known_scores: Sequence[float] | np.ndarray,
+    unknown_scores: Sequence[float] | np.ndarray,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Open-set recognition: does the "known" score separate known from unknown dogs?
+
+    ``known_scores`` are scores of queries whose dog *is* in the gallery,
+    ``unknown_scores`` of queries whose dog is not; higher score = "more known"
+    (e.g. the best gallery similarity).
+
+    Keys:
+
+    * ``open_set_auroc`` -- ROC AUC with known = positive class (1.0 = perfect
+      separation, 0.5 = chance).
+    * ``num_known``, ``num_unknown`` -- counts.
+    * only when ``threshold`` is given: ``threshold``; ``known_acceptance`` --
+      fraction of known queries with score >= threshold (accepted as known);
+      ``unknown_rejection`` -- fraction of unknown queries with score < threshold
+      (rejected as unknown).
+    """
+    k = _as_scores(known_scores, "known_scores")
+    u = _as_scores(unknown_scores, "unknown_scores")
+    y = np.concatenate([np.ones(k.size, dtype=np.int64), np.zeros(u.size, dtype=np.int64)])
+    out: dict[str, Any] = {
+        "open_set_auroc": float(roc_auc_score(y, np.concatenate([k, u]))),
+        "num_known": int(k.size),
+        "num_unknown": int(u.size),
+    }
+    if threshold is not None:
+        t = float(threshold)
+        if math.isnan(t):
+            raise ValueError("threshold is NaN")
+        out["threshold"] = t
+        out["known_acceptance"] = float(np.mean(k >= t))
+        out["unknown_rejection"] = float(np.mean(u < t))
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Confusion matrix
+# --------------------------------------------------------------------------- #
+def confusion(labels_true: Sequence[Any], labels_pred: Sequence[Any], labels: list[Any]) -> np.ndarray:
+    """Confusion matrix (sklearn ``confusion_matrix``) with a fixed label order.
+
+    ``matrix[i, j]`` = number of samples whose true label is ``labels[i]`` and
+    predicted label is ``labels[j]`` (rows = truth, columns = prediction).
+    Samples whose true or predicted label is not in ``labels`` are not counted.
+    """
+    if len(labels_true) != len(labels_pred):
+        raise ValueError(
+            f"labels_true and labels_pred have different lengths: {len(labels_true)} vs {len(labels_pred)}"
+        )
+    if len(labels) == 0:
+        raise ValueError("labels must list at least one class")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels contains duplicates")
+    return confusion_matrix(list(labels_true), list(labels_pred), labels=list(labels))
+
+
+def _atomic_write(path: Path, write, *, binary: bool) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode = "wb" if binary else "w"
+        kwargs = {} if binary else {"newline": "", "encoding": "utf-8"}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_confusion(
+    matrix: np.ndarray,
+    labels: Sequence[Any],
+    csv_path: PathLike,
+    png_path: PathLike | None = None,
+) -> None:
+    """Write a confusion matrix to CSV (and optionally a PNG heat map), atomically.
+
+    CSV layout: first row ``true\\pred, label_1, ..., label_n``; then one row per
+    true label: ``label_i, count_i1, ..., count_in``.  The PNG is rendered with
+    matplotlib's Agg canvas (no display needed, global pyplot state untouched).
+    Each file is written to a temporary file in the same directory and moved in
+    place with ``os.replace``.
+    """
+    m = np.asarray(matrix)
+    labels = list(labels)
+    if m.ndim != 2 or m.shape != (len(labels), len(labels)):
+        raise ValueError(f"matrix must have shape ({len(labels)}, {len(labels)}) to match labels, got {m.shape}")
+    is_int = np.issubdtype(m.dtype, np.integer)
+
+    def fmt(v: Any) -> str:
+        return str(int(v)) if is_int else repr(float(v))
+
+    def write_csv(fh) -> None:
+        w = csv.writer(fh)
+        w.writerow(["true\\pred", *[str(lab) for lab in labels]])
+        for lab, row in zip(labels, m):
+            w.writerow([str(lab), *[fmt(v) for v in row]])
+
+    _atomic_write(Path(csv_path), write_csv, binary=False)
+
+    if png_path is not None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        n = len(labels)
+        size = max(4.0, 0.5 * n + 2.0)
+        fig = Figure(figsize=(size, size))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        im = ax.imshow(m.astype(np.float64), cmap="Blues", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_xticklabels([str(lab) for lab in labels], rotation=45, ha="right")
+        ax.set_yticklabels([str(lab) for lab in labels])
+        ax.set_xlabel("Predicted")
+        ax.set_ylabel("True")
+        if n <= 30:
+            vmax = float(m.max()) if m.size else 0.0
+            for i in range(n):
+                for j in range(n):
+                    ax.text(
+                        j, i, fmt(m[i, j]) if is_int else f"{float(m[i, j]):.2f}",
+                        ha="center", va="center", fontsize=8,
+                        color="white" if vmax > 0 and float(m[i, j]) > vmax / 2 else "black",
+                    )
+        fig.tight_layout()
+        _atomic_write(Path(png_path), lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)

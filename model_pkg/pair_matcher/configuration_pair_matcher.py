@@ -1,0 +1,99 @@
+"""Configuration of the set-vs-set pair matcher."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+SET_POOLINGS = ("mean", "attention", "cls_mean")
+HEADS = ("concat_mlp", "cross_attention", "siamese")
+SIAMESE_DISTANCES = ("cosine", "learned")
+
+
+class PairMatcherConfig(PretrainedConfig):
+    r"""Configuration of [`PairMatcherModel`]: two sets of photos -> "same animal?" logit.
+
+    Args:
+        backbone (`str`): timm model name of the shared image backbone.
+        backbone_pretrained (`bool`): load pretrained backbone weights when the model is *built*
+            (offline package, `backbone_checkpoint_path` or the Hub). A saved model stores its backbone
+            weights itself, so `save_pretrained` writes `False` here and loading needs no package.
+        backbone_checkpoint_path (`str`, *optional*): local weights file for the backbone.
+        backbone_weights_source (`str`): where the backbone weights first came from (for the model card).
+        image_size (`int`): input side in pixels.
+        hidden_size (`int`): width tokens are projected to before pooling and reasoning.
+        set_pooling (`str`): how one set's photos become one vector: `mean` (masked mean of all tokens of
+            all photos), `attention` (learned query attending over all tokens, mask-aware), `cls_mean`
+            (masked mean of each photo's pooled/CLS feature).
+        head (`str`): `concat_mlp` (MLP on `[a; b; |a-b|; a*b]`), `cross_attention` (each set's tokens
+            attend to the other's, then `concat_mlp`), `siamese` (a distance between the two set vectors).
+        siamese_distance (`str`): `cosine` (scaled cosine + bias, both learned) or `learned` (MLP on
+            `[|a-b|; a*b]`), for `head="siamese"`.
+        num_attention_heads (`int`): heads of the attention pooling and cross-attention.
+        mlp_hidden_size (`int`): hidden width of the reasoning MLP.
+        dropout (`float`): dropout in the reasoning MLP.
+        pos_weight (`float`, *optional*): BCE weight of positive pairs.
+        threshold (`float`): decision threshold on the probability, chosen on validation pairs.
+        freeze_backbone (`bool`): backbone parameters get no gradient (the frozen phase).
+        backbone_trainable_groups (`int`, *optional*): when the backbone is not frozen, train only its
+            last this-many layer groups (timm's `group_matcher`: stem, each block stage, head); all when None.
+            Fewer trainable groups make CPU fine-tuning several times cheaper.
+        freeze_backbone_bn (`bool`): keep the backbone's BatchNorm statistics fixed while fine-tuning
+            (small CPU batches would otherwise wreck them).
+        initializer_range (`float`): std of the normal init of new linear layers.
+    """
+
+    model_type = "petmatch_pair_matcher"
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        backbone_pretrained: bool = True,
+        backbone_checkpoint_path: str | None = None,
+        backbone_weights_source: str = "",
+        image_size: int = 224,
+        hidden_size: int = 256,
+        set_pooling: str = "mean",
+        head: str = "concat_mlp",
+        siamese_distance: str = "cosine",
+        num_attention_heads: int = 4,
+        mlp_hidden_size: int = 256,
+        dropout: float = 0.1,
+        pos_weight: float | None = None,
+        threshold: float = 0.5,
+        freeze_backbone: bool = False,
+        backbone_trainable_groups: int | None = None,
+        freeze_backbone_bn: bool = True,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if set_pooling not in SET_POOLINGS:
+            raise ValueError(f"set_pooling={set_pooling!r} is not one of {SET_POOLINGS}.")
+        if head not in HEADS:
+            raise ValueError(f"head={head!r} is not one of {HEADS}.")
+        if siamese_distance not in SIAMESE_DISTANCES:
+            raise ValueError(f"siamese_distance={siamese_distance!r} is not one of {SIAMESE_DISTANCES}.")
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}."
+            )
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold={threshold} is a probability and must lie in [0, 1].")
+        self.backbone = backbone
+        self.backbone_pretrained = backbone_pretrained
+        self.backbone_checkpoint_path = backbone_checkpoint_path
+        self.backbone_weights_source = backbone_weights_source
+        self.image_size = image_size
+        self.hidden_size = hidden_size
+        self.set_pooling = set_pooling
+        self.head = head
+        self.siamese_distance = siamese_distance
+        self.num_attention_heads = num_attention_heads
+        self.mlp_hidden_size = mlp_hidden_size
+        self.dropout = dropout
+        self.pos_weight = pos_weight
+        self.threshold = threshold
+        self.freeze_backbone = freeze_backbone
+        self.backbone_trainable_groups = backbone_trainable_groups
+        self.freeze_backbone_bn = freeze_backbone_bn
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)

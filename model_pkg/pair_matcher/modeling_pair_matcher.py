@@ -1,0 +1,327 @@
+"""Set-vs-set pair matcher: do two sets of photos show the same individual animal?
+
+shared backbone tokens -> projection -> set pooling (mean / attention / cls_mean, masks for sets of
+different sizes) -> reasoning head (concat-MLP / cross-attention / siamese) -> same/different logit.
+
+The output does not depend on the order of photos in a set, nor on padding: every reduction over
+photos is a masked mean or masked attention, and padded photos never reach the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models import group_parameters
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from ..backbones import create_backbone
+from ..losses import pair_bce_loss
+from .configuration_pair_matcher import PairMatcherConfig
+
+__all__ = ["PairMatcherModel", "PairMatcherOutput", "PairMatcherPreTrainedModel", "SetPooling", "SetEncoding"]
+
+
+class EmptySetError(ValueError):
+    """A set has no photos."""
+
+
+@dataclass
+class PairMatcherOutput(ModelOutput):
+    """
+    Args:
+        loss: (1,) BCE loss, when `labels` are given.
+        logits: (B,) same-animal logits; `sigmoid(logits)` is the probability.
+        embeds_a: (B, H) set embedding of side A.
+        embeds_b: (B, H) set embedding of side B.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeds_a: torch.FloatTensor | None = None
+    embeds_b: torch.FloatTensor | None = None
+
+
+@dataclass
+class SetEncoding:
+    """tokens: (B, N*T, H) projected tokens of all photos; token_mask: (B, N*T) True where real;
+    embeds: (B, H) the pooled set vector."""
+
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    embeds: torch.Tensor
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, L, H), mask (B, L) bool -> (B, H) mean over the True positions."""
+    weights = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class SetPooling(nn.Module):
+    """Pools a set of photos' tokens into one vector; invariant to photo order and padding."""
+
+    def __init__(self, config: PairMatcherConfig):
+        super().__init__()
+        self.mode = config.set_pooling
+        if self.mode == "attention":
+            self.query = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+            self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
+            self.norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, photo_embeds: torch.Tensor, photo_mask: torch.Tensor):
+        """tokens (B, N*T, H), token_mask (B, N*T), photo_embeds (B, N, H), photo_mask (B, N) -> (B, H)."""
+        if self.mode == "mean":
+            return masked_mean(tokens, token_mask)
+        if self.mode == "cls_mean":
+            return masked_mean(photo_embeds, photo_mask)
+        query = self.query.expand(tokens.shape[0], -1, -1)  # (B, 1, H)
+        pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=~token_mask, need_weights=False)
+        return self.norm(pooled.squeeze(1) + masked_mean(tokens, token_mask))
+
+
+class ConcatMLPHead(nn.Module):
+    """MLP on [a; b; |a-b|; a*b] -> logit."""
+
+    def __init__(self, config: PairMatcherConfig, num_features: int = 4):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(num_features * config.hidden_size, config.mlp_hidden_size),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.mlp_hidden_size, 1),
+        )
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([a, b, (a - b).abs(), a * b], dim=-1)).squeeze(-1)
+
+
+class SiameseHead(nn.Module):
+    """A symmetric distance between set vectors: scaled cosine + bias, or an MLP on [|a-b|; a*b]."""
+
+    def __init__(self, config: PairMatcherConfig):
+        super().__init__()
+        self.distance = config.siamese_distance
+        if self.distance == "cosine":
+            # cos = 0.5 -> logit 0 at init; both learned.
+            self.scale = nn.Parameter(torch.tensor(10.0))
+            self.bias = nn.Parameter(torch.tensor(-5.0))
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(2 * config.hidden_size, config.mlp_hidden_size),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.mlp_hidden_size, 1),
+            )
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.distance == "cosine":
+            return self.scale * F.cosine_similarity(a, b, dim=-1) + self.bias
+        return self.mlp(torch.cat([(a - b).abs(), a * b], dim=-1)).squeeze(-1)
+
+
+class CrossAttentionHead(nn.Module):
+    """Each set's tokens attend to the other set's tokens (shared weights), then concat-MLP."""
+
+    def __init__(self, config: PairMatcherConfig):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.mlp = ConcatMLPHead(config)
+
+    def attend(self, x: SetEncoding, other: SetEncoding) -> torch.Tensor:
+        out, _ = self.attention(x.tokens, other.tokens, other.tokens, key_padding_mask=~other.token_mask, need_weights=False)
+        return masked_mean(self.norm(x.tokens + out), x.token_mask)  # (B, H)
+
+    def forward(self, a: SetEncoding, b: SetEncoding) -> torch.Tensor:
+        return self.mlp(self.attend(a, b), self.attend(b, a))
+
+
+class PairMatcherPreTrainedModel(PreTrainedModel):
+    config_class = PairMatcherConfig
+    base_model_prefix = "pair_matcher"
+    main_input_name = "pixel_values_a"
+
+    def _init_weights(self, module: nn.Module):
+        # Only our own layers: the backbone keeps timm's init or its pretrained weights, loaded after post_init.
+        if isinstance(module, nn.Linear) and not getattr(module, "_is_backbone", False):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm) and not getattr(module, "_is_backbone", False):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class PairMatcherModel(PairMatcherPreTrainedModel):
+    """Two sets of photos (B, N, 3, H, W) + (B, M, 3, H, W) with masks -> same-animal logit (B,).
+
+    Either side can be given as cached backbone tokens (`tokens_a`: (B, N, T, D)) instead of pixels,
+    which is how the frozen-backbone phase trains fast.
+    """
+
+    def __init__(self, config: PairMatcherConfig):
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
+        for module in self.backbone.modules():
+            module._is_backbone = True
+        self.token_proj = nn.Linear(self.backbone.token_dim, config.hidden_size)
+        self.token_norm = nn.LayerNorm(config.hidden_size)
+        self.set_pooling = SetPooling(config)
+        if config.head == "concat_mlp":
+            self.head = ConcatMLPHead(config)
+        elif config.head == "siamese":
+            self.head = SiameseHead(config)
+        else:
+            self.head = CrossAttentionHead(config)
+        self.post_init()
+        if config.backbone_pretrained:
+            self.load_backbone_weights()
+        self.set_backbone_frozen(config.freeze_backbone)
+
+    # -- backbone management -------------------------------------------------------------------
+    def load_backbone_weights(self):
+        """Load the backbone's pretrained weights (offline package, checkpoint file or Hub)."""
+        source = create_backbone(
+            self.config.backbone,
+            pretrained=True,
+            image_size=self.config.image_size,
+            checkpoint_path=self.config.backbone_checkpoint_path,
+        )
+        self.backbone.load_state_dict(source.state_dict())
+        self.config.backbone_weights_source = source.weights_source
+
+    def set_backbone_frozen(self, frozen: bool):
+        """Frozen: no gradients to the backbone and it runs in eval mode. Unfrozen: the last
+        `config.backbone_trainable_groups` layer groups (timm's `group_matcher`) train, or all of them."""
+        self.config.freeze_backbone = frozen
+        groups = group_parameters(self.backbone.model, self.backbone.model.group_matcher(coarse=True))
+        names = [name for _, group in sorted(groups.items()) for name in group]
+        trainable = set(names)
+        if self.config.backbone_trainable_groups is not None:
+            kept = [group for _, group in sorted(groups.items())][-self.config.backbone_trainable_groups :]
+            trainable = {name for group in kept for name in group}
+        for name, param in self.backbone.model.named_parameters():
+            param.requires_grad_(not frozen and name in trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        elif mode and self.config.freeze_backbone_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def save_pretrained(self, save_directory, *args, weights_dtype: torch.dtype | None = None, **kwargs):
+        """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the
+        config keeps float32, so `from_pretrained` computes in float32 (fp16 convolutions are slow on CPUs)."""
+        # The saved safetensors hold the backbone weights: loading must not fetch them again.
+        pretrained = self.config.backbone_pretrained
+        self.config.backbone_pretrained = False
+        if weights_dtype is not None:
+            kwargs["state_dict"] = {
+                k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()
+            }
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.backbone_pretrained = pretrained
+
+    @property
+    def data_config(self) -> dict:
+        return self.backbone.data_config
+
+    # -- encoding ------------------------------------------------------------------------------
+    def embed_photos(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(P, 3, H, W) real photos -> backbone tokens (P, T, D)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+            return self.backbone.forward_features(pixel_values)
+
+    def _photo_tokens(self, pixel_values, tokens, mask, side: str) -> torch.Tensor:
+        """Backbone tokens (B, N, T, D) of a set, running the backbone on real photos only."""
+        if tokens is not None:
+            return tokens.to(self.token_proj.weight.dtype)
+        if pixel_values is None:
+            raise ValueError(f"Give pixel_values_{side} (B, N, 3, H, W) or tokens_{side} (B, N, T, D) for side {side.upper()}.")
+        if pixel_values.ndim != 5:
+            raise ValueError(
+                f"pixel_values_{side} must be (batch, set_size, 3, height, width); got shape {tuple(pixel_values.shape)}. "
+                "For a single set add a batch dimension with .unsqueeze(0)."
+            )
+        b, n = pixel_values.shape[:2]
+        flat_mask = mask.reshape(-1)
+        real = self.embed_photos(pixel_values.reshape(b * n, *pixel_values.shape[2:])[flat_mask])  # (P, T, D)
+        out = real.new_zeros(b * n, *real.shape[1:])
+        out[flat_mask] = real
+        return out.reshape(b, n, *real.shape[1:])
+
+    def encode_set(self, pixel_values=None, mask=None, tokens=None, side: str = "a") -> SetEncoding:
+        """One side's photos -> projected tokens, token mask and set vector."""
+        source = tokens if tokens is not None else pixel_values
+        if source is None:
+            raise ValueError(f"Give pixel_values_{side} or tokens_{side}.")
+        b, n = source.shape[:2]
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=source.device)
+        mask = mask.to(torch.bool)
+        empty = (~mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise EmptySetError(
+                f"Set {side.upper()} of example(s) {empty} has no photos: give at least one photo per side."
+            )
+        raw = self._photo_tokens(pixel_values, tokens, mask, side)  # (B, N, T, D)
+        t = raw.shape[2]
+        proj = self.token_norm(self.token_proj(raw))  # (B, N, T, H)
+        pooled = self.backbone.pool(raw.reshape(b * n, t, -1))  # (B*N, D)
+        photo_embeds = self.token_norm(self.token_proj(pooled)).reshape(b, n, -1)  # (B, N, H)
+        token_mask = mask.unsqueeze(-1).expand(b, n, t).reshape(b, n * t)  # (B, N*T)
+        proj = proj.reshape(b, n * t, -1)
+        embeds = self.set_pooling(proj, token_mask, photo_embeds, mask)
+        return SetEncoding(tokens=proj, token_mask=token_mask, embeds=embeds)
+
+    def forward_head(self, a: SetEncoding, b: SetEncoding) -> torch.Tensor:
+        if isinstance(self.head, CrossAttentionHead):
+            return self.head(a, b)
+        return self.head(a.embeds, b.embeds)
+
+    def forward(
+        self,
+        pixel_values_a: torch.Tensor | None = None,
+        mask_a: torch.Tensor | None = None,
+        pixel_values_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+        tokens_a: torch.Tensor | None = None,
+        tokens_b: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PairMatcherOutput:
+        """
+        Args:
+            pixel_values_a: (B, N, 3, H, W) photos of set A (padded), or give `tokens_a` (B, N, T, D).
+            mask_a: (B, N) True for real photos; all True when omitted.
+            pixel_values_b, mask_b, tokens_b: the same for set B (M photos).
+            labels: (B,) 1 = same animal, 0 = different.
+        """
+        enc_a = self.encode_set(pixel_values_a, mask_a, tokens_a, side="a")
+        enc_b = self.encode_set(pixel_values_b, mask_b, tokens_b, side="b")
+        logits = self.forward_head(enc_a, enc_b)
+        loss = pair_bce_loss(logits, labels, self.config.pos_weight) if labels is not None else None
+        return PairMatcherOutput(loss=loss, logits=logits, embeds_a=enc_a.embeds, embeds_b=enc_b.embeds)
+
+    @torch.no_grad()
+    def predict_proba(self, pixel_values_a=None, mask_a=None, pixel_values_b=None, mask_b=None, tokens_a=None, tokens_b=None) -> torch.Tensor:
+        """Probability (B,) that each pair of sets shows the same animal; compare with `config.threshold`."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(pixel_values_a, mask_a, pixel_values_b, mask_b, tokens_a=tokens_a, tokens_b=tokens_b)
+        finally:
+            self.train(was_training)
+        return torch.sigmoid(out.logits)

@@ -1,0 +1,139 @@
+"""User-facing pair matching: match two photo sets, and the seed's high-level trainer API.
+
+    result = match_sets(model, ["found/1.jpg", "found/2.jpg"], ["lost/a.jpg"])
+    result.probability, result.same, result.photo_similarity
+
+    trainer = PairMatchingTrainer(output_dir="runs/my-dogs")
+    trainer.train("photos/")            # identity folders, or a DataFrame with x = path, y = label
+    trainer.evaluate("photos/", set_size=3)
+    trainer.predict(paths_a, paths_b)
+    trainer.save("my-matcher"); PairMatchingTrainer.load("my-matcher")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import load_image, pad_sets
+from ..hub import write_model_card
+from ..transforms import create_transform
+from .configuration_pair_matcher import PairMatcherConfig
+from .modeling_pair_matcher import PairMatcherModel
+
+__all__ = ["MatchResult", "PairMatchingTrainer", "match_sets", "save_with_card"]
+
+
+@dataclass
+class MatchResult:
+    """probability: same-animal probability; same: probability >= threshold; photo_similarity:
+    (N, M) cosine between each photo of A and each photo of B, to show which photos agree most."""
+
+    probability: float
+    same: bool
+    threshold: float
+    photo_similarity: np.ndarray = field(repr=False)
+
+
+@torch.no_grad()
+def match_sets(model: PairMatcherModel, photos_a, photos_b, max_set_size: int = 50) -> MatchResult:
+    """Decide whether two sets of photos (paths, PIL images or arrays) show the same animal."""
+    for side, photos in (("A", photos_a), ("B", photos_b)):
+        if isinstance(photos, (str, os.PathLike)):
+            raise TypeError(f"Set {side} is a single path; pass a list of photos, e.g. [{str(photos)!r}].")
+        if len(photos) == 0:
+            raise ValueError(f"Set {side} is empty: give at least one photo per side.")
+        if len(photos) > max_set_size:
+            raise ValueError(f"Set {side} has {len(photos)} photos; at most {max_set_size} are compared at once.")
+    transform = create_transform(model.data_config, train=False)
+    pixels_a, mask_a = pad_sets([torch.stack([transform(load_image(p)) for p in photos_a])])
+    pixels_b, mask_b = pad_sets([torch.stack([transform(load_image(p)) for p in photos_b])])
+    model.eval()
+    tokens_a = model.embed_photos(pixels_a[0])  # (N, T, D), each photo through the backbone once
+    tokens_b = model.embed_photos(pixels_b[0])
+    probability = float(model.predict_proba(tokens_a=tokens_a[None], mask_a=mask_a, tokens_b=tokens_b[None], mask_b=mask_b)[0])
+    photo_a = model.token_norm(model.token_proj(model.backbone.pool(tokens_a)))  # (N, H)
+    photo_b = model.token_norm(model.token_proj(model.backbone.pool(tokens_b)))  # (M, H)
+    similarity = F.normalize(photo_a, dim=-1) @ F.normalize(photo_b, dim=-1).T
+    threshold = float(model.config.threshold)
+    return MatchResult(probability, probability >= threshold, threshold, similarity.numpy())
+
+
+def save_with_card(model: PairMatcherModel, save_directory: str, metrics: dict | None = None, data: str | None = None,
+                   weights_dtype: torch.dtype | None = None) -> None:
+    """save_pretrained + a model card (README.md) ready for `push_folder_to_hub`."""
+    model.save_pretrained(save_directory, weights_dtype=weights_dtype)
+    cfg = model.config
+    write_model_card(
+        save_directory,
+        model_name=os.path.basename(os.path.normpath(save_directory)),
+        model_type=cfg.model_type,
+        description=(
+            f"Set-vs-set pair matcher: two sets of photos -> probability that they show the same individual animal. "
+            f"Backbone `{cfg.backbone}` ({cfg.image_size}px), `{cfg.set_pooling}` set pooling, `{cfg.head}` head; "
+            f"decision threshold {cfg.threshold:.3f} chosen on validation identities."
+        ),
+        metrics=metrics,
+        data=data or "DogFaceNet (aligned dog faces, 1,184 dogs), split by identity: test dogs are never seen in training.",
+        intended_use="Suggest whether a found animal and a lost one are the same individual, for a person to confirm.",
+        limitations="Trained on aligned dog faces; other species, full-body shots and unaligned photos are out of distribution. "
+        "A high probability is a lead, not a proof of identity.",
+        base_model=f"timm/{cfg.backbone}",
+        usage=(
+            "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.pair_matcher.pipeline import match_sets\n"
+            f"model = AutoModel.from_pretrained('{save_directory}')\n"
+            "print(match_sets(model, ['a1.jpg', 'a2.jpg'], ['b1.jpg']))"
+        ),
+        tags=["image-classification", "pet-reidentification"],
+    )
+
+
+class PairMatchingTrainer:
+    """The seed's high-level API, thin over `train_pair_matcher`, `evaluate_pair` and `match_sets`.
+
+    Data can be an identity-folder path, the seed's DataFrame (`x` = image path, `y` = label), or a
+    `datasets.Dataset` with `image_path` / `label` columns.
+    """
+
+    def __init__(self, output_dir: str = "runs/pair-matcher-api", model: dict | None = None, **training_options):
+        self.output_dir = output_dir
+        self.model_options = dict(model or {})
+        self.training_options = training_options
+        self.model: PairMatcherModel | None = None
+        self.summary: dict | None = None
+
+    def train(self, data) -> dict:
+        from .training import PairTrainingConfig, train_pair_matcher
+
+        cfg = PairTrainingConfig(data_dir=data, output_dir=self.output_dir, model=self.model_options, **self.training_options)
+        self.summary = train_pair_matcher(cfg)
+        self.model = PairMatcherModel.from_pretrained(os.path.join(self.output_dir, "model"))
+        return self.summary
+
+    def _require_model(self) -> PairMatcherModel:
+        if self.model is None:
+            raise RuntimeError("No model yet: call train(...) or PairMatchingTrainer.load(path) first.")
+        return self.model
+
+    def evaluate(self, data, set_size: int = 1, pairs: int = 500, seed: int = 0, negatives: str = "random") -> dict:
+        from ..evaluate import evaluate_pair
+
+        return evaluate_pair(self._require_model(), data, set_size=set_size, pairs=pairs, seed=seed, negatives=negatives)
+
+    def predict(self, paths_a, paths_b) -> MatchResult:
+        return match_sets(self._require_model(), paths_a, paths_b)
+
+    def save(self, path: str) -> None:
+        save_with_card(self._require_model(), path, metrics=(self.summary or {}).get("val"))
+
+    @classmethod
+    def load(cls, path: str) -> "PairMatchingTrainer":
+        trainer = cls(output_dir=path)
+        trainer.model = PairMatcherModel.from_pretrained(path)
+        if not isinstance(trainer.model.config, PairMatcherConfig):
+            raise ValueError(f"'{path}' does not hold a pair-matcher model.")
+        return trainer

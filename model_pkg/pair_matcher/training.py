@@ -1,0 +1,317 @@
+"""Training the pair matcher with HF Trainer: a frozen-backbone phase on cached tokens, then fine-tuning.
+
+One Trainer run covers both phases. The train set is a fixed, seeded list of set pairs, long enough
+for every step (`frozen_steps + finetune_steps` batches, no pair repeated). `BackbonePhaseCallback`
+switches phases at step `frozen_steps`: it unfreezes the backbone and tells `PhaseCollator` to hand
+the model pixels (with augmentation) instead of cached tokens. The optimizer is built up front with
+all parameters, the backbone at its own (lower) learning rate, so the switch needs no new optimizer
+and a resumed run restores it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+from ..data import (
+    CachedSetPairCollator,
+    SetPairCollator,
+    as_dataset,
+    get_or_create_splits,
+    group_paths,
+    nearest_identities,
+    sample_pairs,
+    subset_by_identities,
+)
+from ..features import compute_pooled, compute_tokens
+from ..metrics import choose_threshold, verification_metrics
+from ..transforms import create_transform
+from .configuration_pair_matcher import PairMatcherConfig
+from .modeling_pair_matcher import PairMatcherModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PairTrainingConfig", "train_pair_matcher", "pair_records", "predict_pair_scores"]
+
+
+@dataclass
+class PairTrainingConfig:
+    """Everything one pair-matcher run needs; `train/configs/pair_matcher.yaml` is one of these."""
+
+    data_dir: str
+    output_dir: str
+    splits_file: str | None = None  # default: <output_dir>/splits.json
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    model: dict = field(default_factory=dict)  # PairMatcherConfig keyword arguments
+    set_size: tuple[int, int] = (1, 3)
+    hard_negative_fraction: float = 0.5  # share of negatives drawn among each dog's nearest dogs
+    hard_k: int = 5
+    val_pairs: int = 400
+    frozen_steps: int = 600
+    finetune_steps: int = 0
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    backbone_learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    eval_steps: int = 100
+    early_stopping_patience: int = 5
+    seed: int = 0
+    report_to: str | list[str] = "none"
+    logging_steps: int = 20
+    save_total_limit: int = 2
+    fresh: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PairTrainingConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown pair-training option(s) {unknown}; known options: {sorted(known)}.")
+        values = dict(values)
+        if "set_size" in values:
+            size = values["set_size"]
+            values["set_size"] = (size, size) if isinstance(size, int) else tuple(size)
+        return cls(**values)
+
+
+def pair_records(pairs, augment: bool) -> list[dict]:
+    """SetPair objects -> the dict rows the collators take."""
+    return [{"paths_a": p.paths_a, "paths_b": p.paths_b, "label": p.label, "augment": augment} for p in pairs]
+
+
+def mixed_pairs(groups, num_pairs, set_size, seed, hard_fraction, neighbours) -> list:
+    """Balanced pairs whose negatives are a mix of random and nearest-identity (hard) ones."""
+    num_hard = int(round(num_pairs * hard_fraction)) if neighbours else 0
+    pairs = sample_pairs(groups, num_pairs - num_hard, set_size=set_size, seed=seed)
+    if num_hard:
+        pairs += sample_pairs(groups, num_hard, set_size=set_size, seed=seed + 1, negatives="hard", neighbours=neighbours)
+    rng = np.random.default_rng(seed)
+    return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
+class PhaseCollator:
+    """Cached tokens while the backbone is frozen, pixels once it trains (augmented for train rows)."""
+
+    def __init__(self, cached: CachedSetPairCollator, train_pixels: SetPairCollator, eval_pixels: SetPairCollator):
+        self.cached = cached
+        self.train_pixels = train_pixels
+        self.eval_pixels = eval_pixels
+        self.use_tokens = True
+
+    def __call__(self, features):
+        if self.use_tokens:
+            return self.cached(features)
+        augment = all(f.get("augment", False) for f in features)
+        return (self.train_pixels if augment else self.eval_pixels)(features)
+
+
+class BackbonePhaseCallback(TrainerCallback):
+    """At step `frozen_steps`: save the frozen-phase model, unfreeze the backbone, switch to pixels."""
+
+    def __init__(self, model: PairMatcherModel, collator: PhaseCollator, frozen_steps: int, frozen_dir: str):
+        self.model = model
+        self.collator = collator
+        self.frozen_steps = frozen_steps
+        self.frozen_dir = frozen_dir
+
+    def _apply(self, step: int):
+        finetuning = step >= self.frozen_steps
+        if finetuning and self.model.config.freeze_backbone:
+            logger.info("step %d: backbone unfrozen, training on pixels", step)
+        self.model.set_backbone_frozen(not finetuning)
+        self.collator.use_tokens = not finetuning
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._apply(state.global_step)  # also right after a resume
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.frozen_steps and not os.path.isdir(self.frozen_dir):
+            self.model.save_pretrained(self.frozen_dir)
+        self._apply(state.global_step)
+
+
+class PhaseAwareEarlyStopping(EarlyStoppingCallback):
+    """Early stopping on validation ROC-AUC that never ends the frozen phase before fine-tuning has run."""
+
+    def __init__(self, patience: int, frozen_steps: int, finetune_steps: int):
+        super().__init__(early_stopping_patience=patience)
+        self.frozen_steps = frozen_steps
+        self.finetune_steps = finetune_steps
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if self.finetune_steps and state.global_step <= self.frozen_steps:
+            control.should_training_stop = False
+            if state.global_step == self.frozen_steps:
+                self.early_stopping_patience_counter = 0  # fine-tuning gets its full patience
+
+
+def compute_pair_metrics(eval_pred) -> dict:
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    metrics = verification_metrics(np.asarray(eval_pred.label_ids).astype(int), scores)
+    return {k: metrics[k] for k in ("roc_auc", "pr_auc", "best_accuracy")}
+
+
+@torch.no_grad()
+def predict_pair_scores(model: PairMatcherModel, records: list[dict], collator, batch_size: int = 32) -> np.ndarray:
+    """Same-animal probabilities for collated pair rows."""
+    model.eval()
+    out = []
+    for i in range(0, len(records), batch_size):
+        batch = collator(records[i : i + batch_size])
+        batch.pop("labels", None)
+        out.append(model.predict_proba(**batch).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _atomic_json(obj, path: str):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=os.path.join(cfg.output_dir, "checkpoints"),
+        max_steps=total_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="roc_auc",
+        greater_is_better=True,
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,  # the collator's phase flag must be seen by the loader
+        seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint (Trainer writes trainer_state.json last), for auto-resume."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and os.path.isfile(os.path.join(path, "trainer_state.json")):
+            found.append((int(name.split("-")[-1]), path))
+    return max(found)[1] if found else None
+
+
+def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
+    """Train, pick the validation threshold, save `<output_dir>/model` (and `frozen_phase`); return a summary."""
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    # 1. Data: identity splits saved once, reused by every later run and by evaluation.
+    table = as_dataset(cfg.data_dir)
+    labels = sorted(set(table["label"]))
+    splits_file = cfg.splits_file or os.path.join(cfg.output_dir, "splits.json")
+    splits = get_or_create_splits(labels, splits_file, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    train_groups = group_paths(subset_by_identities(table, splits["train"]))
+    val_groups = group_paths(subset_by_identities(table, splits["val"]))
+
+    # 2. Model and the frozen backbone's tokens for every train/val photo (cached on disk by datasets).
+    model = PairMatcherModel(PairMatcherConfig(**cfg.model))
+    paths = sorted(p for groups in (train_groups, val_groups) for ps in groups.values() for p in ps)
+    cache_file = os.path.join(cfg.output_dir, "token_cache", f"{model.config.backbone}-{model.config.image_size}-{len(paths)}.arrow")
+    tokens = compute_tokens(model.backbone, paths, cache_file=cache_file)
+    index = {p: i for i, p in enumerate(paths)}
+
+    # 3. Hard negatives: nearest other dogs under the untrained backbone's mean pooled feature.
+    pooled = compute_pooled(model.backbone, tokens).numpy()
+    def id_means(groups):
+        return {dog: pooled[[index[p] for p in ps]].mean(0) for dog, ps in groups.items()}
+    train_nn = nearest_identities(id_means(train_groups), k=cfg.hard_k)
+    val_nn = nearest_identities(id_means(val_groups), k=cfg.hard_k)
+
+    total_steps = cfg.frozen_steps + cfg.finetune_steps
+    train_rows = pair_records(
+        mixed_pairs(train_groups, total_steps * cfg.batch_size, cfg.set_size, cfg.seed, cfg.hard_negative_fraction, train_nn),
+        augment=True,
+    )
+    val_rows = pair_records(
+        mixed_pairs(val_groups, cfg.val_pairs, cfg.set_size, cfg.seed + 100, cfg.hard_negative_fraction, val_nn),
+        augment=False,
+    )
+
+    train_tf = create_transform(model.data_config, train=True)
+    eval_tf = create_transform(model.data_config, train=False)
+    collator = PhaseCollator(CachedSetPairCollator(tokens, index), SetPairCollator(train_tf), SetPairCollator(eval_tf))
+
+    # 4. One optimizer for both phases: the head at `learning_rate`, the backbone at `backbone_learning_rate`.
+    backbone_params = list(model.backbone.parameters())
+    backbone_ids = {id(p) for p in backbone_params}
+    head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": head_params, "lr": cfg.learning_rate},
+            {"params": backbone_params, "lr": cfg.backbone_learning_rate},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+
+    args = _training_arguments(cfg, total_steps)
+    frozen_dir = os.path.join(cfg.output_dir, "frozen_phase")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=val_rows,
+        data_collator=collator,
+        compute_metrics=compute_pair_metrics,
+        optimizers=(optimizer, None),
+        callbacks=[
+            BackbonePhaseCallback(model, collator, cfg.frozen_steps, frozen_dir),
+            PhaseAwareEarlyStopping(cfg.early_stopping_patience, cfg.frozen_steps, cfg.finetune_steps),
+        ],
+    )
+    last = None if cfg.fresh else _last_checkpoint(args.output_dir)
+    trainer.train(resume_from_checkpoint=last)
+
+    # 5. Decision threshold on validation pairs, with the photos as the final model sees them.
+    # Cached tokens are still valid only if the kept weights never trained the backbone.
+    best = trainer.state.best_global_step
+    model.set_backbone_frozen(True)
+    collator.use_tokens = cfg.finetune_steps == 0 or (best is not None and best <= cfg.frozen_steps)
+    val_labels = np.array([r["label"] for r in val_rows])
+    val_scores = predict_pair_scores(model, val_rows, collator)
+    model.config.threshold = float(choose_threshold(val_labels, val_scores))
+    summary = {"val": verification_metrics(val_labels, val_scores, model.config.threshold), "splits_file": splits_file}
+    model.set_backbone_frozen(False)
+    model.config.freeze_backbone = False
+    final_dir = os.path.join(cfg.output_dir, "model")
+    model.save_pretrained(final_dir)
+
+    if os.path.isdir(frozen_dir):  # the frozen-phase baseline gets its own validation threshold
+        frozen = PairMatcherModel.from_pretrained(frozen_dir)
+        collator.use_tokens = True
+        frozen_scores = predict_pair_scores(frozen, val_rows, collator)
+        frozen.config.threshold = float(choose_threshold(val_labels, frozen_scores))
+        frozen.save_pretrained(frozen_dir)
+        summary["frozen_phase_val"] = verification_metrics(val_labels, frozen_scores, frozen.config.threshold)
+    summary["training"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    summary["best_global_step"] = trainer.state.best_global_step
+    _atomic_json(summary, os.path.join(cfg.output_dir, "summary.json"))
+    return summary
