@@ -16,6 +16,7 @@ If none works, `BackboneWeightsError` says which model and how to provide the we
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from dataclasses import dataclass
@@ -194,7 +195,9 @@ def create_backbone(
         checkpoint_path: a local weights file for any timm model, used instead of the Hub.
     """
     if not timm.is_model(_strip_pretrained_tag(model_name)):
-        close = timm.list_models(f"*{_strip_pretrained_tag(model_name)[:6]}*")[:10]
+        base = _strip_pretrained_tag(model_name)
+        close = difflib.get_close_matches(base, timm.list_models(), n=10, cutoff=0.6)
+        close = close or timm.list_models(f"*{base[:6]}*")[:10]
         raise ValueError(f"Unknown backbone '{model_name}'. timm has no such model; similar names: {close}.")
     kwargs = {}
     pretrained_cfg = timm.get_pretrained_cfg(model_name)

@@ -272,11 +272,16 @@ def _pair_paths(pairs: Sequence[SetPair]) -> list[str]:
     return sorted({p for pair in pairs for p in (*pair.paths_a, *pair.paths_b)})
 
 
-def _cosine_scores(pairs: Sequence[SetPair], feats: Mapping[str, np.ndarray] | None, batch_size: int) -> np.ndarray:
-    """Baseline: cosine similarity of the mean reference feature of each set."""
-    needed = _pair_paths(pairs)
-    if feats is None or any(p not in feats for p in needed):
-        feats = reference_features(needed, batch_size=batch_size)
+def _cosine_scores(
+    pairs: Sequence[SetPair], groups: Mapping[str, Sequence[str]], feats: Mapping[str, np.ndarray] | None, batch_size: int
+) -> np.ndarray:
+    """Baseline: cosine similarity of the mean reference feature of each set.
+
+    The reference features are those of all photos of the evaluated dogs (the same cache entry the hard
+    negatives use, reused whatever the seed, set size or number of pairs).
+    """
+    if feats is None:
+        feats = reference_features([p for ps in groups.values() for p in ps], batch_size=batch_size)
     a = np.stack([np.mean([feats[p] for p in pair.paths_a], axis=0) for pair in pairs]).astype(np.float64)
     b = np.stack([np.mean([feats[p] for p in pair.paths_b], axis=0) for pair in pairs]).astype(np.float64)
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -355,20 +360,22 @@ def evaluate_pair(
             f"model must be a saved PairMatcherModel folder, a PairMatcherModel or {BASELINE!r}, got {type(model).__name__}"
         )
 
-    use_val = baseline and splits is not None
+    # Choosing the threshold on the evaluated split itself would be the oracle: say so rather than "val".
+    use_val = baseline and splits is not None and bool(threshold_split) and threshold_split != split
     groups, threshold_groups = _load_groups(data, splits, split, threshold_split if use_val else None)
     where = f"split {split!r}" if splits is not None else "data"
     eval_pairs, feats = _draw_pairs(groups, pairs, set_size, seed, negatives, batch_size, where)
     labels = np.array([p.label for p in eval_pairs], dtype=np.int64)
 
     if baseline:
-        scores = _cosine_scores(eval_pairs, feats, batch_size)
+        scores = _cosine_scores(eval_pairs, groups, feats, batch_size)
         if use_val:
             val_pairs, val_feats = _draw_pairs(
                 threshold_groups, pairs, set_size, seed, negatives, batch_size, f"threshold split {threshold_split!r}"
             )
             val_labels = np.array([p.label for p in val_pairs], dtype=np.int64)
-            threshold = choose_threshold(val_labels, _cosine_scores(val_pairs, val_feats, batch_size))
+            val_scores = _cosine_scores(val_pairs, threshold_groups, val_feats, batch_size)
+            threshold = choose_threshold(val_labels, val_scores)
             source = "val"
         else:
             threshold, source = choose_threshold(labels, scores), "oracle"
@@ -395,7 +402,8 @@ def evaluate_pair(
     )
     if source == "oracle":
         result["note"] = (
-            "no splits file: the baseline threshold was chosen on the evaluated pairs themselves (oracle), "
+            "the baseline threshold was chosen on the evaluated pairs themselves (oracle: no splits file, or "
+            "--threshold-split equal to --split), "
             "so accuracy/precision/recall/f1 are optimistic; roc_auc and pr_auc are threshold-free"
         )
     return {k: _json_safe(v) for k, v in result.items()}

@@ -25,7 +25,8 @@ class PairMatcherConfig(PretrainedConfig):
             all photos), `attention` (learned query attending over all tokens, mask-aware), `cls_mean`
             (masked mean of each photo's pooled/CLS feature).
         head (`str`): `concat_mlp` (MLP on `[a; b; |a-b|; a*b]`), `cross_attention` (each set's tokens
-            attend to the other's, then `concat_mlp`), `siamese` (a distance between the two set vectors).
+            attend to the other's, are pooled by the attention pooling when `set_pooling="attention"`
+            and by a masked mean otherwise, then `concat_mlp`), `siamese` (a distance between the two set vectors).
         siamese_distance (`str`): `cosine` (scaled cosine + bias, both learned) or `learned` (MLP on
             `[|a-b|; a*b]`), for `head="siamese"`.
         num_attention_heads (`int`): heads of the attention pooling and cross-attention.
@@ -76,6 +77,8 @@ class PairMatcherConfig(PretrainedConfig):
             raise ValueError(
                 f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}."
             )
+        if backbone_trainable_groups is not None and backbone_trainable_groups < 0:
+            raise ValueError(f"backbone_trainable_groups={backbone_trainable_groups} must be >= 0 (or None for all).")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold={threshold} is a probability and must lie in [0, 1].")
         self.backbone = backbone

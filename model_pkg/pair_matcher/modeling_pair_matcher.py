@@ -78,6 +78,10 @@ class SetPooling(nn.Module):
             return masked_mean(tokens, token_mask)
         if self.mode == "cls_mean":
             return masked_mean(photo_embeds, photo_mask)
+        return self.attend(tokens, token_mask)
+
+    def attend(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Learned-query attention pooling: tokens (B, L, H), token_mask (B, L) -> (B, H)."""
         query = self.query.expand(tokens.shape[0], -1, -1)  # (B, 1, H)
         pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=~token_mask, need_weights=False)
         return self.norm(pooled.squeeze(1) + masked_mean(tokens, token_mask))
@@ -132,12 +136,13 @@ class CrossAttentionHead(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size)
         self.mlp = ConcatMLPHead(config)
 
-    def attend(self, x: SetEncoding, other: SetEncoding) -> torch.Tensor:
+    def attend(self, x: SetEncoding, other: SetEncoding, pool=masked_mean) -> torch.Tensor:
         out, _ = self.attention(x.tokens, other.tokens, other.tokens, key_padding_mask=~other.token_mask, need_weights=False)
-        return masked_mean(self.norm(x.tokens + out), x.token_mask)  # (B, H)
+        return pool(self.norm(x.tokens + out), x.token_mask)  # (B, H)
 
-    def forward(self, a: SetEncoding, b: SetEncoding) -> torch.Tensor:
-        return self.mlp(self.attend(a, b), self.attend(b, a))
+    def forward(self, a: SetEncoding, b: SetEncoding, pool=masked_mean) -> torch.Tensor:
+        """`pool(tokens, token_mask) -> (B, H)` reduces the cross-attended tokens (masked mean by default)."""
+        return self.mlp(self.attend(a, b, pool), self.attend(b, a, pool))
 
 
 class PairMatcherPreTrainedModel(PreTrainedModel):
@@ -202,7 +207,9 @@ class PairMatcherModel(PairMatcherPreTrainedModel):
         names = [name for _, group in sorted(groups.items()) for name in group]
         trainable = set(names)
         if self.config.backbone_trainable_groups is not None:
-            kept = [group for _, group in sorted(groups.items())][-self.config.backbone_trainable_groups :]
+            ordered = [group for _, group in sorted(groups.items())]
+            n = self.config.backbone_trainable_groups  # 0 trains none (ordered[-0:] would be all)
+            kept = ordered[len(ordered) - n :] if n > 0 else []
             trainable = {name for group in kept for name in group}
         for name, param in self.backbone.model.named_parameters():
             param.requires_grad_(not frozen and name in trainable)
@@ -287,7 +294,10 @@ class PairMatcherModel(PairMatcherPreTrainedModel):
 
     def forward_head(self, a: SetEncoding, b: SetEncoding) -> torch.Tensor:
         if isinstance(self.head, CrossAttentionHead):
-            return self.head(a, b)
+            # Attention set pooling also pools the cross-attended tokens, so its weights shape (and
+            # learn from) the logit; mean / cls_mean have no weights and keep the masked mean.
+            pool = self.set_pooling.attend if self.set_pooling.mode == "attention" else masked_mean
+            return self.head(a, b, pool)
         return self.head(a.embeds, b.embeds)
 
     def forward(

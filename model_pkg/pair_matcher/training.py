@@ -312,6 +312,10 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         frozen.save_pretrained(frozen_dir)
         summary["frozen_phase_val"] = verification_metrics(val_labels, frozen_scores, frozen.config.threshold)
     summary["training"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    if not isinstance(cfg.data_dir, (str, os.PathLike)):  # a DataFrame or Dataset: record what it was
+        summary["training"]["data_dir"] = f"<{type(cfg.data_dir).__name__} with {len(table)} photos>"
+    else:
+        summary["training"]["data_dir"] = str(cfg.data_dir)
     summary["best_global_step"] = trainer.state.best_global_step
     _atomic_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary

@@ -1,0 +1,56 @@
+"""Pair-matcher quality on the test dogs: 1v1 and 3v3, random and hard negatives, models vs baselines.
+
+    python bench/bench_pair_quality.py --models imagenet-cosine,runs/pair-matcher/frozen_phase,models/pair-matcher \
+        --json bench/results/pair_quality.json
+
+Every number comes from `model_pkg.evaluate.evaluate_pair`, the same code as
+`python -m model_pkg.evaluate pair`, on the identities of `--split` in the saved split file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model_pkg.evaluate import evaluate_pair  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="imagenet-cosine,models/pair-matcher")
+    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "dogfacenet"))
+    parser.add_argument("--splits", default=os.path.join(ROOT, "train", "splits", "dogfacenet.json"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--set-sizes", default="1,3")
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    rows = []
+    for model in args.models.split(","):
+        for negatives in ("random", "hard"):
+            for k in (int(s) for s in args.set_sizes.split(",")):
+                r = evaluate_pair(model, args.data, set_size=k, pairs=args.pairs, seed=args.seed, negatives=negatives,
+                                  splits=args.splits, split=args.split)
+                rows.append({"model": model, "set_size": f"{k}v{k}", "negatives": negatives,
+                             **{m: r[m] for m in ("accuracy", "roc_auc", "pr_auc", "f1", "threshold", "threshold_source", "num_pairs")}})
+                print(f"{model:40s} {k}v{k} {negatives:6s} acc {100 * r['accuracy']:.2f}%  AUC {r['roc_auc']:.4f}", flush=True)
+    print("\n| model | pairs | negatives | accuracy | ROC-AUC | PR-AUC |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['set_size']} | {r['negatives']} | {100 * r['accuracy']:.2f}% | {r['roc_auc']:.4f} | {r['pr_auc']:.4f} |")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""GalleryIndex: exact/HNSW search, voting, rejection, calibration, atomic save/load, errors.
+
+Synthetic clustered vectors only (numpy RNG), single faiss thread: fast on a busy CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from model_pkg import gallery as gallery_mod
+from model_pkg.gallery import (
+    EmptyGalleryError,
+    GalleryFileError,
+    GalleryIndex,
+    GalleryMismatchError,
+    Prediction,
+    _weighted_threshold,
+    evaluate_gallery,
+)
+from model_pkg.metrics import choose_threshold
+
+DIM = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def make_centres(n_ids: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    return unit(np.random.default_rng(seed).standard_normal((n_ids, dim)))
+
+
+def noisy(centres: np.ndarray, per_id: int, noise: float = 0.3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """per_id noisy unit copies of each centre; returns (vectors, centre index per row)."""
+    rng = np.random.default_rng(seed)
+    idx = np.repeat(np.arange(len(centres)), per_id)
+    x = centres[idx] + noise / np.sqrt(centres.shape[1]) * rng.standard_normal((idx.size, centres.shape[1]))
+    return unit(x), idx
+
+
+def names(idx) -> list[str]:
+    return [f"dog{i:03d}" for i in idx]
+
+
+@pytest.fixture(scope="module")
+def world():
+    """45 identities: 0-29 registered (5 photos each), 30-44 never registered."""
+    centres = make_centres(45)
+    gal, gidx = noisy(centres[:30], 5, seed=1)
+    return centres, gal, names(gidx)
+
+
+def build(world, **kw) -> GalleryIndex:
+    _, gal, glab = world
+    g = GalleryIndex(DIM, model_id="test-embedder@abc", **kw)
+    g.add(gal, glab, metadata=[{"photo": f"p{i}.jpg"} for i in range(len(glab))])
+    return g
+
+
+def files_bytes(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+# --------------------------------------------------------------------------- #
+# search
+# --------------------------------------------------------------------------- #
+def test_search_matches_brute_force_ip(world):
+    _, gal, glab = world
+    g = build(world)
+    assert len(g) == 150 and g.labels == glab and len(g.identities) == 30
+    q = np.random.default_rng(5).standard_normal((7, DIM)).astype(np.float32) * 3.0  # not normalised
+    q_before = q.copy()
+    scores, labels, ids = g.search(q, k=10)
+    np.testing.assert_array_equal(q, q_before)  # input untouched
+    sims = unit(q) @ gal.T
+    order = np.argsort(-sims, axis=1)[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, order, 1), atol=1e-5)
+    assert ids == [[str(j) for j in row] for row in order]
+    assert labels == [[glab[j] for j in row] for row in order]
+    assert scores.shape == (7, 10) and scores.dtype == np.float32
+
+
+def test_search_matches_brute_force_l2_and_k_clamped(world):
+    _, gal, glab = world
+    g = GalleryIndex(DIM, metric="l2")
+    g.add(gal[:12], glab[:12])
+    q = gal[[0, 7]] + 0.01
+    scores, labels, _ = g.search(q, k=50)  # k larger than the gallery: all 12, best first
+    d = np.linalg.norm(q[:, None, :] - gal[None, :12, :], axis=2)
+    np.testing.assert_allclose(scores, -np.sort(d, axis=1), atol=1e-5)
+    assert scores.shape == (2, 12)
+
+
+# --------------------------------------------------------------------------- #
+# classify / voting / rejection
+# --------------------------------------------------------------------------- #
+def test_classify_votes_right_label(world):
+    centres, _, _ = world
+    g = build(world)
+    q, qidx = noisy(centres[:30], 2, seed=9)
+    preds = g.classify(q, k=10)
+    assert all(isinstance(p, Prediction) for p in preds)
+    assert [p.label for p in preds] == names(qidx)
+    for p in preds:
+        assert p.accepted and p.reason is None and 0.5 < p.confidence <= 1.0
+        assert p.candidates[0] == (p.label, pytest.approx(p.confidence))
+        assert sum(w for _, w in p.candidates) <= 1.0 + 1e-9
+        assert p.margin == pytest.approx(p.confidence - (p.candidates[1][1] if len(p.candidates) > 1 else 0.0))
+    json.dumps(preds[0].to_dict())
+
+
+def test_vote_weights_are_inverse_distance():
+    # one very close "a" photo outweighs two farther "b" photos
+    e = np.eye(4, dtype=np.float32)
+    g = GalleryIndex(4)
+    a = unit(np.array([1.0, 0.05, 0, 0]))
+    b1, b2 = unit(np.array([1.0, 0.6, 0, 0])), unit(np.array([1.0, 0, 0.6, 0]))
+    g.add(np.stack([a, b1, b2]), ["a", "b", "b"])
+    (p,) = g.classify(e[0], k=3)
+    s = np.array([a[0], b1[0], b2[0]], dtype=np.float64)
+    w = 1.0 / np.maximum(1.0 - s, 1e-6)
+    assert p.label == "a"
+    assert p.confidence == pytest.approx(w[0] / w.sum(), rel=1e-4)
+    assert p.top_score == pytest.approx(a[0], abs=1e-6)
+
+
+def test_reshoot_when_two_classes_tie():
+    a, b = np.eye(8, dtype=np.float32)[:2]
+    g = GalleryIndex(8)
+    g.add(np.stack([a, b]), ["rex", "max"])
+    (p,) = g.classify(a + b, k=2)  # exactly half-way between the two dogs
+    assert p.reason == "reshoot" and not p.accepted and p.label is None
+    assert p.margin == pytest.approx(0.0, abs=1e-5)
+    assert {lab for lab, _ in p.candidates} == {"rex", "max"}
+
+
+def test_unknown_rejected_after_calibrate(world):
+    centres, _, _ = world
+    g = build(world)
+    # validation: other photos of registered dogs + photos of 8 unregistered dogs
+    kq, kidx = noisy(centres[:30], 2, seed=11)
+    uq, _ = noisy(centres[30:38], 3, seed=12)
+    before = g.classify(uq)
+    assert not any(p.reason == "unknown" for p in before)  # uncalibrated: no unknown rejection
+    res = g.calibrate(kq, names(kidx), uq)
+    for key in ("score_threshold", "margin_threshold", "known_accuracy", "unknown_rejection", "balanced_accuracy",
+                "open_set_auroc", "known_misidentified", "num_known", "num_unknown"):
+        assert key in res
+    assert g.score_threshold == res["score_threshold"] and g.margin_threshold == res["margin_threshold"]
+    assert res["margin_threshold"] > 0 and res["balanced_accuracy"] > 0.95
+    json.dumps(res)
+    # test on fresh photos, including dogs never seen in calibration
+    tq, tidx = noisy(centres[:30], 1, seed=21)
+    known_preds = g.classify(tq)
+    assert np.mean([p.accepted and p.label == lab for p, lab in zip(known_preds, names(tidx))]) >= 0.9
+    unk_q, _ = noisy(centres[38:], 3, seed=22)
+    unk_preds = g.classify(unk_q)
+    assert np.mean([p.reason == "unknown" for p in unk_preds]) >= 0.9
+    assert all(p.label is None for p in unk_preds if not p.accepted)
+
+
+def test_calibrate_accuracy_target_and_validation(world):
+    centres, _, _ = world
+    g = build(world)
+    kq, kidx = noisy(centres[:30], 1, seed=13)
+    uq, _ = noisy(centres[30:], 1, seed=14)
+    res = g.calibrate(kq, names(kidx), uq, target="accuracy")
+    assert res["target"] == "accuracy" and res["accuracy"] > 0.9
+    g.margin_threshold = 0.2
+    assert g.calibrate(kq, names(kidx), uq, fit_margin=False)["margin_threshold"] == 0.2
+    with pytest.raises(ValueError, match="not registered"):
+        g.calibrate(kq[:1], ["dog040"], uq)
+    with pytest.raises(ValueError, match="target"):
+        g.calibrate(kq, names(kidx), uq, target="f1")
+
+
+def test_weighted_threshold_matches_choose_threshold():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pos = rng.integers(0, 12, size=rng.integers(1, 15)).astype(float)
+        neg = rng.integers(0, 12, size=rng.integers(1, 15)).astype(float)
+        labels = np.r_[np.ones(pos.size, int), np.zeros(neg.size, int)]
+        assert _weighted_threshold(pos, neg, 1, 1) == choose_threshold(labels, np.r_[pos, neg])
+
+
+# --------------------------------------------------------------------------- #
+# HNSW
+# --------------------------------------------------------------------------- #
+def test_hnsw_recall_close_to_exact():
+    centres = make_centres(1000, seed=30)
+    x, xidx = noisy(centres, 5, noise=0.5, seed=31)  # 5000 vectors
+    g = GalleryIndex(DIM, approximate_above=1000)
+    g.add(x, names(xidx))
+    assert not g.is_approximate
+    q, _ = noisy(centres[:200], 1, noise=0.5, seed=32)
+    _, _, ids_hnsw = g.search(q, k=10)  # crossing approximate_above builds HNSW here
+    assert g.is_approximate
+    _, _, ids_exact = g.search(q, k=10, exact=True)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids_hnsw, ids_exact)])
+    assert recall > 0.95
+
+
+def test_hnsw_switch_threshold_add_remove(world):
+    _, gal, glab = world
+    g = GalleryIndex(DIM, approximate_above=100)
+    g.add(gal[:100], glab[:100])
+    g.search(gal[:1])
+    assert not g.is_approximate
+    g.add(gal[100:], glab[100:])
+    s_hnsw, lab_hnsw, _ = g.search(gal[:3], k=5)
+    assert g.is_approximate
+    assert lab_hnsw[0][0] == glab[0]
+    n_removed = g.remove(glab[0])
+    assert n_removed == 5 and len(g) == 145 and glab[0] not in g.labels
+    _, labs, _ = g.search(gal[:3], k=20)  # HNSW rebuilt from the kept exact vectors
+    assert g.is_approximate and all(glab[0] not in row for row in labs)
+    with pytest.raises(ValueError, match="no vectors with label"):
+        g.remove("no-such-dog")
+
+
+def test_build_approximate_explicit(world):
+    g = build(world)
+    exact = g.search(world[1][:4], k=5)
+    g.build_approximate(ef_search=128)
+    assert g.is_approximate and g.ef_search == 128
+    approx = g.search(world[1][:4], k=5)
+    assert approx[2] == exact[2]
+
+
+# --------------------------------------------------------------------------- #
+# save / load
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("approximate", [False, True])
+def test_save_load_round_trip(world, tmp_path, approximate):
+    g = build(world, score_threshold=0.5, margin_threshold=0.1, ef_search=50)
+    if approximate:
+        g.build_approximate()
+    out = tmp_path / "gallery"
+    g.save(out)
+    assert sorted(os.listdir(out)) == ["gallery.json", "index.faiss", "vectors.npy"]
+    meta = json.loads((out / "gallery.json").read_text())
+    assert set(meta["sha256"]) == {"index.faiss", "vectors.npy"} and meta["model_id"] == "test-embedder@abc"
+    h = GalleryIndex.load(out, expected_dim=DIM, expected_model_id="test-embedder@abc")
+    assert h.is_approximate == approximate and h.ef_search == 50
+    assert (h.labels, h.ids, h.metadata, h.score_threshold, h.margin_threshold) == (
+        g.labels, g.ids, g.metadata, 0.5, 0.1)
+    q = np.random.default_rng(2).standard_normal((6, DIM)).astype(np.float32)
+    a, b = g.search(q, k=8), h.search(q, k=8)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1:] == b[1:]
+    assert [p.to_dict() for p in g.classify(q)] == [p.to_dict() for p in h.classify(q)]
+    np.testing.assert_array_equal(h.vectors, g.vectors)
+    assert h.add(world[1][:1], ["new"]) == ["150"]  # running ids continue after load
+
+
+def test_save_replaces_existing_gallery_atomically(world, tmp_path):
+    out = tmp_path / "g"
+    build(world).save(out)
+    g2 = GalleryIndex(DIM, model_id="v2")
+    g2.add(world[1][:3], ["a", "b", "c"])
+    g2.save(out)
+    assert GalleryIndex.load(out).labels == ["a", "b", "c"]
+    assert sorted(os.listdir(tmp_path)) == ["g"]  # no temporary or backup folder left
+
+
+def test_save_refuses_folder_with_other_files(world, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="own folder"):
+        build(world).save(tmp_path)
+    assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_corrupt_index_file_clear_error_files_untouched(world, tmp_path):
+    out = tmp_path / "g"
+    build(world).save(out)
+    raw = bytearray((out / "index.faiss").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (out / "index.faiss").write_bytes(bytes(raw))
+    before = files_bytes(out)
+    with pytest.raises(GalleryFileError, match=r"index file .* is corrupt \(checksum mismatch\): restore it or rebuild"):
+        GalleryIndex.load(out)
+    assert files_bytes(out) == before
+
+
+def test_truncated_vectors_and_missing_files(world, tmp_path):
+    out = tmp_path / "g"
+    build(world).save(out)
+    data = (out / "vectors.npy").read_bytes()
+    (out / "vectors.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(GalleryFileError, match="vectors file .* corrupt"):
+        GalleryIndex.load(out)
+    (out / "vectors.npy").unlink()
+    with pytest.raises(GalleryFileError, match="missing vectors.npy"):
+        GalleryIndex.load(out)
+    with pytest.raises(GalleryFileError, match="does not exist"):
+        GalleryIndex.load(tmp_path / "nowhere")
+
+
+def test_crash_while_writing_keeps_previous_gallery(world, tmp_path, monkeypatch):
+    out = tmp_path / "g"
+    good = build(world)
+    good.save(out)
+    before = files_bytes(out)
+    other = GalleryIndex(DIM, model_id="test-embedder@abc")
+    other.add(world[1][:2], ["x", "y"])
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(gallery_mod.faiss, "write_index", boom)
+    with pytest.raises(OSError, match="simulated"):
+        other.save(out)
+    monkeypatch.undo()
+    assert files_bytes(out) == before
+    assert sorted(os.listdir(tmp_path)) == ["g"]
+    assert GalleryIndex.load(out).labels == good.labels
+
+
+def test_crash_during_swap_rolls_back_or_recovers(world, tmp_path, monkeypatch):
+    """Platforms without an atomic exchange: two renames; a failure between them never loses the gallery."""
+    out = tmp_path / "g"
+    good = build(world)
+    good.save(out)
+    before = files_bytes(out)
+    other = GalleryIndex(DIM)
+    other.add(world[1][:2], ["x", "y"])
+    monkeypatch.setattr(gallery_mod, "_rename_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    # 1) the second rename fails once: rolled back at once
+    calls = []
+
+    def fail_second(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError("crash between renames (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(gallery_mod.os, "rename", fail_second)
+    with pytest.raises(OSError, match="simulated"):
+        other.save(out)
+    monkeypatch.setattr(gallery_mod.os, "rename", real_rename)
+    assert files_bytes(out) == before and sorted(os.listdir(tmp_path)) == ["g"]
+
+    # 2) hard crash after moving the old gallery aside (no rollback possible): load() restores it
+    calls.clear()
+
+    def die_after_first(src, dst):
+        calls.append(src)
+        if len(calls) >= 2:
+            raise OSError("process killed (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(gallery_mod.os, "rename", die_after_first)
+    with pytest.raises(OSError, match="simulated"):
+        other.save(out)
+    monkeypatch.setattr(gallery_mod.os, "rename", real_rename)
+    assert not out.exists()
+    with pytest.warns(RuntimeWarning, match="interrupted save"):
+        h = GalleryIndex.load(out)
+    assert h.labels == good.labels and files_bytes(out) == before
+
+    # 3) the fallback path itself works
+    other.save(out)
+    assert GalleryIndex.load(out).labels == ["x", "y"] and sorted(os.listdir(tmp_path)) == ["g"]
+
+
+def test_load_dim_and_model_id_mismatch(world, tmp_path):
+    out = tmp_path / "g"
+    build(world).save(out)
+    with pytest.raises(GalleryMismatchError, match=r"32-dimensional.*768-dimensional.*another embedder"):
+        GalleryIndex.load(out, expected_dim=768)
+    with pytest.raises(GalleryMismatchError, match=r"'test-embedder@abc'.*'other-model@123'.*rebuild"):
+        GalleryIndex.load(out, expected_model_id="other-model@123")
+    with pytest.raises(ValueError):  # GalleryMismatchError is a ValueError
+        GalleryIndex.load(out, expected_model_id="other-model@123")
+
+
+# --------------------------------------------------------------------------- #
+# input errors
+# --------------------------------------------------------------------------- #
+def test_dim_mismatch_on_add_and_search(world):
+    g = build(world)
+    with pytest.raises(GalleryMismatchError, match=r"dimension 16 .* 32-dimensional .*another embedder.*Rebuild"):
+        g.search(np.ones((2, 16), np.float32))
+    with pytest.raises(GalleryMismatchError, match="dimension 64"):
+        g.add(np.ones((1, 64), np.float32), ["x"])
+    assert len(g) == 150
+
+
+def test_empty_gallery_search():
+    g = GalleryIndex(DIM)
+    for call in (lambda: g.search(np.ones(DIM)), lambda: g.classify(np.ones(DIM))):
+        with pytest.raises(EmptyGalleryError, match=r"the gallery is empty: register animals with add\(\.\.\.\) first"):
+            call()
+    with pytest.raises(RuntimeError):
+        g.search(np.ones(DIM))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_vector_refused(world, bad):
+    g = build(world)
+    x = np.ones((3, DIM), np.float32)
+    x[1, 4] = bad
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] contain NaN or infinite"):
+        g.add(x, ["a", "b", "c"])
+    assert len(g) == 150
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        g.search(x)
+
+
+def test_zero_vector_refused(world):
+    g = build(world)
+    x = np.ones((2, DIM), np.float32)
+    x[0] = 0
+    with pytest.raises(ValueError, match=r"row\(s\) \[0\] are zero vectors"):
+        g.add(x, ["a", "b"])
+    with pytest.raises(ValueError, match="zero vectors"):
+        g.classify(x)
+    assert len(g) == 150
+
+
+def test_labels_ids_k_errors(world):
+    g = build(world)
+    x = np.ones((2, DIM), np.float32)
+    with pytest.raises(ValueError, match="labels has 1 entries but embeddings has 2 rows"):
+        g.add(x, ["a"])
+    with pytest.raises(ValueError, match="already in the gallery"):
+        g.add(x, ["a", "b"], ids=["0", "new"])
+    with pytest.raises(ValueError, match="repeated"):
+        g.add(x, ["a", "b"], ids=["z", "z"])
+    with pytest.raises(ValueError, match="non-empty strings"):
+        g.add(x, ["a", 3])
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        g.search(x, k=0)
+    assert len(g) == 150
+
+
+# --------------------------------------------------------------------------- #
+# evaluation helper
+# --------------------------------------------------------------------------- #
+def test_evaluate_gallery(world):
+    centres, gal, glab = world
+    q, qidx = noisy(centres, 2, seed=40)  # 30 registered + 15 unknown identities
+    unknown = set(names(range(30, 45)))
+    cal = build(world)
+    cq, cidx = noisy(centres, 1, seed=41)
+    cal.calibrate(cq[:30], names(cidx[:30]), cq[30:])
+    res = evaluate_gallery(gal, glab, q, names(qidx), unknown, thresholds_from=cal)
+    assert res["rank1"] == pytest.approx(100.0) and res["rank5"] == pytest.approx(100.0)
+    assert 0.9 < res["map"] <= 1.0
+    assert res["open_set_auroc"] > 0.95
+    assert res["known_accuracy"] > 0.9 and res["unknown_rejection"] > 0.9
+    assert res["num_known"] == 60 and res["num_unknown"] == 30
+    assert res["score_threshold"] == cal.score_threshold
+    json.dumps(res)
+    no_unknown = evaluate_gallery(gal, glab, q[:60], names(qidx[:60]))
+    assert no_unknown["open_set_auroc"] is None and no_unknown["known_accuracy"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="registered in the gallery"):
+        evaluate_gallery(gal, glab, q, names(qidx), {"dog000"})
+    with pytest.raises(ValueError, match="neither registered"):
+        evaluate_gallery(gal, glab, q, names(qidx), set())

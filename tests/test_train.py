@@ -1,0 +1,114 @@
+"""The training entry and the high-level API on a tiny model and a few real dogs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from model_pkg.pair_matcher import PairMatcherModel
+from model_pkg.pair_matcher.pipeline import PairMatchingTrainer, match_sets, save_with_card
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOGS = os.path.join(ROOT, "..", "shared", "data", "dogfacenet")
+TINY_MODEL = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "hidden_size": 32}
+
+
+@pytest.fixture(scope="module")
+def dog_tree(tmp_path_factory):
+    if not os.path.isdir(DOGS):
+        pytest.skip("shared DogFaceNet data not found beside the repo")
+    root = tmp_path_factory.mktemp("dogs")
+    for dog in sorted(os.listdir(DOGS), key=int)[:12]:
+        shutil.copytree(os.path.join(DOGS, dog), root / dog)
+    return root
+
+
+def run_tiny(dog_tree, out, *extra):
+    from train.run import main
+
+    return main([
+        "--task", "pair", "--config", os.path.join(ROOT, "train", "configs", "pair_matcher.yaml"),
+        "--set", f"data_dir={dog_tree}", "--set", f"output_dir={out}", "--set", "splits_file=null",
+        "--set", f"model={json.dumps(TINY_MODEL)}", "--set", "frozen_steps=6", "--set", "finetune_steps=4",
+        "--set", "eval_steps=5", "--set", "val_pairs=12", "--set", "batch_size=4", "--set", "logging_steps=5",
+        *extra,
+    ])
+
+
+def test_run_trains_both_phases_and_saves(dog_tree, tmp_path):
+    summary = run_tiny(dog_tree, tmp_path / "run")
+    model = PairMatcherModel.from_pretrained(tmp_path / "run" / "model")
+    frozen = PairMatcherModel.from_pretrained(tmp_path / "run" / "frozen_phase")
+    assert 0.0 <= model.config.threshold <= 1.0
+    assert summary["val"]["threshold"] == pytest.approx(model.config.threshold)
+    # the fine-tuning phase changed the backbone; the frozen phase did not touch it
+    changed = [not torch.equal(a, b) for a, b in zip(model.backbone.state_dict().values(), frozen.backbone.state_dict().values())]
+    assert any(changed)
+    splits = json.load(open(tmp_path / "run" / "splits.json"))
+    assert not set(splits["train"]) & set(splits["test"])
+    state = json.load(open(tmp_path / "run" / "checkpoints" / "checkpoint-10" / "trainer_state.json"))
+    assert any("eval_roc_auc" in entry for entry in state["log_history"])
+
+
+def test_run_resumes_from_latest_checkpoint(dog_tree, tmp_path):
+    run_tiny(dog_tree, tmp_path / "run")
+    first = json.load(open(tmp_path / "run" / "summary.json"))
+    summary = run_tiny(dog_tree, tmp_path / "run", "--set", "finetune_steps=9")  # 5 more steps from checkpoint-10
+    state = json.load(open(tmp_path / "run" / "checkpoints" / "checkpoint-15" / "trainer_state.json"))
+    assert state["global_step"] == 15
+    assert first["training"]["finetune_steps"] == 4 and summary["training"]["finetune_steps"] == 9
+
+
+def test_run_rejects_unknown_option(dog_tree, tmp_path):
+    with pytest.raises(SystemExit, match="frozen_stepz"):
+        run_tiny(dog_tree, tmp_path / "run", "--set", "frozen_stepz=3")
+
+
+def test_high_level_api_with_dataframe(dog_tree, tmp_path):
+    rows = [(str(p), p.parent.name) for p in sorted(dog_tree.glob("*/*.jpg"))]
+    df = pd.DataFrame(rows, columns=["x", "y"])
+    trainer = PairMatchingTrainer(output_dir=str(tmp_path / "api"), model=TINY_MODEL, frozen_steps=4, finetune_steps=0,
+                                  eval_steps=4, val_pairs=12, batch_size=4)
+    trainer.train(df)
+    photos = sorted(str(p) for p in (dog_tree / "0").glob("*.jpg"))
+    result = trainer.predict(photos[:2], photos[2:3])
+    assert 0.0 <= result.probability <= 1.0 and result.photo_similarity.shape == (2, 1)
+    trainer.save(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "README.md").read_text().count("petmatch") >= 1
+    again = PairMatchingTrainer.load(str(tmp_path / "saved"))
+    assert again.predict(photos[:2], photos[2:3]).probability == pytest.approx(result.probability, abs=1e-3)
+
+
+def test_match_sets_errors(tmp_path):
+    model = PairMatcherModel.from_pretrained(_tiny_saved(tmp_path))
+    photo = os.path.join(DOGS, "0", "0.0.jpg")
+    with pytest.raises(ValueError, match="Set A is empty"):
+        match_sets(model, [], [photo])
+    with pytest.raises(TypeError, match="single path"):
+        match_sets(model, photo, [photo])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match="bad.jpg"):
+        match_sets(model, [str(bad)], [photo])
+
+
+def test_set_of_fifty_photos(tmp_path):
+    model = PairMatcherModel.from_pretrained(_tiny_saved(tmp_path))
+    photos = [os.path.join(DOGS, "0", f) for f in sorted(os.listdir(os.path.join(DOGS, "0")))]
+    result = match_sets(model, (photos * 50)[:50], photos[:1])
+    assert result.photo_similarity.shape == (50, 1)
+
+
+def _tiny_saved(tmp_path) -> str:
+    from model_pkg import PairMatcherConfig
+
+    if not os.path.isdir(DOGS):
+        pytest.skip("shared DogFaceNet data not found beside the repo")
+    path = str(tmp_path / "tiny")
+    save_with_card(PairMatcherModel(PairMatcherConfig(**TINY_MODEL)), path, weights_dtype=torch.float16)
+    return path
