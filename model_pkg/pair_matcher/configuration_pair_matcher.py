@@ -36,7 +36,8 @@ class PairMatcherConfig(PretrainedConfig):
         threshold (`float`): decision threshold on the probability, chosen on validation pairs.
         freeze_backbone (`bool`): backbone parameters get no gradient (the frozen phase).
         backbone_trainable_groups (`int`, *optional*): when the backbone is not frozen, train only its
-            last this-many layer groups (timm's `group_matcher`: stem, each block stage, head); all when None.
+            last this-many layer groups (timm's coarse `group_matcher`: the stem, then each block stage,
+            the last one merged with the head conv); all when None, none when 0.
             Fewer trainable groups make CPU fine-tuning several times cheaper.
         freeze_backbone_bn (`bool`): keep the backbone's BatchNorm statistics fixed while fine-tuning
             (small CPU batches would otherwise wreck them).
