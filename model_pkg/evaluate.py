@@ -20,6 +20,22 @@ Every unique photo in the pairs goes through the backbone once; pairs are then s
 tokens. The decision threshold is the model's stored validation threshold (``"stored"``); the baseline
 chooses its own on pairs drawn the same way from the ``--threshold-split`` identities (``"val"``), or,
 without a splits file, on the evaluated pairs themselves (``"oracle"``: optimistic).
+
+* ``gallery``: identification against a gallery of known dogs, with open-set rejection, for a saved
+  :class:`~model_pkg.ArcFaceEmbedderModel` or the ``imagenet`` baseline (untrained ImageNet
+  ``tf_efficientnet_lite0`` pooled features, cosine)::
+
+      python -m model_pkg.evaluate gallery --model runs/arcface/model --data ../shared/data/dogfacenet \\
+          --splits train/splits/dogfacenet.json --split test --gallery-per-id 1 --unknown-fraction 0.2 \\
+          --seed 0 --json results/gallery_test_g1.json
+
+``--unknown-fraction`` U of the dogs are left out of the gallery (all their photos are queries that must
+be rejected); every other dog registers ``--gallery-per-id`` G random photos and queries with the rest
+(:func:`~model_pkg.data.samplers.split_gallery_queries`; dogs with G photos or fewer are skipped). Reports
+rank1 / rank5 / rank10 (percent), map, mrr, open_set_auroc, and known_accuracy / unknown_rejection at
+score and vote-margin thresholds calibrated (``GalleryIndex.calibrate``) on the ``--threshold-split``
+dogs under the same G, U and seed (``"val"``); without a splits file, at the model's stored thresholds
+(``"stored"``), or else calibrated on the evaluated queries themselves (``"oracle"``: optimistic).
 """
 
 from __future__ import annotations
@@ -49,8 +65,13 @@ from .data import (
     sample_pairs,
     subset_by_identities,
 )
+from .arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+from .arcface.training import embed_paths
 from .data.pairs import SetPair
+from .data.samplers import GallerySplit, split_gallery_queries
 from .features import compute_pooled, compute_tokens
+from .gallery import GalleryIndex
+from .gallery import evaluate_gallery as _score_gallery
 from .metrics import choose_threshold, verification_metrics
 from .pair_matcher import PairMatcherConfig, PairMatcherModel
 from .pair_matcher.training import pair_records, predict_pair_scores
@@ -61,8 +82,11 @@ __all__ = [
     "BASELINE",
     "REFERENCE_BACKBONE",
     "EvaluationError",
+    "GALLERY_BASELINE",
     "cache_dir",
+    "evaluate_gallery_protocol",
     "evaluate_pair",
+    "load_arcface_model",
     "hard_neighbours",
     "load_pair_model",
     "main",
@@ -70,6 +94,7 @@ __all__ = [
 ]
 
 BASELINE = "imagenet-cosine"
+GALLERY_BASELINE = "imagenet"  # `evaluate gallery`: the same untrained reference features, cosine
 REFERENCE_BACKBONE = "tf_efficientnet_lite0"
 NEGATIVE_MODES = ("random", "hard")
 RESULT_KEYS = (
@@ -410,6 +435,189 @@ def evaluate_pair(
 
 
 # --------------------------------------------------------------------------- #
+# Gallery: identification with open-set rejection
+# --------------------------------------------------------------------------- #
+GALLERY_RESULT_KEYS = (
+    "rank1", "rank5", "rank10", "map", "mrr", "open_set_auroc", "known_accuracy", "unknown_rejection",
+    "balanced_accuracy", "classification_accuracy", "known_acceptance", "known_misidentified",
+    "score_threshold", "margin_threshold", "k", "num_known", "num_unknown", "num_gallery",
+)
+
+
+def load_arcface_model(path: str | os.PathLike) -> ArcFaceEmbedderModel:
+    """Load a saved :class:`ArcFaceEmbedderModel` in float32 on CPU, with clear errors for wrong folders."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise EvaluationError(
+            f"model folder {str(folder)!r} does not exist: pass a folder saved by ArcFaceEmbedderModel.save_pretrained "
+            f"or {GALLERY_BASELINE!r} for the ImageNet baseline"
+        )
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved ArcFace embedder")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise EvaluationError(f"{str(config_file)!r} is not a valid config file ({exc})") from exc
+    if model_type != ArcFaceEmbedderConfig.model_type:
+        raise EvaluationError(
+            f"{str(folder)!r} holds a {model_type!r} model, not an ArcFace embedder ({ArcFaceEmbedderConfig.model_type!r}); "
+            "`evaluate gallery` needs a model that embeds single photos"
+        )
+    try:
+        model = ArcFaceEmbedderModel.from_pretrained(folder, dtype=torch.float32)
+    except OSError as exc:
+        raise EvaluationError(f"could not load the ArcFace embedder from {str(folder)!r}: {exc}") from exc
+    return model.eval()
+
+
+def _gallery_split(groups, gallery_per_id: int, unknown_fraction: float, seed: int, where: str) -> GallerySplit:
+    try:
+        return split_gallery_queries(groups, gallery_per_id, unknown_fraction, seed)
+    except ValueError as exc:
+        message = str(exc).replace("gallery_per_id=", "--gallery-per-id ").replace("gallery_per_id", "--gallery-per-id")
+        raise EvaluationError(f"{where}: {message}") from exc
+
+
+def _split_arrays(split: GallerySplit, emb: Mapping[str, np.ndarray]):
+    gallery = np.stack([emb[p] for p in split.gallery_paths]).astype(np.float32)
+    queries = np.stack([emb[p] for p in split.query_paths]).astype(np.float32)
+    return gallery, queries
+
+
+def _calibrated(split: GallerySplit, emb: Mapping[str, np.ndarray], k: int) -> GalleryIndex:
+    """A gallery of `split` with thresholds calibrated on its known and unknown queries."""
+    gallery_emb, query_emb = _split_arrays(split, emb)
+    unknown = np.array([lab in set(split.unknown_labels) for lab in split.query_labels])
+    gallery = GalleryIndex(gallery_emb.shape[1], "ip", approximate_above=max(len(gallery_emb), 1))
+    gallery.add(gallery_emb, split.gallery_labels)
+    known_labels = [lab for lab, u in zip(split.query_labels, unknown) if not u]
+    gallery.calibrate(query_emb[~unknown], known_labels, query_emb[unknown], k=k)
+    return gallery
+
+
+def evaluate_gallery_protocol(
+    model: str | os.PathLike | ArcFaceEmbedderModel,
+    data: Any,
+    gallery_per_id: int = 1,
+    unknown_fraction: float = 0.2,
+    seed: int = 0,
+    splits: str | os.PathLike | Mapping[str, Sequence[str]] | None = None,
+    split: str = "test",
+    threshold_split: str = "val",
+    k: int | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Gallery identification with open-set rejection of an ArcFace embedder (or the ``imagenet`` baseline).
+
+    Args:
+        model: a saved ArcFaceEmbedderModel folder, a loaded ``ArcFaceEmbedderModel``, or ``"imagenet"``.
+        data: an identity-folder tree (or seed layout), or anything ``as_dataset`` accepts.
+        gallery_per_id: G, photos registered per known dog; its other photos are queries.
+        unknown_fraction: U in [0, 1), the share of dogs left out of the gallery (their queries must be rejected).
+        seed: the draw of unknown dogs and gallery photos; the same arguments give the same numbers.
+        splits: a splits JSON (or dict): evaluate only ``split``'s dogs and calibrate the thresholds on
+            ``threshold_split``'s dogs under the same protocol.
+        split: the evaluated split.
+        threshold_split: the split thresholds are calibrated on.
+        k: neighbours that vote (default: the model's ``gallery_k``, 20 for the baseline).
+        batch_size: backbone batch size.
+
+    Returns a JSON-serialisable dict: rank1, rank5, rank10 (percent), map, mrr, open_set_auroc,
+    known_accuracy, unknown_rejection, balanced_accuracy, score_threshold, margin_threshold,
+    threshold_source ("val" / "stored" / "oracle" / "none"), counts, and the arguments.
+
+    Raises ``EvaluationError`` (a ``ValueError``) for a missing model/data folder, a model that is not an
+    ArcFace embedder, U outside [0, 1), G < 1 or larger than the photos available, or an unknown split.
+    """
+    start = time.perf_counter()
+    if isinstance(gallery_per_id, bool) or not isinstance(gallery_per_id, int) or gallery_per_id < 1:
+        raise EvaluationError(f"--gallery-per-id must be an integer >= 1, got {gallery_per_id!r}")
+    if isinstance(unknown_fraction, bool) or not isinstance(unknown_fraction, (int, float)) or not 0.0 <= unknown_fraction < 1.0:
+        raise EvaluationError(
+            f"--unknown-fraction must lie in [0, 1) (the share of dogs left out of the gallery), got {unknown_fraction!r}"
+        )
+    if k is not None and k < 1:
+        raise EvaluationError(f"k must be >= 1, got {k}")
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
+
+    baseline = isinstance(model, str) and model in (GALLERY_BASELINE, BASELINE)
+    if baseline:
+        net, model_name = None, GALLERY_BASELINE
+    elif isinstance(model, ArcFaceEmbedderModel):
+        net, model_name = model.cpu().eval(), str(getattr(model, "name_or_path", "") or type(model).__name__)
+    elif isinstance(model, (str, os.PathLike)):
+        net, model_name = load_arcface_model(model), os.path.abspath(os.fspath(model))
+    else:
+        raise EvaluationError(
+            f"model must be a saved ArcFaceEmbedderModel folder, an ArcFaceEmbedderModel or {GALLERY_BASELINE!r}, "
+            f"got {type(model).__name__}"
+        )
+    k = k or (20 if baseline else int(net.config.gallery_k))
+
+    use_val = splits is not None and bool(threshold_split) and threshold_split != split and unknown_fraction > 0
+    groups, threshold_groups = _load_groups(data, splits, split, threshold_split if use_val else None)
+    where = f"split {split!r}" if splits is not None else "data"
+    evaluated = _gallery_split(groups, gallery_per_id, unknown_fraction, seed, where)
+    calibration = None
+    if use_val:
+        calibration = _gallery_split(threshold_groups, gallery_per_id, unknown_fraction, seed, f"threshold split {threshold_split!r}")
+        if not calibration.unknown_labels:
+            raise EvaluationError(f"threshold split {threshold_split!r} has too few dogs to leave one out of the gallery")
+
+    paths = sorted({*evaluated.gallery_paths, *evaluated.query_paths}
+                   | ({*calibration.gallery_paths, *calibration.query_paths} if calibration else set()))
+    if baseline:
+        emb = reference_features(paths, batch_size=batch_size)
+    else:
+        emb = dict(zip(paths, embed_paths(net, paths, batch_size=batch_size)))
+
+    score_threshold, margin_threshold = None, 0.05
+    if calibration is not None:
+        fitted = _calibrated(calibration, emb, k)
+        score_threshold, margin_threshold, source = fitted.score_threshold, fitted.margin_threshold, "val"
+    elif not baseline and net.config.score_threshold is not None:
+        score_threshold, margin_threshold, source = net.config.score_threshold, net.config.margin_threshold, "stored"
+    elif evaluated.unknown_labels:
+        fitted = _calibrated(evaluated, emb, k)
+        score_threshold, margin_threshold, source = fitted.score_threshold, fitted.margin_threshold, "oracle"
+    else:
+        source = "none"
+
+    gallery_emb, query_emb = _split_arrays(evaluated, emb)
+    metrics = _score_gallery(
+        gallery_emb, evaluated.gallery_labels, query_emb, evaluated.query_labels, evaluated.unknown_labels,
+        score_threshold=score_threshold, margin_threshold=margin_threshold, k=k,
+    )
+    result = {key: metrics[key] for key in GALLERY_RESULT_KEYS}
+    result.update(
+        threshold_source=source,
+        model=model_name,
+        data=os.path.abspath(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else type(data).__name__,
+        split=split if splits is not None else "all",
+        splits_file=os.path.abspath(os.fspath(splits)) if isinstance(splits, (str, os.PathLike)) else None,
+        threshold_split=threshold_split if source == "val" else None,
+        gallery_per_id=gallery_per_id,
+        unknown_fraction=unknown_fraction,
+        seed=seed,
+        num_identities=len(groups),
+        num_known_identities=len(evaluated.known_labels),
+        num_unknown_identities=len(evaluated.unknown_labels),
+        num_skipped_identities=len(evaluated.skipped_labels),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    if source == "oracle":
+        result["note"] = (
+            "the thresholds were calibrated on the evaluated queries themselves (oracle: no splits file and no stored "
+            "thresholds), so known_accuracy/unknown_rejection are optimistic; ranks, map and open_set_auroc are threshold-free"
+        )
+    elif source == "none":
+        result["note"] = "no unknown dogs (--unknown-fraction 0) and no stored thresholds: nothing is rejected as unknown"
+    return {k_: _json_safe(v) for k_, v in result.items()}
+
+
+# --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
 def write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -459,6 +667,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pair.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
     pair.set_defaults(func=_run_pair)
+
+    gallery = tasks.add_parser(
+        "gallery",
+        help="gallery identification with open-set rejection of an ArcFace embedder or the imagenet baseline",
+        description="Register G photos of each known dog, query with the rest; U of the dogs are unknown and must be rejected.",
+    )
+    gallery.add_argument("--model", required=True, help=f"saved ArcFaceEmbedderModel folder, or {GALLERY_BASELINE!r}")
+    gallery.add_argument("--data", required=True, help="identity-folder tree (<data>/<dog>/<photos>) or seed layout")
+    gallery.add_argument("--gallery-per-id", type=_positive_int, default=1, help="photos registered per known dog G (default 1)")
+    gallery.add_argument(
+        "--unknown-fraction", type=float, default=0.2, help="share U in [0, 1) of dogs left out of the gallery (default 0.2)"
+    )
+    gallery.add_argument("--seed", type=int, default=0, help="draw of unknown dogs and gallery photos (default 0)")
+    gallery.add_argument("--json", dest="json_path", help="write the metrics JSON here (atomically); always printed")
+    gallery.add_argument("--splits", help="splits JSON saved by training: evaluate only the identities of --split")
+    gallery.add_argument("--split", default="test", help="split to evaluate (default test)")
+    gallery.add_argument(
+        "--threshold-split", default="val",
+        help="split the rejection thresholds are calibrated on (default val; needs --splits)",
+    )
+    gallery.add_argument("--k", type=_positive_int, default=None, help="neighbours that vote (default: the model's gallery_k, 20)")
+    gallery.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
+    gallery.set_defaults(func=_run_gallery)
     return parser
 
 
@@ -473,6 +704,21 @@ def _run_pair(args: argparse.Namespace) -> dict:
         splits=args.splits,
         split=args.split,
         threshold_split=args.threshold_split,
+        batch_size=args.batch_size,
+    )
+
+
+def _run_gallery(args: argparse.Namespace) -> dict:
+    return evaluate_gallery_protocol(
+        args.model,
+        args.data,
+        gallery_per_id=args.gallery_per_id,
+        unknown_fraction=args.unknown_fraction,
+        seed=args.seed,
+        splits=args.splits,
+        split=args.split,
+        threshold_split=args.threshold_split,
+        k=args.k,
         batch_size=args.batch_size,
     )
 

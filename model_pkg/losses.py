@@ -36,8 +36,9 @@ def arcface_margin_logits(
 
     `cos(theta + m)` is computed without `arccos` as `cos * cos(m) - sin * sin(m)`. It decreases with
     theta only while `theta + m <= pi`; past that (`cos <= th = cos(pi - m)`) the target logit falls back
-    to `cos - mm` with `mm = m * sin(m)` (InsightFace's `th` / `mm` rule), which keeps decreasing and
-    meets `cos(theta + m)` at the switch. `easy_margin` instead applies the margin only where `cos > 0`.
+    to `cos - mm` with `mm = m * sin(m)` (InsightFace's `th` / `mm` rule), a CosFace-style penalty that
+    keeps the target logit decreasing in theta (it steps from -1 down to `-cos(m) - mm` at the switch).
+    `easy_margin` instead applies the margin only where `cos > 0`.
     Computed in at least float32 whatever the autocast dtype.
 
     Args:

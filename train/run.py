@@ -1,6 +1,7 @@
 """The one training entry for every petmatch model.
 
     accelerate launch train/run.py --task pair --config train/configs/pair_matcher.yaml
+    accelerate launch train/run.py --task arcface --config train/configs/arcface_embedder.yaml
     python train/run.py --task pair --config train/configs/pair_matcher.yaml --set output_dir=runs/x --fresh
 
 A run resumes from its latest checkpoint unless `--fresh` is given. `--set key=value` overrides one
@@ -19,9 +20,10 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from model_pkg.arcface.training import ArcFaceTrainingConfig, train_arcface  # noqa: E402
 from model_pkg.pair_matcher.training import PairTrainingConfig, train_pair_matcher  # noqa: E402
 
-TASKS = {"pair": (PairTrainingConfig, train_pair_matcher)}
+TASKS = {"pair": (PairTrainingConfig, train_pair_matcher), "arcface": (ArcFaceTrainingConfig, train_arcface)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -143,12 +143,12 @@ class ArcFaceEmbedderModel(ArcFaceEmbedderPreTrainedModel):
         """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the
         config keeps float32, so `from_pretrained` computes in float32 (fp16 convolutions are slow on CPUs)."""
         # The saved safetensors hold the backbone weights: loading must not fetch them again.
-        pretrained = self.config.backbone_pretrained
-        self.config.backbone_pretrained = False
         if weights_dtype is not None:
             kwargs["state_dict"] = {
                 k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()
             }
+        pretrained = self.config.backbone_pretrained
+        self.config.backbone_pretrained = False
         try:
             return super().save_pretrained(save_directory, *args, **kwargs)
         finally:

@@ -148,6 +148,8 @@ class CrossAttentionHead(nn.Module):
 class PairMatcherPreTrainedModel(PreTrainedModel):
     config_class = PairMatcherConfig
     base_model_prefix = "pair_matcher"
+    # forward(**kwargs) would make Trainer think the loss handles gradient accumulation itself; it does not.
+    accepts_loss_kwargs = False
     main_input_name = "pixel_values_a"
 
     def _init_weights(self, module: nn.Module):
