@@ -338,6 +338,7 @@ def evaluate_pair(
     split: str = "test",
     threshold_split: str = "val",
     batch_size: int = 32,
+    calibrate: bool = False,
 ) -> dict:
     """Verification metrics of a pair matcher (or the ``imagenet-cosine`` baseline) on sampled set pairs.
 
@@ -353,6 +354,8 @@ def evaluate_pair(
         split: the evaluated split.
         threshold_split: split the baseline chooses its threshold on (pairs drawn the same way).
         batch_size: backbone and scoring batch size.
+        calibrate: for a saved model, choose the threshold on `threshold_split` pairs drawn the same way
+            (as the baseline always does) instead of using the stored `config.threshold`.
 
     Returns a JSON-serialisable dict: accuracy, precision, recall, f1, roc_auc, pr_auc, threshold,
     threshold_source ("stored" / "val" / "oracle"), num_pairs, num_positive, model, data, split, set_size,
@@ -386,7 +389,7 @@ def evaluate_pair(
         )
 
     # Choosing the threshold on the evaluated split itself would be the oracle: say so rather than "val".
-    use_val = baseline and splits is not None and bool(threshold_split) and threshold_split != split
+    use_val = (baseline or calibrate) and splits is not None and bool(threshold_split) and threshold_split != split
     groups, threshold_groups = _load_groups(data, splits, split, threshold_split if use_val else None)
     where = f"split {split!r}" if splits is not None else "data"
     eval_pairs, feats = _draw_pairs(groups, pairs, set_size, seed, negatives, batch_size, where)
@@ -407,6 +410,12 @@ def evaluate_pair(
     else:
         scores = _model_scores(net, eval_pairs, batch_size)
         threshold, source = float(net.config.threshold), "stored"
+        if use_val:  # the same per-protocol threshold choice the baseline gets, for a like-for-like comparison
+            val_pairs, _ = _draw_pairs(
+                threshold_groups, pairs, set_size, seed, negatives, batch_size, f"threshold split {threshold_split!r}"
+            )
+            val_labels = np.array([p.label for p in val_pairs], dtype=np.int64)
+            threshold, source = choose_threshold(val_labels, _model_scores(net, val_pairs, batch_size)), "val"
 
     metrics = verification_metrics(labels, scores, threshold)
     metrics["threshold_source"] = source
@@ -666,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="split the baseline chooses its threshold on (default val; needs --splits, else oracle)",
     )
     pair.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
+    pair.add_argument(
+        "--calibrate", action="store_true",
+        help="saved model: choose the threshold on --threshold-split pairs drawn the same way, as the baseline does",
+    )
     pair.set_defaults(func=_run_pair)
 
     gallery = tasks.add_parser(
@@ -705,6 +718,7 @@ def _run_pair(args: argparse.Namespace) -> dict:
         split=args.split,
         threshold_split=args.threshold_split,
         batch_size=args.batch_size,
+        calibrate=args.calibrate,
     )
 
 
