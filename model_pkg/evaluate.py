@@ -409,7 +409,8 @@ def evaluate_pair(
             threshold, source = choose_threshold(labels, scores), "oracle"
     else:
         scores = _model_scores(net, eval_pairs, batch_size)
-        threshold, source = float(net.config.threshold), "stored"
+        smallest = set_size if isinstance(set_size, int) else min(set_size)
+        threshold, source = net.decision_threshold(smallest, smallest), "stored"
         if use_val:  # the same per-protocol threshold choice the baseline gets, for a like-for-like comparison
             val_pairs, _ = _draw_pairs(
                 threshold_groups, pairs, set_size, seed, negatives, batch_size, f"threshold split {threshold_split!r}"

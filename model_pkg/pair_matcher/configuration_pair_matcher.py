@@ -34,6 +34,10 @@ class PairMatcherConfig(PretrainedConfig):
         dropout (`float`): dropout in the reasoning MLP.
         pos_weight (`float`, *optional*): BCE weight of positive pairs.
         threshold (`float`): decision threshold on the probability, chosen on validation pairs.
+        set_size_thresholds (`dict`, *optional*): `{"1": t1, "2": t2, ...}`, a threshold per size of the
+            smaller set, chosen on validation pairs of that size. A 3v3 pair's probabilities sit much
+            higher than a 1v1 pair's, so one threshold for all sizes costs accuracy; sizes above the
+            largest key use the largest key's threshold, sizes without a key use `threshold`.
         freeze_backbone (`bool`): backbone parameters get no gradient (the frozen phase).
         backbone_trainable_groups (`int`, *optional*): when the backbone is not frozen, train only its
             last this-many layer groups (timm's coarse `group_matcher`: the stem, then each block stage,
@@ -62,6 +66,7 @@ class PairMatcherConfig(PretrainedConfig):
         dropout: float = 0.1,
         pos_weight: float | None = None,
         threshold: float = 0.5,
+        set_size_thresholds: dict | None = None,
         freeze_backbone: bool = False,
         backbone_trainable_groups: int | None = None,
         freeze_backbone_bn: bool = True,
@@ -82,6 +87,9 @@ class PairMatcherConfig(PretrainedConfig):
             raise ValueError(f"backbone_trainable_groups={backbone_trainable_groups} must be >= 0 (or None for all).")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold={threshold} is a probability and must lie in [0, 1].")
+        for size, value in (set_size_thresholds or {}).items():
+            if int(size) < 1 or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"set_size_thresholds[{size!r}]={value}: sizes are >= 1 and thresholds lie in [0, 1].")
         self.backbone = backbone
         self.backbone_pretrained = backbone_pretrained
         self.backbone_checkpoint_path = backbone_checkpoint_path
@@ -96,6 +104,7 @@ class PairMatcherConfig(PretrainedConfig):
         self.dropout = dropout
         self.pos_weight = pos_weight
         self.threshold = threshold
+        self.set_size_thresholds = {str(int(k)): float(v) for k, v in (set_size_thresholds or {}).items()} or None
         self.freeze_backbone = freeze_backbone
         self.backbone_trainable_groups = backbone_trainable_groups
         self.freeze_backbone_bn = freeze_backbone_bn

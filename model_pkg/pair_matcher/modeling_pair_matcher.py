@@ -242,6 +242,13 @@ class PairMatcherModel(PairMatcherPreTrainedModel):
         finally:
             self.config.backbone_pretrained = pretrained
 
+    def decision_threshold(self, set_size_a: int, set_size_b: int) -> float:
+        """The validation-chosen threshold for a pair of sets of these sizes (see `set_size_thresholds`)."""
+        by_size = {int(k): v for k, v in (self.config.set_size_thresholds or {}).items()}
+        smaller = min(set_size_a, set_size_b)
+        usable = [k for k in by_size if k <= smaller]
+        return float(by_size[max(usable)]) if usable else float(self.config.threshold)
+
     @property
     def data_config(self) -> dict:
         return self.backbone.data_config

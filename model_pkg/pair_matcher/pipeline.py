@@ -59,7 +59,7 @@ def match_sets(model: PairMatcherModel, photos_a, photos_b, max_set_size: int = 
     photo_a = model.token_norm(model.token_proj(model.backbone.pool(tokens_a)))  # (N, H)
     photo_b = model.token_norm(model.token_proj(model.backbone.pool(tokens_b)))  # (M, H)
     similarity = F.normalize(photo_a, dim=-1) @ F.normalize(photo_b, dim=-1).T
-    threshold = float(model.config.threshold)
+    threshold = model.decision_threshold(len(photos_a), len(photos_b))
     return MatchResult(probability, probability >= threshold, threshold, similarity.numpy())
 
 

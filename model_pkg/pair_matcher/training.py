@@ -174,6 +174,19 @@ def predict_pair_scores(model: PairMatcherModel, records: list[dict], collator, 
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def calibrate_thresholds(model: PairMatcherModel, records: list[dict], scores: np.ndarray) -> None:
+    """Store the validation-chosen threshold, overall and per size of the smaller set, in `model.config`."""
+    labels = np.array([r["label"] for r in records])
+    sizes = np.array([min(len(r["paths_a"]), len(r["paths_b"])) for r in records])
+    model.config.threshold = float(choose_threshold(labels, scores))
+    by_size = {}
+    for size in np.unique(sizes):
+        chosen = sizes == size
+        if len(set(labels[chosen].tolist())) == 2:  # both classes needed to choose a threshold
+            by_size[str(int(size))] = float(choose_threshold(labels[chosen], scores[chosen]))
+    model.config.set_size_thresholds = by_size or None
+
+
 def _atomic_json(obj, path: str):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -297,8 +310,9 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     collator.use_tokens = cfg.finetune_steps == 0 or (best is not None and best <= cfg.frozen_steps)
     val_labels = np.array([r["label"] for r in val_rows])
     val_scores = predict_pair_scores(model, val_rows, collator)
-    model.config.threshold = float(choose_threshold(val_labels, val_scores))
-    summary = {"val": verification_metrics(val_labels, val_scores, model.config.threshold), "splits_file": splits_file}
+    calibrate_thresholds(model, val_rows, val_scores)
+    summary = {"val": verification_metrics(val_labels, val_scores, model.config.threshold), "splits_file": splits_file,
+               "set_size_thresholds": model.config.set_size_thresholds}
     model.set_backbone_frozen(False)
     model.config.freeze_backbone = False
     final_dir = os.path.join(cfg.output_dir, "model")
@@ -308,7 +322,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         frozen = PairMatcherModel.from_pretrained(frozen_dir)
         collator.use_tokens = True
         frozen_scores = predict_pair_scores(frozen, val_rows, collator)
-        frozen.config.threshold = float(choose_threshold(val_labels, frozen_scores))
+        calibrate_thresholds(frozen, val_rows, frozen_scores)
         frozen.save_pretrained(frozen_dir)
         summary["frozen_phase_val"] = verification_metrics(val_labels, frozen_scores, frozen.config.threshold)
     summary["training"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
