@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -112,3 +113,21 @@ def _tiny_saved(tmp_path) -> str:
     path = str(tmp_path / "tiny")
     save_with_card(PairMatcherModel(PairMatcherConfig(**TINY_MODEL)), path, weights_dtype=torch.float16)
     return path
+
+
+def test_per_set_size_thresholds():
+    from model_pkg import PairMatcherConfig
+    from model_pkg.pair_matcher.training import calibrate_thresholds
+
+    model = PairMatcherModel(PairMatcherConfig(**TINY_MODEL, threshold=0.5, set_size_thresholds={1: 0.2, 3: 0.9}))
+    assert model.decision_threshold(1, 5) == pytest.approx(0.2)
+    assert model.decision_threshold(2, 2) == pytest.approx(0.2)  # no key 2: the largest key below
+    assert model.decision_threshold(4, 3) == pytest.approx(0.9)
+    # 1v1 scores separate at 0.3, 2v2 scores at 0.8: one threshold could not serve both
+    records = [{"paths_a": ["a"] * n, "paths_b": ["b"] * n, "label": y} for n, y in [(1, 1), (1, 0), (2, 1), (2, 0)] * 3]
+    scores = np.array([0.4, 0.2, 0.9, 0.7] * 3)
+    calibrate_thresholds(model, records, scores)
+    assert 0.2 < model.config.set_size_thresholds["1"] <= 0.4
+    assert 0.7 < model.config.set_size_thresholds["2"] <= 0.9
+    with pytest.raises(ValueError, match="set_size_thresholds"):
+        PairMatcherConfig(set_size_thresholds={0: 0.5})
