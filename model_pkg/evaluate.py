@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -70,6 +69,7 @@ from .arcface.training import embed_paths
 from .data.pairs import SetPair
 from .data.samplers import GallerySplit, split_gallery_queries
 from .features import compute_pooled, compute_tokens
+from .fileio import atomic_save_npy, atomic_write_json
 from .gallery import GalleryIndex
 from .gallery import evaluate_gallery as _score_gallery
 from .metrics import choose_threshold, verification_metrics
@@ -134,19 +134,6 @@ def _paths_key(paths: Sequence[str], image_size: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _atomic_save_npy(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def reference_features(paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:
     """Pooled features (float32, D=1280) of the untrained ImageNet ``tf_efficientnet_lite0`` for each photo.
 
@@ -177,7 +164,7 @@ def reference_features(paths: Sequence[str], batch_size: int = 32) -> dict[str, 
             )
             chunks.append(compute_pooled(backbone, tokens).numpy().astype(np.float32))
         array = np.concatenate(chunks)
-        _atomic_save_npy(array, file)
+        atomic_save_npy(file, array)
     return {path: array[i] for i, path in enumerate(ordered)}
 
 
@@ -632,18 +619,7 @@ def evaluate_gallery_protocol(
 # --------------------------------------------------------------------------- #
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented JSON atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(obj, path)
 
 
 def _positive_int(text: str) -> int:

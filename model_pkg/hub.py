@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import huggingface_hub.constants as hf_constants
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
+
+from .fileio import atomic_write_text
 
 __all__ = ["write_model_card", "read_model_card_metrics", "push_folder_to_hub", "LIBRARY_NAME"]
 
@@ -91,21 +92,6 @@ def _table(d: dict[str, Any], header: tuple[str, str]) -> str:
     lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
     lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(d)]
     return "\n".join(lines)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _default_usage(model_name: str, model_type: str) -> str:
@@ -194,7 +180,7 @@ def write_model_card(
 
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{text}")
     content = str(card)
-    _atomic_write_text(folder / CARD_NAME, content)
+    atomic_write_text(folder / CARD_NAME, content)
     return content
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +37,8 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from .fileio import atomic_write
 
 __all__ = [
     "choose_threshold",
@@ -377,24 +377,6 @@ def confusion(labels_true: Sequence[Any], labels_pred: Sequence[Any], labels: li
     return confusion_matrix(list(labels_true), list(labels_pred), labels=list(labels))
 
 
-def _atomic_write(path: Path, write, *, binary: bool) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        mode = "wb" if binary else "w"
-        kwargs = {} if binary else {"newline": "", "encoding": "utf-8"}
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_confusion(
     matrix: np.ndarray,
     labels: Sequence[Any],
@@ -424,7 +406,7 @@ def save_confusion(
         for lab, row in zip(labels, m):
             w.writerow([str(lab), *[fmt(v) for v in row]])
 
-    _atomic_write(Path(csv_path), write_csv, binary=False)
+    atomic_write(csv_path, write_csv)
 
     if png_path is not None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -453,4 +435,4 @@ def save_confusion(
                         color="white" if vmax > 0 and float(m[i, j]) > vmax / 2 else "black",
                     )
         fig.tight_layout()
-        _atomic_write(Path(png_path), lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)
+        atomic_write(png_path, lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)

@@ -43,10 +43,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ..data import as_dataset, get_or_create_splits, group_paths, load_image, subset_by_identities
 from ..data.samplers import PKBatchSampler, split_gallery_queries
 from ..features import compute_pooled, compute_tokens
+from ..fileio import atomic_save_npy, atomic_write_json
 from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
-from ..pair_matcher.training import PhaseAwareEarlyStopping, PhaseCollator, _atomic_json, _last_checkpoint
+from ..pair_matcher.training import PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
 from ..transforms import create_transform
 from .configuration_arcface import ArcFaceEmbedderConfig
 from .modeling_arcface import ArcFaceEmbedderModel
@@ -203,11 +204,7 @@ def pooled_features(backbone, paths: Sequence[str], cache_dir: str | None = None
         chunks.append(compute_pooled(backbone, tokens))
     features = torch.cat(chunks) if chunks else torch.zeros(0, backbone.token_dim)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, features.numpy())
-        os.replace(tmp, file)
+        atomic_save_npy(file, features.numpy())
     return features
 
 
@@ -620,7 +617,7 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     summary["frozen_steps"], summary["finetune_steps"] = frozen_steps, finetune_steps
     summary["mixed_precision"] = precision
     summary["best_global_step"] = best
-    _atomic_json(summary, os.path.join(cfg.output_dir, "summary.json"))
+    atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
 
 

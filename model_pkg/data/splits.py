@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Iterable, Union
 
 import datasets
 
+from ..fileio import atomic_write_json
 from .folders import column_values
 
 logger = logging.getLogger(__name__)
@@ -108,21 +108,7 @@ def _validate(splits: object, where: str) -> dict[str, list[str]]:
 def save_splits(splits: dict[str, list[str]], path: Union[str, os.PathLike]) -> None:
     """Write the split as JSON atomically, so a crash never leaves a half-written file."""
     clean = _validate(splits, "splits to save")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({name: sorted(clean[name]) for name in SPLIT_NAMES}, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        # os.replace is atomic within one filesystem, hence the temp file in the same folder.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json({name: sorted(clean[name]) for name in SPLIT_NAMES}, path, indent=1)
 
 
 def load_splits(path: Union[str, os.PathLike]) -> dict[str, list[str]]:

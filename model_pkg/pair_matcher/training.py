@@ -10,7 +10,6 @@ and a resumed run restores it exactly.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from ..data import (
     subset_by_identities,
 )
 from ..features import compute_pooled, compute_tokens
+from ..fileio import atomic_write_json
 from ..metrics import choose_threshold, verification_metrics
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
@@ -187,13 +187,6 @@ def calibrate_thresholds(model: PairMatcherModel, records: list[dict], scores: n
     model.config.set_size_thresholds = by_size or None
 
 
-def _atomic_json(obj, path: str):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingArguments:
     return TrainingArguments(
         output_dir=os.path.join(cfg.output_dir, "checkpoints"),
@@ -331,5 +324,5 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     else:
         summary["training"]["data_dir"] = str(cfg.data_dir)
     summary["best_global_step"] = trainer.state.best_global_step
-    _atomic_json(summary, os.path.join(cfg.output_dir, "summary.json"))
+    atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
