@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.models import group_parameters
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..backbones import create_backbone
 from ..losses import ArcFaceHead
+from ..modeling_utils import BackboneModelMixin
 from .configuration_arcface import ArcFaceEmbedderConfig
 
 __all__ = ["ArcFaceEmbedderModel", "ArcFaceEmbedderPreTrainedModel", "ArcFaceOutput"]
@@ -75,15 +74,13 @@ class ArcFaceEmbedderPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, std=0.01)  # only directions matter: the head normalises its rows
 
 
-class ArcFaceEmbedderModel(ArcFaceEmbedderPreTrainedModel):
+class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
     """Photos (B, 3, H, W), or cached pooled backbone features (B, D) -> embeddings (B, E), plus the
     ArcFace loss when `labels` (B,) (training identity indices) are given."""
 
     def __init__(self, config: ArcFaceEmbedderConfig):
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
-        for module in self.backbone.modules():
-            module._is_backbone = True
+        self.init_backbone()
         self.dropout = nn.Dropout(config.dropout)
         self.proj = nn.Linear(self.backbone.token_dim, config.embedding_size)
         self.bn = nn.BatchNorm1d(config.embedding_size)
@@ -93,70 +90,8 @@ class ArcFaceEmbedderModel(ArcFaceEmbedderPreTrainedModel):
             else None
         )
         self.post_init()
-        if config.backbone_pretrained:
-            self.load_backbone_weights()
-        self.set_backbone_frozen(config.freeze_backbone)
+        self.finish_backbone()
 
-    # -- backbone management -------------------------------------------------------------------
-    # Copied from model_pkg.pair_matcher.modeling_pair_matcher.PairMatcherModel.load_backbone_weights
-    def load_backbone_weights(self):
-        """Load the backbone's pretrained weights (offline package, checkpoint file or Hub)."""
-        source = create_backbone(
-            self.config.backbone,
-            pretrained=True,
-            image_size=self.config.image_size,
-            checkpoint_path=self.config.backbone_checkpoint_path,
-        )
-        self.backbone.load_state_dict(source.state_dict())
-        self.config.backbone_weights_source = source.weights_source
-
-    # Copied from model_pkg.pair_matcher.modeling_pair_matcher.PairMatcherModel.set_backbone_frozen
-    def set_backbone_frozen(self, frozen: bool):
-        """Frozen: no gradients to the backbone and it runs in eval mode. Unfrozen: the last
-        `config.backbone_trainable_groups` layer groups (timm's `group_matcher`) train, or all of them."""
-        self.config.freeze_backbone = frozen
-        groups = group_parameters(self.backbone.model, self.backbone.model.group_matcher(coarse=True))
-        names = [name for _, group in sorted(groups.items()) for name in group]
-        trainable = set(names)
-        if self.config.backbone_trainable_groups is not None:
-            ordered = [group for _, group in sorted(groups.items())]
-            n = self.config.backbone_trainable_groups  # 0 trains none (ordered[-0:] would be all)
-            kept = ordered[len(ordered) - n :] if n > 0 else []
-            trainable = {name for group in kept for name in group}
-        for name, param in self.backbone.model.named_parameters():
-            param.requires_grad_(not frozen and name in trainable)
-        self.train(self.training)
-
-    # Copied from model_pkg.pair_matcher.modeling_pair_matcher.PairMatcherModel.train
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.config.freeze_backbone:
-            self.backbone.eval()
-        elif mode and self.config.freeze_backbone_bn:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
-
-    # Copied from model_pkg.pair_matcher.modeling_pair_matcher.PairMatcherModel.save_pretrained
-    def save_pretrained(self, save_directory, *args, weights_dtype: torch.dtype | None = None, **kwargs):
-        """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the
-        config keeps float32, so `from_pretrained` computes in float32 (fp16 convolutions are slow on CPUs)."""
-        # The saved safetensors hold the backbone weights: loading must not fetch them again.
-        if weights_dtype is not None:
-            kwargs["state_dict"] = {
-                k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()
-            }
-        pretrained = self.config.backbone_pretrained
-        self.config.backbone_pretrained = False
-        try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.config.backbone_pretrained = pretrained
-
-    @property
-    def data_config(self) -> dict:
-        return self.backbone.data_config
 
     def set_margin(self, margin: float):
         """Set the margin head's runtime margin (the margin schedule); `config.margin` stays the target."""

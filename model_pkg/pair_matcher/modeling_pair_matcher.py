@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.models import group_parameters
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..backbones import create_backbone
 from ..losses import pair_bce_loss
+from ..modeling_utils import BackboneModelMixin
 from .configuration_pair_matcher import PairMatcherConfig
 
 __all__ = ["PairMatcherModel", "PairMatcherOutput", "PairMatcherPreTrainedModel", "SetPooling", "SetEncoding"]
@@ -163,7 +162,7 @@ class PairMatcherPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
-class PairMatcherModel(PairMatcherPreTrainedModel):
+class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
     """Two sets of photos (B, N, 3, H, W) + (B, M, 3, H, W) with masks -> same-animal logit (B,).
 
     Either side can be given as cached backbone tokens (`tokens_a`: (B, N, T, D)) instead of pixels,
@@ -172,9 +171,7 @@ class PairMatcherModel(PairMatcherPreTrainedModel):
 
     def __init__(self, config: PairMatcherConfig):
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
-        for module in self.backbone.modules():
-            module._is_backbone = True
+        self.init_backbone()
         self.token_proj = nn.Linear(self.backbone.token_dim, config.hidden_size)
         self.token_norm = nn.LayerNorm(config.hidden_size)
         self.set_pooling = SetPooling(config)
@@ -185,62 +182,8 @@ class PairMatcherModel(PairMatcherPreTrainedModel):
         else:
             self.head = CrossAttentionHead(config)
         self.post_init()
-        if config.backbone_pretrained:
-            self.load_backbone_weights()
-        self.set_backbone_frozen(config.freeze_backbone)
+        self.finish_backbone()
 
-    # -- backbone management -------------------------------------------------------------------
-    def load_backbone_weights(self):
-        """Load the backbone's pretrained weights (offline package, checkpoint file or Hub)."""
-        source = create_backbone(
-            self.config.backbone,
-            pretrained=True,
-            image_size=self.config.image_size,
-            checkpoint_path=self.config.backbone_checkpoint_path,
-        )
-        self.backbone.load_state_dict(source.state_dict())
-        self.config.backbone_weights_source = source.weights_source
-
-    def set_backbone_frozen(self, frozen: bool):
-        """Frozen: no gradients to the backbone and it runs in eval mode. Unfrozen: the last
-        `config.backbone_trainable_groups` layer groups (timm's `group_matcher`) train, or all of them."""
-        self.config.freeze_backbone = frozen
-        groups = group_parameters(self.backbone.model, self.backbone.model.group_matcher(coarse=True))
-        names = [name for _, group in sorted(groups.items()) for name in group]
-        trainable = set(names)
-        if self.config.backbone_trainable_groups is not None:
-            ordered = [group for _, group in sorted(groups.items())]
-            n = self.config.backbone_trainable_groups  # 0 trains none (ordered[-0:] would be all)
-            kept = ordered[len(ordered) - n :] if n > 0 else []
-            trainable = {name for group in kept for name in group}
-        for name, param in self.backbone.model.named_parameters():
-            param.requires_grad_(not frozen and name in trainable)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.config.freeze_backbone:
-            self.backbone.eval()
-        elif mode and self.config.freeze_backbone_bn:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
-
-    def save_pretrained(self, save_directory, *args, weights_dtype: torch.dtype | None = None, **kwargs):
-        """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the
-        config keeps float32, so `from_pretrained` computes in float32 (fp16 convolutions are slow on CPUs)."""
-        # The saved safetensors hold the backbone weights: loading must not fetch them again.
-        if weights_dtype is not None:
-            kwargs["state_dict"] = {
-                k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()
-            }
-        pretrained = self.config.backbone_pretrained
-        self.config.backbone_pretrained = False
-        try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.config.backbone_pretrained = pretrained
 
     def decision_threshold(self, set_size_a: int, set_size_b: int) -> float:
         """The validation-chosen threshold for a pair of sets of these sizes (see `set_size_thresholds`)."""
@@ -248,10 +191,6 @@ class PairMatcherModel(PairMatcherPreTrainedModel):
         smaller = min(set_size_a, set_size_b)
         usable = [k for k in by_size if k <= smaller]
         return float(by_size[max(usable)]) if usable else float(self.config.threshold)
-
-    @property
-    def data_config(self) -> dict:
-        return self.backbone.data_config
 
     # -- encoding ------------------------------------------------------------------------------
     def embed_photos(self, pixel_values: torch.Tensor) -> torch.Tensor:

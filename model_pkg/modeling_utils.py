@@ -1,0 +1,89 @@
+"""What every petmatch model with an image backbone shares: building it, loading its pretrained
+weights after `post_init`, freezing it (whole or all but its last layer groups), keeping its BatchNorm
+statistics fixed, and saving so that loading needs neither network nor weight package.
+
+A model mixes `BackboneModelMixin` in before its `PreTrainedModel` base; its config carries `backbone`,
+`backbone_pretrained`, `backbone_checkpoint_path`, `backbone_weights_source`, `image_size`,
+`freeze_backbone`, `backbone_trainable_groups` and `freeze_backbone_bn`.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from .backbones import Backbone, create_backbone
+
+__all__ = ["BackboneModelMixin"]
+
+
+class BackboneModelMixin:
+    backbone: Backbone
+
+    def init_backbone(self) -> None:
+        """Build `self.backbone` with random weights; `finish_backbone` loads pretrained ones after post_init."""
+        self.backbone = create_backbone(self.config.backbone, pretrained=False, image_size=self.config.image_size)
+        for module in self.backbone.modules():
+            module._is_backbone = True  # `_init_weights` leaves these to timm / the pretrained weights
+
+    def finish_backbone(self) -> None:
+        """Call at the end of `__init__`, after `post_init()`, so weight init cannot overwrite pretrained weights."""
+        if self.config.backbone_pretrained:
+            self.load_backbone_weights()
+        self.set_backbone_frozen(self.config.freeze_backbone)
+
+    def load_backbone_weights(self) -> None:
+        """Load the backbone's pretrained weights (offline package, checkpoint file or Hub)."""
+        source = create_backbone(
+            self.config.backbone,
+            pretrained=True,
+            image_size=self.config.image_size,
+            checkpoint_path=self.config.backbone_checkpoint_path,
+        )
+        self.backbone.load_state_dict(source.state_dict())
+        self.config.backbone_weights_source = source.weights_source
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Frozen: no gradients to the backbone and it runs in eval mode. Unfrozen: the last
+        `config.backbone_trainable_groups` layer groups (timm's `group_matcher`) train, or all of them."""
+        self.config.freeze_backbone = frozen
+        groups = group_parameters(self.backbone.model, self.backbone.model.group_matcher(coarse=True))
+        ordered = [group for _, group in sorted(groups.items())]
+        trainable = {name for group in ordered for name in group}
+        if self.config.backbone_trainable_groups is not None:
+            n = self.config.backbone_trainable_groups  # 0 trains none (ordered[-0:] would be all)
+            kept = ordered[len(ordered) - n :] if n > 0 else []
+            trainable = {name for group in kept for name in group}
+        for name, param in self.backbone.model.named_parameters():
+            param.requires_grad_(not frozen and name in trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        elif mode and self.config.freeze_backbone_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def save_pretrained(self, save_directory, *args, weights_dtype: torch.dtype | None = None, **kwargs):
+        """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the
+        config keeps float32, so `from_pretrained` computes in float32 (fp16 convolutions are slow on CPUs)."""
+        if weights_dtype is not None:
+            kwargs["state_dict"] = {
+                k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()
+            }
+        # The saved safetensors hold the backbone weights: loading must not fetch them again.
+        pretrained = self.config.backbone_pretrained
+        self.config.backbone_pretrained = False
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.backbone_pretrained = pretrained
+
+    @property
+    def data_config(self) -> dict:
+        return self.backbone.data_config
