@@ -237,31 +237,35 @@ def _check_pairable(groups: Mapping[str, Sequence[str]], set_size, num_pairs: in
         raise EvaluationError(f"need at least 2 pairs (one positive, one negative), got {num_pairs}")
 
 
-def load_pair_model(path: str | os.PathLike) -> PairMatcherModel:
-    """Load a saved :class:`PairMatcherModel` in float32 on CPU, with clear errors for wrong folders."""
+def _load_saved_model(path: str | os.PathLike, model_cls, name: str, baseline: str, kind: str, hint: str):
+    """Load a saved `model_cls` in float32 on CPU; `name`, `kind` and `hint` word the errors for wrong folders."""
     folder = Path(path)
     if not folder.is_dir():
         raise EvaluationError(
-            f"model folder {str(folder)!r} does not exist: pass a folder saved by PairMatcherModel.save_pretrained "
-            f"or {BASELINE!r} for the ImageNet baseline"
+            f"model folder {str(folder)!r} does not exist: pass a folder saved by {model_cls.__name__}.save_pretrained "
+            f"or {baseline!r} for the ImageNet baseline"
         )
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved pair-matcher model")
+        raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved {name}")
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise EvaluationError(f"{str(config_file)!r} is not a valid config file ({exc})") from exc
-    if model_type != PairMatcherConfig.model_type:
-        raise EvaluationError(
-            f"{str(folder)!r} holds a {model_type!r} model, not a pair matcher ({PairMatcherConfig.model_type!r}); "
-            f"`evaluate pair` needs a PairMatcherModel"
-        )
+    expected = model_cls.config_class.model_type
+    if model_type != expected:
+        raise EvaluationError(f"{str(folder)!r} holds a {model_type!r} model, not {kind} ({expected!r}); {hint}")
     try:
-        model = PairMatcherModel.from_pretrained(folder, dtype=torch.float32)
+        model = model_cls.from_pretrained(folder, dtype=torch.float32)
     except OSError as exc:
-        raise EvaluationError(f"could not load the pair matcher from {str(folder)!r}: {exc}") from exc
+        raise EvaluationError(f"could not load the {name} from {str(folder)!r}: {exc}") from exc
     return model.eval()
+
+
+def load_pair_model(path: str | os.PathLike) -> PairMatcherModel:
+    """Load a saved :class:`PairMatcherModel` in float32 on CPU, with clear errors for wrong folders."""
+    return _load_saved_model(path, PairMatcherModel, "pair-matcher model", BASELINE, "a pair matcher",
+                             "`evaluate pair` needs a PairMatcherModel")
 
 
 # --------------------------------------------------------------------------- #
@@ -443,29 +447,8 @@ GALLERY_RESULT_KEYS = (
 
 def load_arcface_model(path: str | os.PathLike) -> ArcFaceEmbedderModel:
     """Load a saved :class:`ArcFaceEmbedderModel` in float32 on CPU, with clear errors for wrong folders."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise EvaluationError(
-            f"model folder {str(folder)!r} does not exist: pass a folder saved by ArcFaceEmbedderModel.save_pretrained "
-            f"or {GALLERY_BASELINE!r} for the ImageNet baseline"
-        )
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved ArcFace embedder")
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise EvaluationError(f"{str(config_file)!r} is not a valid config file ({exc})") from exc
-    if model_type != ArcFaceEmbedderConfig.model_type:
-        raise EvaluationError(
-            f"{str(folder)!r} holds a {model_type!r} model, not an ArcFace embedder ({ArcFaceEmbedderConfig.model_type!r}); "
-            "`evaluate gallery` needs a model that embeds single photos"
-        )
-    try:
-        model = ArcFaceEmbedderModel.from_pretrained(folder, dtype=torch.float32)
-    except OSError as exc:
-        raise EvaluationError(f"could not load the ArcFace embedder from {str(folder)!r}: {exc}") from exc
-    return model.eval()
+    return _load_saved_model(path, ArcFaceEmbedderModel, "ArcFace embedder", GALLERY_BASELINE, "an ArcFace embedder",
+                             "`evaluate gallery` needs a model that embeds single photos")
 
 
 def _gallery_split(groups, gallery_per_id: int, unknown_fraction: float, seed: int, where: str) -> GallerySplit:
