@@ -72,7 +72,8 @@ from .features import compute_pooled, compute_tokens
 from .fileio import atomic_save_npy, atomic_write_json
 from .gallery import GalleryIndex
 from .gallery import evaluate_gallery as _score_gallery
-from .metrics import choose_threshold, verification_metrics
+from .metrics import choose_threshold, save_confusion, verification_metrics
+from .metrics import confusion as confusion_matrix_of
 from .pair_matcher import PairMatcherConfig, PairMatcherModel
 from .pair_matcher.training import pair_records, predict_pair_scores
 
@@ -476,6 +477,27 @@ def _calibrated(split: GallerySplit, emb: Mapping[str, np.ndarray], k: int) -> G
     return gallery
 
 
+UNKNOWN, RESHOOT = "unknown", "reshoot"  # the decision columns of a rejected query
+
+
+def _write_gallery_confusion(prefix, gallery_emb, split: GallerySplit, query_emb, score_threshold, margin_threshold, k):
+    """Classify the queries at the chosen thresholds and save the decision confusion matrix (CSV + PNG)."""
+    gallery = GalleryIndex(
+        gallery_emb.shape[1], "ip", approximate_above=max(len(gallery_emb), 1),
+        score_threshold=score_threshold, margin_threshold=margin_threshold,
+    )
+    gallery.add(gallery_emb, split.gallery_labels)
+    unknown = set(split.unknown_labels)
+    truth = [UNKNOWN if lab in unknown else lab for lab in split.query_labels]
+    decided = [p.label if p.label is not None else p.reason for p in gallery.classify(query_emb, k=k)]
+    labels = sorted(set(split.gallery_labels)) + [UNKNOWN, RESHOOT]
+    prefix = os.fspath(prefix)
+    csv_path, png_path = prefix + ".csv", prefix + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    save_confusion(confusion_matrix_of(truth, decided, labels), labels, csv_path, png_path)
+    return os.path.abspath(csv_path), os.path.abspath(png_path)
+
+
 def evaluate_gallery_protocol(
     model: str | os.PathLike | ArcFaceEmbedderModel,
     data: Any,
@@ -487,6 +509,7 @@ def evaluate_gallery_protocol(
     threshold_split: str = "val",
     k: int | None = None,
     batch_size: int = 32,
+    confusion: str | os.PathLike | None = None,
 ) -> dict:
     """Gallery identification with open-set rejection of an ArcFace embedder (or the ``imagenet`` baseline).
 
@@ -502,6 +525,9 @@ def evaluate_gallery_protocol(
         threshold_split: the split thresholds are calibrated on.
         k: neighbours that vote (default: the model's ``gallery_k``, 20 for the baseline).
         batch_size: backbone batch size.
+        confusion: if given, a path prefix: the confusion matrix of the voted decisions at the chosen
+            thresholds is written to ``<prefix>.csv`` and ``<prefix>.png``. Rows are the true dog
+            (every unknown dog's row is ``unknown``), columns the decision: a dog, ``unknown`` or ``reshoot``.
 
     Returns a JSON-serialisable dict: rank1, rank5, rank10 (percent), map, mrr, open_set_auroc,
     known_accuracy, unknown_rejection, balanced_accuracy, score_threshold, margin_threshold,
@@ -571,6 +597,10 @@ def evaluate_gallery_protocol(
         score_threshold=score_threshold, margin_threshold=margin_threshold, k=k,
     )
     result = {key: metrics[key] for key in GALLERY_RESULT_KEYS}
+    if confusion is not None:
+        result["confusion_csv"], result["confusion_png"] = _write_gallery_confusion(
+            confusion, gallery_emb, evaluated, query_emb, score_threshold, margin_threshold, k
+        )
     result.update(
         threshold_source=source,
         model=model_name,
@@ -662,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gallery.add_argument("--k", type=_positive_int, default=None, help="neighbours that vote (default: the model's gallery_k, 20)")
     gallery.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
+    gallery.add_argument(
+        "--confusion", default=None, metavar="PREFIX",
+        help="write the confusion matrix of the decisions (dogs + unknown + reshoot) to PREFIX.csv and PREFIX.png",
+    )
     gallery.set_defaults(func=_run_gallery)
     return parser
 
@@ -694,6 +728,7 @@ def _run_gallery(args: argparse.Namespace) -> dict:
         threshold_split=args.threshold_split,
         k=args.k,
         batch_size=args.batch_size,
+        confusion=args.confusion,
     )
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 from collections import Counter
 from types import SimpleNamespace
 
@@ -367,6 +368,28 @@ def test_evaluate_gallery_cli(trained, dog_tree, tmp_path, capsys):
     val = evaluate.main(["gallery", "--model", str(out / "model"), "--data", str(dog_tree), "--splits",
                          str(out / "splits.json"), "--split", "test", "--unknown-fraction", "0.5"])
     assert val["threshold_source"] == "val" and val["split"] == "test" and val["num_identities"] == 2
+
+
+def test_evaluate_gallery_confusion_matrix(trained, dog_tree, tmp_path):
+    import csv
+
+    from model_pkg import evaluate
+
+    out = trained[0]
+    prefix = tmp_path / "cm" / "gallery"
+    result = evaluate.main(["gallery", "--model", str(out / "model"), "--data", str(dog_tree), "--gallery-per-id", "2",
+                            "--unknown-fraction", "0.25", "--seed", "3", "--confusion", str(prefix)])
+    assert result["confusion_csv"] == str(prefix) + ".csv" and Path(result["confusion_png"]).stat().st_size > 0
+    rows = list(csv.reader(open(result["confusion_csv"])))
+    header, body = rows[0], rows[1:]
+    # columns: the registered dogs, then the two rejection decisions; rows: the same labels
+    assert header[-2:] == ["unknown", "reshoot"] and [r[0] for r in body] == header[1:]
+    counts = np.array([[int(v) for v in r[1:]] for r in body])
+    # every query is counted once: the known dogs' queries plus the unknown dogs' queries
+    known_queries = result["num_known"]
+    assert counts.sum() == known_queries + result["num_unknown"]
+    assert counts[-1].sum() == 0  # nobody's true identity is "reshoot"
+    assert counts[-2].sum() == result["num_unknown"]  # every unknown dog's query sits on the unknown row
 
 
 @pytest.mark.parametrize(
