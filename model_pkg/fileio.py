@@ -21,6 +21,12 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_sav
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], *, binary: bool = False) -> None:
     """Call ``write(fh)`` on a temporary file next to ``path``, then move it onto ``path``.
 
@@ -31,6 +37,9 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], *, binary: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask),
+        # so a shipped model card or gallery is readable by others as any other file
+        os.chmod(tmp, 0o666 & ~_umask())
         if binary:
             fh = os.fdopen(fd, "wb")
         else:

@@ -419,8 +419,11 @@ def save_confusion(
         fig = Figure(figsize=(size, size))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
-        im = ax.imshow(m.astype(np.float64), cmap="Blues", interpolation="nearest")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        # one big cell (e.g. every unknown query on the unknown row) would wash a large matrix out to
+        # white: past 30 labels the colours show log(1 + count) so the diagonal stays visible
+        shown = m.astype(np.float64) if n <= 30 else np.log1p(np.maximum(m.astype(np.float64), 0.0))
+        im = ax.imshow(shown, cmap="Blues", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="count" if n <= 30 else "log(1 + count)")
         if n <= 60:
             ax.set_xticks(range(n))
             ax.set_yticks(range(n))

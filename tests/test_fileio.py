@@ -83,3 +83,12 @@ def test_failing_replace_cleans_up(tmp_path, monkeypatch):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_written_file_has_the_mode_of_a_plain_open(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "card.md", "# card")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o644
