@@ -146,8 +146,11 @@ class VisionTower(nn.Module):
         self.backbone: Backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
         for module in self.backbone.modules():
             module._is_pretrained_tower = True
-        self.dim = self.backbone.token_dim
-        self.pool = AttentionPool(self.dim, config.attention_heads) if config.pooling == "attention" else None
+        self.pool = AttentionPool(self.backbone.token_dim, config.attention_heads) if config.pooling == "attention" else None
+        if self.pool is not None:
+            self.dim = self.backbone.token_dim
+        else:  # timm's head may widen the pooled feature (MobileNetV3: 576 -> conv_head 1024)
+            self.dim = getattr(self.backbone.model, "head_hidden_size", None) or self.backbone.model.num_features
 
     def load_pretrained(self) -> None:
         source = create_backbone(
@@ -173,10 +176,10 @@ class VisionTower(nn.Module):
                 raise ValueError("Give pixel_values (B, 3, H, W) or cached image_features.")
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze):
                 image_features = self.tower_outputs(pixel_values)
-        expected = 3 if self.pool is not None else 2
-        if image_features.ndim != expected or image_features.shape[-1] != self.dim:
+        expected, width = (3, self.backbone.token_dim) if self.pool is not None else (2, self.dim)
+        if image_features.ndim != expected or image_features.shape[-1] != width:
             what = "tokens (B, T, D)" if self.pool is not None else "pooled features (B, D)"
-            raise ValueError(f"image_features must be the vision tower's {what} with D={self.dim}; got {tuple(image_features.shape)}.")
+            raise ValueError(f"image_features must be the vision tower's {what} with D={width}; got {tuple(image_features.shape)}.")
         image_features = image_features.float()
         return self.pool(image_features) if self.pool is not None else image_features
 

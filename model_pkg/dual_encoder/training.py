@@ -288,6 +288,7 @@ def _report_to(cfg: DualTrainingConfig) -> list[str]:
     report = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to)
     if "mlflow" in report:
         os.environ.setdefault("MLFLOW_TRACKING_URI", "file:./mlruns")
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.17 wants it for a local folder store
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "petmatch-dual-encoder")
     return report
 
