@@ -258,3 +258,8 @@ def test_shipped_model_loads_offline(hub_offline):
     emb = model.encode_text(["a black dog running on the beach", "a girl in a pink dress"])
     assert emb.shape == (2, model.config.projection_dim) and torch.isfinite(emb).all()
     assert float(F.cosine_similarity(emb[0], emb[1], dim=0)) < 0.99
+
+
+def test_hub_caption_dataset_offline_is_a_clear_error(hub_offline, tmp_path):
+    with pytest.raises(CaptionDataError, match="jxie/flickr8k"):
+        load_caption_splits("jxie/flickr8k", cache_dir=tmp_path)
