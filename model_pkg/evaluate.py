@@ -36,6 +36,15 @@ rank1 / rank5 / rank10 (percent), map, mrr, open_set_auroc, and known_accuracy /
 score and vote-margin thresholds calibrated (``GalleryIndex.calibrate``) on the ``--threshold-split``
 dogs under the same G, U and seed (``"val"``); without a splits file, at the model's stored thresholds
 (``"stored"``), or else calibrated on the evaluated queries themselves (``"oracle"``: optimistic).
+
+* ``text-search``: text-to-image and image-to-text retrieval of a saved
+  :class:`~model_pkg.DualEncoderModel`, every image of a split list against all of that list's captions::
+
+      python -m model_pkg.evaluate text-search --model models/dual-encoder --images ../shared/data/flickr8k/images \\
+          --captions ../shared/data/flickr8k/Flickr8k.token.txt \\
+          --split-list ../shared/data/flickr8k/Flickr_8k.devImages.txt --json results/text_search_dev.json
+
+Reports ``{"text_to_image": {"r1", "r5", "r10", "mrr"}, "image_to_text": {...}}`` (recalls in percent).
 """
 
 from __future__ import annotations
@@ -88,6 +97,8 @@ __all__ = [
     "evaluate_gallery_protocol",
     "evaluate_pair",
     "load_arcface_model",
+    "load_dual_model",
+    "evaluate_text_search",
     "hard_neighbours",
     "load_pair_model",
     "main",
@@ -243,8 +254,8 @@ def _load_saved_model(path: str | os.PathLike, model_cls, name: str, baseline: s
     folder = Path(path)
     if not folder.is_dir():
         raise EvaluationError(
-            f"model folder {str(folder)!r} does not exist: pass a folder saved by {model_cls.__name__}.save_pretrained "
-            f"or {baseline!r} for the ImageNet baseline"
+            f"model folder {str(folder)!r} does not exist: pass a folder saved by {model_cls.__name__}.save_pretrained"
+            + (f" or {baseline!r} for the ImageNet baseline" if baseline else "")
         )
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -628,6 +639,50 @@ def evaluate_gallery_protocol(
 
 
 # --------------------------------------------------------------------------- #
+# Text search: image-text retrieval of a dual encoder
+# --------------------------------------------------------------------------- #
+def load_dual_model(path: str | os.PathLike):
+    """Load a saved :class:`DualEncoderModel` in float32 on CPU, with clear errors for wrong folders."""
+    from .dual_encoder import DualEncoderModel
+
+    return _load_saved_model(path, DualEncoderModel, "dual encoder", "", "a dual encoder",
+                             "`evaluate text-search` needs a DualEncoderModel (e.g. models/dual-encoder)")
+
+
+def evaluate_text_search(
+    model: Any, images: str | os.PathLike, captions: str | os.PathLike, split_list: str | os.PathLike, batch_size: int = 64
+) -> dict:
+    """Every image of ``split_list`` (found in ``images``) against all of its captions in ``captions``.
+
+    Returns ``{"text_to_image": {"r1", "r5", "r10", "mrr"}, "image_to_text": {...}}`` plus the counts,
+    model, files and seconds. Listed images missing from ``images`` are skipped and counted.
+    """
+    from .dual_encoder import DualEncoderModel
+    from .dual_encoder.data import caption_pairs, load_flickr8k_splits
+    from .dual_encoder.training import evaluate_retrieval
+
+    start = time.perf_counter()
+    image_dir = Path(images)
+    if not image_dir.is_dir():
+        raise EvaluationError(f"image folder {str(image_dir)!r} does not exist: pass --images <folder with the photos>")
+    net = model if isinstance(model, DualEncoderModel) else load_dual_model(model)
+    splits = load_flickr8k_splits(image_dir.parent, captions, {"eval": split_list}, image_dir=image_dir)
+    paths, texts, owner = caption_pairs(splits["eval"])
+    result = evaluate_retrieval(net, paths, texts, owner, batch_size=batch_size)
+    skipped = json.loads(splits["eval"].info.description or "{}").get("skipped", {})
+    result.update(
+        num_images=len(paths),
+        num_captions=len(texts),
+        skipped_images=skipped,
+        model=os.path.abspath(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        captions=os.path.abspath(os.fspath(captions)),
+        split_list=os.path.abspath(os.fspath(split_list)),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
 def write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -697,6 +752,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the confusion matrix of the decisions (dogs + unknown + reshoot) to PREFIX.csv and PREFIX.png",
     )
     gallery.set_defaults(func=_run_gallery)
+
+    text = tasks.add_parser(
+        "text-search",
+        help="text-to-image and image-to-text retrieval of a dual encoder",
+        description="Every image of --split-list against all of its captions: R@1/5/10 (percent) and MRR, both directions.",
+    )
+    text.add_argument("--model", required=True, help="saved DualEncoderModel folder")
+    text.add_argument("--images", required=True, help="folder with the photos")
+    text.add_argument("--captions", required=True, help="caption file, Flickr8k.token.txt format")
+    text.add_argument("--split-list", required=True, help="file with one image name per line (e.g. Flickr_8k.devImages.txt)")
+    text.add_argument("--json", dest="json_path", help="write the metrics JSON here (atomically); always printed")
+    text.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
+    text.set_defaults(func=_run_text_search)
     return parser
 
 
@@ -730,6 +798,10 @@ def _run_gallery(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         confusion=args.confusion,
     )
+
+
+def _run_text_search(args: argparse.Namespace) -> dict:
+    return evaluate_text_search(args.model, args.images, args.captions, args.split_list, batch_size=args.batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

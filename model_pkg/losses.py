@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ArcFaceHead", "arcface_margin_logits", "pair_bce_loss"]
+__all__ = ["ArcFaceHead", "arcface_margin_logits", "pair_bce_loss", "symmetric_contrastive_loss"]
 
 
 def pair_bce_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
@@ -122,3 +122,15 @@ class ArcFaceHead(nn.Module):
     def extra_repr(self) -> str:
         c, e = self.weight.shape
         return f"embedding_size={e}, num_classes={c}, margin={self.margin}, scale={self.scale}, easy_margin={self.easy_margin}"
+
+
+def symmetric_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: row i of the (B, B) text x image logits matches image i.
+
+    The mean of the text->image and image->text cross-entropies, computed in float32.
+    """
+    if logits_per_text.ndim != 2 or logits_per_text.shape[0] != logits_per_text.shape[1]:
+        raise ValueError(f"logits_per_text must be a square (B, B) matrix, got shape {tuple(logits_per_text.shape)}.")
+    logits = logits_per_text.float()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

@@ -45,6 +45,7 @@ __all__ = [
     "verification_metrics",
     "roc_pr_curves",
     "retrieval_metrics",
+    "text_image_retrieval_metrics",
     "open_set_metrics",
     "confusion",
     "save_confusion",
@@ -312,6 +313,37 @@ def retrieval_metrics(
     out["num_queries"] = int(n_q)
     out["num_queries_without_match"] = n_without
     return out
+
+
+def text_image_retrieval_metrics(
+    image_embeds: np.ndarray,
+    text_embeds: np.ndarray,
+    text_image_index: Sequence[int] | np.ndarray,
+    ks: Iterable[int] = (1, 5, 10),
+) -> dict[str, dict[str, float]]:
+    """Cross-modal retrieval (DESIGN.md's text-search protocol: every image against all captions).
+
+    ``image_embeds`` (N_img, E) and ``text_embeds`` (N_txt, E) are compared by dot product (cosine for
+    L2-normalised embeddings); ``text_image_index[t]`` is the row of caption ``t``'s image. Returns
+    ``{"text_to_image": {...}, "image_to_text": {...}}`` with ``r{k}`` in percent and ``mrr`` in [0, 1]
+    (from :func:`retrieval_metrics`): a caption's query succeeds when its own image is in the top k;
+    an image's query when any of its captions is.
+    """
+    img = np.asarray(image_embeds, dtype=np.float32)
+    txt = np.asarray(text_embeds, dtype=np.float32)
+    owner = np.asarray(text_image_index, dtype=np.int64)
+    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"image_embeds (N, E) and text_embeds (M, E) must share E, got {img.shape} and {txt.shape}")
+    if owner.shape != (txt.shape[0],):
+        raise ValueError(f"text_image_index must hold one image row per caption ({txt.shape[0]}), got shape {owner.shape}")
+    if owner.size and (owner.min() < 0 or owner.max() >= img.shape[0]):
+        raise ValueError(f"text_image_index values must lie in [0, {img.shape[0]}), got {owner.min()}..{owner.max()}")
+    sim = txt @ img.T  # (M, N)
+    rows = np.arange(img.shape[0])
+    keys = [f"r{k}" for k in ks] + ["mrr"]
+    t2i = retrieval_metrics(owner, rows, sim, ks)
+    i2t = retrieval_metrics(rows, owner, sim.T, ks)
+    return {"text_to_image": {k: t2i[k] for k in keys}, "image_to_text": {k: i2t[k] for k in keys}}
 
 
 # --------------------------------------------------------------------------- #

@@ -2,6 +2,8 @@
 
     accelerate launch train/run.py --task pair --config train/configs/pair_matcher.yaml
     accelerate launch train/run.py --task arcface --config train/configs/arcface_embedder.yaml
+    accelerate launch train/run.py --task dual --config train/configs/dual_encoder.yaml
+    accelerate launch train/run.py --task dual --config train/configs/dual_encoder_lstm_baseline.yaml
     python train/run.py --task pair --config train/configs/pair_matcher.yaml --set output_dir=runs/x --fresh
 
 A run resumes from its latest checkpoint unless `--fresh` is given. `--set key=value` overrides one
@@ -21,9 +23,11 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model_pkg.arcface.training import ArcFaceTrainingConfig, train_arcface  # noqa: E402
+from model_pkg.dual_encoder.training import DualTrainingConfig, train_dual_encoder  # noqa: E402
 from model_pkg.pair_matcher.training import PairTrainingConfig, train_pair_matcher  # noqa: E402
 
 TASKS = {"pair": (PairTrainingConfig, train_pair_matcher), "arcface": (ArcFaceTrainingConfig, train_arcface)}
+TASKS["dual"] = (DualTrainingConfig, train_dual_encoder)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +69,7 @@ def main(argv=None) -> dict:
     except (TypeError, ValueError) as err:
         raise SystemExit(f"Bad config {args.config}: {err}") from err
     summary = train_fn(cfg)
-    print(json.dumps({k: summary[k] for k in ("val", "best_global_step") if k in summary}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("val", "dev", "best_global_step") if k in summary}, indent=2))
     return summary
 
 

@@ -1,0 +1,158 @@
+"""Text-to-image search with a `DualEncoderModel`: type a sentence, get the matching photos.
+
+    engine = ImageSearchEngine(AutoModel.from_pretrained("models/dual-encoder"))
+    engine.build_image_database(paths)            # every photo through the image tower once
+    engine.save_database("photos.db")             # a GalleryIndex folder, atomic, with the model's id
+    engine.search_database("a black dog running on the beach", top_k=10)   # -> [SearchHit(path, score)]
+    engine.rank_images("two children playing", some_paths, top_k=3)       # no database needed
+
+Scores are cosine similarities in the shared space. The database is a `gallery.GalleryIndex` (exact
+inner product, faiss): one row per photo, labelled by its path, tagged with `model_fingerprint(model)`
+so a database is never queried with a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data import ImageLoadError, load_image
+from ..gallery import GalleryIndex
+from ..transforms import create_transform
+from .modeling_dual_encoder import DualEncoderModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageSearchEngine", "SearchHit", "embed_images", "model_fingerprint"]
+
+MAX_QUERY_CHARS = 10_000
+
+
+@dataclass
+class SearchHit:
+    """One photo found for a query: its path and cosine similarity (hits are sorted best first)."""
+
+    path: str
+    score: float
+
+
+def model_fingerprint(model: DualEncoderModel) -> str:
+    """`petmatch_dual_encoder:<sha256 of config and weights, 16 hex>`: equal only for the same model."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return f"{model.config.model_type}:{digest.hexdigest()[:16]}"
+
+
+@torch.no_grad()
+def embed_images(
+    model: DualEncoderModel,
+    image_paths: Sequence[str],
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Photos -> (embeddings (N, P) float32 of the readable ones, their paths, [(path, reason)] skipped)."""
+    transform = create_transform(model.vision_model.backbone.data_config, train=False)
+    was_training = model.training
+    model.eval()
+    device = model.logit_scale.device
+    out, kept, skipped = [], [], []
+    paths = [os.fspath(p) for p in image_paths]
+    try:
+        for start in range(0, len(paths), batch_size):
+            pixels = []
+            for path in paths[start : start + batch_size]:
+                try:
+                    pixels.append(transform(load_image(path)))
+                    kept.append(path)
+                except (ImageLoadError, OSError) as err:
+                    skipped.append((path, str(err)))
+            if pixels:
+                out.append(model.get_image_features(torch.stack(pixels).to(device)).float().cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(paths)), len(paths))
+    finally:
+        model.train(was_training)
+    for path, reason in skipped:
+        logger.warning("skipped unreadable image %s: %s", path, reason)
+    emb = np.concatenate(out) if out else np.zeros((0, model.config.projection_dim), np.float32)
+    return emb, kept, skipped
+
+
+class ImageSearchEngine:
+    """Search photos by text with a dual encoder (see the module docstring)."""
+
+    def __init__(self, model: DualEncoderModel, batch_size: int = 32):
+        if not isinstance(model, DualEncoderModel):
+            raise TypeError(f"ImageSearchEngine needs a DualEncoderModel, got {type(model).__name__}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.model_id = model_fingerprint(model)
+        self.database: GalleryIndex | None = None
+        self.skipped: list[tuple[str, str]] = []
+
+    # -- database ------------------------------------------------------------------------------------
+    def build_image_database(self, image_paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> None:
+        """Embed `image_paths` into a new database (replacing any previous one). Unreadable photos are
+        skipped and listed in `self.skipped` as (path, reason); `progress(done, total)` is called per batch."""
+        paths = [os.fspath(p) for p in image_paths]
+        if not paths:
+            raise ValueError("build_image_database needs at least one image path.")
+        emb, kept, self.skipped = embed_images(self.model, paths, self.batch_size, progress)
+        if not kept:
+            raise ValueError(f"none of the {len(paths)} images could be read (e.g. {self.skipped[0][1]}).")
+        database = GalleryIndex(emb.shape[1], "ip", approximate_above=max(len(kept), 200_000), model_id=self.model_id)
+        database.add(emb, kept, metadata=[{"path": p} for p in kept])
+        self.database = database
+
+    def save_database(self, directory: str | os.PathLike) -> None:
+        """Write the database to `directory` atomically (a GalleryIndex folder with checksums)."""
+        self.database_or_raise().save(directory)
+
+    def load_database(self, directory: str | os.PathLike) -> None:
+        """Load a saved database; `GalleryMismatchError` if another model (or embedding size) built it."""
+        self.database = GalleryIndex.load(
+            directory, expected_dim=self.model.config.projection_dim, expected_model_id=self.model_id
+        )
+
+    def database_or_raise(self) -> GalleryIndex:
+        if self.database is None:
+            raise RuntimeError("no image database: call build_image_database(paths) or load_database(directory) first.")
+        return self.database
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def encode_query(self, query: str) -> np.ndarray:
+        """A query -> (1, P) embedding. Empty or non-text queries are a ValueError; very long ones are
+        truncated to the text tower's `max_length` tokens."""
+        if not isinstance(query, str):
+            raise ValueError(f"the query must be a string, got {type(query).__name__}.")
+        if not query.strip():
+            raise ValueError("the query is empty: type a description of the photo, e.g. 'a black dog running on the beach'.")
+        return self.model.encode_text([query[:MAX_QUERY_CHARS]]).numpy()
+
+    def search_database(self, query: str, top_k: int = 10) -> list[SearchHit]:
+        """The `top_k` photos of the database that best match `query`, best first."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        database = self.database_or_raise()
+        scores, labels, _ = database.search(self.encode_query(query), k=top_k)
+        return [SearchHit(path=p, score=float(s)) for p, s in zip(labels[0], scores[0])]
+
+    def rank_images(self, text_query: str, image_paths: Sequence[str], top_k: int = 10) -> list[SearchHit]:
+        """Rank `image_paths` (unreadable ones skipped, see `self.skipped`) by how well they match `text_query`."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        query = self.encode_query(text_query)
+        emb, kept, self.skipped = embed_images(self.model, list(image_paths), self.batch_size)
+        scores = (emb @ query[0]) if len(kept) else np.zeros(0)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [SearchHit(path=kept[i], score=float(scores[i])) for i in order]

@@ -1,0 +1,390 @@
+"""Training the dual encoder with HF Trainer (`train/run.py --task dual`).
+
+* Rows are training *images*; each batch takes every image once with one of its captions drawn at
+  random (caption sampling: five views of the text per image, and no image twice in a batch, so the
+  contrastive loss has no false negatives from a repeated photo).
+* A frozen image tower trains on its cached outputs (pooled features or token maps, computed once
+  with `features.compute_tokens`, or read from `image_features_file`); a frozen text tower likewise on
+  cached mean-pooled sentence features. The LiT recipe: frozen EfficientNet-Lite0, MiniLM's top
+  layers trained, MLP projections.
+* `DualEncoderTrainer.evaluate` embeds every dev image and every dev caption and reports text->image
+  and image->text R@1/5/10 and MRR (`metrics.text_image_retrieval_metrics`) at each evaluation; the
+  mean of the six recalls selects the best checkpoint. Checkpoints and auto-resume as the other tasks.
+* `report_to: [mlflow]` logs params and metrics to `file:./mlruns` (unless `MLFLOW_TRACKING_URI` is set);
+  `tensorboard` works the same way once the tensorboard package is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup
+
+from ..arcface.training import _save_atomically, resolve_mixed_precision
+from ..data import load_image
+from ..features import compute_pooled, compute_tokens
+from ..fileio import atomic_write_json
+from ..hub import write_model_card
+from ..metrics import text_image_retrieval_metrics
+from ..pair_matcher.training import _last_checkpoint
+from ..transforms import create_transform
+from .configuration_dual_encoder import DualEncoderConfig
+from .data import caption_pairs, load_flickr8k_splits
+from .modeling_dual_encoder import DualEncoderModel, build_vocab
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CaptionBatchCollator",
+    "DualEncoderTrainer",
+    "DualTrainingConfig",
+    "evaluate_retrieval",
+    "image_tower_outputs",
+    "save_with_card",
+    "train_dual_encoder",
+]
+
+
+@dataclass
+class DualTrainingConfig:
+    """Everything one dual-encoder run needs; `train/configs/dual_encoder.yaml` is one of these."""
+
+    data_dir: str
+    output_dir: str
+    token_file: str | None = None  # default <data_dir>/Flickr8k.token.txt
+    train_list: str = "Flickr_8k.trainImages.txt"
+    eval_list: str = "Flickr_8k.devImages.txt"
+    model: dict = field(default_factory=dict)  # DualEncoderConfig keyword arguments
+    vocab_min_freq: int = 2  # LSTM tower: words seen this often in the training captions
+    cache_image_features: bool = True  # frozen image tower: train on its cached outputs
+    image_features_file: str | None = None  # optional precomputed pooled features (.npz: features, paths)
+    text_features_file: str | None = None  # frozen text tower: optional precomputed features (.npz, paths = '<image>#<n>')
+    feature_cache_dir: str | None = None  # default <output_dir>/feature_cache
+    batch_size: int = 256
+    epochs: float = 10.0
+    max_steps: int | None = None  # replaces epochs when given
+    learning_rate: float = 1e-3  # projections, pooling, temperature, LSTM tower
+    text_learning_rate: float = 5e-5  # a pretrained transformers text tower
+    image_learning_rate: float = 1e-4  # an unfrozen image backbone
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    augment_images: bool = True  # training on pixels: the project's train transform
+    eval_steps: int = 50
+    eval_batch_size: int = 256
+    logging_steps: int = 10
+    save_total_limit: int | None = 2
+    mixed_precision: str = "auto"
+    report_to: str | list[str] = "none"
+    seed: int = 0
+    fresh: bool = False
+
+    def __post_init__(self):
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 2: the contrastive loss needs negatives.")
+        if self.max_steps is None and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs} must be > 0 (or give max_steps).")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DualTrainingConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown dual-training option(s) {unknown}; known options: {sorted(known)}.")
+        return cls(**values)
+
+
+# -- cached tower outputs ------------------------------------------------------------------------------
+def image_tower_outputs(model: DualEncoderModel, paths: Sequence[str], cache_dir: str | None, batch_size: int = 32) -> torch.Tensor:
+    """The frozen image tower's outputs for `paths`: pooled (N, D) float32, or tokens (N, T, D) float16
+    for attention pooling; stored by `datasets` under `cache_dir` and reused on resume."""
+    backbone = model.vision_model.backbone
+    cache_file = None
+    if cache_dir:
+        cache_file = os.path.join(cache_dir, f"tokens-{backbone.model_name}-{backbone.image_size}-{len(paths)}.arrow")
+    tokens = compute_tokens(backbone, list(paths), batch_size=batch_size, cache_file=cache_file, desc="image tower")
+    return tokens if model.vision_model.pool is not None else compute_pooled(backbone, tokens)
+
+
+def _load_features_file(file: str, data_dir: str | None, paths: Sequence[str], dim: int) -> torch.Tensor:
+    """Rows of a precomputed `.npz` (`features`, `paths`: relative to `data_dir`, or caption keys when
+    `data_dir` is None) in the order of `paths`."""
+    with np.load(file) as npz:
+        features, stored = npz["features"], [str(p) for p in npz["paths"]]
+    norm = (lambda p: os.path.normpath(os.path.join(data_dir, p))) if data_dir is not None else str
+    where = {norm(p): i for i, p in enumerate(stored)}
+    try:
+        rows = [where[os.path.normpath(p) if data_dir is not None else p] for p in paths]
+    except KeyError as err:
+        raise ValueError(f"image_features_file {file!r} has no features for {err.args[0]!r}.") from None
+    if features.ndim != 2 or features.shape[1] != dim:
+        raise ValueError(f"image_features_file {file!r} holds {features.shape} features; the image tower gives (N, {dim}).")
+    return torch.from_numpy(np.ascontiguousarray(features[rows], dtype=np.float32))
+
+
+@torch.no_grad()
+def _text_tower_outputs(model: DualEncoderModel, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    out = [model.text_model(**model.tokenize(captions[i : i + batch_size])) for i in range(0, len(captions), batch_size)]
+    return torch.cat(out).float()
+
+
+# -- batches ---------------------------------------------------------------------------------------------
+class CaptionBatchCollator:
+    """Rows `{row, image_path, captions}` -> one random caption per image, tokenized (or its cached text
+    features), and the image's pixels (or cached image-tower outputs); `return_loss=True`."""
+
+    def __init__(self, model: DualEncoderModel, image_features: torch.Tensor | None = None, transform=None,
+                 text_features: dict[tuple[int, int], int] | None = None, text_table: torch.Tensor | None = None, seed: int = 0):
+        self.model = model
+        self.image_features = image_features
+        self.transform = transform
+        self.text_index = text_features
+        self.text_table = text_table
+        self.rng = random.Random(seed)
+
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        picks = [self.rng.randrange(len(r["captions"])) for r in rows]
+        batch: dict = {"return_loss": True}
+        if self.text_table is not None:
+            batch["text_features"] = self.text_table[[self.text_index[(r["row"], j)] for r, j in zip(rows, picks)]]
+        else:
+            batch.update(self.model.tokenize([r["captions"][j] for r, j in zip(rows, picks)]))
+        if self.image_features is not None:
+            batch["image_features"] = self.image_features[[r["row"] for r in rows]].float()
+        else:
+            batch["pixel_values"] = torch.stack([self.transform(load_image(r["image_path"])) for r in rows])
+        return batch
+
+
+# -- evaluation --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_retrieval(
+    model: DualEncoderModel,
+    image_paths: Sequence[str],
+    captions: Sequence[str],
+    caption_image: Sequence[int],
+    image_features: torch.Tensor | None = None,
+    text_features: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> dict[str, dict[str, float]]:
+    """Every image against all captions: text->image and image->text R@1/5/10 (percent) and MRR.
+    `image_features` / `text_features`: cached outputs of frozen towers, used instead of pixels / text."""
+    from .search import embed_images
+
+    was_training = model.training
+    model.eval()
+    try:
+        if image_features is not None:
+            device = model.logit_scale.device
+            img = torch.cat([
+                model.get_image_features(image_features=image_features[i : i + batch_size].to(device)).float().cpu()
+                for i in range(0, len(image_features), batch_size)
+            ]).numpy()
+        else:
+            img, kept, skipped = embed_images(model, image_paths, batch_size=min(batch_size, 64))
+            if skipped:
+                raise ValueError(f"{len(skipped)} evaluation image(s) could not be read, e.g. {skipped[0]}")
+        if text_features is not None:
+            txt = torch.cat([
+                model.get_text_features(text_features=text_features[i : i + batch_size].to(model.logit_scale.device)).float().cpu()
+                for i in range(0, len(text_features), batch_size)
+            ]).numpy()
+        else:
+            txt = model.encode_text(list(captions), batch_size=batch_size).numpy()
+    finally:
+        model.train(was_training)
+    return text_image_retrieval_metrics(img, txt, caption_image)
+
+
+def flat_metrics(result: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{"text_to_image": {"r1", ...}, ...} -> {"t2i_r1", ..., "i2t_mrr", "recall_mean"}."""
+    short = {"text_to_image": "t2i", "image_to_text": "i2t"}
+    out = {f"{short[d]}_{k}": v for d, values in result.items() for k, v in values.items()}
+    out["recall_mean"] = float(np.mean([v for k, v in out.items() if "_r" in k]))
+    return out
+
+
+class DualEncoderTrainer(Trainer):
+    """HF Trainer whose evaluation is cross-modal retrieval on the whole dev split (not a loss)."""
+
+    def __init__(self, *args, retrieval_eval: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retrieval_eval = retrieval_eval
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        result = evaluate_retrieval(self.model, **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(result).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+# -- saving ---------------------------------------------------------------------------------------------------
+def save_with_card(model: DualEncoderModel, save_directory: str, metrics: dict | None = None, training: dict | None = None,
+                   weights_dtype: torch.dtype | None = torch.float16) -> None:
+    """save_pretrained (fp16 weights by default) + a model card, swapped into place atomically."""
+    vc, tc = model.config.vision_config, model.config.text_config
+    text = f"`{tc.model_name_or_path}` (mean pooling)" if tc.tower == "transformers" else f"word embeddings + LSTM ({len(tc.vocab)} words)"
+
+    def write(directory: str):
+        model.save_pretrained(directory, weights_dtype=weights_dtype)
+        write_model_card(
+            directory,
+            model_name=os.path.basename(os.path.normpath(save_directory)),
+            model_type=model.config.model_type,
+            description=(
+                f"Image-text dual encoder for text-to-image search: image tower `{vc.backbone}` ({vc.image_size}px, "
+                f"{vc.pooling} pooling{', frozen' if vc.freeze else ''}), text tower {text}, {model.config.projection} "
+                f"projections into a {model.config.projection_dim}-d L2-normalised space, learned temperature. "
+                "Frozen towers from installed PyPI packages are referenced, not copied: loading needs no network."
+            ),
+            metrics=metrics,
+            data="Flickr8k (Hodosh, Young, Hockenmaier 2013): 4,000 official training images x 5 captions; "
+            "metrics on the 1,000 official dev images against all their 5,000 captions.",
+            intended_use="Find photos by describing them in English; rank a set of photos against a sentence.",
+            limitations="Trained on 4,000 Flickr photos of people and dogs in everyday scenes, English captions only: "
+            "other domains, languages and fine-grained attributes (counts, colours of small objects) are weak.",
+            training=training,
+            base_model=f"timm/{vc.backbone}",
+            usage=(
+                "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.dual_encoder.search import ImageSearchEngine\n"
+                f"engine = ImageSearchEngine(AutoModel.from_pretrained('{save_directory}'))\n"
+                "engine.build_image_database(['photo1.jpg', 'photo2.jpg'])\n"
+                "print(engine.search_database('a black dog running on the beach', top_k=5))"
+            ),
+            tags=["text-to-image-retrieval", "dual-encoder", "zero-shot-image-classification"],
+        )
+
+    _save_atomically(save_directory, write)
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+def _optimizer(model: DualEncoderModel, cfg: DualTrainingConfig) -> torch.optim.Optimizer:
+    groups = {"text": [], "image": [], "head": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("text_model.encoder."):
+            groups["text"].append(param)
+        elif name.startswith("vision_model.backbone."):
+            groups["image"].append(param)
+        else:
+            groups["head"].append(param)
+    lrs = {"text": cfg.text_learning_rate, "image": cfg.image_learning_rate, "head": cfg.learning_rate}
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": lrs[g]} for g, ps in groups.items() if ps], weight_decay=cfg.weight_decay
+    )
+
+
+def _report_to(cfg: DualTrainingConfig) -> list[str]:
+    report = [cfg.report_to] if isinstance(cfg.report_to, str) else list(cfg.report_to)
+    if "mlflow" in report:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", "file:./mlruns")
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.17 wants it for a local folder store
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "petmatch-dual-encoder")
+    return report
+
+
+def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
+    """Train, keep the best checkpoint by mean dev recall, save `<output_dir>/model` (fp16 + card); return a summary."""
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    checkpoints = os.path.join(cfg.output_dir, "checkpoints")
+    if cfg.fresh and os.path.isdir(checkpoints):
+        shutil.rmtree(checkpoints)
+
+    splits = load_flickr8k_splits(cfg.data_dir, cfg.token_file, {"train": cfg.train_list, "dev": cfg.eval_list})
+    train_paths, train_captions, _ = caption_pairs(splits["train"])
+    dev_paths, dev_captions, dev_owner = caption_pairs(splits["dev"])
+
+    model_kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.model.items()}
+    text_kwargs = model_kwargs.setdefault("text_config", {})
+    if text_kwargs.get("tower") == "lstm" and not text_kwargs.get("vocab"):
+        text_kwargs["vocab"] = build_vocab(train_captions, min_freq=cfg.vocab_min_freq)
+    model = DualEncoderModel(DualEncoderConfig(**model_kwargs))
+    vc, tc = model.config.vision_config, model.config.text_config
+
+    # Frozen towers: their outputs computed once.
+    all_paths = list(train_paths) + list(dev_paths)
+    image_features = None
+    if vc.freeze and cfg.cache_image_features:
+        if cfg.image_features_file and vc.pooling == "timm":
+            image_features = _load_features_file(cfg.image_features_file, cfg.data_dir, all_paths, model.vision_model.dim)
+        else:
+            cache_dir = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
+            image_features = image_tower_outputs(model, all_paths, cache_dir)
+    train_image, dev_image = (None, None) if image_features is None else (image_features[: len(train_paths)], image_features[len(train_paths) :])
+    text_table = text_index = dev_text = None
+    if tc.freeze:  # every train and dev caption through the frozen text tower once
+        flat = [(i, j, c) for i, caps in enumerate(splits["train"]["captions"][:]) for j, c in enumerate(caps)]
+        texts = [c for _, _, c in flat] + list(dev_captions)
+        if cfg.text_features_file:
+            keys = [f"{splits['train'][i]['image_id']}#{j}" for i, j, _ in flat]
+            keys += [f"{name}#{j}" for name, caps in zip(splits["dev"]["image_id"][:], splits["dev"]["captions"][:]) for j in range(len(caps))]
+            table = _load_features_file(cfg.text_features_file, None, keys, model.text_model.dim)
+        else:
+            table = _text_tower_outputs(model, texts)
+        text_table, dev_text = table[: len(flat)], table[len(flat) :]
+        text_index = {(i, j): n for n, (i, j, _) in enumerate(flat)}
+
+    transform = create_transform(model.vision_model.backbone.data_config, train=cfg.augment_images)
+    collator = CaptionBatchCollator(model, train_image, transform, text_index, text_table, seed=cfg.seed)
+    train_rows = [{"row": i, "image_path": p, "captions": c} for i, (p, c) in enumerate(zip(train_paths, splits["train"]["captions"][:]))]
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
+
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    args = TrainingArguments(
+        output_dir=checkpoints,
+        max_steps=total_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="recall_mean",
+        greater_is_better=True,
+        logging_steps=cfg.logging_steps,
+        report_to=_report_to(cfg),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_drop_last=True,  # a last batch of a few pairs would give an easy, noisy loss
+        seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = DualEncoderTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=[{"row": i} for i in range(len(dev_paths))],
+        data_collator=collator,
+        optimizers=(optimizer, scheduler),
+        retrieval_eval={"image_paths": dev_paths, "captions": dev_captions, "caption_image": dev_owner,
+                        "image_features": dev_image, "text_features": dev_text},
+    )
+    trainer.train(resume_from_checkpoint=None if cfg.fresh else _last_checkpoint(checkpoints))
+
+    model = trainer.model.cpu().eval()
+    dev = evaluate_retrieval(model, dev_paths, dev_captions, dev_owner, dev_image, dev_text)
+    training = {"steps": total_steps, "batch_size": cfg.batch_size, "epochs": round(total_steps / steps_per_epoch, 2),
+                "best_global_step": trainer.state.best_global_step, "mixed_precision": precision}
+    card_metrics = {f"dev_{k}": v for k, v in flat_metrics(dev).items()}
+    save_with_card(model, os.path.join(cfg.output_dir, "model"), metrics=card_metrics, training=training)
+    summary = {"dev": dev, "training": {**training, "config": asdict(cfg)}, "log_history": trainer.state.log_history}
+    atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
+    return summary
