@@ -196,10 +196,10 @@ def search_text(query, top_k=8):
 def build_text_search_tab() -> None:
     if text_search_state is None:
         gr.Markdown(f"**Text search unavailable:** {text_unavailable}")
-    query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass")
+    query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass", elem_id="text-query")
     top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
     button = gr.Button("Search", variant="primary")
-    results = gr.Gallery(label="Best matching photos (score)", columns=4, height="auto")
+    results = gr.Gallery(label="Best matching photos (score)", columns=4, height="auto", elem_id="text-results")
     button.click(search_text, inputs=[query, top_k], outputs=results, api_name="search_text")
     gr.Examples([["a dog running on the grass", 8], ["two children playing in the water", 8]], inputs=[query, top_k])
 
@@ -229,10 +229,10 @@ def build_demo() -> gr.Blocks:
             if pair_model is None:
                 gr.Markdown(f"**Set vs set unavailable:** {pair_unavailable}")
             with gr.Row():
-                set_a = gr.File(file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)")
-                set_b = gr.File(file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)")
-            compare = gr.Button("Compare", variant="primary")
-            verdict = gr.Textbox(label="Verdict")
+                set_a = gr.File(file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)", elem_id="set-a")
+                set_b = gr.File(file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)", elem_id="set-b")
+            compare = gr.Button("Compare", variant="primary", elem_id="compare")
+            verdict = gr.Textbox(label="Verdict", elem_id="verdict")
             probability = gr.Label(label="Probability")
             best_pair = gr.Gallery(label="The two photos that agree most", columns=2, height=260)
             top_pairs = gr.Dataframe(headers=["first set #", "photo", "second set #", "photo", "similarity"],
@@ -249,8 +249,9 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     gr.Markdown("### Identify")
-                    query = gr.Image(type="filepath", label="Photo of the animal to identify", height=260)
-                    identify_button = gr.Button("Identify", variant="primary")
+                    query = gr.Image(type="filepath", label="Photo of the animal to identify", height=260,
+                                     elem_id="identify-photo")
+                    identify_button = gr.Button("Identify", variant="primary", elem_id="identify")
                     if gallery_dogs and new_dogs:
                         gr.Examples([_demo_photos("queries", gallery_dogs[0])[:1], _demo_photos("new", new_dogs[0])[:1]],
                                     inputs=[query], label="A registered dog (new photo) / a dog not in the gallery")
@@ -262,7 +263,7 @@ def build_demo() -> gr.Blocks:
                     register_status = gr.Textbox(label="Registration")
                     if len(new_dogs) >= 2:
                         gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
-            answer = gr.Textbox(label="Answer")
+            answer = gr.Textbox(label="Answer", elem_id="answer")
             matches = gr.Gallery(label="Top matches (best photo of each animal)", columns=5, height=260)
             details = gr.JSON(label="Details")
             identify_button.click(identify, inputs=query, outputs=[answer, matches, details], api_name="identify")
