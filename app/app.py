@@ -222,7 +222,8 @@ def _dogs(role: str) -> list[str]:
 
 def build_demo() -> gr.Blocks:
     gallery_dogs, new_dogs = _dogs("gallery"), _dogs("new")
-    with gr.Blocks(title="petmatch") as demo:
+    # uploads and result copies older than an hour are removed hourly, so a long-running app does not fill the disk
+    with gr.Blocks(title="petmatch", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
                     "or search photos by description.")
         with gr.Tab("Set vs set"):

@@ -57,13 +57,18 @@ def resolve_model(ref: str) -> str:
 def load_model(ref: str, model_class: type, what: str, flag: str):
     """`AutoModel.from_pretrained(ref)` in float32 eval mode, checked to be a `model_class`; -> (model, None) or (None, why)."""
     import model_pkg  # noqa: F401  (registers the models with AutoModel)
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     env = next(e for f, e, _ in FLAGS.values() if f == flag)
     where = resolve_model(ref)
     if os.path.isabs(where) and not os.path.isdir(where):
         return None, f"no {what} at {where}: give a saved model folder or a Hub id with {flag} or {env}"
     try:
+        config = AutoConfig.from_pretrained(where)
+        expected = getattr(model_class, "config_class", None)
+        if expected is not None and not isinstance(config, expected):  # checked before any weights are read
+            return None, (f"{ref!r} holds a {config.model_type!r} model, not a {model_class.__name__} ({what}); "
+                          f"check {flag} / {env}")
         model = AutoModel.from_pretrained(where, dtype=torch.float32)
     except Exception as err:  # missing files, offline Hub, unknown model_type: the reason goes to the UI
         return None, f"could not load the {what} from {ref!r}: {type(err).__name__}: {str(err).splitlines()[0]}"

@@ -101,7 +101,7 @@ def test_text_search_tab_says_why_it_is_unavailable(app):
     assert engine is None and ("dual-encoder package" in why or "no dual encoder at /nonexistent" in why)
 
 
-def test_model_flags_resolve_paths_env_and_hub_ids(monkeypatch):
+def test_model_flags_resolve_paths_env_and_hub_ids(app, monkeypatch, hub_offline):
     from app.loading import ROOT, load_embedder, load_pair_model, resolve_model
 
     assert resolve_model("models/pair-matcher") == str(ROOT / "models" / "pair-matcher")
@@ -109,10 +109,9 @@ def test_model_flags_resolve_paths_env_and_hub_ids(monkeypatch):
     model, why = load_embedder("models/no-such-embedder")
     assert model is None and "--embedder-model or PETMATCH_EMBEDDER_MODEL" in why
     model, why = load_embedder(str(ROOT / "models" / "pair-matcher"))
-    assert model is None and "not a ArcFaceEmbedderModel" in why
+    assert model is None and "holds a 'petmatch_pair_matcher' model, not a ArcFaceEmbedderModel" in why
     monkeypatch.setenv("PETMATCH_PAIR_MODEL", "/elsewhere/pair")
-    from app.app import parse_settings
-
-    assert parse_settings([]).pair_model == "/elsewhere/pair"
-    assert parse_settings(["--pair-model", "x/y"]).pair_model == "x/y"
-    assert load_pair_model("models/pair-matcher")[1] is None
+    assert app.parse_settings([]).pair_model == "/elsewhere/pair"
+    assert app.parse_settings(["--pair-model", "x/y"]).pair_model == "x/y"
+    model, why = load_pair_model("someone/not-on-this-offline-machine")
+    assert model is None and "could not load the pair matcher from 'someone/not-on-this-offline-machine'" in why
