@@ -235,7 +235,7 @@ def build_demo() -> gr.Blocks:
             compare = gr.Button("Compare", variant="primary", elem_id="compare")
             verdict = gr.Textbox(label="Verdict", elem_id="verdict")
             probability = gr.Label(label="Probability")
-            best_pair = gr.Gallery(label="The two photos that agree most", columns=2, height=260)
+            best_pair = gr.Gallery(label="The two photos that agree most", columns=2, height=300, object_fit="contain")
             top_pairs = gr.Dataframe(headers=["first set #", "photo", "second set #", "photo", "similarity"],
                                      label="Photo pairs that agree most", interactive=False)
             compare.click(compare_sets, inputs=[set_a, set_b], outputs=[verdict, probability, best_pair, top_pairs],
@@ -250,8 +250,9 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     gr.Markdown("### Identify")
-                    query = gr.Image(type="filepath", label="Photo of the animal to identify", height=260,
-                                     elem_id="identify-photo")
+                    # a File, not an Image: gr.Image decodes uploads itself, so a bad file would get its generic
+                    # error instead of ours naming the file and the problem
+                    query = gr.File(file_types=["image"], label="Photo of the animal to identify", elem_id="identify-photo")
                     identify_button = gr.Button("Identify", variant="primary", elem_id="identify")
                     if gallery_dogs and new_dogs:
                         gr.Examples([_demo_photos("queries", gallery_dogs[0])[:1], _demo_photos("new", new_dogs[0])[:1]],
@@ -265,7 +266,8 @@ def build_demo() -> gr.Blocks:
                     if len(new_dogs) >= 2:
                         gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
             answer = gr.Textbox(label="Answer", elem_id="answer")
-            matches = gr.Gallery(label="Top matches (best photo of each animal)", columns=5, height=260)
+            matches = gr.Gallery(label="Top matches (best photo of each animal)", columns=5, height=260, object_fit="contain",
+                                 elem_id="matches")
             details = gr.JSON(label="Details")
             identify_button.click(identify, inputs=query, outputs=[answer, matches, details], api_name="identify")
             register_button.click(register, inputs=[name, register_files], outputs=[register_status, animals],
