@@ -281,6 +281,8 @@ def build_demo() -> gr.Blocks:
 demo = build_demo()
 # folders whose photos the app shows (thumbnails, examples, search results)
 ALLOWED_PATHS = [str(Path(p).expanduser().resolve()) for p in (SETTINGS.assets_dir, SETTINGS.data, SETTINGS.gallery_dir)]
+# the same for `gradio app/app.py` and Spaces, which launch `demo` themselves (gradio reads this at launch)
+os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
 
 if __name__ == "__main__":
     demo.launch(server_name=SETTINGS.host, server_port=SETTINGS.port, allowed_paths=ALLOWED_PATHS)
