@@ -1,75 +1,288 @@
-"""petmatch Gradio app: do two sets of photos show the same animal?
+"""petmatch Gradio app: is this the same animal? Three tabs, one per task, models loaded once at start.
 
-    python app/app.py                      # http://127.0.0.1:7860, offline, the shipped models/pair-matcher
-    PETMATCH_PAIR_MODEL=<dir or Hub id> python app/app.py
+    python app/app.py                 # http://127.0.0.1:7860, offline, the models in models/
+    python app/app.py --embedder-model runs/arcface-embedder/model --gallery-dir /tmp/my-gallery --port 7861
+    PETMATCH_PAIR_MODEL=<dir or Hub id> gradio app/app.py
 
-The set-vs-set tab is here; the gallery and text-search tabs come with their models (issue 5).
-Inference lives in the library (`match_sets`); this file is only the UI.
+1. Set vs set (`/compare_sets`): two uploads of 1-20 photos -> same-animal probability, the decision at the
+   model's stored threshold for those set sizes, and which photos agree most.
+2. Gallery (`/identify`, `/register`): identify a photo among the registered animals, or "unknown - reshoot"
+   with the reason; register a name with photos into a persistent gallery (saved after each registration).
+   The demo dogs of `app/assets/` are in it from the first start.
+3. Text search (`/search_text`): a description -> the best photos of the demo index (Flickr8k dev + demo dogs).
+
+Flags and environment variables: see `app/loading.py`. A missing model disables only its tab, with the
+reason shown there. Missing or outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
+Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine`); this file is the UI.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from pathlib import Path
 
-import gradio as gr
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run as `python app/app.py`
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 
+from app.build_demo_assets import ensure_demo_gallery, ensure_text_index  # noqa: E402
+from app.loading import load_embedder, load_pair_model, load_text_search, model_flags  # noqa: E402
 from model_pkg.data import ImageLoadError  # noqa: E402
-from model_pkg.pair_matcher import PairMatcherModel  # noqa: E402
+from model_pkg.gallery_store import PhotoGallery  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
-PAIR_MODEL = os.environ.get("PETMATCH_PAIR_MODEL", os.path.join(ROOT, "models", "pair-matcher"))
 MAX_PHOTOS = 20
-DOGS = os.path.join(ROOT, "..", "shared", "data", "dogfacenet")
+TOP_PAIRS = 5
 
-pair_model = PairMatcherModel.from_pretrained(PAIR_MODEL).eval()  # loaded once, at start
+
+def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = model_flags(argparse.ArgumentParser(description="petmatch Gradio app"))
+    parser.add_argument("--host", default=os.environ.get("PETMATCH_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PETMATCH_PORT", "7860")))
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(f"[petmatch] {message}", flush=True)
+
+
+# `python app/app.py` reads flags; `gradio app/app.py`, a Space or an import read the environment only.
+SETTINGS = parse_settings(sys.argv[1:] if __name__ == "__main__" else [])
 
 
 def _paths(files) -> list[str]:
-    return [f if isinstance(f, str) else f.name for f in (files or [])]
+    return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in (files or [])]
 
 
-def compare_sets(files_a, files_b) -> tuple[str, dict]:
-    """Two uploads of 1-20 photos each -> a verdict line and the probability."""
+def _check_count(photos: list[str], what: str) -> None:
+    if not photos:
+        raise gr.Error(f"The {what} is empty: upload at least one photo.")
+    if len(photos) > MAX_PHOTOS:
+        raise gr.Error(f"The {what} has {len(photos)} photos; upload at most {MAX_PHOTOS}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Models and galleries, loaded once
+# --------------------------------------------------------------------------------------------------
+def load_gallery(settings: argparse.Namespace):
+    """-> (PhotoGallery, None) or (None, why): the user gallery, seeded with the demo dogs on first start."""
+    embedder, why = load_embedder(settings.embedder_model)
+    if embedder is None:
+        return None, why
+    try:
+        demo_gallery = ensure_demo_gallery(embedder, Path(settings.assets_dir), Path(settings.data), log)
+        gallery = PhotoGallery(settings.gallery_dir, embedder,
+                               score_threshold=demo_gallery.score_threshold, margin_threshold=demo_gallery.margin_threshold)
+        if len(gallery) == 0:
+            gallery.add_gallery(demo_gallery, Path(settings.assets_dir) / "demo_photos")
+            log(f"new gallery in {gallery.directory}, seeded with {len(demo_gallery.identities)} demo dogs")
+    except (OSError, ValueError, RuntimeError) as err:
+        return None, f"the gallery could not be prepared: {err}"
+    return gallery, None
+
+
+def load_text(settings: argparse.Namespace):
+    text, why = load_text_search(settings.dual_model)
+    if text is None:
+        return None, why
+    try:
+        ensure_text_index(text.engine, text.model, Path(settings.assets_dir), Path(settings.data), log)
+    except Exception as err:  # the other helper's engine: any failure disables only this tab
+        return None, f"the text index could not be built: {type(err).__name__}: {err}"
+    return text, None
+
+
+log("loading models ...")
+pair_model, pair_unavailable = load_pair_model(SETTINGS.pair_model)
+gallery, gallery_unavailable = load_gallery(SETTINGS)
+text_search_state, text_unavailable = load_text(SETTINGS)
+for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable), ("text search", text_unavailable)):
+    if why:
+        log(f"{tab} unavailable: {why}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Set vs set
+# --------------------------------------------------------------------------------------------------
+def compare_sets(files_a, files_b):
+    """Two uploads of 1-20 photos each -> verdict, probability, the most alike photo pair, the top photo pairs."""
+    if pair_model is None:
+        raise gr.Error(f"Set vs set is unavailable: {pair_unavailable}")
     photos_a, photos_b = _paths(files_a), _paths(files_b)
-    for side, photos in (("first", photos_a), ("second", photos_b)):
-        if not photos:
-            raise gr.Error(f"The {side} set is empty: upload at least one photo of each animal.")
-        if len(photos) > MAX_PHOTOS:
-            raise gr.Error(f"The {side} set has {len(photos)} photos; upload at most {MAX_PHOTOS}.")
+    _check_count(photos_a, "first set")
+    _check_count(photos_b, "second set")
     try:
         result = match_sets(pair_model, photos_a, photos_b)
     except (ImageLoadError, ValueError) as err:
         raise gr.Error(str(err)) from err
-    i, j = divmod(int(result.photo_similarity.argmax()), len(photos_b))
+    sim = result.photo_similarity  # (N, M) cosine
+    order = np.argsort(-sim, axis=None)[:TOP_PAIRS]
+    pairs = [divmod(int(o), len(photos_b)) for o in order]
+    i, j = pairs[0]
     verdict = "Same animal" if result.same else "Different animals"
-    text = (f"{verdict}: probability {result.probability:.1%} (threshold {result.threshold:.1%}). "
-            f"Most alike: photo {i + 1} of the first set and photo {j + 1} of the second.")
-    return text, {"same animal": result.probability, "different animals": 1 - result.probability}
+    text = (f"{verdict}: probability {result.probability:.1%} (decision threshold {result.threshold:.1%} for "
+            f"{len(photos_a)} vs {len(photos_b)} photos). Most alike: photo {i + 1} of the first set and photo "
+            f"{j + 1} of the second (similarity {sim[i, j]:.2f}).")
+    best = [(photos_a[i], f"first set, photo {i + 1}"), (photos_b[j], f"second set, photo {j + 1}")]
+    table = [[a + 1, os.path.basename(photos_a[a]), b + 1, os.path.basename(photos_b[b]), round(float(sim[a, b]), 3)]
+             for a, b in pairs]
+    return text, {"same animal": result.probability, "different animals": 1 - result.probability}, best, table
 
 
-def _examples() -> list[list[list[str]]]:
-    if not os.path.isdir(DOGS):
+# --------------------------------------------------------------------------------------------------
+# Gallery
+# --------------------------------------------------------------------------------------------------
+def _require_gallery() -> PhotoGallery:
+    if gallery is None:
+        raise gr.Error(f"The gallery is unavailable: {gallery_unavailable}")
+    return gallery
+
+
+def registered_animals() -> str:
+    if gallery is None:
+        return f"**Gallery unavailable:** {gallery_unavailable}"
+    counts = {name: gallery.index.labels.count(name) for name in gallery.names}
+    listing = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    return f"**{len(counts)} registered animals** (photos): {listing}\n\nGallery folder: `{gallery.directory}`"
+
+
+def identify(photo):
+    """One photo -> verdict sentence, top matches (best photo of each animal, with similarity), details."""
+    g = _require_gallery()
+    if not photo:
+        raise gr.Error("Upload a photo of the animal to identify.")
+    path = _paths([photo])[0]
+    try:
+        result = g.identify(path)
+    except (ImageLoadError, ValueError) as err:
+        raise gr.Error(str(err)) from err
+    matches = [(m.photo, f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
+    details = {**result.prediction.to_dict(), "score_threshold": result.score_threshold,
+               "margin_threshold": result.margin_threshold}
+    return result.message(), matches, details
+
+
+def register(name, files, progress=gr.Progress()):
+    """A name and 1-20 photos -> registered (saved to disk) -> status line and the updated list."""
+    g = _require_gallery()
+    photos = _paths(files)
+    _check_count(photos, "upload")
+    try:
+        name = PhotoGallery.check_name(name)
+        progress(0, desc="embedding photos")
+        count = g.register(name, photos, progress=lambda done, total: progress(done / total, desc="embedding photos"))
+    except (ImageLoadError, ValueError) as err:
+        raise gr.Error(str(err)) from err
+    return f"Registered {len(photos)} photo(s) of {name}; {name} now has {count} photo(s) in the gallery.", registered_animals()
+
+
+# --------------------------------------------------------------------------------------------------
+# Text search (written against model_pkg.dual_encoder.search.ImageSearchEngine; kept small and separate)
+# --------------------------------------------------------------------------------------------------
+def search_text(query, top_k=8):
+    """A description -> the best photos of the index with their scores."""
+    if text_search_state is None:
+        raise gr.Error(f"Text search unavailable: {text_unavailable}")
+    if not isinstance(query, str) or not query.strip():
+        raise gr.Error("Type a description, e.g. 'a brown dog running on the grass'.")
+    hits = text_search_state.engine.search_database(query.strip(), top_k=int(top_k))
+    return [(hit.path, f"{hit.score:.3f}") for hit in hits]
+
+
+def build_text_search_tab() -> None:
+    if text_search_state is None:
+        gr.Markdown(f"**Text search unavailable:** {text_unavailable}")
+    query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass", elem_id="text-query")
+    top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
+    button = gr.Button("Search", variant="primary")
+    results = gr.Gallery(label="Best matching photos (score)", columns=4, height="auto", elem_id="text-results")
+    button.click(search_text, inputs=[query, top_k], outputs=results, api_name="search_text")
+    gr.Examples([["a dog running on the grass", 8], ["two children playing in the water", 8]], inputs=[query, top_k])
+
+
+# --------------------------------------------------------------------------------------------------
+# The UI
+# --------------------------------------------------------------------------------------------------
+def _demo_photos(*parts: str) -> list[str]:
+    folder = Path(SETTINGS.assets_dir, "demo_photos", *parts)
+    if not folder.is_dir():
         return []
-    photos = lambda dog: [os.path.join(DOGS, dog, f) for f in sorted(os.listdir(os.path.join(DOGS, dog)))]  # noqa: E731
-    return [[photos("0")[:2], photos("0")[2:4]], [photos("0")[:2], photos("5")[:2]]]
+    files = sorted(p for p in folder.rglob("*.jpg"))
+    return [str(p) for p in files]
 
 
-with gr.Blocks(title="petmatch") as demo:
-    gr.Markdown("# petmatch\nIs this the same animal? Upload photos of a found animal and of a lost one.")
-    with gr.Tab("Set vs set"):
-        with gr.Row():
-            set_a = gr.File(file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)")
-            set_b = gr.File(file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)")
-        button = gr.Button("Compare", variant="primary")
-        verdict = gr.Textbox(label="Verdict")
-        probability = gr.Label(label="Probability")
-        button.click(compare_sets, inputs=[set_a, set_b], outputs=[verdict, probability], api_name="compare_sets")
-        if _examples():
-            gr.Examples(_examples(), inputs=[set_a, set_b])
+def _dogs(role: str) -> list[str]:
+    folder = Path(SETTINGS.assets_dir, "demo_photos", role)
+    return sorted(os.listdir(folder), key=lambda d: int(d) if d.isdigit() else d) if folder.is_dir() else []
+
+
+def build_demo() -> gr.Blocks:
+    gallery_dogs, new_dogs = _dogs("gallery"), _dogs("new")
+    # uploads and result copies older than an hour are removed hourly, so a long-running app does not fill the disk
+    with gr.Blocks(title="petmatch", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
+                    "or search photos by description.")
+        with gr.Tab("Set vs set"):
+            if pair_model is None:
+                gr.Markdown(f"**Set vs set unavailable:** {pair_unavailable}")
+            with gr.Row():
+                set_a = gr.File(file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)", elem_id="set-a")
+                set_b = gr.File(file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)", elem_id="set-b")
+            compare = gr.Button("Compare", variant="primary", elem_id="compare")
+            verdict = gr.Textbox(label="Verdict", elem_id="verdict")
+            probability = gr.Label(label="Probability")
+            best_pair = gr.Gallery(label="The two photos that agree most", columns=2, height=300, object_fit="contain")
+            top_pairs = gr.Dataframe(headers=["first set #", "photo", "second set #", "photo", "similarity"],
+                                     label="Photo pairs that agree most", interactive=False)
+            compare.click(compare_sets, inputs=[set_a, set_b], outputs=[verdict, probability, best_pair, top_pairs],
+                          api_name="compare_sets")
+            if len(gallery_dogs) >= 2:
+                same = _demo_photos("gallery", gallery_dogs[0]), _demo_photos("queries", gallery_dogs[0])
+                other = _demo_photos("gallery", gallery_dogs[1])
+                gr.Examples([[same[0][:2], same[1][:2]], [same[0][:2], other[:2]]], inputs=[set_a, set_b])
+
+        with gr.Tab("Gallery"):
+            animals = gr.Markdown(registered_animals())
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Identify")
+                    # a File, not an Image: gr.Image decodes uploads itself, so a bad file would get its generic
+                    # error instead of ours naming the file and the problem
+                    query = gr.File(file_types=["image"], label="Photo of the animal to identify", elem_id="identify-photo")
+                    identify_button = gr.Button("Identify", variant="primary", elem_id="identify")
+                    if gallery_dogs and new_dogs:
+                        gr.Examples([_demo_photos("queries", gallery_dogs[0])[:1], _demo_photos("new", new_dogs[0])[:1]],
+                                    inputs=[query], label="A registered dog (new photo) / a dog not in the gallery")
+                with gr.Column():
+                    gr.Markdown("### Register")
+                    name = gr.Textbox(label="Name", placeholder="Bella")
+                    register_files = gr.File(file_count="multiple", file_types=["image"], label="Photos (1-20)")
+                    register_button = gr.Button("Register")
+                    register_status = gr.Textbox(label="Registration")
+                    if len(new_dogs) >= 2:
+                        gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
+            answer = gr.Textbox(label="Answer", elem_id="answer")
+            matches = gr.Gallery(label="Top matches (best photo of each animal)", columns=5, height=260, object_fit="contain",
+                                 elem_id="matches")
+            details = gr.JSON(label="Details")
+            identify_button.click(identify, inputs=query, outputs=[answer, matches, details], api_name="identify")
+            register_button.click(register, inputs=[name, register_files], outputs=[register_status, animals],
+                                  api_name="register")
+
+        with gr.Tab("Text search"):
+            build_text_search_tab()
+    return demo
+
+
+demo = build_demo()
+# folders whose photos the app shows (thumbnails, examples, search results)
+ALLOWED_PATHS = [str(Path(p).expanduser().resolve()) for p in (SETTINGS.assets_dir, SETTINGS.data, SETTINGS.gallery_dir)]
+# the same for `gradio app/app.py` and Spaces, which launch `demo` themselves (gradio reads this at launch)
+os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(server_name=SETTINGS.host, server_port=SETTINGS.port, allowed_paths=ALLOWED_PATHS)

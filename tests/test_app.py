@@ -1,4 +1,4 @@
-"""The Gradio app builds, and its set-vs-set function answers on real photos."""
+"""The Gradio app's functions, called in-process on real photos (see app_server.py for the setup)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
+from app_server import app_module  # noqa: E402
+
 
 @pytest.fixture(scope="module")
-def app(shared_data):
-    import importlib
-
-    return importlib.import_module("app.app")
+def app():
+    return app_module()
 
 
 def photos(shared_data, dog):
@@ -23,15 +23,28 @@ def photos(shared_data, dog):
 
 def test_demo_builds_with_named_api(app):
     assert isinstance(app.demo, gr.Blocks)
-    assert "compare_sets" in [d.get("api_name") for d in app.demo.config["dependencies"]]
+    names = {d.get("api_name") for d in app.demo.config["dependencies"]}
+    assert {"compare_sets", "identify", "register", "search_text"} <= names
 
 
 def test_same_and_different_dogs(app, shared_data):
     dog0, dog5 = photos(shared_data, "0"), photos(shared_data, "5")
-    same_text, same = app.compare_sets(dog0[:2], dog0[2:4])
-    diff_text, diff = app.compare_sets(dog0[:2], dog5[:2])
+    same_text, same, best, table = app.compare_sets(dog0[:2], dog0[2:4])
+    diff_text, diff, _, _ = app.compare_sets(dog0[:2], dog5[:2])
     assert same_text.startswith("Same animal") and same["same animal"] > 0.9
     assert diff_text.startswith("Different animals") and diff["same animal"] < 0.1
+    # which photos agree most: the best pair first, shown as two thumbnails, and the top pairs (4 pairs here)
+    assert [caption.split(",")[0] for _, caption in best] == ["first set", "second set"]
+    assert len(table) == 4 and table[0][4] == max(row[4] for row in table)
+    threshold = app.pair_model.decision_threshold(2, 2)
+    assert f"decision threshold {threshold:.1%} for 2 vs 2 photos" in same_text
+
+
+def test_one_to_twenty_photos_per_side(app, shared_data):
+    dogs = sorted(os.listdir(shared_data / "dogfacenet"))[1:10]
+    many = [p for dog in dogs for p in photos(shared_data, dog)][:20]
+    text, probability, _, table = app.compare_sets(photos(shared_data, "0")[:1], many)
+    assert "1 vs 20 photos" in text and 0.0 <= probability["same animal"] <= 1.0 and len(table) == 5
 
 
 def test_bad_uploads_get_friendly_errors(app, shared_data, tmp_path):
@@ -40,16 +53,65 @@ def test_bad_uploads_get_friendly_errors(app, shared_data, tmp_path):
         app.compare_sets([], dog0[:1])
     with pytest.raises(gr.Error, match="at most 20"):
         app.compare_sets(dog0[:1], dog0[:1] * 21)
-    bad = tmp_path / "note.jpg"
-    bad.write_text("not a photo")
+    note = tmp_path / "note.jpg"
+    note.write_text("not a photo")
+    with pytest.raises(gr.Error, match="note.jpg.*not an image"):
+        app.compare_sets([str(note)], dog0[:1])
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(open(dog0[0], "rb").read()[:2000])
+    with pytest.raises(gr.Error, match="cut.jpg.*corrupt or truncated"):
+        app.identify(str(cut))
+    with pytest.raises(gr.Error, match="Upload a photo"):
+        app.identify(None)
+    with pytest.raises(gr.Error, match="Give the animal a name"):
+        app.register("  ", dog0[:1])
+    size = len(app.gallery)
     with pytest.raises(gr.Error, match="note.jpg"):
-        app.compare_sets([str(bad)], dog0[:1])
+        app.register("Spot", [dog0[0], str(note)])
+    assert len(app.gallery) == size and "Spot" not in app.gallery.names  # nothing half-registered
 
 
-def test_space_front_matter():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "spaces", "README.md")).read()
-    front = text.split("---")[1]
-    for line in ("sdk: gradio", "sdk_version: 6.31.0", "app_file: app/app.py", 'python_version: "3.11"'):
-        assert line in front
-    assert os.path.isfile(os.path.join(root, front.split("app_file:")[1].split()[0]))
+def test_register_then_identify(app, shared_data):
+    """A dog registered with 3 photos is found from its 4th; a dog never registered is rejected."""
+    new = app.gallery.directory
+    rex = photos(shared_data, "1000")
+    status, listing = app.register("Rex", rex[:3])
+    assert "Registered 3 photo(s) of Rex" in status and "Rex (3)" in listing
+    from model_pkg.gallery_store import PhotoGallery
+
+    reopened = PhotoGallery(new, app.gallery.embedder)  # saved to disk before register returned
+    assert reopened.index.labels.count("Rex") == 3
+    answer, matches, details = app.identify(rex[3])
+    assert answer.startswith("Identified: Rex") and details["label"] == "Rex"
+    assert matches[0][1].startswith("Rex: similarity") and os.path.isfile(matches[0][0])
+    answer, _, details = app.identify(photos(shared_data, "1001")[0])
+    assert answer.startswith("Unknown animal - reshoot") and details["reason"] == "unknown"
+
+
+def test_text_search_tab_says_why_it_is_unavailable(app):
+    if app.text_search_state is not None:
+        hits = app.search_text("a dog running on the grass", 3)
+        assert len(hits) == 3 and all(os.path.isfile(path) for path, _ in hits)
+        return
+    with pytest.raises(gr.Error, match="Text search unavailable: "):
+        app.search_text("a dog running on the grass", 3)
+    from app.loading import load_text_search
+
+    engine, why = load_text_search("/nonexistent/dual-encoder")
+    assert engine is None and ("dual-encoder package" in why or "no dual encoder at /nonexistent" in why)
+
+
+def test_model_flags_resolve_paths_env_and_hub_ids(app, monkeypatch, hub_offline):
+    from app.loading import ROOT, load_embedder, load_pair_model, resolve_model
+
+    assert resolve_model("models/pair-matcher") == str(ROOT / "models" / "pair-matcher")
+    assert resolve_model("someone/pet-embedder") == "someone/pet-embedder"  # a Hub id
+    model, why = load_embedder("models/no-such-embedder")
+    assert model is None and "--embedder-model or PETMATCH_EMBEDDER_MODEL" in why
+    model, why = load_embedder(str(ROOT / "models" / "pair-matcher"))
+    assert model is None and "holds a 'petmatch_pair_matcher' model, not a ArcFaceEmbedderModel" in why
+    monkeypatch.setenv("PETMATCH_PAIR_MODEL", "/elsewhere/pair")
+    assert app.parse_settings([]).pair_model == "/elsewhere/pair"
+    assert app.parse_settings(["--pair-model", "x/y"]).pair_model == "x/y"
+    model, why = load_pair_model("someone/not-on-this-offline-machine")
+    assert model is None and "could not load the pair matcher from 'someone/not-on-this-offline-machine'" in why

@@ -1,0 +1,1 @@
+"""The petmatch apps: `app.py` (Gradio), `dashboard.py` (Streamlit), `build_demo_assets.py`."""

@@ -1,0 +1,191 @@
+"""Load test of the Gradio app's set-vs-set API: concurrent clients on 127.0.0.1, no errors, bounded memory.
+
+    python bench/bench_app_load.py --clients 8 --queries 25 --json bench/results/app_load.json
+
+Starts `python app/app.py` on a free loopback port (its own temporary gallery folder; extra app flags after
+`--app-args`), waits until it answers, warms it up with 2 queries, then runs `--clients` threads, each with
+its own `gradio_client.Client`, sending `--queries` `/compare_sets` calls of 1-3 demo photos per side (half
+the pairs the same dog; photos from app/assets/demo_photos, seeded). Reports the latency distribution seen by
+the clients, the throughput, and the app's resident memory (RSS, app process and children, sampled every
+0.2 s): after warm-up, peak, and at the end. Exits 1 when any call fails or RSS grows more than
+`--max-rss-growth-mb` over its after-warm-up value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model_pkg.fileio import atomic_write_json  # noqa: E402
+
+DEMO = ROOT / "app" / "assets" / "demo_photos"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(process: psutil.Process) -> float:
+    procs = [process] + process.children(recursive=True)
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def dog_photos() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for folder in ("gallery", "queries", "unknown", "new"):
+        for dog in sorted(os.listdir(DEMO / folder)) if (DEMO / folder).is_dir() else []:
+            out.setdefault(dog, []).extend(str(p) for p in sorted((DEMO / folder / dog).glob("*.jpg")))
+    return {dog: files for dog, files in out.items() if len(files) >= 2}
+
+
+def queries(seed: int, n: int, photos: dict[str, list[str]]) -> list[tuple[list[str], list[str]]]:
+    """`n` (set A, set B) pairs of 1-3 photos each; even ones the same dog (disjoint photos), odd ones two dogs."""
+    rng = random.Random(seed)
+    dogs = sorted(photos)
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            dog = rng.choice(dogs)
+            files = rng.sample(photos[dog], len(photos[dog]))
+            cut = max(1, min(3, len(files) // 2))
+            out.append((files[:cut], files[cut:cut + rng.randint(1, min(3, len(files) - cut))]))
+        else:
+            a, b = rng.sample(dogs, 2)
+            out.append((rng.sample(photos[a], rng.randint(1, min(3, len(photos[a])))),
+                        rng.sample(photos[b], rng.randint(1, min(3, len(photos[b]))))))
+    return out
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with code {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            time.sleep(1.0)
+    raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--queries", type=int, default=25, help="calls per client")
+    parser.add_argument("--max-rss-growth-mb", type=float, default=300.0,
+                        help="fail when the app's RSS grows more than this over its after-warm-up value")
+    parser.add_argument("--start-timeout", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra flags for app/app.py")
+    args = parser.parse_args(argv)
+    from gradio_client import Client, handle_file
+
+    photos = dog_photos()
+    if len(photos) < 2:
+        raise SystemExit(f"need the demo photos in {DEMO} (python app/build_demo_assets.py copies them)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory(prefix="petmatch-load-") as gallery_dir:
+        command = [sys.executable, str(ROOT / "app" / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                   "--gallery-dir", gallery_dir, *args.app_args]
+        app = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            start_s = wait_until_up(url, app, args.start_timeout)
+            process = psutil.Process(app.pid)
+            warm = Client(url, verbose=False)
+            for a, b in queries(args.seed + 10_000, 2, photos):
+                warm.predict([handle_file(p) for p in a], [handle_file(p) for p in b], api_name="/compare_sets")
+            rss_warm = rss_mb(process)
+            samples, stop = [rss_warm], threading.Event()
+
+            def sample():
+                while not stop.wait(0.2):
+                    samples.append(rss_mb(process))
+
+            latencies: list[float] = []
+            errors: list[str] = []
+            lock = threading.Lock()
+
+            def client(index: int):
+                c = Client(url, verbose=False)
+                for a, b in queries(args.seed + index, args.queries, photos):
+                    t = time.perf_counter()
+                    try:
+                        text, *_ = c.predict([handle_file(p) for p in a], [handle_file(p) for p in b], api_name="/compare_sets")
+                        ok = text.startswith(("Same animal", "Different animals"))
+                    except Exception as err:  # every failure is counted and reported
+                        ok, text = False, f"{type(err).__name__}: {err}"
+                    with lock:
+                        latencies.append(time.perf_counter() - t)
+                        if not ok:
+                            errors.append(text)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            stop.set()
+            sampler.join()
+            rss_end = rss_mb(process)
+        finally:
+            app.terminate()
+            try:
+                app.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                app.kill()
+    lat = np.array(latencies) * 1000
+    growth = rss_end - rss_warm
+    result = {
+        "clients": args.clients, "queries_per_client": args.queries, "calls": len(latencies), "errors": len(errors),
+        "error_examples": errors[:5], "photos_per_side": "1-3", "app_start_s": round(start_s, 1),
+        "wall_s": round(wall, 1), "throughput_calls_per_s": round(len(latencies) / wall, 2),
+        "latency_ms": {k: round(float(v), 1) for k, v in (
+            ("mean", lat.mean()), ("p50", np.percentile(lat, 50)), ("p90", np.percentile(lat, 90)),
+            ("p99", np.percentile(lat, 99)), ("min", lat.min()), ("max", lat.max()))},
+        "rss_mb": {"after_warmup": round(rss_warm, 1), "peak": round(max(samples), 1), "end": round(rss_end, 1),
+                   "growth": round(growth, 1), "bound": args.max_rss_growth_mb},
+        "passed": not errors and growth <= args.max_rss_growth_mb,
+        "cpu_count": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        atomic_write_json(result, args.json)
+    if not result["passed"]:
+        raise SystemExit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""A persistent gallery of named animals for people: register a name with photos, identify a new photo.
+
+    gallery = PhotoGallery("~/.cache/petmatch/gallery", embedder)   # an ArcFaceEmbedderModel
+    gallery.register("Bella", ["bella1.jpg", "bella2.jpg"])          # saved to disk before it returns
+    result = gallery.identify("found.jpg")
+    result.prediction.label, result.prediction.reason, result.matches[0].photo, result.message()
+
+Folder layout (everything written atomically, so a crash never leaves a half-written gallery):
+
+    <directory>/index/                  the :class:`~model_pkg.gallery.GalleryIndex` (faiss + checksums),
+                                        saved after every registration, tagged with the embedder's id
+    <directory>/photos/<name>/<id>.jpg  a copy of every registered photo: thumbnails for the matches, and
+                                        what is re-embedded when the gallery is opened with another embedder
+
+Embedding, voting and rejection are :class:`GalleryIndex`'s; this module only keeps photos and index together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .data import load_image
+from .fileio import atomic_write
+from .gallery import META_FILE, GalleryIndex, GalleryMismatchError, Prediction
+from .transforms import create_transform
+
+__all__ = ["GalleryMatch", "Identification", "PhotoGallery", "embed_photos", "embedder_id", "MAX_NAME_LENGTH"]
+
+MAX_NAME_LENGTH = 64
+_THUMBNAIL_SIDE = 448
+ProgressFn = Callable[[int, int], None]
+
+
+def embedder_id(model: torch.nn.Module) -> str:
+    """`<model_type>:<sha256 of the weights>`: galleries record it and refuse vectors of another embedder."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return f"{getattr(model.config, 'model_type', type(model).__name__)}:{h.hexdigest()[:16]}"
+
+
+@torch.no_grad()
+def embed_photos(model, paths: Sequence, progress: ProgressFn | None = None, batch_size: int = 16) -> np.ndarray:
+    """Identity embeddings (N, E) float32 of photos (paths, PIL images or arrays), in batches so
+    `progress(done, total)` can be shown.
+
+    Like `match_sets`, photos go straight through the eval transform and the model: for the app's few
+    photos at a time this is several times faster than the `datasets.map` path (`arcface.training.embed_paths`)
+    built for caching thousands. Every photo is opened with :func:`~model_pkg.data.load_image` first, so a
+    bad upload fails with an `ImageLoadError` naming it before any model work is done."""
+    images = [load_image(p) for p in paths]
+    transform = create_transform(model.backbone.data_config, train=False)
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.stack([transform(im) for im in images[start : start + batch_size]])  # (B, 3, H, W)
+        out.append(model.get_image_features(pixel_values=pixels).float().numpy())
+        if progress is not None:
+            progress(min(start + batch_size, len(images)), len(images))
+    return np.concatenate(out) if out else np.zeros((0, model.config.embedding_size), np.float32)
+
+
+@dataclass
+class GalleryMatch:
+    """One registered animal among the best matches: its best photo and that photo's cosine similarity."""
+
+    label: str
+    score: float
+    photo: str
+
+
+@dataclass
+class Identification:
+    prediction: Prediction
+    matches: list[GalleryMatch] = field(default_factory=list)
+    score_threshold: float | None = None
+    margin_threshold: float = 0.0
+
+    def message(self) -> str:
+        """One sentence for a person: who it is, or why the photo was rejected and what to do."""
+        p = self.prediction
+        if p.reason is None:
+            return (f"Identified: {p.label} (vote share {p.confidence:.0%}, best photo similarity {p.top_score:.2f}).")
+        closest = self.matches[0].label if self.matches else "none"
+        if p.reason == "unknown":
+            return (
+                f"Unknown animal - reshoot or register it: the best similarity {p.top_score:.2f} is below the "
+                f"gallery's threshold {self.score_threshold:.2f} (closest: {closest}). Take a sharp, frontal photo of "
+                "the face, or register this animal if it is new."
+            )
+        runner_up = p.candidates[1][0] if len(p.candidates) > 1 else "another animal"
+        return (
+            f"Not sure - reshoot: {p.candidates[0][0]} and {runner_up} are about equally likely (vote margin "
+            f"{p.margin:.2f} < {self.margin_threshold:.2f}). Take another photo, frontal and well lit."
+        )
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower()
+    return (slug or "animal")[:40] + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
+
+
+class PhotoGallery:
+    """Named animals (photos + identity embeddings) in a folder, identified with a :class:`GalleryIndex`.
+
+    Args:
+        directory: the gallery folder (created when missing).
+        embedder: an ``ArcFaceEmbedderModel`` (anything with ``get_image_features`` and ``config.embedding_size``).
+        score_threshold, margin_threshold: the rejection thresholds (default: the embedder config's).
+        k: neighbours that vote (default: the embedder config's ``gallery_k``).
+
+    A gallery saved by another embedder is re-embedded from its stored photos when opened.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        embedder,
+        score_threshold: float | None = None,
+        margin_threshold: float | None = None,
+        k: int | None = None,
+    ):
+        self.directory = Path(os.path.expanduser(os.fspath(directory))).resolve()
+        self.embedder = embedder.eval()
+        self.model_id = embedder_id(embedder)
+        cfg = embedder.config
+        self.k = int(k or getattr(cfg, "gallery_k", 20))
+        self._lock = threading.Lock()
+        self.index = self._open()
+        self.set_thresholds(
+            getattr(cfg, "score_threshold", None) if score_threshold is None else score_threshold,
+            getattr(cfg, "margin_threshold", 0.05) if margin_threshold is None else margin_threshold,
+        )
+
+    # -- files -----------------------------------------------------------------------------------
+    @property
+    def index_dir(self) -> Path:
+        return self.directory / "index"
+
+    def _new_index(self) -> GalleryIndex:
+        return GalleryIndex(int(self.embedder.config.embedding_size), "ip", model_id=self.model_id)
+
+    def _open(self) -> GalleryIndex:
+        if not (self.index_dir / META_FILE).is_file():
+            return self._new_index()
+        try:
+            return GalleryIndex.load(self.index_dir, expected_model_id=self.model_id)
+        except GalleryMismatchError:
+            old = GalleryIndex.load(self.index_dir)
+            photos = [str(self.directory / m["photo"]) for m in old.metadata]
+            index = self._new_index()
+            if photos:
+                index.add(embed_photos(self.embedder, photos), old.labels, metadata=old.metadata)
+            index.save(self.index_dir)
+            return index
+
+    def set_thresholds(self, score_threshold: float | None, margin_threshold: float) -> None:
+        self.index.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.index.margin_threshold = float(margin_threshold)
+
+    def photo_path(self, i: int) -> str:
+        return str(self.directory / self.index.metadata[i]["photo"])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def names(self) -> list[str]:
+        return self.index.identities
+
+    # -- registering -----------------------------------------------------------------------------
+    def _store_photo(self, source, name: str) -> str:
+        """Copy a photo (re-encoded JPEG, longest side <= 448 px) into photos/<name>/; returns its relative path."""
+        image = load_image(source, max_side=_THUMBNAIL_SIDE)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=92)
+        relative = f"photos/{_slug(name)}/{uuid.uuid4().hex[:12]}.jpg"
+        atomic_write(self.directory / relative, lambda fh: fh.write(buffer.getvalue()), binary=True)
+        return relative
+
+    @staticmethod
+    def check_name(name) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("Give the animal a name (e.g. 'Bella') before registering its photos.")
+        name = " ".join(name.split())
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"The name has {len(name)} characters; use at most {MAX_NAME_LENGTH}.")
+        return name
+
+    def register(self, name: str, photos: Sequence, progress: ProgressFn | None = None) -> int:
+        """Add photos of `name` (a new animal, or more photos of a registered one) and save the gallery.
+
+        Every photo is checked before anything is stored: a bad one raises `ImageLoadError` naming it
+        and leaves the gallery unchanged. Returns how many photos `name` now has."""
+        name = self.check_name(name)
+        if not photos:
+            raise ValueError(f"Upload at least one photo of {name} to register it.")
+        for photo in photos:
+            load_image(photo)
+        with self._lock:
+            stored = [self._store_photo(photo, name) for photo in photos]
+            try:
+                embeddings = embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress)
+                self.index.add(embeddings, [name] * len(stored), metadata=[{"photo": p} for p in stored])
+            except BaseException:
+                for p in stored:
+                    (self.directory / p).unlink(missing_ok=True)
+                raise
+            self.index.save(self.index_dir)
+            return self.index.labels.count(name)
+
+    def add_gallery(self, other: GalleryIndex, photos_root: str | os.PathLike) -> None:
+        """Copy every animal of `other` (a gallery made by the same embedder, whose metadata `photo` paths
+        are relative to `photos_root`) into this gallery, photos included, and save it."""
+        if other.model_id != self.model_id:
+            raise GalleryMismatchError(
+                f"the gallery to copy was made by embedder {other.model_id}, this one uses {self.model_id}: rebuild it"
+            )
+        with self._lock:
+            stored = []
+            for label, meta in zip(other.labels, other.metadata):
+                relative = f"photos/{_slug(label)}/{uuid.uuid4().hex[:12]}.jpg"
+                target = self.directory / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(photos_root) / meta["photo"], target)
+                stored.append({**meta, "photo": relative})
+            self.index.add(other.vectors, other.labels, metadata=stored)
+            self.index.save(self.index_dir)
+
+    # -- identifying -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def identify(self, photo, top: int = 5) -> Identification:
+        """The registered animal on `photo` (a file path), or a rejection with its reason, plus the
+        `top` best-matching animals with their best photo."""
+        if len(self.index) == 0:
+            raise ValueError("The gallery is empty: register an animal (a name and some photos) first.")
+        query = embed_photos(self.embedder, [photo])
+        with self._lock:  # a registration may be changing the index in another thread
+            prediction = self.index.classify(query, k=self.k)[0]
+            scores, labels, ids = self.index.search(query, k=min(len(self.index), max(self.k, 50)))
+            position = {id_: i for i, id_ in enumerate(self.index.ids)}
+            matches: list[GalleryMatch] = []
+            for score, label, id_ in zip(scores[0], labels[0], ids[0]):
+                if label not in {m.label for m in matches}:
+                    matches.append(GalleryMatch(label, float(score), self.photo_path(position[id_])))
+                if len(matches) == top:
+                    break
+        return Identification(prediction, matches, self.index.score_threshold, self.index.margin_threshold)

@@ -1,0 +1,68 @@
+"""The launched app (127.0.0.1), called through its API with `gradio_client` as a person's script would."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from app_server import app_module, app_url  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    return Client(app_url(), verbose=False)
+
+
+def photos(shared_data, dog):
+    folder = shared_data / "dogfacenet" / dog
+    return [handle_file(str(folder / f)) for f in sorted(os.listdir(folder))]
+
+
+def test_compare_sets(client, shared_data):
+    dog0, dog5 = photos(shared_data, "0"), photos(shared_data, "5")
+    text, probability, best, table = client.predict(dog0[:3], dog0[3:5], api_name="/compare_sets")
+    assert text.startswith("Same animal") and probability["label"] == "same animal"
+    assert probability["confidences"][0]["confidence"] > 0.9
+    assert len(best) == 2 and all(os.path.isfile(item["image"]) for item in best)
+    assert len(table["data"]) == 5
+    text, probability, _, _ = client.predict(dog0[:1], dog5[:1], api_name="/compare_sets")
+    assert text.startswith("Different animals") and probability["label"] == "different animals"
+
+
+def test_register_identify_and_reject(client, shared_data):
+    luna = photos(shared_data, "1002")
+    status, listing = client.predict("Luna II", luna[:3], api_name="/register")
+    assert "Registered 3 photo(s) of Luna II" in status and "Luna II (3)" in listing
+    answer, matches, details = client.predict(luna[3], api_name="/identify")
+    assert answer.startswith("Identified: Luna II") and details["label"] == "Luna II"
+    assert matches[0]["caption"].startswith("Luna II: similarity") and os.path.isfile(matches[0]["image"])
+    answer, _, details = client.predict(photos(shared_data, "1003")[0], api_name="/identify")
+    assert answer.startswith("Unknown animal - reshoot") and details["label"] is None
+
+
+def test_demo_dog_identified_on_first_start(client):
+    demo = os.path.join(app_module().SETTINGS.assets_dir, "demo_photos", "queries")
+    dog = sorted(os.listdir(demo), key=int)[0]
+    name = app_module().gallery.index.labels[[m.get("dog") for m in app_module().gallery.index.metadata].index(dog)]
+    photo = os.path.join(demo, dog, sorted(os.listdir(os.path.join(demo, dog)))[0])
+    answer, _, _ = client.predict(handle_file(photo), api_name="/identify")
+    assert answer.startswith(f"Identified: {name}")
+
+
+def test_bad_upload_is_a_clear_error(client, tmp_path):
+    bad = tmp_path / "scan.jpg"
+    bad.write_bytes(b"<html>not a photo</html>")
+    with pytest.raises(Exception, match="scan.jpg"):
+        client.predict(handle_file(str(bad)), api_name="/identify")
+
+
+def test_text_query(client):
+    if app_module().text_search_state is None:
+        pytest.skip(f"text search unavailable in this checkout: {app_module().text_unavailable}")
+    results = client.predict("a dog running on the grass", 4, api_name="/search_text")
+    assert len(results) == 4 and all(os.path.isfile(item["image"]) for item in results)

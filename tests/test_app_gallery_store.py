@@ -1,0 +1,74 @@
+"""PhotoGallery, the app's persistent gallery: photos and index saved together, re-embedded for a new embedder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+from model_pkg.data import ImageLoadError
+from model_pkg.gallery import GalleryMismatchError
+from model_pkg.gallery_store import PhotoGallery, embedder_id
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+TINY = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "embedding_size": 16,
+        "num_classes": 0}
+
+
+def tiny(seed: int) -> ArcFaceEmbedderModel:
+    torch.manual_seed(seed)
+    return ArcFaceEmbedderModel(ArcFaceEmbedderConfig(**TINY)).eval()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for name in ("a", "b"):
+        base = rng.integers(0, 255, (48, 48, 3))
+        out[name] = []
+        for i in range(3):
+            path = tmp_path / f"{name}{i}.png"
+            Image.fromarray(np.clip(base + rng.integers(-10, 10, base.shape), 0, 255).astype(np.uint8)).save(path)
+            out[name].append(str(path))
+    return out
+
+
+def test_register_save_reopen_and_identify(tmp_path, photos):
+    gallery = PhotoGallery(tmp_path / "g", tiny(0), score_threshold=None, margin_threshold=0.0)
+    with pytest.raises(ValueError, match="gallery is empty"):
+        gallery.identify(photos["a"][0])
+    assert gallery.register("  Bella  ", photos["a"][:2]) == 2
+    assert gallery.register("Max", photos["b"][:2]) == 2
+    reopened = PhotoGallery(tmp_path / "g", tiny(0))
+    assert reopened.index.labels == ["Bella", "Bella", "Max", "Max"] and reopened.model_id == gallery.model_id
+    assert all((tmp_path / "g" / m["photo"]).is_file() for m in reopened.index.metadata)
+    result = gallery.identify(photos["a"][2])
+    scores = [m.score for m in result.matches]  # one match per animal, best first, with its own photo
+    assert sorted(m.label for m in result.matches) == ["Bella", "Max"] and scores == sorted(scores, reverse=True)
+    assert all(m.photo.startswith(str(tmp_path / "g" / "photos")) for m in result.matches) and result.message()
+
+
+def test_bad_photo_leaves_the_gallery_unchanged(tmp_path, photos):
+    gallery = PhotoGallery(tmp_path / "g", tiny(0))
+    gallery.register("Bella", photos["a"][:1])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="bad.jpg.*empty"):
+        gallery.register("Max", [photos["b"][0], str(bad)])
+    assert gallery.index.labels == ["Bella"] and len(list((tmp_path / "g" / "photos").rglob("*.jpg"))) == 1
+    with pytest.raises(ValueError, match="at most 64"):
+        gallery.register("x" * 65, photos["b"][:1])
+
+
+def test_another_embedder_re_embeds_the_stored_photos(tmp_path, photos):
+    first = PhotoGallery(tmp_path / "g", tiny(0))
+    first.register("Bella", photos["a"])
+    second = PhotoGallery(tmp_path / "g", tiny(1))
+    assert second.model_id == embedder_id(tiny(1)) != first.model_id
+    assert second.index.labels == ["Bella"] * 3 and not np.allclose(second.index.vectors, first.index.vectors)
+    with pytest.raises(GalleryMismatchError, match="rebuild"):
+        second.add_gallery(first.index, tmp_path / "g")
