@@ -158,11 +158,12 @@ def ensure_text_index(engine, dual_model, assets_dir: Path = ASSETS_DIR, data_di
     source_file = index_dir / "source.json"
     model_id = embedder_id(dual_model)
     if source_file.is_file() and json.loads(source_file.read_text()).get("model_id") == model_id:
-        engine.load_database(str(index_dir / "database"))
+        engine.load_database(str(index_dir / "database"), root=str(ROOT))
         return
     paths = text_index_paths(Path(assets_dir), Path(data_dir))
     log(f"indexing {len(paths)} photos for text search ...")
-    engine.build_image_database(paths, progress=lambda done, total: log(f"  text index: {done}/{total} photos"))
+    # paths stored relative to the repository, so the shipped index works in any clone with shared/ beside it
+    engine.build_image_database(paths, progress=lambda done, total: log(f"  text index: {done}/{total} photos"), root=str(ROOT))
     engine.save_database(str(index_dir / "database"))
     atomic_write_json({"model_id": model_id, "num_images": len(paths)}, source_file)
 

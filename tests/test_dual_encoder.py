@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -209,6 +210,25 @@ def test_search_engine(mini_flickr, tmp_path):
     other = ImageSearchEngine(tiny_model(seed=1))
     with pytest.raises(GalleryMismatchError, match="built by model"):
         other.load_database(tmp_path / "db")
+
+
+def test_search_database_with_root_survives_a_move(mini_flickr, tmp_path):
+    import shutil
+
+    root = tmp_path / "site"
+    shutil.copytree(mini_flickr / "images", root / "photos")
+    engine = ImageSearchEngine(tiny_model(), batch_size=4)
+    engine.build_image_database(sorted(str(p) for p in (root / "photos").iterdir()), root=root)
+    first = [h.path for h in engine.search_database("a dog", top_k=2)]
+    assert all(p.startswith(str(root)) for p in first)
+    engine.save_database(root / "db")
+    moved = tmp_path / "moved"
+    shutil.move(str(root), str(moved))  # e.g. the repository cloned somewhere else
+    again = ImageSearchEngine(engine.model)
+    again.load_database(moved / "db", root=moved)
+    hits = again.search_database("a dog", top_k=2)
+    assert [h.path for h in hits] == [p.replace(str(root), str(moved)) for p in first]
+    assert all(os.path.isfile(h.path) for h in hits)
 
 
 # -- CLI and training -------------------------------------------------------------------------------------------

@@ -99,11 +99,17 @@ class ImageSearchEngine:
         self.model_id = model_fingerprint(model)
         self.database: GalleryIndex | None = None
         self.skipped: list[tuple[str, str]] = []
+        self.root: str | None = None  # stored paths are relative to this folder (see build_image_database)
 
     # -- database ------------------------------------------------------------------------------------
-    def build_image_database(self, image_paths: Sequence[str], progress: Callable[[int, int], None] | None = None) -> None:
+    def build_image_database(self, image_paths: Sequence[str], progress: Callable[[int, int], None] | None = None,
+                             root: str | os.PathLike | None = None) -> None:
         """Embed `image_paths` into a new database (replacing any previous one). Unreadable photos are
-        skipped and listed in `self.skipped` as (path, reason); `progress(done, total)` is called per batch."""
+        skipped and listed in `self.skipped` as (path, reason); `progress(done, total)` is called per batch.
+
+        `root`: store the paths relative to this folder, so a saved database still finds its photos when the
+        folder moves (a shipped demo index, a clone elsewhere); `load_database(directory, root=...)` and the
+        hits then give `root`-joined paths."""
         paths = [os.fspath(p) for p in image_paths]
         if not paths:
             raise ValueError("build_image_database needs at least one image path.")
@@ -111,18 +117,26 @@ class ImageSearchEngine:
         if not kept:
             raise ValueError(f"none of the {len(paths)} images could be read (e.g. {self.skipped[0][1]}).")
         database = GalleryIndex(emb.shape[1], "ip", approximate_above=max(len(kept), 200_000), model_id=self.model_id)
+        if root is not None:
+            kept = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in kept]
         database.add(emb, kept, metadata=[{"path": p} for p in kept])
         self.database = database
+        self.root = None if root is None else os.fspath(root)
 
     def save_database(self, directory: str | os.PathLike) -> None:
         """Write the database to `directory` atomically (a GalleryIndex folder with checksums)."""
         self.database_or_raise().save(directory)
 
-    def load_database(self, directory: str | os.PathLike) -> None:
-        """Load a saved database; `GalleryMismatchError` if another model (or embedding size) built it."""
+    def load_database(self, directory: str | os.PathLike, root: str | os.PathLike | None = None) -> None:
+        """Load a saved database; `GalleryMismatchError` if another model (or embedding size) built it.
+        `root`: the folder its relative paths are resolved against (as given to `build_image_database`)."""
         self.database = GalleryIndex.load(
             directory, expected_dim=self.model.config.projection_dim, expected_model_id=self.model_id
         )
+        self.root = None if root is None else os.fspath(root)
+
+    def _resolve(self, path: str) -> str:
+        return path if self.root is None or os.path.isabs(path) else os.path.join(self.root, path)
 
     def database_or_raise(self) -> GalleryIndex:
         if self.database is None:
@@ -145,7 +159,7 @@ class ImageSearchEngine:
             raise ValueError(f"top_k must be >= 1, got {top_k}.")
         database = self.database_or_raise()
         scores, labels, _ = database.search(self.encode_query(query), k=top_k)
-        return [SearchHit(path=p, score=float(s)) for p, s in zip(labels[0], scores[0])]
+        return [SearchHit(path=self._resolve(p), score=float(s)) for p, s in zip(labels[0], scores[0])]
 
     def rank_images(self, text_query: str, image_paths: Sequence[str], top_k: int = 10) -> list[SearchHit]:
         """Rank `image_paths` (unreadable ones skipped, see `self.skipped`) by how well they match `text_query`."""
