@@ -4,7 +4,9 @@ A sample of the folder (at most `per_class` photos of at most `max_classes` clas
 more) is embedded once per candidate model and size; each candidate's features are scored with LogME
 and the kNN leave-one-out accuracy, and the two are combined by their average rank among the
 candidates. The table holds every score, the seconds spent embedding (shared by the candidates of one
-forward pass) and scoring, and the peak extra memory of the candidate's forward pass.
+forward pass) and scoring, and the memory of the candidate's forward pass: `peak_memory_mb`, the peak
+resident memory above the level before the pass (memory freed by an earlier pass is reused, so later
+passes can show less), and `peak_rss_mb`, the process's peak resident memory during the pass.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class CandidateResult:
     embed_seconds: float = 0.0
     score_seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    peak_rss_mb: float = 0.0
     shares_pass_with: list[str] = field(default_factory=list)
 
 
@@ -102,6 +105,7 @@ class _PeakMemory:
         self._thread.join()
         self._peak = max(self._peak, self._process.memory_info().rss)
         self.megabytes = (self._peak - self._start) / 2**20
+        self.peak_rss_mb = self._peak / 2**20
         return False
 
 
@@ -190,6 +194,7 @@ def recommend_backbones(
                 candidate=c.spec, layer=layers[c.spec], image_size=extractor.image_size,
                 feature_dim=int(feats[layers[c.spec]].shape[1]), logme=lm, knn_loo=knn, combined=0.0,
                 embed_seconds=embed_seconds, score_seconds=score_seconds, peak_memory_mb=memory.megabytes,
+                peak_rss_mb=memory.peak_rss_mb,
                 shares_pass_with=[m.spec for m in members if m is not c],
             )
     ordered = [rows[c.spec] for c in parsed]
