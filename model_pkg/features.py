@@ -18,7 +18,7 @@ from .backbones import Backbone
 from .data import load_image
 from .transforms import create_transform
 
-__all__ = ["compute_tokens", "compute_pooled"]
+__all__ = ["compute_tokens", "compute_pooled", "compute_layer_features"]
 
 
 @torch.no_grad()
@@ -70,3 +70,29 @@ def compute_pooled(backbone: Backbone, tokens: torch.Tensor, batch_size: int = 2
     """Tokens (N, T, D) -> the backbone's pooled features (N, D) in float32."""
     out = [backbone.pool(tokens[i : i + batch_size].float()) for i in tqdm(range(0, len(tokens), batch_size), desc="pool", disable=True)]
     return torch.cat(out) if out else torch.zeros(0, backbone.token_dim)
+
+
+@torch.no_grad()
+def compute_layer_features(
+    backbone: Backbone,
+    image_paths: Sequence[str],
+    layers: Sequence[str] = ("pooled",),
+    batch_size: int = 8,
+    desc: str = "layer features",
+) -> dict[str, np.ndarray]:
+    """Run `backbone` (eval mode, eval transform) over `image_paths` once -> {layer: float32 (N, C)},
+    each layer global-average-pooled (`Backbone.forward_layers`: `pooled`, `tokens`, `stage<N>`)."""
+    layers = list(layers)
+    transform = create_transform(backbone.data_config, train=False)
+    was_training = backbone.training
+    backbone.eval()
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    try:
+        for start in tqdm(range(0, len(image_paths), batch_size), desc=desc, mininterval=10):
+            batch = image_paths[start : start + batch_size]
+            pixels = torch.stack([transform(load_image(p)) for p in batch]).contiguous(memory_format=torch.channels_last)
+            for name, feats in backbone.forward_layers(pixels, layers).items():
+                chunks[name].append(feats.numpy().astype(np.float32))
+    finally:
+        backbone.train(was_training)
+    return {name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in chunks.items()}
