@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .align import MiniVec2VecAligner, MiniVec2VecConfig
 from .arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, ArcFaceOutput
 from .pair_matcher import PairMatcherConfig, PairMatcherModel, PairMatcherOutput
 
@@ -9,11 +10,14 @@ AutoConfig.register(PairMatcherConfig.model_type, PairMatcherConfig)
 AutoModel.register(PairMatcherConfig, PairMatcherModel)
 AutoConfig.register(ArcFaceEmbedderConfig.model_type, ArcFaceEmbedderConfig)
 AutoModel.register(ArcFaceEmbedderConfig, ArcFaceEmbedderModel)
+AutoConfig.register(MiniVec2VecConfig.model_type, MiniVec2VecConfig)  # the aligner is no nn.Module: no AutoModel
 
 __all__ = [
     "ArcFaceEmbedderConfig",
     "ArcFaceEmbedderModel",
     "ArcFaceOutput",
+    "MiniVec2VecAligner",
+    "MiniVec2VecConfig",
     "PairMatcherConfig",
     "PairMatcherModel",
     "PairMatcherOutput",
