@@ -86,7 +86,7 @@ def test_history_reports_eval_pairs_and_seed_makes_it_deterministic(world, torch
     two.align(xa, xb, progress=False)
     np.testing.assert_array_equal(one.weight, two.weight)
     assert {"top1", "mean_rank", "mean_cosine"} <= set(history[-1]["eval"])
-    assert history[-1]["eval"] == one.evaluate(ea, eb)
+    assert history[-1]["eval"] == pytest.approx(one.evaluate(ea, eb), abs=1e-5)
 
 
 def test_save_and_load_round_trip(fitted, tmp_path, world):
@@ -126,7 +126,7 @@ def test_gallery_of_old_embedder_searched_with_new_embedder(world, torch_single_
     # fitted from B to A on unpaired photos that are not in the gallery or the queries
     _, _, fit_b = world.photos(3000, seed=12)
     _, fit_a, _ = world.photos(3000, seed=13)
-    b_to_a = MiniVec2VecAligner(MiniVec2VecConfig(seed=0, **TINY))
+    b_to_a = MiniVec2VecAligner(MiniVec2VecConfig(seed=0, **dict(TINY, anchor_runs=8, qap_restarts=8)))
     b_to_a.align(fit_b, fit_a, progress=False)
 
     with pytest.raises(GalleryMismatchError):

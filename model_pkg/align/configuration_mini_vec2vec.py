@@ -29,7 +29,8 @@ class MiniVec2VecConfig(PretrainedConfig):
             the mapped A centres, Procrustes between the two sets of centres.
         refine2_clusters (`int`): k-means clusters of Refine-2.
         refine2_alpha (`float`): weight kept by the old map at each Refine-2 step.
-        kmeans_backend (`str`): `"faiss"` (fast; random initial centroids) or `"sklearn"` (k-means++).
+        kmeans_backend (`str`): who runs Lloyd's iterations after k-means++ seeding: `"faiss"` (fast) or
+            `"sklearn"` (the reference implementation's `KMeans`).
         kmeans_max_iter (`int`): Lloyd iterations per k-means (faiss: exactly this many).
         seed (`int`): seeds every random choice; the same data and seed give the same map.
     """

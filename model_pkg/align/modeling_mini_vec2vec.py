@@ -41,7 +41,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 from scipy.linalg import orthogonal_procrustes
 from scipy.optimize import quadratic_assignment
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, kmeans_plusplus
 from tqdm.auto import trange
 
 from ..fileio import atomic_write, atomic_write_json
@@ -207,14 +207,20 @@ class MiniVec2VecAligner:
 
     # ------------------------------------------------------------------ fitting
     def _kmeans(self, x: np.ndarray, k: int, rng: np.random.Generator, init: np.ndarray | None = None) -> np.ndarray:
-        """Centroids (k, D) of `x`: faiss k-means (random init, or `init`) or scikit-learn's (k-means++)."""
+        """Centroids (k, D) of `x`, from `init` or k-means++ seeds: Lloyd's iterations by faiss or scikit-learn.
+
+        k-means++ seeding matters here: with random seeds the two sides' partitions differ far more
+        often and the centroid matching fails (measured on the tests' data: anchor cosine .12 -> .43).
+        """
         seed = int(rng.integers(2**31 - 1))
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.config.kmeans_backend == "faiss":
-            kmeans = faiss.Kmeans(x.shape[1], k, niter=self.config.kmeans_max_iter, seed=seed, spherical=False)
+            if init is None:
+                init, _ = kmeans_plusplus(x, k, random_state=seed)
+            kmeans = faiss.Kmeans(x.shape[1], k, niter=self.config.kmeans_max_iter, seed=seed)
             kmeans.cp.min_points_per_centroid = 1  # small samples are fine here; silences faiss's warning
             kmeans.cp.max_points_per_centroid = max(len(x) // k + 1, 256)  # never subsample
-            kmeans.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, dtype=np.float32))
+            kmeans.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
             return kmeans.centroids.copy()
         kmeans = KMeans(
             n_clusters=k,
