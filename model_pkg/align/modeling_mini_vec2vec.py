@@ -32,7 +32,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
