@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .align import MiniVec2VecAligner, MiniVec2VecConfig
 from .arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, ArcFaceOutput
 from .dual_encoder import DualEncoderConfig, DualEncoderModel, DualEncoderOutput
 from .pair_matcher import PairMatcherConfig, PairMatcherModel, PairMatcherOutput
@@ -12,6 +13,7 @@ AutoConfig.register(ArcFaceEmbedderConfig.model_type, ArcFaceEmbedderConfig)
 AutoModel.register(ArcFaceEmbedderConfig, ArcFaceEmbedderModel)
 AutoConfig.register(DualEncoderConfig.model_type, DualEncoderConfig)
 AutoModel.register(DualEncoderConfig, DualEncoderModel)
+AutoConfig.register(MiniVec2VecConfig.model_type, MiniVec2VecConfig)  # the aligner is no nn.Module: no AutoModel
 
 __all__ = [
     "ArcFaceEmbedderConfig",
@@ -20,6 +22,8 @@ __all__ = [
     "DualEncoderConfig",
     "DualEncoderModel",
     "DualEncoderOutput",
+    "MiniVec2VecAligner",
+    "MiniVec2VecConfig",
     "PairMatcherConfig",
     "PairMatcherModel",
     "PairMatcherOutput",
