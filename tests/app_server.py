@@ -3,7 +3,7 @@
 `app_env()` prepares, once, a temporary folder with a stand-in embedder (an ArcFace embedder built from its
 config with the real offline ImageNet EfficientNet-Lite0 backbone; the trained `models/arcface-embedder` may
 not be there), a reduced copy of the committed demo photos (6 gallery dogs, 12 unknown ones, so the demo
-gallery builds in seconds), a writable user gallery and a small Flickr8k folder (24 dev images) for the text
+gallery builds in seconds), a writable user gallery and a small Flickr8k folder (copies of 24 dev images) for the text
 index. `app_module()` imports `app.app` under that environment (models load once); `app_url()` launches it
 on 127.0.0.1 in this process, for `gradio_client` and the browser.
 """
@@ -43,7 +43,8 @@ def _small_flickr(target: Path) -> None:
     names = (source / "Flickr_8k.devImages.txt").read_text().split()[:FLICKR_IMAGES]
     (target / "images").mkdir(parents=True)
     for name in names:
-        os.symlink(source / "images" / name, target / "images" / name)
+        # copies, not symlinks: gradio serves a result only from an allowed folder, and it resolves links
+        shutil.copyfile(source / "images" / name, target / "images" / name)
     (target / "Flickr_8k.devImages.txt").write_text("\n".join(names) + "\n")
 
 
