@@ -86,6 +86,15 @@ def app_module():
                 os.environ[key] = value
 
 
+def _close(demo) -> None:
+    """Stop the app at exit, with uvicorn's logging off: pytest has closed the streams it would write to."""
+    import logging
+
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).disabled = True
+    demo.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,5 +107,5 @@ def app_url() -> str:
     module = app_module()
     module.demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                        allowed_paths=module.ALLOWED_PATHS)
-    atexit.register(module.demo.close)
+    atexit.register(_close, module.demo)
     return module.demo.local_url
