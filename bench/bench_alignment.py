@@ -42,6 +42,8 @@ PRESETS = {
     # the same pipeline, the centroids matched by scipy's FAQ (randomised starts) instead of 2-opt:
     # about 50x cheaper per restart on 20 x 20 kernels
     "fast": {"qap_method": "faq"},
+    # the reference pipeline with 3x the Refine-1 iterations
+    "long-refine": {"refine1_iterations": 300},
 }
 
 
