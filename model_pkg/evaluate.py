@@ -80,7 +80,6 @@ from .data.samplers import GallerySplit, split_gallery_queries
 from .features import compute_pooled, compute_tokens
 from .fileio import atomic_save_npy, atomic_write_json
 from .gallery import GalleryIndex
-from .gallery import evaluate_gallery as _score_gallery
 from .metrics import choose_threshold, save_confusion, verification_metrics
 from .metrics import confusion as confusion_matrix_of
 from .pair_matcher import PairMatcherConfig, PairMatcherModel
@@ -491,21 +490,14 @@ def _calibrated(split: GallerySplit, emb: Mapping[str, np.ndarray], k: int) -> G
 UNKNOWN, RESHOOT = "unknown", "reshoot"  # the decision columns of a rejected query
 
 
-def _write_gallery_confusion(prefix, gallery_emb, split: GallerySplit, query_emb, score_threshold, margin_threshold, k):
-    """Classify the queries at the chosen thresholds and save the decision confusion matrix (CSV + PNG)."""
-    gallery = GalleryIndex(
-        gallery_emb.shape[1], "ip", approximate_above=max(len(gallery_emb), 1),
-        score_threshold=score_threshold, margin_threshold=margin_threshold,
-    )
-    gallery.add(gallery_emb, split.gallery_labels)
+def _write_gallery_confusion(prefix, gallery: GalleryIndex, split: GallerySplit, query_emb, k):
+    """Classify the queries with `gallery` (at its thresholds) and save the decision confusion matrix (CSV + PNG)."""
     unknown = set(split.unknown_labels)
     truth = [UNKNOWN if lab in unknown else lab for lab in split.query_labels]
     decided = [p.label if p.label is not None else p.reason for p in gallery.classify(query_emb, k=k)]
     labels = sorted(set(split.gallery_labels)) + [UNKNOWN, RESHOOT]
-    prefix = os.fspath(prefix)
-    csv_path, png_path = prefix + ".csv", prefix + ".png"
-    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    save_confusion(confusion_matrix_of(truth, decided, labels), labels, csv_path, png_path)
+    csv_path, png_path = os.fspath(prefix) + ".csv", os.fspath(prefix) + ".png"
+    save_confusion(confusion_matrix_of(truth, decided, labels), labels, csv_path, png_path)  # creates the folder
     return os.path.abspath(csv_path), os.path.abspath(png_path)
 
 
@@ -603,14 +595,16 @@ def evaluate_gallery_protocol(
         source = "none"
 
     gallery_emb, query_emb = _split_arrays(evaluated, emb)
-    metrics = _score_gallery(
-        gallery_emb, evaluated.gallery_labels, query_emb, evaluated.query_labels, evaluated.unknown_labels,
-        score_threshold=score_threshold, margin_threshold=margin_threshold, k=k,
+    gallery = GalleryIndex(
+        gallery_emb.shape[1], "ip", approximate_above=max(len(gallery_emb), 1),
+        score_threshold=score_threshold, margin_threshold=margin_threshold,
     )
+    gallery.add(gallery_emb, evaluated.gallery_labels)
+    metrics = gallery.evaluate(query_emb, evaluated.query_labels, evaluated.unknown_labels, k=k)
     result = {key: metrics[key] for key in GALLERY_RESULT_KEYS}
     if confusion is not None:
         result["confusion_csv"], result["confusion_png"] = _write_gallery_confusion(
-            confusion, gallery_emb, evaluated, query_emb, score_threshold, margin_threshold, k
+            confusion, gallery, evaluated, query_emb, k
         )
     result.update(
         threshold_source=source,

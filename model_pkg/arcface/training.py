@@ -48,6 +48,7 @@ from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
 from ..pair_matcher.training import PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
+from ..training_utils import check_options
 from ..transforms import create_transform
 from .configuration_arcface import ArcFaceEmbedderConfig
 from .modeling_arcface import ArcFaceEmbedderModel
@@ -131,10 +132,7 @@ class ArcFaceTrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ArcFaceTrainingConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown arcface-training option(s) {unknown}; known options: {sorted(known)}.")
+        check_options(cls, values, "arcface-training")
         return cls(**values)
 
 

@@ -35,6 +35,7 @@ from ..fileio import atomic_write_json
 from ..hub import write_model_card
 from ..metrics import text_image_retrieval_metrics
 from ..pair_matcher.training import _last_checkpoint
+from ..training_utils import check_options
 from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
@@ -94,10 +95,7 @@ class DualTrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DualTrainingConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown dual-training option(s) {unknown}; known options: {sorted(known)}.")
+        check_options(cls, values, "dual-training")
         return cls(**values)
 
 

@@ -31,6 +31,7 @@ from ..data import (
 from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..metrics import choose_threshold, verification_metrics
+from ..training_utils import check_options
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel
@@ -72,10 +73,7 @@ class PairTrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PairTrainingConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown pair-training option(s) {unknown}; known options: {sorted(known)}.")
+        check_options(cls, values, "pair-training")
         values = dict(values)
         if "set_size" in values:
             size = values["set_size"]
