@@ -11,6 +11,13 @@ Uses the true caption pairs, which the aligner never sees, only to judge it:
   method (scipy's FAQ and 2-opt, 30 restarts each) matches to the B centroid that the paired map says
   is its counterpart, and the QAP objective of the found and of that true permutation (found < true:
   the solver, not the kernels, is what fails).
+
+With `--fixed-point`: where unpaired self-learning settles *if it starts at the answer*. On the
+benchmark's split (seed 0; `bench_alignment.split_by_group`), the map is started at the paired optimum
+(orthogonal Procrustes on the true pairs of both fitting halves) and then refined without pairs, as the
+aligner does: 10 CSLS self-learning steps (our last stage) or 100 Refine-1 steps; the first with the
+fitting halves cut to 2,000 / 4,000 / all points per side. The top-1 it drifts to bounds what an
+unpaired fit on that much data can reach.
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="/work/feature_cache")
     parser.add_argument("--runs", type=int, default=4, help="k-means runs whose centroid matching is checked")
     parser.add_argument("--restarts", type=int, default=30)
+    parser.add_argument("--fixed-point", action="store_true", help="only the fixed-point analysis (see above)")
     args = parser.parse_args()
+    if args.fixed_point:
+        return fixed_point(args.cache_dir)
     za = np.load(os.path.join(args.cache_dir, "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz"))
     zb = np.load(os.path.join(args.cache_dir, "flickr8k__paraphrase-MiniLM-L3-v2__0__meanpool.npz"))
     if not (za["paths"] == zb["paths"]).all():
@@ -86,6 +96,36 @@ def main() -> None:
             print(f"run {run} {method:4s} x{args.restarts}: {np.mean(best.col_ind == truth):.2f} of centroids matched right, "
                   f"objective {objective(best.col_ind):.3f} (true permutation {objective(truth):.3f}), "
                   f"{time.perf_counter() - start:.1f} s")
+
+
+def fixed_point(cache_dir: str) -> None:
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from bench_alignment import split_by_group
+
+    from model_pkg.align.modeling_mini_vec2vec import _centre_and_normalize, _csls_dictionary, _mean_of_nearest, _procrustes
+
+    za = np.load(os.path.join(cache_dir, "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz"))
+    zb = np.load(os.path.join(cache_dir, "flickr8k__paraphrase-MiniLM-L3-v2__0__meanpool.npz"))
+    a_all, b_all = za["features"].astype(np.float32), zb["features"].astype(np.float32)
+    groups = np.array([p.split("#")[0] for p in za["paths"].astype(str)])
+    held, half_a, half_b = split_by_group(groups, 8192, 0)
+    mean_a, mean_b = a_all[half_a].mean(0), b_all[half_b].mean(0)
+    a, b = _centre_and_normalize(a_all, mean_a, "A"), _centre_and_normalize(b_all, mean_b, "B")
+    fit = np.concatenate([half_a, half_b])
+    w_star = _procrustes(a[fit], b[fit])  # uses the pairs: the start, never a method
+    top1 = lambda w: alignment_metrics(a[held] @ w, b[held])["top1"]  # noqa: E731
+    print(f"paired optimum (start): top-1 {top1(w_star):.3f}")
+    for n in (2000, 4000, len(half_a)):
+        xa, xb, w = a[half_a[:n]], b[half_b[:n]], w_star
+        for _ in range(10):
+            rows_a, rows_b = _csls_dictionary(xa @ w, xb, 10)
+            w = _procrustes(xa[rows_a], xb[rows_b])
+        print(f"{n} points per side, 10 CSLS self-learning steps from the optimum: top-1 {top1(w):.3f}", flush=True)
+    xa, xb, w, rng = a[half_a], b[half_b], w_star, np.random.default_rng(0)
+    for _ in range(100):
+        sample = xa[rng.choice(len(xa), 1000, replace=False)]
+        w = 0.5 * w + 0.5 * _procrustes(sample, _mean_of_nearest(sample @ w, xb, xb, 50))
+    print(f"{len(xa)} points per side, 100 Refine-1 steps from the optimum: top-1 {top1(w):.3f}")
 
 
 if __name__ == "__main__":

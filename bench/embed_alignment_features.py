@@ -14,7 +14,9 @@ order). A file that already exists is kept (another run may have made it). Text 
   token outputs (checked below on every batch), i.e. sentence-transformers' pooling for that model.
 
 Images: `create_backbone(model, image_size=...)` (default: its pretrained size, Lite0 224 px, Lite2
-260 px) and the eval transform, pooled features (`Backbone.forward(...).pooled`). Photos are embedded in
+260 px) and the eval transform, pooled features (`Backbone.forward(...).pooled`). A cache file that
+holds only some of the photos (the recommendation benchmark caches samples under the same names) is
+completed, not replaced. Photos are embedded in
 a seeded random order and the rows done so far are saved every few batches to `*.partial.npz`, so a
 stopped run leaves a random sample.
 """
@@ -173,13 +175,21 @@ def main(argv=None) -> None:
     model = args.model or "tf_efficientnet_lite0"
     size = args.image_size or create_backbone(model, pretrained=False).image_size
     out = cache_path(args.cache_dir, args.dataset, model, size, "pooled")
-    if os.path.exists(out):
-        print(f"exists, kept: {out}")
-        return
     paths = image_paths(data_dir, args.dataset)
+    old_paths, old_features = [], None
+    if os.path.exists(out):  # another benchmark may have cached a sample of the photos: add the others
+        with np.load(out) as z:
+            old_paths, old_features = z["paths"].astype(str).tolist(), z["features"]
+        paths = sorted(set(paths) - set(old_paths))
+        if not paths:
+            print(f"exists, kept: {out}")
+            return
+        print(f"{out} holds {len(old_paths)} photos; embedding the other {len(paths)}")
     paths = [paths[i] for i in np.random.default_rng(0).permutation(len(paths))]  # any prefix is a random sample
     partial = out[: -len(".npz")] + ".partial.npz"
     features = embed_images(model, size, data_dir, paths, partial)
+    if old_features is not None:
+        features, paths = np.concatenate([old_features, features]), old_paths + paths
     order = np.argsort(paths)
     save_npz(out, features=features[order], paths=np.array(paths)[order])
     if os.path.exists(partial):

@@ -19,6 +19,8 @@ defaults of `MiniVec2VecConfig`:
    of its `refine1_k` nearest B points, refit, `W = a W + (1 - a) W_new`.
 6. Refine-2: k-means (`refine2_clusters`) on A, k-means on B initialised from the mapped A centres,
    Procrustes between the centres, smoothed the same way.
+7. CSLS self-learning (ours, off by default: `csls_iterations`): pair every A point with its best B
+   point and every B point with its best A point by CSLS, refit Procrustes on that dictionary.
 
 A vector x of A maps to `normalize(normalize(x - mean_A) @ W)` in B's centred, normalised space, and
 from there back to B's raw space as `mean_B + scale_B * that` (`scale_B`: the mean norm of B's
@@ -39,7 +41,6 @@ import numpy as np
 import torch
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
-from scipy.linalg import orthogonal_procrustes
 from scipy.optimize import quadratic_assignment
 from sklearn.cluster import KMeans, kmeans_plusplus
 from tqdm.auto import trange
@@ -112,14 +113,13 @@ def _centre_and_normalize(x: np.ndarray, mean: np.ndarray, name: str) -> np.ndar
 
 
 def _procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The (semi-)orthogonal W (Dx, Dy) minimising ||x W - y||. Unequal dimensions are zero-padded to
-    the larger one for scipy, whose solution's top-left block is then the semi-orthogonal optimum."""
-    d = max(x.shape[1], y.shape[1])
-    xp = np.zeros((x.shape[0], d), dtype=np.float64)
-    yp = np.zeros((y.shape[0], d), dtype=np.float64)
-    xp[:, : x.shape[1]], yp[:, : y.shape[1]] = x, y
-    w, _ = orthogonal_procrustes(xp, yp)
-    return w[: x.shape[1], : y.shape[1]].astype(np.float32)
+    """The (semi-)orthogonal W (Dx, Dy) minimising ||x W - y||: U V^T from the SVD of x^T y (for unequal
+    dimensions the semi-orthogonal optimum, what zero-padding to a square problem gives). float32
+    throughout, by torch: 3x faster than scipy's float64 `orthogonal_procrustes` on 1280-d features
+    (Refine-1 runs one per iteration), the same map to 1e-6."""
+    cross = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).T @ torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    u, _, vt = torch.linalg.svd(cross, full_matrices=False)
+    return (u @ vt).numpy()
 
 
 def _centred_kernel(c: np.ndarray) -> np.ndarray:
@@ -138,6 +138,25 @@ def _mean_of_nearest(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, 
         top = (q[i : i + chunk_size] @ kt).topk(k, dim=1).indices  # (chunk, k)
         out.append(v[top].mean(dim=1))
     return torch.cat(out).numpy()
+
+
+def _csls_dictionary(mapped_a: np.ndarray, xb: np.ndarray, k: int, chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (into A, into B) of a dictionary built in both directions by CSLS.
+
+    CSLS(a, b) = 2 cos(a, b) - r_B(a) - r_A(b), where r_B(a) is the mean cosine of a to its k nearest B
+    points (and r_A(b) likewise): it penalises hubs, points that are everybody's nearest neighbour, which
+    plain nearest neighbours pair with far too many points.
+    """
+    a = torch.from_numpy(_normalize(mapped_a))
+    b = torch.from_numpy(xb)
+    k_a, k_b = min(k, len(b)), min(k, len(a))
+    r_a = torch.cat([(a[i : i + chunk_size] @ b.T).topk(k_a, dim=1).values.mean(1) for i in range(0, len(a), chunk_size)])
+    r_b = torch.cat([(b[i : i + chunk_size] @ a.T).topk(k_b, dim=1).values.mean(1) for i in range(0, len(b), chunk_size)])
+    best_b = torch.cat([(2 * (a[i : i + chunk_size] @ b.T) - r_b[None, :]).argmax(1) for i in range(0, len(a), chunk_size)])
+    best_a = torch.cat([(2 * (b[i : i + chunk_size] @ a.T) - r_a[None, :]).argmax(1) for i in range(0, len(b), chunk_size)])
+    rows_a = torch.cat([torch.arange(len(a)), best_a])
+    rows_b = torch.cat([best_b, torch.arange(len(b))])
+    return rows_a.numpy(), rows_b.numpy()
 
 
 class MiniVec2VecAligner:
@@ -336,6 +355,15 @@ class MiniVec2VecAligner:
             w = cfg.refine2_alpha * w + (1.0 - cfg.refine2_alpha) * _procrustes(centres_a, centres_b)
         if cfg.refine2_iterations:
             record("refine2", start, w, iterations=cfg.refine2_iterations)
+
+        start = time.perf_counter()
+        for _ in trange(cfg.csls_iterations, desc="mini-vec2vec CSLS self-learning", disable=not progress):
+            sa = xa if len(xa) <= cfg.csls_sample else xa[rng.choice(len(xa), cfg.csls_sample, replace=False)]
+            sb = xb if len(xb) <= cfg.csls_sample else xb[rng.choice(len(xb), cfg.csls_sample, replace=False)]
+            rows_a, rows_b = _csls_dictionary(sa @ w, sb, cfg.csls_k)
+            w = _procrustes(sa[rows_a], sb[rows_b])
+        if cfg.csls_iterations:
+            record("csls", start, w, iterations=cfg.csls_iterations)
 
         self.weight = w.astype(np.float32)
         self.source_mean = source_mean.astype(np.float32)
