@@ -171,7 +171,10 @@ def test_recommend_backbones_ranks_timm_and_saved_candidates(dog_folder, saved_e
     rows = result["candidates"]
     assert sorted(r["candidate"] for r in rows) == sorted(specs)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4] and result["recommended"] == rows[0]["candidate"]
-    assert [r["combined"] for r in rows] == sorted((r["combined"] for r in rows), reverse=True)
+    assert result["rank_by"] == "knn_loo"
+    assert [r["knn_loo"] for r in rows] == sorted((r["knn_loo"] for r in rows), reverse=True)
+    by_logme = cli_main(["--data", str(dog_folder), "--candidates", ",".join(specs), "--per-class", "3", "--rank-by", "logme"])
+    assert [r["logme"] for r in by_logme["candidates"]] == sorted((r["logme"] for r in rows), reverse=True)
     by_spec = {r["candidate"]: r for r in rows}
     assert by_spec[str(saved_embedder)]["layer"] == "embedding" and by_spec[str(saved_embedder)]["feature_dim"] == 16
     assert by_spec["tf_efficientnet_lite0@64:pooled"]["feature_dim"] == 1280
@@ -189,6 +192,8 @@ def test_recommend_bad_input_is_clear(dog_folder, saved_embedder, tmp_path, caps
         recommend_backbones(one_class, ["tf_efficientnet_lite0@64", "tf_efficientnet_lite0@64:stage3"])
     with pytest.raises(RecommendationError, match="at least 2 candidates"):
         recommend_backbones(dog_folder, ["tf_efficientnet_lite0@64"])
+    with pytest.raises(RecommendationError, match="rank_by='accuracy' must be one of"):
+        recommend_backbones(dog_folder, ["tf_efficientnet_lite0@64", "tf_efficientnet_lite0@64:stage3"], rank_by="accuracy")
     with pytest.raises(CandidateError, match=r"no layer 'stage9'; its layers are \['embedding', 'pooled'"):
         recommend_backbones(dog_folder, [f"{saved_embedder}:stage9", "tf_efficientnet_lite0@64"])
     with pytest.raises(SystemExit) as exit_info:

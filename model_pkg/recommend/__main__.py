@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--layout", default="auto", choices=("auto", "identity", "seed"))
+    parser.add_argument("--rank-by", default="knn_loo", choices=("knn_loo", "logme", "combined"),
+                        help="the score that orders the table (default: kNN leave-one-out, the best predictor in bench/)")
     return parser
 
 
@@ -39,14 +41,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         result = recommend_backbones(
             args.data, args.candidates, per_class=args.per_class, max_classes=args.max_classes, k=args.k,
-            seed=args.seed, batch_size=args.batch_size, layout=args.layout,
+            seed=args.seed, batch_size=args.batch_size, layout=args.layout, rank_by=args.rank_by,
         )
     except (RecommendationError, CandidateError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"{result.num_images} photos of {result.num_classes} classes from {result.data_dir}")
     print(result.table())
-    print(f"recommended: {result.best}")
+    print(f"recommended (by {result.rank_by}): {result.best}")
     out = result.to_dict()
     if args.json:
         atomic_write_json(out, args.json)
