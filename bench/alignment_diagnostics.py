@@ -102,7 +102,7 @@ def fixed_point(cache_dir: str) -> None:
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from bench_alignment import split_by_group
 
-    from model_pkg.align.modeling_mini_vec2vec import _centre_and_normalize, _csls_dictionary, _mean_of_nearest, _procrustes
+    from model_pkg.align.modeling_mini_vec2vec import _centre_and_normalize, _procrustes
 
     za = np.load(os.path.join(cache_dir, "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz"))
     zb = np.load(os.path.join(cache_dir, "flickr8k__paraphrase-MiniLM-L3-v2__0__meanpool.npz"))
@@ -115,17 +115,13 @@ def fixed_point(cache_dir: str) -> None:
     w_star = _procrustes(a[fit], b[fit])  # uses the pairs: the start, never a method
     top1 = lambda w: alignment_metrics(a[held] @ w, b[held])["top1"]  # noqa: E731
     print(f"paired optimum (start): top-1 {top1(w_star):.3f}")
+    # the aligner's own stages, from the paired optimum (defaults: k = 10; Refine-1 1,000 points, k = 50, alpha 0.5)
+    aligner = MiniVec2VecAligner(MiniVec2VecConfig(csls_iterations=10, refine1_iterations=100))
     for n in (2000, 4000, len(half_a)):
-        xa, xb, w = a[half_a[:n]], b[half_b[:n]], w_star
-        for _ in range(10):
-            rows_a, rows_b = _csls_dictionary(xa @ w, xb, 10)
-            w = _procrustes(xa[rows_a], xb[rows_b])
+        w = aligner._csls_self_learning(a[half_a[:n]], b[half_b[:n]], w_star, np.random.default_rng(0))
         print(f"{n} points per side, 10 CSLS self-learning steps from the optimum: top-1 {top1(w):.3f}", flush=True)
-    xa, xb, w, rng = a[half_a], b[half_b], w_star, np.random.default_rng(0)
-    for _ in range(100):
-        sample = xa[rng.choice(len(xa), 1000, replace=False)]
-        w = 0.5 * w + 0.5 * _procrustes(sample, _mean_of_nearest(sample @ w, xb, xb, 50))
-    print(f"{len(xa)} points per side, 100 Refine-1 steps from the optimum: top-1 {top1(w):.3f}")
+    w = aligner._refine1(a[half_a], b[half_b], w_star, np.random.default_rng(0))
+    print(f"{len(half_a)} points per side, 100 Refine-1 steps from the optimum: top-1 {top1(w):.3f}")
 
 
 if __name__ == "__main__":

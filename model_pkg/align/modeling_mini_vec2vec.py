@@ -277,6 +277,26 @@ class MiniVec2VecAligner:
             scores.append(score)
         return np.concatenate(anchors_a), np.concatenate(anchors_b), scores
 
+    def _refine1(self, xa: np.ndarray, xb: np.ndarray, w: np.ndarray, rng: np.random.Generator, progress: bool = False) -> np.ndarray:
+        """Refine-1 on centred, normalised vectors: refit on sampled points paired with the mean of their
+        `refine1_k` nearest B points, smoothed by `refine1_alpha`."""
+        cfg = self.config
+        for _ in trange(cfg.refine1_iterations, desc="mini-vec2vec refine-1", disable=not progress):
+            sample = xa[rng.choice(len(xa), min(cfg.refine1_sample, len(xa)), replace=False)]
+            matched = _mean_of_nearest(sample @ w, xb, xb, cfg.refine1_k)
+            w = cfg.refine1_alpha * w + (1.0 - cfg.refine1_alpha) * _procrustes(sample, matched)
+        return w
+
+    def _csls_self_learning(self, xa: np.ndarray, xb: np.ndarray, w: np.ndarray, rng: np.random.Generator, progress: bool = False) -> np.ndarray:
+        """The CSLS stage on centred, normalised vectors: Procrustes on a CSLS dictionary, `csls_iterations` times."""
+        cfg = self.config
+        for _ in trange(cfg.csls_iterations, desc="mini-vec2vec CSLS self-learning", disable=not progress):
+            sa = xa if len(xa) <= cfg.csls_sample else xa[rng.choice(len(xa), cfg.csls_sample, replace=False)]
+            sb = xb if len(xb) <= cfg.csls_sample else xb[rng.choice(len(xb), cfg.csls_sample, replace=False)]
+            rows_a, rows_b = _csls_dictionary(sa @ w, sb, cfg.csls_k)
+            w = _procrustes(sa[rows_a], sb[rows_b])
+        return w
+
     def _check_fit_inputs(self, xa: Any, xb: Any) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
         xa = _as_matrix(xa, "XA (space-A embeddings)", cfg.source_dim, "space-A vectors")
@@ -341,10 +361,7 @@ class MiniVec2VecAligner:
         record("anchors+procrustes", start, w, anchors=len(anchors_a), qap_score_mean=float(np.mean(qap_scores)))
 
         start = time.perf_counter()
-        for _ in trange(cfg.refine1_iterations, desc="mini-vec2vec refine-1", disable=not progress):
-            sample = xa[rng.choice(len(xa), min(cfg.refine1_sample, len(xa)), replace=False)]
-            matched = _mean_of_nearest(sample @ w, xb, xb, cfg.refine1_k)
-            w = cfg.refine1_alpha * w + (1.0 - cfg.refine1_alpha) * _procrustes(sample, matched)
+        w = self._refine1(xa, xb, w, rng, progress)
         if cfg.refine1_iterations:
             record("refine1", start, w, iterations=cfg.refine1_iterations)
 
@@ -357,11 +374,7 @@ class MiniVec2VecAligner:
             record("refine2", start, w, iterations=cfg.refine2_iterations)
 
         start = time.perf_counter()
-        for _ in trange(cfg.csls_iterations, desc="mini-vec2vec CSLS self-learning", disable=not progress):
-            sa = xa if len(xa) <= cfg.csls_sample else xa[rng.choice(len(xa), cfg.csls_sample, replace=False)]
-            sb = xb if len(xb) <= cfg.csls_sample else xb[rng.choice(len(xb), cfg.csls_sample, replace=False)]
-            rows_a, rows_b = _csls_dictionary(sa @ w, sb, cfg.csls_k)
-            w = _procrustes(sa[rows_a], sb[rows_b])
+        w = self._csls_self_learning(xa, xb, w, rng, progress)
         if cfg.csls_iterations:
             record("csls", start, w, iterations=cfg.csls_iterations)
 
