@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run as `python app/build_demo_assets.py`
 
 from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.gallery import META_FILE, GalleryFileError, GalleryIndex  # noqa: E402
+from model_pkg.gallery import META_FILE, GalleryFileError, GalleryIndex, GalleryMismatchError  # noqa: E402
 from model_pkg.gallery_store import embed_photos, embedder_id  # noqa: E402
 
 ASSETS_DIR = ROOT / "app" / "assets"
@@ -131,7 +131,7 @@ def ensure_demo_gallery(embedder, assets_dir: Path = ASSETS_DIR, data_dir: Path 
             if index.model_id == embedder_id(embedder):
                 return index
             log(f"the demo gallery was made by {index.model_id}, not {embedder_id(embedder)}: rebuilding it")
-        except GalleryFileError as err:
+        except (GalleryFileError, GalleryMismatchError) as err:
             log(f"the demo gallery is unreadable ({err}): rebuilding it")
     return build_demo_gallery(embedder, assets_dir, log)
 
@@ -157,9 +157,15 @@ def ensure_text_index(engine, dual_model, assets_dir: Path = ASSETS_DIR, data_di
     index_dir = Path(assets_dir) / "text_index"
     source_file = index_dir / "source.json"
     model_id = embedder_id(dual_model)
-    if source_file.is_file() and json.loads(source_file.read_text()).get("model_id") == model_id:
-        engine.load_database(str(index_dir / "database"), root=str(ROOT))
-        return
+    if source_file.is_file():
+        try:
+            built_by = json.loads(source_file.read_text()).get("model_id")
+            if built_by == model_id:
+                engine.load_database(str(index_dir / "database"), root=str(ROOT))
+                return
+            log(f"the text index was made by {built_by}, not {model_id}: rebuilding it")
+        except (GalleryFileError, GalleryMismatchError, ValueError, OSError) as err:
+            log(f"the text index does not fit this dual encoder ({type(err).__name__}: {err}): rebuilding it")
     paths = text_index_paths(Path(assets_dir), Path(data_dir))
     log(f"indexing {len(paths)} photos for text search ...")
     # paths stored relative to the repository, so the shipped index works in any clone with shared/ beside it

@@ -2,7 +2,8 @@
 confusion matrices and embeddings found under one root folder (the repository by default).
 
 * Training runs: ``runs/<run>/**/trainer_state.json`` (HF Trainer; per run the one with the most steps),
-  its ``log_history`` -> one row per logged step.
+  its ``log_history`` -> one row per logged step; the shipped models' runs are kept, small, as
+  ``bench/results/runs/<run>/trainer_state.json``, so a fresh clone has curves to show.
 * Evaluations: ``results/*.json`` and ``bench/results/*.json`` (``python -m model_pkg.evaluate ... --json``, the
   bench scripts): numbers flattened to ``a.b`` columns; a list of row dicts gives one row each.
 * Scores for ROC / PR: ``*.npz`` with ``labels`` (0/1) and ``scores`` arrays (optional scalar ``threshold``), or
@@ -25,6 +26,7 @@ __all__ = ["default_root", "find_runs", "run_history", "runs_table", "evaluation
            "load_scores", "load_confusion", "load_embeddings", "project_2d"]
 
 RESULT_DIRS = ("results", "bench/results")
+RUN_DIRS = ("runs", "bench/results/runs")  # local training runs; the shipped models' runs
 SCORE_DIRS = ("results", "bench/results", "runs")
 
 
@@ -35,8 +37,13 @@ def default_root() -> Path:
 def find_runs(root: Path) -> dict[str, Path]:
     """Run name -> its trainer_state.json with the largest global_step."""
     runs: dict[str, tuple[int, Path]] = {}
-    for state in sorted(Path(root, "runs").glob("*/**/trainer_state.json")) + sorted(Path(root, "runs").glob("*/trainer_state.json")):
-        name = state.relative_to(Path(root, "runs")).parts[0]
+    found = [
+        (base, state)
+        for base in (Path(root, d) for d in RUN_DIRS)
+        for state in sorted(base.glob("*/**/trainer_state.json")) + sorted(base.glob("*/trainer_state.json"))
+    ]
+    for base, state in found:
+        name = state.relative_to(base).parts[0]
         try:
             step = int(json.loads(state.read_text()).get("global_step", 0))
         except (OSError, ValueError):

@@ -163,6 +163,45 @@ class Backbone(nn.Module):
         tokens = self.forward_features(pixel_values)
         return BackboneOutput(tokens=tokens, pooled=self.pool(tokens))
 
+    # -- split at a block stage: cached activations of the frozen early stages ----------------------
+    @property
+    def num_block_stages(self) -> int:
+        """Block stages a split can happen at (timm EfficientNet / MobileNet `blocks`); 0 when the model has none."""
+        return len(self.model.blocks) if self._splittable() else 0
+
+    def _splittable(self) -> bool:
+        return all(hasattr(self.model, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
+
+    def _check_stage(self, stage: int) -> None:
+        if not self._splittable():
+            raise ValueError(
+                f"Backbone '{self.model_name}' cannot be split at a block stage (only timm EfficientNet / MobileNet-style "
+                "models with conv_stem, blocks and conv_head can): train it on pixels instead (activation_stage=None)."
+            )
+        if not 1 <= stage < len(self.model.blocks):
+            raise ValueError(f"activation_stage={stage} must lie in [1, {len(self.model.blocks) - 1}] for '{self.model_name}'.")
+
+    def forward_stem(self, pixel_values: torch.Tensor, stage: int) -> torch.Tensor:
+        """(B, 3, H, W) -> the activation map (B, C, h, w) that block stage `stage` takes as input:
+        the output of the stem and stages 0..stage-1, the part that stays frozen and is cached."""
+        self._check_stage(stage)
+        x = self.model.bn1(self.model.conv_stem(pixel_values))
+        return self.model.blocks[:stage](x)
+
+    def forward_from_stage(self, activations: torch.Tensor, stage: int) -> torch.Tensor:
+        """`forward_stem`'s activation map (B, C, h, w) -> the pooled feature (B, D): stages `stage`.., the
+        head conv and timm's pooling. Equals `pool(forward_features(x))` for `activations = forward_stem(x, stage)`,
+        at any input size (the cache may hold a lower resolution than the model's)."""
+        self._check_stage(stage)
+        x = self.model.bn2(self.model.conv_head(self.model.blocks[stage:](activations)))
+        return self.model.forward_head(x, pre_logits=True)
+
+    def stem_parameters(self, stage: int) -> list[nn.Parameter]:
+        """The parameters `forward_stem(., stage)` uses: frozen when training on cached activations."""
+        self._check_stage(stage)
+        modules = [self.model.conv_stem, self.model.bn1, *self.model.blocks[:stage]]
+        return [p for m in modules for p in m.parameters()]
+
     @property
     def layer_names(self) -> list[str]:
         """Feature layers `forward_layers` understands: `pooled`, `tokens` and one `stage<N>` per entry of

@@ -684,6 +684,20 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_json(obj, path)
 
 
+_PATH_KEYS = ("model", "data", "splits_file", "images", "captions", "split_list")
+
+
+def portable_paths(result: dict) -> dict:
+    """The result with its absolute input paths made relative to the working directory, so a results file
+    written here reads the same in any clone (no /home/<user>/ or site-packages paths in shipped files)."""
+    out = dict(result)
+    for key in _PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and os.path.isabs(value):
+            out[key] = os.path.relpath(value)
+    return out
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -806,7 +820,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .data import ImageLoadError
 
     try:
-        result = args.func(args)
+        result = portable_paths(args.func(args))
     except (ValueError, FileNotFoundError, BackboneWeightsError, ImageLoadError) as exc:
         raise SystemExit(f"{parser.prog} {args.task}: error: {exc}") from exc
     if getattr(args, "json_path", None):

@@ -18,7 +18,7 @@ from .backbones import Backbone
 from .data import load_image
 from .transforms import create_transform
 
-__all__ = ["compute_tokens", "compute_pooled", "compute_layer_features"]
+__all__ = ["compute_activation_views", "compute_tokens", "compute_pooled", "compute_layer_features"]
 
 
 @torch.no_grad()
@@ -48,21 +48,86 @@ def compute_tokens(
     features = datasets.Features(
         {"image_path": datasets.Value("string"), "tokens": datasets.Array2D(shape=(t, d), dtype="float16")}
     )
-    if cache_file:
-        os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
     try:
-        mapped = table.map(
-            embed,
-            batched=True,
-            batch_size=batch_size,
-            features=features,
-            cache_file_name=cache_file,
-            load_from_cache_file=cache_file is not None,
-            desc=desc,
-        )
+        mapped = _map_cached(table, embed, features, batch_size, cache_file, desc)
     finally:
         backbone.train(was_training)
     return torch.from_numpy(np.asarray(mapped.with_format("numpy")["tokens"]))
+
+
+def _map_cached(table: datasets.Dataset, fn, features: datasets.Features, batch_size: int, cache_file: str | None,
+                desc: str) -> datasets.Dataset:
+    """`table.map(fn)` in batches, stored in (and reused from) `cache_file` when one is given."""
+    if cache_file:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+    return table.map(
+        fn,
+        batched=True,
+        batch_size=batch_size,
+        features=features,
+        cache_file_name=cache_file,
+        load_from_cache_file=cache_file is not None,
+        desc=desc,
+    )
+
+
+@torch.no_grad()
+def compute_activation_views(
+    backbone: Backbone,
+    image_paths: Sequence[str],
+    stage: int,
+    views: int = 1,
+    image_size: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    cache_file: str | None = None,
+    desc: str = "stem activations",
+) -> torch.Tensor:
+    """The frozen stem's activation maps (`Backbone.forward_stem(., stage)`) of `views` views of each photo
+    -> float16 (N, views, C, h, w).
+
+    View 0 is the eval transform; views 1.. are the train transform's augmentations, each drawn from a
+    seed of its own (photo index, view), so a rebuilt cache holds the same views. `image_size` (default
+    the backbone's) sets the resolution: training can read a cache at a lower resolution than the model
+    evaluates at. With `cache_file` (an .arrow path) `datasets` stores the maps and reuses them on resume.
+    """
+    if views < 1:
+        raise ValueError(f"views={views} must be >= 1 (view 0 is the un-augmented photo).")
+    size = image_size or backbone.image_size
+    data_config = {**backbone.data_config, "input_size": (3, size, size)}
+    eval_tf = create_transform(data_config, train=False)
+    train_tf = create_transform(data_config, train=True)
+    was_training = backbone.training
+    backbone.eval()
+    probe = backbone.forward_stem(torch.zeros(1, 3, size, size), stage)
+    shape = tuple(probe.shape[1:])
+
+    def embed(batch):
+        pixels = []
+        for path, row in zip(batch["image_path"], batch["row"]):
+            view = row % views
+            if view == 0:
+                pixels.append(eval_tf(load_image(path)))
+            else:
+                torch.manual_seed(seed * 1_000_003 + row)  # torchvision's random transforms draw from torch's RNG
+                pixels.append(train_tf(load_image(path)))
+        x = torch.stack(pixels).contiguous(memory_format=torch.channels_last)
+        return {"activations": backbone.forward_stem(x, stage).to(torch.float16).contiguous().numpy()}
+
+    rows = [(str(p), i * views + v) for i, p in enumerate(image_paths) for v in range(views)]
+    table = datasets.Dataset.from_dict({"image_path": [r[0] for r in rows], "row": [r[1] for r in rows]})
+    features = datasets.Features(
+        {"image_path": datasets.Value("string"), "row": datasets.Value("int64"),
+         "activations": datasets.Array3D(shape=shape, dtype="float16")}
+    )
+    torch_state = torch.get_rng_state()
+    try:
+        mapped = _map_cached(table, embed, features, batch_size, cache_file, desc)
+    finally:
+        torch.set_rng_state(torch_state)
+        backbone.train(was_training)
+    out = torch.from_numpy(np.asarray(mapped.with_format("numpy", dtype=np.float16)["activations"], dtype=np.float16))
+    return out.reshape(len(image_paths), views, *shape)
 
 
 @torch.no_grad()

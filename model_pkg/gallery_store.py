@@ -34,6 +34,7 @@ import torch
 from .data import load_image
 from .fileio import atomic_write
 from .gallery import META_FILE, GalleryIndex, GalleryMismatchError, Prediction
+from .modeling_utils import model_identity
 from .transforms import create_transform
 
 __all__ = ["GalleryMatch", "Identification", "PhotoGallery", "embed_photos", "embedder_id", "MAX_NAME_LENGTH"]
@@ -44,12 +45,9 @@ ProgressFn = Callable[[int, int], None]
 
 
 def embedder_id(model: torch.nn.Module) -> str:
-    """`<model_type>:<sha256 of the weights>`: galleries record it and refuse vectors of another embedder."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return f"{getattr(model.config, 'model_type', type(model).__name__)}:{h.hexdigest()[:16]}"
+    """`<model_type>:<16 hex>`: galleries record it and refuse vectors of another embedder; the same rule
+    as the text index (`modeling_utils.model_identity`: weights and forward-pass config, never paths)."""
+    return model_identity(model)
 
 
 @torch.no_grad()

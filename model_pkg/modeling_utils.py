@@ -9,13 +9,55 @@ A model mixes `BackboneModelMixin` in before its `PreTrainedModel` base; its con
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 import torch
 from timm.models import group_parameters
 from torch import nn
 
 from .backbones import Backbone, create_backbone
 
-__all__ = ["BackboneModelMixin"]
+__all__ = ["BackboneModelMixin", "IDENTITY_IGNORED_CONFIG_KEYS", "model_identity"]
+
+# Config keys that never change the vectors a model computes: where the model or its parts were loaded
+# from (differs between machines, virtual environments, Spaces), library versions, how it was built or
+# trained, and thresholds that only turn scores into decisions. Everything else in the config, with the
+# weights, is the model's identity.
+IDENTITY_IGNORED_CONFIG_KEYS = frozenset({
+    "_name_or_path", "name_or_path", "model_name_or_path", "_commit_hash", "transformers_version", "architectures",
+    "auto_map", "torch_dtype", "dtype", "backbone_checkpoint_path", "backbone_weights_source", "weights_source",
+    "backbone_pretrained", "freeze_backbone", "backbone_trainable_groups", "freeze_backbone_bn",
+    "freeze_text_tower", "text_trainable_layers", "initializer_range", "use_cache",
+    "score_threshold", "margin_threshold", "gallery_k", "gallery_per_id", "threshold", "set_size_thresholds",
+})
+
+
+def _identity_config(value: Any) -> Any:
+    """The config (nested dicts included) without the keys in `IDENTITY_IGNORED_CONFIG_KEYS`."""
+    if isinstance(value, dict):
+        return {k: _identity_config(v) for k, v in sorted(value.items()) if k not in IDENTITY_IGNORED_CONFIG_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_identity_config(v) for v in value]
+    return value
+
+
+def model_identity(model: torch.nn.Module) -> str:
+    """`<model_type>:<16 hex>`, a hash of the weights and of the config fields that change what the model
+    computes; paths, versions and decision thresholds are left out (`IDENTITY_IGNORED_CONFIG_KEYS`).
+
+    Galleries and text indexes record it and refuse vectors of another model. The same weights loaded
+    from another folder, another machine or another transformers version have the same identity; weights
+    stored in float16 and loaded in float32 too (tensors are hashed as float32)."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        digest.update(json.dumps(_identity_config(config.to_dict()), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return f"{getattr(config, 'model_type', None) or type(model).__name__}:{digest.hexdigest()[:16]}"
 
 
 class BackboneModelMixin:

@@ -3,7 +3,8 @@
 Evaluation resizes the whole photo to the model's size (no crop by default: our dog photos are
 aligned faces, and timm's 0.875 centre crop would cut ears and chin). Training adds the conservative
 augmentations used across the project: RandomResizedCrop(0.8-1.0), horizontal flip, rotation <= 15
-degrees and a mild ColorJitter; never a vertical flip (faces are upright).
+degrees, a mild ColorJitter and, one time in five, a slight Gaussian blur (shelter and phone photos
+are often soft); never a vertical flip (faces are upright).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def create_transform(
             T.RandomHorizontalFlip(),
             T.RandomRotation(15, interpolation=T.InterpolationMode.BILINEAR),
             T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02),
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.2),
         ]
     elif crop_pct >= 1.0:
         steps = [T.Resize((size, size), interpolation=interpolation)]

@@ -419,3 +419,101 @@ def test_embed_paths_matches_forward(trained, dog_tree):
     with torch.no_grad():
         direct = model(pixel_values=torch.stack([transform(load_image(p)) for p in paths])).embeddings
     assert np.allclose(emb, direct.numpy(), atol=2e-2)  # the batched path caches float16 backbone tokens
+
+
+# -- the CPU recipe: cached stem activations, PCA head init ------------------------------------------
+def test_stem_split_reproduces_the_backbone_and_freezes_the_stem():
+    model = tiny_model(activation_stage=2).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    acts = model.backbone.forward_stem(pixels, 2)
+    assert torch.allclose(model.get_image_features(activations=acts), model.get_image_features(pixel_values=pixels), atol=1e-5)
+    model.set_backbone_frozen(False)
+    stem = {id(p) for p in model.backbone.stem_parameters(2)}
+    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    assert trainable and not any(id(p) in stem for p in trainable)
+    assert all(not p.requires_grad for p in model.backbone.stem_parameters(2))
+    model.train()
+    model(activations=acts, labels=torch.tensor([0, 1, 2])).loss.backward()
+    assert all(p.grad is not None for p in trainable)
+    with pytest.raises(ValueError, match="activation_stage=9"):
+        model.backbone.forward_stem(pixels, 9)
+    with pytest.raises(ValueError, match="no activation_stage"):
+        tiny_model().get_image_features(activations=acts)
+    with pytest.raises(ValueError, match="activation_stage=0"):
+        tiny_model(activation_stage=0)
+
+
+def test_activation_view_cache_round_trip(dog_tree, tmp_path):
+    from model_pkg.features import compute_activation_views
+
+    model = tiny_model(activation_stage=2).eval()
+    paths = [str(p) for p in sorted(dog_tree.glob("*/*.jpg"))[:4]]
+    cache = str(tmp_path / "acts.arrow")
+    acts = compute_activation_views(model.backbone, paths, 2, views=3, image_size=32, seed=1, cache_file=cache)
+    assert acts.shape[:2] == (4, 3) and acts.dtype == torch.float16 and os.path.isfile(cache)
+    # view 0 is the un-augmented photo: the same map as the eval path; augmented views differ from it
+    from model_pkg.data import load_image
+    from model_pkg.transforms import create_transform
+
+    pixels = create_transform(model.data_config)(load_image(paths[1])).unsqueeze(0)
+    with torch.no_grad():
+        direct = model.backbone.forward_stem(pixels, 2)[0]
+    assert torch.allclose(acts[1, 0].float(), direct, atol=2e-2)
+    assert not torch.equal(acts[1, 1], acts[1, 0]) and not torch.equal(acts[1, 1], acts[1, 2])
+    # rebuilt from the same seed (no cache file) -> the same views; the cache file is reused as it is
+    again = compute_activation_views(model.backbone, paths, 2, views=3, image_size=32, seed=1)
+    assert torch.equal(again, acts)
+    assert torch.equal(compute_activation_views(model.backbone, paths, 2, views=3, image_size=32, seed=1, cache_file=cache), acts)
+    with pytest.raises(ValueError, match="views=0"):
+        compute_activation_views(model.backbone, paths, 2, views=0)
+
+
+def test_activation_view_collator_draws_views_and_rejects_unknown_photos():
+    acts = torch.arange(2 * 4, dtype=torch.float16).reshape(2, 4, 1, 1, 1).expand(2, 4, 2, 1, 1).contiguous()
+    collator = arc_training.ActivationViewCollator(acts, {"a": 0, "b": 1}, random_view=True, seed=0)
+    seen = {float(collator([{"image_path": "b", "label": 1}])["activations"][0, 0, 0, 0]) for _ in range(40)}
+    assert seen == {4.0, 5.0, 6.0, 7.0}  # every view of photo b, and only photo b's
+    batch = arc_training.ActivationViewCollator(acts, {"a": 0, "b": 1}, random_view=False)([{"image_path": "a", "identity": 3}])
+    assert batch["activations"].shape == (1, 2, 1, 1) and float(batch["activations"].sum()) == 0.0
+    assert batch["identity"].tolist() == [3]
+    with pytest.raises(ValueError, match="not in the activation cache"):
+        collator([{"image_path": "c", "label": 0}])
+
+
+def test_pca_head_init_starts_at_the_cosine_baseline():
+    torch.manual_seed(0)
+    centres = torch.randn(5, 256) * 3  # the tiny backbone's pooled features are 256-d
+    labels = torch.arange(5).repeat_interleave(8)
+    pooled = (centres[labels] + torch.randn(40, 256)).relu()  # post-ReLU, like a CNN's pooled feature
+    model = ArcFaceEmbedderModel(ArcFaceEmbedderConfig(**{**TINY, "num_classes": 5, "dropout": 0.0})).eval()
+    info = model.init_head_from_features(pooled, labels)
+    assert 0.5 < info["pca_explained_variance"] <= 1.0
+    emb = model.get_image_features(pooled_features=pooled)
+    # the embedding is the centred PCA projection: its cosines agree with those of the centred features
+    centred = F.normalize(pooled - pooled.mean(0), dim=-1)
+    kept = centred @ centred.T
+    assert torch.corrcoef(torch.stack([(emb @ emb.T).flatten(), kept.flatten()]))[0, 1] > 0.9
+    # each class centre is its photos' mean direction: the head already classifies the training photos
+    _, logits = model.margin_head(emb, None)
+    assert (logits.argmax(-1) == labels).float().mean() > 0.9
+    with pytest.raises(ValueError, match="PCA init needs"):
+        model.init_head_from_features(pooled[:3], labels[:3])
+    with pytest.raises(ValueError, match="pooled features of 255 dims"):
+        model.init_head_from_features(pooled[:, :255], labels)
+
+
+def test_cpu_recipe_runs_from_the_cached_activations(dog_tree, tmp_path):
+    out = tmp_path / "run"
+    summary = run_tiny(
+        dog_tree, out, "--set", f"model={json.dumps({**TINY, 'activation_stage': 2})}", "--set", "frozen_steps=0",
+        "--set", "finetune_steps=4", "--set", "head_init=pca", "--set", "activation_views=2", "--set", "eval_on_start=true",
+    )
+    caches = sorted(os.listdir(out / "activation_cache"))
+    assert any(c.startswith("train-s2-32px-2v-") for c in caches) and any(c.startswith("val-s2-32px-") for c in caches)
+    state = json.load(open(out / "checkpoints" / "checkpoint-4" / "trainer_state.json"))
+    assert [e["step"] for e in state["log_history"] if "eval_recall_at_1" in e][:1] == [0]  # the baseline point
+    assert 0 < summary["head_init"]["pca_explained_variance"] <= 1
+    model = AutoModel.from_pretrained(out / "model")
+    assert model.config.activation_stage == 2 and model.config.score_threshold is not None
+    with pytest.raises(SystemExit, match="head_init"):
+        run_tiny(dog_tree, tmp_path / "bad", "--set", "head_init=zeros")

@@ -131,3 +131,58 @@ def test_per_set_size_thresholds():
     assert 0.7 < model.config.set_size_thresholds["2"] <= 0.9
     with pytest.raises(ValueError, match="set_size_thresholds"):
         PairMatcherConfig(set_size_thresholds={0: 0.5})
+
+
+# -- a matcher that scores sets with a trained ArcFace embedder (issue 12) ---------------------------
+TINY_EMBEDDER = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "embedding_size": 16}
+
+
+def _tiny_embedder(seed=0):
+    from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+
+    torch.manual_seed(seed)
+    embedder = ArcFaceEmbedderModel(ArcFaceEmbedderConfig(**TINY_EMBEDDER)).eval()
+    with torch.no_grad():  # BatchNorm statistics as after training, so folding it into the projection is tested
+        embedder.bn.running_mean.uniform_(-0.5, 0.5)
+        embedder.bn.running_var.uniform_(0.5, 2.0)
+        embedder.bn.weight.uniform_(0.5, 1.5)
+        embedder.bn.bias.uniform_(-0.2, 0.2)
+    return embedder
+
+
+def test_matcher_from_embedder_scores_the_cosine_of_mean_embeddings():
+    import torch.nn.functional as F
+
+    embedder = _tiny_embedder()
+    matcher = PairMatcherModel.from_embedder(embedder).eval()
+    a, b = torch.randn(2, 3, 3, 32, 32), torch.randn(2, 2, 3, 32, 32)
+    mask_a = torch.tensor([[True, True, True], [True, False, False]])
+    with torch.no_grad():
+        emb_a = embedder.get_image_features(pixel_values=a.flatten(0, 1)).reshape(2, 3, -1)
+        emb_b = embedder.get_image_features(pixel_values=b.flatten(0, 1)).reshape(2, 2, -1)
+        out = matcher(pixel_values_a=a, mask_a=mask_a, pixel_values_b=b)
+    mean_a = torch.stack([emb_a[0].mean(0), emb_a[1, :1].mean(0)])
+    cosine = F.cosine_similarity(mean_a, emb_b.mean(1), dim=-1)
+    assert torch.allclose(out.logits, matcher.head.scale * cosine + matcher.head.bias, atol=1e-4)
+    # the saved matcher needs neither the embedder nor a weight package
+    assert matcher.config.photo_norm == "l2" and matcher.config.head == "siamese"
+
+
+def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_tree, tmp_path):
+    _tiny_embedder().save_pretrained(tmp_path / "embedder")
+    summary = run_tiny(
+        dog_tree, tmp_path / "run", "--set", f"embedder={tmp_path / 'embedder'}", "--set", "model={}",
+        "--set", "frozen_steps=0", "--set", "finetune_steps=0", "--set", "calibration_negatives=random",
+        "--set", "calibration_set_sizes=[1,2]", "--set", "calibration_pairs=20",
+    )
+    model = PairMatcherModel.from_pretrained(tmp_path / "run" / "model")
+    assert set(model.config.set_size_thresholds) == {"1", "2"}
+    assert summary["calibration_negatives"] == "random"
+    assert {"1v1_random", "2v2_random"} <= set(summary["val_by_size"])
+    assert summary["val_by_size"]["1v1_random"]["threshold"] == pytest.approx(model.decision_threshold(1, 1))
+    assert model.head.scale.item() != 10.0  # the cosine head's scale and bias were fitted on validation pairs
+    assert not os.path.isdir(tmp_path / "run" / "checkpoints")  # nothing was trained
+    with pytest.raises(SystemExit, match="frozen_steps=0 and finetune_steps=0"):
+        run_tiny(dog_tree, tmp_path / "bad", "--set", f"embedder={tmp_path / 'embedder'}")
+    with pytest.raises(SystemExit, match="calibration_negatives"):
+        run_tiny(dog_tree, tmp_path / "bad", "--set", "calibration_negatives=hardest")

@@ -32,6 +32,10 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         backbone_trainable_groups (`int`, *optional*): when the backbone is not frozen, train only its
             last this-many layer groups (timm's `group_matcher`: stem, each block stage, head); all when None.
         freeze_backbone_bn (`bool`): keep the backbone's BatchNorm statistics fixed while fine-tuning.
+        activation_stage (`int`, *optional*): the CPU recipe: the backbone's stem and block stages before this
+            one stay frozen, and training reads their cached output (`activations`, computed once per
+            augmented view) instead of pixels; the stages from this one on and the head conv train. None:
+            `backbone_trainable_groups` decides what trains, on pixels.
         initializer_range (`float`): std of the normal init of new linear layers.
         score_threshold (`float`, *optional*): gallery rejection threshold on the best cosine similarity,
             calibrated on validation identities (`GalleryIndex.calibrate`); None = never reject as unknown.
@@ -59,6 +63,7 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         freeze_backbone: bool = False,
         backbone_trainable_groups: int | None = None,
         freeze_backbone_bn: bool = True,
+        activation_stage: int | None = None,
         initializer_range: float = 0.02,
         score_threshold: float | None = None,
         margin_threshold: float = 0.05,
@@ -78,6 +83,8 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
             raise ValueError(f"scale={scale} must be > 0.")
         if backbone_trainable_groups is not None and backbone_trainable_groups < 0:
             raise ValueError(f"backbone_trainable_groups={backbone_trainable_groups} must be >= 0 (or None for all).")
+        if activation_stage is not None and activation_stage < 1:
+            raise ValueError(f"activation_stage={activation_stage} must be >= 1 (a block stage index), or None.")
         if gallery_k < 1:
             raise ValueError(f"gallery_k={gallery_k} must be >= 1.")
         self.backbone = backbone
@@ -94,6 +101,7 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         self.freeze_backbone = freeze_backbone
         self.backbone_trainable_groups = backbone_trainable_groups
         self.freeze_backbone_bn = freeze_backbone_bn
+        self.activation_stage = activation_stage
         self.initializer_range = initializer_range
         self.score_threshold = score_threshold
         self.margin_threshold = margin_threshold

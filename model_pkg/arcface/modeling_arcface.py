@@ -14,6 +14,8 @@ the whole sphere where the angular margin can separate them; at inference it is 
 The backbone's pooled feature is post-ReLU (all >= 0), which makes that crowding worse without it.
 
 The frozen-backbone phase trains on cached pooled features (`pooled_features` (B, D)) instead of pixels.
+The CPU fine-tuning recipe (`config.activation_stage`) trains the last backbone stages on cached
+activations of the frozen early stages (`activations` (B, C, h, w)), one cached map per augmented view.
 """
 
 from __future__ import annotations
@@ -92,6 +94,57 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         self.post_init()
         self.finish_backbone()
 
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """As `BackboneModelMixin.set_backbone_frozen`; with `config.activation_stage`, unfreezing trains
+        everything after the cached stem (`Backbone.stem_parameters`), which stays frozen."""
+        super().set_backbone_frozen(frozen)
+        stage = self.config.activation_stage
+        if not frozen and stage is not None:
+            stem = {id(p) for p in self.backbone.stem_parameters(stage)}
+            for param in self.backbone.parameters():
+                param.requires_grad_(id(param) not in stem)
+
+    @torch.no_grad()
+    def init_head_from_features(self, pooled_features: torch.Tensor, labels: torch.Tensor, whiten: bool = False) -> dict:
+        """Start from the untrained backbone's cosine baseline instead of a random head.
+
+        The projection becomes the top `embedding_size` principal components of `pooled_features` (N, D)
+        (centred), BatchNorm keeps their scale (`whiten=False`: the embedding is the centred PCA projection,
+        whose cosines rank like the baseline's) or whitens them, and each training identity's ArcFace
+        centre is the mean direction of its photos' embeddings. A random head throws the ImageNet
+        starting point away: the CPU probe of issue 12 fell from rank-1 .68 to .35 before it relearned.
+        Returns the share of variance the kept components hold."""
+        if pooled_features.ndim != 2 or pooled_features.shape[1] != self.proj.in_features:
+            raise ValueError(
+                f"PCA init takes the backbone's pooled features of {self.proj.in_features} dims (N, {self.proj.in_features}); "
+                f"got pooled features of {pooled_features.shape[-1]} dims, shape {tuple(pooled_features.shape)}."
+            )
+        x = pooled_features.double()
+        n, d = x.shape
+        e = self.config.embedding_size
+        if e > min(n, d):
+            raise ValueError(f"PCA init needs at least embedding_size={e} photos and feature dims; got {n} photos of {d} dims.")
+        mean = x.mean(0)
+        _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        components, variance = vh[:e], singular[:e] ** 2 / max(n - 1, 1)
+        self.proj.weight.copy_(components.to(self.proj.weight.dtype))
+        self.proj.bias.copy_((-components @ mean).to(self.proj.bias.dtype))
+        eps = self.bn.eps
+        self.bn.running_mean.zero_()
+        self.bn.running_var.copy_(variance.to(self.bn.running_var.dtype))
+        self.bn.weight.copy_((torch.ones_like(variance) if whiten else (variance + eps).sqrt()).to(self.bn.weight.dtype))
+        self.bn.bias.zero_()
+        if self.margin_head is not None:
+            was_training = self.training
+            self.eval()
+            emb = F.normalize(self.bn(self.proj(pooled_features.to(self.proj.weight.dtype))), dim=-1)
+            self.train(was_training)
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            centres = torch.zeros_like(self.margin_head.weight)
+            centres.index_add_(0, labels, emb.to(centres.dtype))
+            seen = torch.bincount(labels, minlength=centres.shape[0]) > 0
+            self.margin_head.weight[seen] = F.normalize(centres[seen], dim=-1)
+        return {"pca_explained_variance": float(variance.sum() / (singular**2 / max(n - 1, 1)).sum())}
 
     def set_margin(self, margin: float):
         """Set the margin head's runtime margin (the margin schedule); `config.margin` stays the target."""
@@ -110,13 +163,29 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
             return self.backbone.pool(self.backbone.forward_features(pixel_values))
 
+    def pool_activations(self, activations: torch.Tensor) -> torch.Tensor:
+        """Cached activations (B, C, h, w) of the frozen stem (`config.activation_stage`) -> pooled features (B, D)."""
+        stage = self.config.activation_stage
+        if stage is None:
+            raise ValueError("This embedder has no activation_stage: give pixel_values or pooled_features instead of activations.")
+        if activations.ndim != 4:
+            raise ValueError(f"activations must be (batch, channels, height, width); got shape {tuple(activations.shape)}.")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+            return self.backbone.forward_from_stage(activations.to(self.proj.weight.dtype), stage)
+
     def get_image_features(
-        self, pixel_values: torch.Tensor | None = None, pooled_features: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor | None = None,
+        pooled_features: torch.Tensor | None = None,
+        activations: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Photos (B, 3, H, W) or cached pooled backbone features (B, D) -> L2-normalised embeddings (B, E)."""
-        if pooled_features is None:
+        """Photos (B, 3, H, W), cached pooled backbone features (B, D) or cached stem activations
+        (B, C, h, w) -> L2-normalised embeddings (B, E)."""
+        if activations is not None:
+            pooled_features = self.pool_activations(activations)
+        elif pooled_features is None:
             if pixel_values is None:
-                raise ValueError("Give pixel_values (B, 3, H, W) or pooled_features (B, D).")
+                raise ValueError("Give pixel_values (B, 3, H, W), pooled_features (B, D) or activations (B, C, h, w).")
             pooled_features = self.pool_photos(pixel_values)
         elif pooled_features.ndim != 2 or pooled_features.shape[-1] != self.proj.in_features:
             raise ValueError(
@@ -131,15 +200,17 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         pooled_features: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        activations: torch.Tensor | None = None,
         **kwargs,
     ) -> ArcFaceOutput:
         """
         Args:
-            pixel_values: (B, 3, H, W) photos, or give `pooled_features`.
+            pixel_values: (B, 3, H, W) photos, or give `pooled_features` or `activations`.
             pooled_features: (B, D) cached pooled backbone features (the frozen phase).
+            activations: (B, C, h, w) cached activations of the frozen stem (`config.activation_stage`).
             labels: (B,) training identity indices in [0, num_classes).
         """
-        embeddings = self.get_image_features(pixel_values, pooled_features)
+        embeddings = self.get_image_features(pixel_values, pooled_features, activations)
         loss = logits = None
         if self.margin_head is not None:
             if labels is not None and (labels.min() < 0 or labels.max() >= self.config.num_classes):

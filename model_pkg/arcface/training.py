@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data import as_dataset, get_or_create_splits, group_paths, load_image, subset_by_identities
 from ..data.samplers import PKBatchSampler, split_gallery_queries
-from ..features import compute_pooled, compute_tokens
+from ..features import compute_activation_views, compute_pooled, compute_tokens
 from ..fileio import atomic_save_npy, atomic_write_json
 from ..gallery import GalleryIndex
 from ..hub import write_model_card
@@ -56,6 +57,7 @@ from .modeling_arcface import ArcFaceEmbedderModel
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ActivationViewCollator",
     "ArcFaceTrainer",
     "ArcFaceTrainingConfig",
     "MarginScheduleCallback",
@@ -71,6 +73,7 @@ __all__ = [
 
 LR_SCHEDULERS = ("cosine_restarts", "reduce_on_plateau")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
+HEAD_INITS = ("random", "pca")
 _FEATURE_CHUNK = 512  # photos per compute_tokens call, so token memory stays bounded
 
 
@@ -93,6 +96,11 @@ class ArcFaceTrainingConfig:
     finetune_epochs: float | None = None
     frozen_margin: float = 0.0
     margin_ramp_steps: int = 0  # fine-tuning raises the margin linearly over this many steps
+    head_init: str = "random"  # "pca": start from the untrained backbone's cosine baseline (init_head_from_features)
+    head_init_whiten: bool = False
+    activation_views: int = 8  # model.activation_stage: cached views per training photo (view 0 un-augmented)
+    activation_image_size: int | None = None  # resolution of the training cache; default model.image_size
+    eval_on_start: bool = False  # a step-0 point on the learning curve
     learning_rate: float = 1e-3
     backbone_learning_rate: float = 1e-4
     weight_decay: float = 5e-4
@@ -127,6 +135,10 @@ class ArcFaceTrainingConfig:
             raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be >= 1.")
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}.")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={self.head_init!r} is not one of {HEAD_INITS}.")
+        if self.activation_views < 1:
+            raise ValueError(f"activation_views={self.activation_views} must be >= 1.")
         if not 0.0 <= self.calibration_unknown_fraction < 1.0:
             raise ValueError(f"calibration_unknown_fraction={self.calibration_unknown_fraction} must lie in [0, 1).")
 
@@ -159,6 +171,30 @@ class PooledFeatureCollator:
         except KeyError as err:
             raise ValueError(f"photo {err.args[0]!r} is not in the pooled-feature cache: rebuild the cache for this data.") from None
         return {"pooled_features": self.features[rows_idx].float(), **_targets(rows)}
+
+
+class ActivationViewCollator:
+    """Rows with `image_path` -> `activations` (B, C, h, w) float32 from a cache of views (N, V, C, h, w) + targets.
+
+    Training draws one of the V cached views of each photo at random (`random_view=True`): V views of
+    crops, flips, colour and blur, computed once, stand in for fresh augmentation every epoch.
+    Evaluation reads view 0, the un-augmented photo."""
+
+    def __init__(self, activations: torch.Tensor, index: dict[str, int], random_view: bool = True, seed: int = 0):
+        self.activations = activations
+        self.index = index
+        self.random_view = random_view
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        try:
+            rows_idx = torch.tensor([self.index[r["image_path"]] for r in rows])
+        except KeyError as err:
+            raise ValueError(f"photo {err.args[0]!r} is not in the activation cache: rebuild the cache for this data.") from None
+        views = self.activations.shape[1]
+        view = torch.from_numpy(self.rng.integers(0, views, len(rows))) if self.random_view else torch.zeros(len(rows), dtype=torch.long)
+        x = self.activations[rows_idx, view].float().contiguous(memory_format=torch.channels_last)
+        return {"activations": x, **_targets(rows)}
 
 
 class PhotoCollator:
@@ -341,8 +377,10 @@ def recall_metrics(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, 
 
 
 def compute_recall_metrics(eval_pred) -> dict[str, float]:
+    """Recall@1/5 and mAP of the val photos, plus the wall-clock time (`unix_time`) for learning curves
+    against time (`bench/learning_curve.py`)."""
     predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return recall_metrics(predictions, eval_pred.label_ids)
+    return {**recall_metrics(predictions, eval_pred.label_ids), "unix_time": time.time()}
 
 
 def resolve_mixed_precision(option: str = "auto") -> str:
@@ -379,6 +417,7 @@ def _training_arguments(cfg: ArcFaceTrainingConfig, total_steps: int, precision:
         remove_unused_columns=False,
         dataloader_num_workers=0,  # the collator's phase flag must be seen by the loader
         seed=cfg.seed,
+        eval_on_start=cfg.eval_on_start,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
@@ -523,9 +562,34 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     features = pooled_features(model.backbone, paths, cache_dir=os.path.join(cfg.output_dir, "feature_cache"))
     index = {p: i for i, p in enumerate(paths)}
 
-    train_tf = create_transform(model.data_config, train=True)
-    eval_tf = create_transform(model.data_config, train=False)
-    collator = PhaseCollator(PooledFeatureCollator(features, index), PhotoCollator(train_tf), PhotoCollator(eval_tf))
+    head_init = {}
+    if cfg.head_init == "pca":  # start at the untrained cosine baseline, not from a random head
+        train_idx = [index[r["image_path"]] for r in train_rows]
+        head_init = model.init_head_from_features(features[train_idx], [r["label"] for r in train_rows], cfg.head_init_whiten)
+
+    stage = model.config.activation_stage
+    if stage is None:
+        train_collator = PhotoCollator(create_transform(model.data_config, train=True))
+        eval_collator = PhotoCollator(create_transform(model.data_config, train=False))
+    else:  # the CPU recipe: the frozen stem runs once per view, training reads its cached activations
+        cache_dir = os.path.join(cfg.output_dir, "activation_cache")
+        train_paths = [r["image_path"] for r in train_rows]
+        val_paths = [r["image_path"] for r in val_rows]
+        train_size = cfg.activation_image_size or model.config.image_size
+        key = _cache_key(model.backbone, train_paths)
+        train_act = compute_activation_views(
+            model.backbone, train_paths, stage, cfg.activation_views, train_size, seed=cfg.seed,
+            cache_file=os.path.join(cache_dir, f"train-s{stage}-{train_size}px-{cfg.activation_views}v-{key}.arrow"),
+            desc="training views (frozen stem)",
+        )
+        val_act = compute_activation_views(
+            model.backbone, val_paths, stage, 1, model.config.image_size,
+            cache_file=os.path.join(cache_dir, f"val-s{stage}-{model.config.image_size}px-{_cache_key(model.backbone, val_paths)}.arrow"),
+            desc="validation photos (frozen stem)",
+        )
+        train_collator = ActivationViewCollator(train_act, {p: i for i, p in enumerate(train_paths)}, True, cfg.seed)
+        eval_collator = ActivationViewCollator(val_act, {p: i for i, p in enumerate(val_paths)}, False)
+    collator = PhaseCollator(PooledFeatureCollator(features, index), train_collator, eval_collator)
     sampler = PKBatchSampler([r["label"] for r in train_rows], cfg.p, cfg.k, seed=cfg.seed)
     updates_per_epoch = max(1, len(sampler) // cfg.gradient_accumulation_steps)
     frozen_steps = _steps(cfg.frozen_epochs, cfg.frozen_steps, updates_per_epoch)
@@ -601,7 +665,7 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     training["data_dir"] = str(cfg.data_dir) if isinstance(cfg.data_dir, (str, os.PathLike)) else (
         f"<{type(cfg.data_dir).__name__} with {len(table)} photos>"
     )
-    summary = {"val": evaluate_val(model, backbone_untouched), "splits_file": splits_file}
+    summary = {"val": evaluate_val(model, backbone_untouched), "splits_file": splits_file, "head_init": head_init}
     final_dir = os.path.join(cfg.output_dir, "model")
     card_training = {"frozen_steps": frozen_steps, "finetune_steps": finetune_steps, "p": cfg.p, "k": cfg.k,
                      "mixed_precision": precision, "best_global_step": best}

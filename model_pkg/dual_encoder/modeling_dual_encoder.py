@@ -193,7 +193,8 @@ class TransformersTextTower(nn.Module):
         if config.hf_config is None:
             path = resolve_text_model_path(config.model_name_or_path)
             try:
-                config.hf_config = AutoConfig.from_pretrained(path).to_dict()
+                # without `_name_or_path`: where the package lies on this machine is no part of the model
+                config.hf_config = {k: v for k, v in AutoConfig.from_pretrained(path).to_dict().items() if k != "_name_or_path"}
             except OSError as err:
                 raise TextTowerError(
                     f"Could not load the config of text model '{config.model_name_or_path}' ({err}). Offline, use "

@@ -13,7 +13,6 @@ so a database is never queried with a different model.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 
 from ..data import ImageLoadError, load_image
 from ..gallery import GalleryIndex
+from ..modeling_utils import model_identity
 from ..transforms import create_transform
 from .modeling_dual_encoder import DualEncoderModel
 
@@ -43,12 +43,9 @@ class SearchHit:
 
 
 def model_fingerprint(model: DualEncoderModel) -> str:
-    """`petmatch_dual_encoder:<sha256 of config and weights, 16 hex>`: equal only for the same model."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return f"{model.config.model_type}:{digest.hexdigest()[:16]}"
+    """`petmatch_dual_encoder:<16 hex>`: `modeling_utils.model_identity`, equal for the same weights and
+    forward-pass config wherever the model was loaded from (never a path or a library version)."""
+    return model_identity(model)
 
 
 @torch.no_grad()

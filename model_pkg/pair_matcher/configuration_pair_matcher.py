@@ -7,6 +7,7 @@ from transformers import PretrainedConfig
 SET_POOLINGS = ("mean", "attention", "cls_mean")
 HEADS = ("concat_mlp", "cross_attention", "siamese")
 SIAMESE_DISTANCES = ("cosine", "learned")
+PHOTO_NORMS = ("layer", "l2")
 
 
 class PairMatcherConfig(PretrainedConfig):
@@ -29,6 +30,9 @@ class PairMatcherConfig(PretrainedConfig):
             and by a masked mean otherwise, then `concat_mlp`), `siamese` (a distance between the two set vectors).
         siamese_distance (`str`): `cosine` (scaled cosine + bias, both learned) or `learned` (MLP on
             `[|a-b|; a*b]`), for `head="siamese"`.
+        photo_norm (`str`): the normalisation after the token projection: `layer` (LayerNorm) or `l2` (unit
+            length, no weights). A matcher built from an ArcFace embedder (`PairMatcherModel.from_embedder`)
+            uses `l2`, so its photo embeddings are exactly the embedder's.
         num_attention_heads (`int`): heads of the attention pooling and cross-attention.
         mlp_hidden_size (`int`): hidden width of the reasoning MLP.
         dropout (`float`): dropout in the reasoning MLP.
@@ -61,6 +65,7 @@ class PairMatcherConfig(PretrainedConfig):
         set_pooling: str = "mean",
         head: str = "concat_mlp",
         siamese_distance: str = "cosine",
+        photo_norm: str = "layer",
         num_attention_heads: int = 4,
         mlp_hidden_size: int = 256,
         dropout: float = 0.1,
@@ -79,6 +84,8 @@ class PairMatcherConfig(PretrainedConfig):
             raise ValueError(f"head={head!r} is not one of {HEADS}.")
         if siamese_distance not in SIAMESE_DISTANCES:
             raise ValueError(f"siamese_distance={siamese_distance!r} is not one of {SIAMESE_DISTANCES}.")
+        if photo_norm not in PHOTO_NORMS:
+            raise ValueError(f"photo_norm={photo_norm!r} is not one of {PHOTO_NORMS}.")
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}."
@@ -99,6 +106,7 @@ class PairMatcherConfig(PretrainedConfig):
         self.set_pooling = set_pooling
         self.head = head
         self.siamese_distance = siamese_distance
+        self.photo_norm = photo_norm
         self.num_attention_heads = num_attention_heads
         self.mlp_hidden_size = mlp_hidden_size
         self.dropout = dropout

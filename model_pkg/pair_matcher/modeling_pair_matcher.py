@@ -86,6 +86,13 @@ class SetPooling(nn.Module):
         return self.norm(pooled.squeeze(1) + masked_mean(tokens, token_mask))
 
 
+class L2Norm(nn.Module):
+    """Unit-length vectors along the last dimension (`photo_norm="l2"`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class ConcatMLPHead(nn.Module):
     """MLP on [a; b; |a-b|; a*b] -> logit."""
 
@@ -173,7 +180,7 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         super().__init__(config)
         self.init_backbone()
         self.token_proj = nn.Linear(self.backbone.token_dim, config.hidden_size)
-        self.token_norm = nn.LayerNorm(config.hidden_size)
+        self.token_norm = nn.LayerNorm(config.hidden_size) if config.photo_norm == "layer" else L2Norm()
         self.set_pooling = SetPooling(config)
         if config.head == "concat_mlp":
             self.head = ConcatMLPHead(config)
@@ -184,6 +191,29 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         self.post_init()
         self.finish_backbone()
 
+
+    @classmethod
+    @torch.no_grad()
+    def from_embedder(cls, embedder, **overrides) -> "PairMatcherModel":
+        """A matcher that scores sets with a trained ArcFace embedder: the same backbone, the embedder's
+        projection with its (eval-mode) BatchNorm folded in, L2-normalised photo embeddings, the mean of a
+        set's photo embeddings, and a scaled cosine between the two set vectors (`head="siamese"`).
+        The probability is monotone in that cosine; `scale`/`bias` and the thresholds are then chosen on
+        validation pairs (`pair_matcher.training.calibrate_embedder_matcher`)."""
+        ecfg = embedder.config
+        config = PairMatcherConfig(**{
+            "backbone": ecfg.backbone, "backbone_pretrained": False, "backbone_weights_source": ecfg.backbone_weights_source,
+            "image_size": ecfg.image_size, "hidden_size": ecfg.embedding_size, "set_pooling": "cls_mean",
+            "head": "siamese", "siamese_distance": "cosine", "photo_norm": "l2",
+            "freeze_backbone_bn": ecfg.freeze_backbone_bn, **overrides,
+        })
+        model = cls(config)
+        model.backbone.load_state_dict(embedder.backbone.state_dict())
+        bn = embedder.bn
+        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # BatchNorm in eval mode is an affine map
+        model.token_proj.weight.copy_(embedder.proj.weight * gain[:, None])
+        model.token_proj.bias.copy_((embedder.proj.bias - bn.running_mean) * gain + bn.bias)
+        return model
 
     def decision_threshold(self, set_size_a: int, set_size_b: int) -> float:
         """The validation-chosen threshold for a pair of sets of these sizes (see `set_size_thresholds`)."""

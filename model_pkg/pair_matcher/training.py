@@ -31,14 +31,17 @@ from ..data import (
 from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..metrics import choose_threshold, verification_metrics
+from ..modeling_utils import model_identity
 from ..training_utils import check_options
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
-from .modeling_pair_matcher import PairMatcherModel
+from .modeling_pair_matcher import PairMatcherModel, SiameseHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairTrainingConfig", "train_pair_matcher", "pair_records", "predict_pair_scores"]
+__all__ = ["PairTrainingConfig", "calibrate_embedder_matcher", "train_pair_matcher", "pair_records", "predict_pair_scores"]
+
+CALIBRATION_NEGATIVES = ("mixed", "random")
 
 
 @dataclass
@@ -70,6 +73,25 @@ class PairTrainingConfig:
     logging_steps: int = 20
     save_total_limit: int = 2
     fresh: bool = False
+    # Score sets with a trained ArcFace embedder (`PairMatcherModel.from_embedder`) instead of training a
+    # head: a saved embedder folder; frozen_steps and finetune_steps must then be 0.
+    embedder: str | None = None
+    # Thresholds: "random" chooses one per set size on validation pairs with random negatives, the pairs a
+    # shelter sees (hard negatives are reported beside them); "mixed" uses the training mix of val pairs.
+    calibration_negatives: str = "mixed"
+    calibration_set_sizes: tuple[int, ...] = (1, 2, 3)
+    calibration_pairs: int = 1000  # per set size
+
+    def __post_init__(self):
+        if self.calibration_negatives not in CALIBRATION_NEGATIVES:
+            raise ValueError(f"calibration_negatives={self.calibration_negatives!r} is not one of {CALIBRATION_NEGATIVES}.")
+        if self.embedder and (self.frozen_steps or self.finetune_steps):
+            raise ValueError(
+                "a matcher built from an embedder is not trained further here: set frozen_steps=0 and finetune_steps=0 "
+                "(train the embedder instead, with --task arcface)."
+            )
+        if not self.embedder and self.frozen_steps + self.finetune_steps < 1:
+            raise ValueError("frozen_steps + finetune_steps must be >= 1 (or give embedder=<saved ArcFace embedder>).")
 
     @classmethod
     def from_dict(cls, values: dict) -> "PairTrainingConfig":
@@ -78,6 +100,8 @@ class PairTrainingConfig:
         if "set_size" in values:
             size = values["set_size"]
             values["set_size"] = (size, size) if isinstance(size, int) else tuple(size)
+        if "calibration_set_sizes" in values:
+            values["calibration_set_sizes"] = tuple(int(v) for v in values["calibration_set_sizes"])
         return cls(**values)
 
 
@@ -185,6 +209,42 @@ def calibrate_thresholds(model: PairMatcherModel, records: list[dict], scores: n
     model.config.set_size_thresholds = by_size or None
 
 
+def _val_pairs_by_size(groups, sizes, num_pairs: int, seed: int, negatives: str, neighbours=None) -> list:
+    pairs = []
+    for size in sizes:
+        try:
+            pairs += sample_pairs(groups, num_pairs, set_size=size, seed=seed + size, negatives=negatives, neighbours=neighbours)
+        except ValueError as err:
+            logger.warning("no %dv%d %s-negative validation pairs: %s", size, size, negatives, err)
+    return pairs
+
+
+@torch.no_grad()
+def calibrate_embedder_matcher(model: PairMatcherModel, records: list[dict], collator) -> np.ndarray:
+    """Fit the siamese cosine head's `scale`/`bias` by logistic regression on validation pairs, so its
+    probabilities mean what they say, then store a threshold per set size (`calibrate_thresholds`).
+    Returns the calibrated probabilities of `records`."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = model.head
+    if not (isinstance(head, SiameseHead) and head.distance == "cosine"):
+        raise ValueError("calibrate_embedder_matcher needs head='siamese' with siamese_distance='cosine'.")
+    logits = _logit(predict_pair_scores(model, records, collator))
+    cosine = (logits - float(head.bias)) / float(head.scale)
+    labels = np.array([r["label"] for r in records])
+    fit = LogisticRegression(C=1e4, max_iter=1000).fit(cosine[:, None], labels)
+    head.scale.fill_(float(fit.coef_[0, 0]))
+    head.bias.fill_(float(fit.intercept_[0]))
+    probs = 1 / (1 + np.exp(-(float(head.scale) * cosine + float(head.bias))))
+    calibrate_thresholds(model, records, probs)
+    return probs
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
+    return np.log(p) - np.log1p(-p)
+
+
 def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingArguments:
     return TrainingArguments(
         output_dir=os.path.join(cfg.output_dir, "checkpoints"),
@@ -237,24 +297,41 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     val_groups = group_paths(subset_by_identities(table, splits["val"]))
 
     # 2. Model and the frozen backbone's tokens for every train/val photo (cached on disk by datasets).
-    model = PairMatcherModel(PairMatcherConfig(**cfg.model))
-    paths = sorted(p for groups in (train_groups, val_groups) for ps in groups.values() for p in ps)
-    cache_file = os.path.join(cfg.output_dir, "token_cache", f"{model.config.backbone}-{model.config.image_size}-{len(paths)}.arrow")
+    if cfg.embedder:
+        from ..arcface import ArcFaceEmbedderModel
+
+        model = PairMatcherModel.from_embedder(ArcFaceEmbedderModel.from_pretrained(cfg.embedder), **cfg.model)
+    else:
+        model = PairMatcherModel(PairMatcherConfig(**cfg.model))
+    total_steps = cfg.frozen_steps + cfg.finetune_steps
+    used = (train_groups, val_groups) if total_steps else (val_groups,)  # an embedder's matcher only calibrates
+    paths = sorted(p for groups in used for ps in groups.values() for p in ps)
+    weights = model_identity(model.backbone).split(":")[-1]  # a fine-tuned backbone never reuses another's tokens
+    cache_file = os.path.join(
+        cfg.output_dir, "token_cache", f"{model.config.backbone}-{model.config.image_size}-{len(paths)}-{weights}.arrow"
+    )
     tokens = compute_tokens(model.backbone, paths, cache_file=cache_file)
     index = {p: i for i, p in enumerate(paths)}
 
     # 3. Hard negatives: nearest other dogs under the untrained backbone's mean pooled feature.
-    pooled = compute_pooled(model.backbone, tokens).numpy()
-    def id_means(groups):
-        return {dog: pooled[[index[p] for p in ps]].mean(0) for dog, ps in groups.items()}
-    train_nn = nearest_identities(id_means(train_groups), k=cfg.hard_k)
-    val_nn = nearest_identities(id_means(val_groups), k=cfg.hard_k)
+    if cfg.embedder:  # the backbone is trained: take the untrained ImageNet reference, as evaluation does
+        from ..evaluate import hard_neighbours
 
-    total_steps = cfg.frozen_steps + cfg.finetune_steps
+        val_nn, _ = hard_neighbours(val_groups, k=1)  # the pairs `evaluate pair --negatives hard` draws
+        train_nn = None
+    else:
+        pooled = compute_pooled(model.backbone, tokens).numpy()
+
+        def id_means(groups):
+            return {dog: pooled[[index[p] for p in ps]].mean(0) for dog, ps in groups.items()}
+
+        train_nn = nearest_identities(id_means(train_groups), k=cfg.hard_k)
+        val_nn = nearest_identities(id_means(val_groups), k=cfg.hard_k)
+
     train_rows = pair_records(
         mixed_pairs(train_groups, total_steps * cfg.batch_size, cfg.set_size, cfg.seed, cfg.hard_negative_fraction, train_nn),
         augment=True,
-    )
+    ) if total_steps else []
     val_rows = pair_records(
         mixed_pairs(val_groups, cfg.val_pairs, cfg.set_size, cfg.seed + 100, cfg.hard_negative_fraction, val_nn),
         augment=False,
@@ -276,8 +353,11 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         weight_decay=cfg.weight_decay,
     )
 
-    args = _training_arguments(cfg, total_steps)
     frozen_dir = os.path.join(cfg.output_dir, "frozen_phase")
+    if total_steps == 0:  # a matcher built from an embedder: nothing to train, only thresholds to choose
+        collator.use_tokens = True
+        return _finish(cfg, model, collator, val_rows, val_groups, val_nn, None, frozen_dir, table, splits_file)
+    args = _training_arguments(cfg, total_steps)
     trainer = Trainer(
         model=model,
         args=args,
@@ -297,13 +377,32 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     # 5. Decision threshold on validation pairs, with the photos as the final model sees them.
     # Cached tokens are still valid only if the kept weights never trained the backbone.
     best = trainer.state.best_global_step
-    model.set_backbone_frozen(True)
     collator.use_tokens = cfg.finetune_steps == 0 or (best is not None and best <= cfg.frozen_steps)
+    return _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir, table, splits_file)
+
+
+def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir, table, splits_file) -> dict:
+    """Choose the thresholds on validation pairs, save `<output_dir>/model` (and the frozen-phase model's
+    thresholds), write `summary.json`."""
+    model.set_backbone_frozen(True)
+    if cfg.calibration_negatives == "random":
+        calib_rows = pair_records(
+            _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 200, "random"), False
+        )
+        hard_rows = pair_records(
+            _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 300, "hard", val_nn), False
+        )
+    else:
+        calib_rows, hard_rows = val_rows, []
+    calibrate = calibrate_embedder_matcher if cfg.embedder else _calibrate_trained
+    calib_scores = calibrate(model, calib_rows, collator)
     val_labels = np.array([r["label"] for r in val_rows])
     val_scores = predict_pair_scores(model, val_rows, collator)
-    calibrate_thresholds(model, val_rows, val_scores)
     summary = {"val": verification_metrics(val_labels, val_scores, model.config.threshold), "splits_file": splits_file,
-               "set_size_thresholds": model.config.set_size_thresholds}
+               "set_size_thresholds": model.config.set_size_thresholds, "calibration_negatives": cfg.calibration_negatives}
+    if hard_rows:  # the thresholds' accuracy per set size, on the pairs they were chosen on and on hard pairs
+        summary["val_by_size"] = _by_size(model, calib_rows, calib_scores, "random")
+        summary["val_by_size"].update(_by_size(model, hard_rows, predict_pair_scores(model, hard_rows, collator), "hard"))
     model.set_backbone_frozen(False)
     model.config.freeze_backbone = False
     final_dir = os.path.join(cfg.output_dir, "model")
@@ -321,6 +420,23 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         summary["training"]["data_dir"] = f"<{type(cfg.data_dir).__name__} with {len(table)} photos>"
     else:
         summary["training"]["data_dir"] = str(cfg.data_dir)
-    summary["best_global_step"] = trainer.state.best_global_step
+    summary["best_global_step"] = best
     atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
+
+
+def _calibrate_trained(model: PairMatcherModel, records: list[dict], collator) -> np.ndarray:
+    scores = predict_pair_scores(model, records, collator)
+    calibrate_thresholds(model, records, scores)
+    return scores
+
+
+def _by_size(model: PairMatcherModel, records: list[dict], scores: np.ndarray, negatives: str) -> dict:
+    labels = np.array([r["label"] for r in records])
+    sizes = np.array([min(len(r["paths_a"]), len(r["paths_b"])) for r in records])
+    out = {}
+    for size in np.unique(sizes):
+        chosen = sizes == size
+        m = verification_metrics(labels[chosen], scores[chosen], model.decision_threshold(int(size), int(size)))
+        out[f"{int(size)}v{int(size)}_{negatives}"] = {k: m[k] for k in ("accuracy", "roc_auc", "threshold", "num_pairs")}
+    return out
