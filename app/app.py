@@ -11,6 +11,8 @@
    The demo dogs of `app/assets/` are in it from the first start.
 3. Text search (`/search_text`): a description -> the best photos of the demo index (Flickr8k dev + demo dogs).
 
+The same program serves a plain JSON REST API under `/api/v1` (`app/api.py`; OpenAPI schema at `/docs`).
+
 Flags and environment variables: see `app/loading.py`. A missing model disables only its tab, with the
 reason shown there. Missing or outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
 Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine`); this file is the UI.
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run a
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
+from app.api import Services, create_api  # noqa: E402
 from app.build_demo_assets import ensure_demo_gallery, ensure_text_index  # noqa: E402
 from app.loading import load_embedder, load_pair_model, load_text_search, model_flags  # noqa: E402
 from model_pkg.data import ImageLoadError  # noqa: E402
@@ -41,7 +44,8 @@ TOP_PAIRS = 5
 
 def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     parser = model_flags(argparse.ArgumentParser(description="petmatch Gradio app"))
-    parser.add_argument("--host", default=os.environ.get("PETMATCH_HOST", "127.0.0.1"))
+    # a Space sets GRADIO_SERVER_NAME=0.0.0.0; elsewhere the app listens on this machine only
+    parser.add_argument("--host", default=os.environ.get("PETMATCH_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PETMATCH_PORT", "7860")))
     return parser.parse_args(argv)
 
@@ -284,5 +288,13 @@ ALLOWED_PATHS = [str(Path(p).expanduser().resolve()) for p in (SETTINGS.assets_d
 # the same for `gradio app/app.py` and Spaces, which launch `demo` themselves (gradio reads this at launch)
 os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
 
+# One FastAPI application: the JSON REST API under /api/v1 (`app/api.py`, schema at /docs) and the UI at /,
+# both on the models loaded above. `uvicorn app.app:app` serves the same program.
+api = create_api(Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_search_state, text_unavailable))
+app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=ALLOWED_PATHS)
+
 if __name__ == "__main__":
-    demo.launch(server_name=SETTINGS.host, server_port=SETTINGS.port, allowed_paths=ALLOWED_PATHS)
+    import uvicorn
+
+    log(f"UI on http://{SETTINGS.host}:{SETTINGS.port}/, REST API under /api/v1 (schema: /docs)")
+    uvicorn.run(app, host=SETTINGS.host, port=SETTINGS.port)

@@ -132,7 +132,8 @@ class ImageSearchEngine:
         )
         self.root = None if root is None else os.fspath(root)
 
-    def _resolve(self, path: str) -> str:
+    def resolve_path(self, path: str) -> str:
+        """A path as stored in the database -> the file's path (joined to the database's `root`)."""
         return path if self.root is None or os.path.isabs(path) else os.path.join(self.root, path)
 
     def database_or_raise(self) -> GalleryIndex:
@@ -156,7 +157,7 @@ class ImageSearchEngine:
             raise ValueError(f"top_k must be >= 1, got {top_k}.")
         database = self.database_or_raise()
         scores, labels, _ = database.search(self.encode_query(query), k=top_k)
-        return [SearchHit(path=self._resolve(p), score=float(s)) for p, s in zip(labels[0], scores[0])]
+        return [SearchHit(path=self.resolve_path(p), score=float(s)) for p, s in zip(labels[0], scores[0])]
 
     def rank_images(self, text_query: str, image_paths: Sequence[str], top_k: int = 10) -> list[SearchHit]:
         """Rank `image_paths` (unreadable ones skipped, see `self.skipped`) by how well they match `text_query`."""
