@@ -73,7 +73,9 @@ class Candidate(BaseModel):
 
 
 class IdentifyResponse(BaseModel):
-    decision: str = Field(description="'identified', 'unknown' (nothing similar enough) or 'reshoot' (two animals about equally likely)")
+    decision: str = Field(
+        description="'identified', 'unknown' (nothing similar enough) or 'reshoot' (two animals about equally likely)"
+    )
     name: str | None = Field(description="the identified animal, null when rejected")
     message: str = Field(description="one sentence for a person")
     confidence: float = Field(description="the winning animal's share of the vote")
@@ -164,8 +166,12 @@ def _versions() -> dict[str, str]:
 
     import model_pkg
 
-    return {"petmatch": getattr(model_pkg, "__version__", "0.1.0"), "torch": torch.__version__,
-            "transformers": transformers.__version__, "gradio": gradio.__version__}
+    return {
+        "petmatch": getattr(model_pkg, "__version__", "0.1.0"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "gradio": gradio.__version__,
+    }
 
 
 # -- the application -------------------------------------------------------------------------------
@@ -185,8 +191,10 @@ def create_api(services: Services) -> FastAPI:
         return JSONResponse(status_code=400, content={"detail": f"Bad request: {problems}."})
 
     @api.post(f"{API_PREFIX}/match", response_model=MatchResponse, tags=["set vs set"])
-    async def match(set_a: list[UploadFile] = File(..., description=f"1-{MAX_PHOTOS} photos of one animal"),
-                    set_b: list[UploadFile] = File(..., description=f"1-{MAX_PHOTOS} photos of the other")) -> MatchResponse:
+    async def match(
+        set_a: list[UploadFile] = File(..., description=f"1-{MAX_PHOTOS} photos of one animal"),
+        set_b: list[UploadFile] = File(..., description=f"1-{MAX_PHOTOS} photos of the other"),
+    ) -> MatchResponse:
         """Do two sets of photos show the same animal?"""
         model = _require(services.pair_model, services.pair_unavailable, "Set vs set")
         with tempfile.TemporaryDirectory(prefix="petmatch-api-") as tmp:
@@ -200,32 +208,46 @@ def create_api(services: Services) -> FastAPI:
                 raise _bad_input(err) from err
         sim = result.photo_similarity
         order = np.argsort(-sim, axis=None)[:5]
-        pairs = [PhotoPair(index_a=i, index_b=j, filename_a=a[i][1], filename_b=b[j][1], similarity=float(sim[i, j]))
-                 for i, j in (divmod(int(o), len(b)) for o in order)]
-        return MatchResponse(same_animal=bool(result.same), probability=result.probability, threshold=result.threshold,
-                             set_sizes=[len(a), len(b)], most_alike=pairs[0], top_pairs=pairs)
+        pairs = [
+            PhotoPair(index_a=i, index_b=j, filename_a=a[i][1], filename_b=b[j][1], similarity=float(sim[i, j]))
+            for i, j in (divmod(int(o), len(b)) for o in order)
+        ]
+        return MatchResponse(
+            same_animal=bool(result.same),
+            probability=result.probability,
+            threshold=result.threshold,
+            set_sizes=[len(a), len(b)],
+            most_alike=pairs[0],
+            top_pairs=pairs,
+        )
 
     @api.post(f"{API_PREFIX}/identify", response_model=IdentifyResponse, tags=["gallery"])
     async def identify(photo: UploadFile = File(..., description="a photo of the animal's face")) -> IdentifyResponse:
         """Which registered animal is this, or is it unknown (reshoot or register it)?"""
         gallery = _require(services.gallery, services.gallery_unavailable, "The gallery")
         with tempfile.TemporaryDirectory(prefix="petmatch-api-") as tmp:
-            (path, _), = await _save_uploads([photo], Path(tmp), "photo")
+            ((path, _),) = await _save_uploads([photo], Path(tmp), "photo")
             try:
                 result = gallery.identify(path)
             except (ImageLoadError, ValueError) as err:
                 raise _bad_input(err) from err
         p = result.prediction
         return IdentifyResponse(
-            decision="identified" if p.reason is None else p.reason, name=p.label, message=result.message(),
-            confidence=float(p.confidence), top_score=float(p.top_score),
+            decision="identified" if p.reason is None else p.reason,
+            name=p.label,
+            message=result.message(),
+            confidence=float(p.confidence),
+            top_score=float(p.top_score),
             candidates=[Candidate(name=n, vote_share=float(w)) for n, w in p.candidates],
-            score_threshold=result.score_threshold, margin_threshold=float(result.margin_threshold),
+            score_threshold=result.score_threshold,
+            margin_threshold=float(result.margin_threshold),
         )
 
     @api.post(f"{API_PREFIX}/register", response_model=RegisterResponse, tags=["gallery"])
-    async def register(name: str = Form(..., description="the animal's name, e.g. 'Bella'"),
-                       photos: list[UploadFile] = File(..., description=f"1-{MAX_PHOTOS} photos")) -> RegisterResponse:
+    async def register(
+        name: str = Form(..., description="the animal's name, e.g. 'Bella'"),
+        photos: list[UploadFile] = File(..., description=f"1-{MAX_PHOTOS} photos"),
+    ) -> RegisterResponse:
         """Register an animal (or add photos of a registered one); the gallery is saved before this answers."""
         gallery = _require(services.gallery, services.gallery_unavailable, "The gallery")
         with tempfile.TemporaryDirectory(prefix="petmatch-api-") as tmp:
@@ -263,11 +285,18 @@ def create_api(services: Services) -> FastAPI:
         except (ValueError, RuntimeError) as err:
             raise _bad_input(err) from err
         ids = photo_ids(database)
-        return SearchResponse(text=request.text, results=[
-            SearchHitOut(photo_id=ids[label], filename=os.path.basename(label), score=float(score),
-                         url=f"{API_PREFIX}/photos/{ids[label]}")
-            for label, score in zip(labels[0], scores[0])
-        ])
+        return SearchResponse(
+            text=request.text,
+            results=[
+                SearchHitOut(
+                    photo_id=ids[label],
+                    filename=os.path.basename(label),
+                    score=float(score),
+                    url=f"{API_PREFIX}/photos/{ids[label]}",
+                )
+                for label, score in zip(labels[0], scores[0])
+            ],
+        )
 
     @api.get(f"{API_PREFIX}/photos/{{photo_id}}", tags=["text search"], response_class=FileResponse)
     def photo(photo_id: int) -> FileResponse:
@@ -275,7 +304,9 @@ def create_api(services: Services) -> FastAPI:
         text = _require(services.text, services.text_unavailable, "Text search")
         labels = text.engine.database_or_raise().labels
         if not 0 <= photo_id < len(labels):
-            raise HTTPException(404, f"no photo {photo_id} in the text-search index (ids 0-{len(labels) - 1}): use an id /search returned.")
+            raise HTTPException(
+                404, f"no photo {photo_id} in the text-search index (ids 0-{len(labels) - 1}): use an id /search returned."
+            )
         path = text.engine.resolve_path(labels[photo_id])
         if not os.path.isfile(path):
             raise HTTPException(404, f"photo {photo_id} is in the index but its file is missing on this server.")
@@ -284,14 +315,28 @@ def create_api(services: Services) -> FastAPI:
     @api.get(f"{API_PREFIX}/health", response_model=HealthResponse, tags=["service"])
     def health() -> HealthResponse:
         """Which models are loaded, how big the gallery and the text index are, and the versions."""
-        loaded = {"pair_matcher": services.pair_model is not None, "embedder": services.gallery is not None,
-                  "dual_encoder": services.text is not None}
-        reasons = {name: why for name, why in (("pair_matcher", services.pair_unavailable),
-                                               ("embedder", services.gallery_unavailable),
-                                               ("dual_encoder", services.text_unavailable)) if why}
+        loaded = {
+            "pair_matcher": services.pair_model is not None,
+            "embedder": services.gallery is not None,
+            "dual_encoder": services.text is not None,
+        }
+        reasons = {
+            name: why
+            for name, why in (
+                ("pair_matcher", services.pair_unavailable),
+                ("embedder", services.gallery_unavailable),
+                ("dual_encoder", services.text_unavailable),
+            )
+            if why
+        }
         text_size = len(services.text.engine.database) if services.text is not None and services.text.engine.database else 0
-        return HealthResponse(status="ok" if all(loaded.values()) else "degraded", models=loaded, unavailable=reasons,
-                              gallery_size=len(services.gallery) if services.gallery is not None else 0,
-                              text_index_size=text_size, versions=_versions())
+        return HealthResponse(
+            status="ok" if all(loaded.values()) else "degraded",
+            models=loaded,
+            unavailable=reasons,
+            gallery_size=len(services.gallery) if services.gallery is not None else 0,
+            text_index_size=text_size,
+            versions=_versions(),
+        )
 
     return api

@@ -79,8 +79,12 @@ def load_gallery(settings: argparse.Namespace):
         return None, why
     try:
         demo_gallery = ensure_demo_gallery(embedder, Path(settings.assets_dir), Path(settings.data), log)
-        gallery = PhotoGallery(settings.gallery_dir, embedder,
-                               score_threshold=demo_gallery.score_threshold, margin_threshold=demo_gallery.margin_threshold)
+        gallery = PhotoGallery(
+            settings.gallery_dir,
+            embedder,
+            score_threshold=demo_gallery.score_threshold,
+            margin_threshold=demo_gallery.margin_threshold,
+        )
         if len(gallery) == 0:
             gallery.add_gallery(demo_gallery, Path(settings.assets_dir) / "demo_photos")
             log(f"new gallery in {gallery.directory}, seeded with {len(demo_gallery.identities)} demo dogs")
@@ -128,12 +132,15 @@ def compare_sets(files_a, files_b):
     pairs = [divmod(int(o), len(photos_b)) for o in order]
     i, j = pairs[0]
     verdict = "Same animal" if result.same else "Different animals"
-    text = (f"{verdict}: probability {result.probability:.1%} (decision threshold {result.threshold:.1%} for "
-            f"{len(photos_a)} vs {len(photos_b)} photos). Most alike: photo {i + 1} of the first set and photo "
-            f"{j + 1} of the second (similarity {sim[i, j]:.2f}).")
+    text = (
+        f"{verdict}: probability {result.probability:.1%} (decision threshold {result.threshold:.1%} for "
+        f"{len(photos_a)} vs {len(photos_b)} photos). Most alike: photo {i + 1} of the first set and photo "
+        f"{j + 1} of the second (similarity {sim[i, j]:.2f})."
+    )
     best = [(photos_a[i], f"first set, photo {i + 1}"), (photos_b[j], f"second set, photo {j + 1}")]
-    table = [[a + 1, os.path.basename(photos_a[a]), b + 1, os.path.basename(photos_b[b]), round(float(sim[a, b]), 3)]
-             for a, b in pairs]
+    table = [
+        [a + 1, os.path.basename(photos_a[a]), b + 1, os.path.basename(photos_b[b]), round(float(sim[a, b]), 3)] for a, b in pairs
+    ]
     return text, {"same animal": result.probability, "different animals": 1 - result.probability}, best, table
 
 
@@ -165,8 +172,11 @@ def identify(photo):
     except (ImageLoadError, ValueError) as err:
         raise gr.Error(str(err)) from err
     matches = [(m.photo, f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
-    details = {**result.prediction.to_dict(), "score_threshold": result.score_threshold,
-               "margin_threshold": result.margin_threshold}
+    details = {
+        **result.prediction.to_dict(),
+        "score_threshold": result.score_threshold,
+        "margin_threshold": result.margin_threshold,
+    }
     return result.message(), matches, details
 
 
@@ -228,22 +238,32 @@ def build_demo() -> gr.Blocks:
     gallery_dogs, new_dogs = _dogs("gallery"), _dogs("new")
     # uploads and result copies older than an hour are removed hourly, so a long-running app does not fill the disk
     with gr.Blocks(title="petmatch", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
-                    "or search photos by description.")
+        gr.Markdown(
+            "# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
+            "or search photos by description."
+        )
         with gr.Tab("Set vs set"):
             if pair_model is None:
                 gr.Markdown(f"**Set vs set unavailable:** {pair_unavailable}")
             with gr.Row():
-                set_a = gr.File(file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)", elem_id="set-a")
-                set_b = gr.File(file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)", elem_id="set-b")
+                set_a = gr.File(
+                    file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)", elem_id="set-a"
+                )
+                set_b = gr.File(
+                    file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)", elem_id="set-b"
+                )
             compare = gr.Button("Compare", variant="primary", elem_id="compare")
             verdict = gr.Textbox(label="Verdict", elem_id="verdict")
             probability = gr.Label(label="Probability")
             best_pair = gr.Gallery(label="The two photos that agree most", columns=2, height=300, object_fit="contain")
-            top_pairs = gr.Dataframe(headers=["first set #", "photo", "second set #", "photo", "similarity"],
-                                     label="Photo pairs that agree most", interactive=False)
-            compare.click(compare_sets, inputs=[set_a, set_b], outputs=[verdict, probability, best_pair, top_pairs],
-                          api_name="compare_sets")
+            top_pairs = gr.Dataframe(
+                headers=["first set #", "photo", "second set #", "photo", "similarity"],
+                label="Photo pairs that agree most",
+                interactive=False,
+            )
+            compare.click(
+                compare_sets, inputs=[set_a, set_b], outputs=[verdict, probability, best_pair, top_pairs], api_name="compare_sets"
+            )
             if len(gallery_dogs) >= 2:
                 same = _demo_photos("gallery", gallery_dogs[0]), _demo_photos("queries", gallery_dogs[0])
                 other = _demo_photos("gallery", gallery_dogs[1])
@@ -259,8 +279,11 @@ def build_demo() -> gr.Blocks:
                     query = gr.File(file_types=["image"], label="Photo of the animal to identify", elem_id="identify-photo")
                     identify_button = gr.Button("Identify", variant="primary", elem_id="identify")
                     if gallery_dogs and new_dogs:
-                        gr.Examples([_demo_photos("queries", gallery_dogs[0])[:1], _demo_photos("new", new_dogs[0])[:1]],
-                                    inputs=[query], label="A registered dog (new photo) / a dog not in the gallery")
+                        gr.Examples(
+                            [_demo_photos("queries", gallery_dogs[0])[:1], _demo_photos("new", new_dogs[0])[:1]],
+                            inputs=[query],
+                            label="A registered dog (new photo) / a dog not in the gallery",
+                        )
                 with gr.Column():
                     gr.Markdown("### Register")
                     name = gr.Textbox(label="Name", placeholder="Bella")
@@ -270,12 +293,14 @@ def build_demo() -> gr.Blocks:
                     if len(new_dogs) >= 2:
                         gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
             answer = gr.Textbox(label="Answer", elem_id="answer")
-            matches = gr.Gallery(label="Top matches (best photo of each animal)", columns=5, height=260, object_fit="contain",
-                                 elem_id="matches")
+            matches = gr.Gallery(
+                label="Top matches (best photo of each animal)", columns=5, height=260, object_fit="contain", elem_id="matches"
+            )
             details = gr.JSON(label="Details")
             identify_button.click(identify, inputs=query, outputs=[answer, matches, details], api_name="identify")
-            register_button.click(register, inputs=[name, register_files], outputs=[register_status, animals],
-                                  api_name="register")
+            register_button.click(
+                register, inputs=[name, register_files], outputs=[register_status, animals], api_name="register"
+            )
 
         with gr.Tab("Text search"):
             build_text_search_tab()

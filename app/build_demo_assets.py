@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run as `python app/build_demo_assets.py`
@@ -43,8 +43,10 @@ Log = Callable[[str], None]
 
 
 def _photos(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-                  key=lambda p: [int(t) if t.isdigit() else t for t in p.stem.split(".")])
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
+        key=lambda p: [int(t) if t.isdigit() else t for t in p.stem.split(".")],
+    )
 
 
 def copy_demo_photos(assets_dir: Path, dogfacenet: Path, log: Log = print) -> dict:
@@ -71,14 +73,23 @@ def copy_demo_photos(assets_dir: Path, dogfacenet: Path, log: Log = print) -> di
     for role, chosen in roles.items():
         for dog in chosen:
             photos = _photos(dogfacenet / dog)
-            parts = {"gallery": {"gallery": photos[:GALLERY_PHOTOS], "queries": photos[GALLERY_PHOTOS:GALLERY_PHOTOS + QUERY_PHOTOS]},
-                     "unknown": {"unknown": photos[:UNKNOWN_PHOTOS]}, "new": {"new": photos[:NEW_PHOTOS]}}[role]
+            parts = {
+                "gallery": {
+                    "gallery": photos[:GALLERY_PHOTOS],
+                    "queries": photos[GALLERY_PHOTOS : GALLERY_PHOTOS + QUERY_PHOTOS],
+                },
+                "unknown": {"unknown": photos[:UNKNOWN_PHOTOS]},
+                "new": {"new": photos[:NEW_PHOTOS]},
+            }[role]
             for folder, files in parts.items():
                 (tmp / folder / dog).mkdir(parents=True, exist_ok=True)
                 for f in files:
                     shutil.copyfile(f, tmp / folder / dog / f.name)
-    manifest = {"source": "DogFaceNet (CC BY 4.0), test-split dogs", "names": dict(zip(roles["gallery"], DEMO_NAMES)),
-                **{f"{role}_dogs": chosen for role, chosen in roles.items()}}
+    manifest = {
+        "source": "DogFaceNet (CC BY 4.0), test-split dogs",
+        "names": dict(zip(roles["gallery"], DEMO_NAMES)),
+        **{f"{role}_dogs": chosen for role, chosen in roles.items()},
+    }
     atomic_write_json(manifest, tmp / "manifest.json")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
@@ -108,14 +119,19 @@ def build_demo_gallery(embedder, assets_dir: Path, log: Log = print) -> GalleryI
     emb = embed_photos(embedder, every, progress=lambda done, total: log(f"  demo gallery: {done}/{total} photos"))
     n_g, n_q = len(gallery_paths), len(query_paths)
     index = GalleryIndex(emb.shape[1], "ip", model_id=embedder_id(embedder))
-    index.add(emb[:n_g], [names[d] for d in gallery_dogs],
-              metadata=[{"photo": os.path.relpath(p, photos), "dog": d} for p, d in zip(gallery_paths, gallery_dogs)])
+    index.add(
+        emb[:n_g],
+        [names[d] for d in gallery_dogs],
+        metadata=[{"photo": os.path.relpath(p, photos), "dog": d} for p, d in zip(gallery_paths, gallery_dogs)],
+    )
     k = int(getattr(embedder.config, "gallery_k", 20))
-    result = index.calibrate(emb[n_g:n_g + n_q], [names[d] for d in query_dogs], emb[n_g + n_q:], k=k)
+    result = index.calibrate(emb[n_g : n_g + n_q], [names[d] for d in query_dogs], emb[n_g + n_q :], k=k)
     index.save(assets_dir / "demo_gallery")
-    log(f"demo gallery: {len(names)} dogs, thresholds score {result['score_threshold']:.3f} / margin "
+    log(
+        f"demo gallery: {len(names)} dogs, thresholds score {result['score_threshold']:.3f} / margin "
         f"{result['margin_threshold']:.3f} (known accuracy {result['known_accuracy']:.0%}, unknown rejection "
-        f"{result['unknown_rejection']:.0%} on {result['num_known']} + {result['num_unknown']} calibration photos)")
+        f"{result['unknown_rejection']:.0%} on {result['num_known']} + {result['num_unknown']} calibration photos)"
+    )
     return index
 
 
@@ -150,8 +166,7 @@ def text_index_paths(assets_dir: Path, data_dir: Path) -> list[str]:
     return paths
 
 
-def ensure_text_index(engine, dual_model, assets_dir: Path = ASSETS_DIR, data_dir: Path = SHARED_DATA,
-                      log: Log = print) -> None:
+def ensure_text_index(engine, dual_model, assets_dir: Path = ASSETS_DIR, data_dir: Path = SHARED_DATA, log: Log = print) -> None:
     """Load the demo text-search database into `engine` (an ``ImageSearchEngine``), building it when it is
     missing or was made by another dual encoder."""
     index_dir = Path(assets_dir) / "text_index"

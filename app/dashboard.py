@@ -79,19 +79,25 @@ def roc_tab(root: Path) -> None:
         return
     default = stored if stored is not None else choose_threshold(labels, scores)
     lo, hi = float(scores.min()), float(scores.max())
-    threshold = st.slider("Threshold", min_value=lo, max_value=hi, value=float(np.clip(default, lo, hi)),
-                          step=max((hi - lo) / 200, 1e-6))
+    threshold = st.slider(
+        "Threshold", min_value=lo, max_value=hi, value=float(np.clip(default, lo, hi)), step=max((hi - lo) / 200, 1e-6)
+    )
     m = verification_metrics(labels, scores, threshold)
     cols = st.columns(4)
     for col, key in zip(cols, ("accuracy", "precision", "recall", "f1")):
         col.metric(key, f"{m[key]:.3f}")
-    st.caption(f"ROC-AUC {m['roc_auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, {m['num_positive']} positive / "
-               f"{m['num_negative']} negative pairs; default threshold: {'stored' if stored is not None else 'best accuracy'}")
+    st.caption(
+        f"ROC-AUC {m['roc_auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, {m['num_positive']} positive / "
+        f"{m['num_negative']} negative pairs; default threshold: {'stored' if stored is not None else 'best accuracy'}"
+    )
     left, right = st.columns(2)
     with left:
         st.caption("ROC")
-        st.line_chart(pd.DataFrame({"false positive rate": curves["fpr"], "true positive rate": curves["tpr"]}),
-                      x="false positive rate", y="true positive rate")
+        st.line_chart(
+            pd.DataFrame({"false positive rate": curves["fpr"], "true positive rate": curves["tpr"]}),
+            x="false positive rate",
+            y="true positive rate",
+        )
     with right:
         st.caption("precision-recall")
         st.line_chart(pd.DataFrame({"recall": curves["recall"], "precision": curves["precision"]}), x="recall", y="precision")
@@ -126,8 +132,9 @@ def embeddings_tab(root: Path) -> None:
     most = st.slider("Identities shown (most photos first)", 1, len(identities), min(len(identities), 15))
     keep = np.isin(labels, identities[np.argsort(-counts, kind="stable")[:most]])
     points = data.project_2d(vectors[keep], method)
-    st.scatter_chart(pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "identity": labels[keep]}),
-                     x="x", y="y", color="identity")
+    st.scatter_chart(
+        pd.DataFrame({"x": points[:, 0], "y": points[:, 1], "identity": labels[keep]}), x="x", y="y", color="identity"
+    )
     st.caption(f"{int(keep.sum())} of {len(labels)} embeddings, {most} of {len(identities)} identities")
 
 

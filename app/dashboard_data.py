@@ -22,8 +22,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["default_root", "find_runs", "run_history", "runs_table", "evaluation_table", "find_files",
-           "load_scores", "load_confusion", "load_embeddings", "project_2d"]
+__all__ = [
+    "default_root",
+    "find_runs",
+    "run_history",
+    "runs_table",
+    "evaluation_table",
+    "find_files",
+    "load_scores",
+    "load_confusion",
+    "load_embeddings",
+    "project_2d",
+]
 
 RESULT_DIRS = ("results", "bench/results")
 RUN_DIRS = ("runs", "bench/results/runs")  # local training runs; the shipped models' runs
@@ -172,5 +182,6 @@ def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.nd
         return PCA(n_components=2, random_state=seed).fit_transform(vectors)
     from sklearn.manifold import TSNE
 
-    return TSNE(n_components=2, perplexity=min(30.0, (len(vectors) - 1) / 3), init="pca",
-                random_state=seed).fit_transform(vectors)
+    return TSNE(n_components=2, perplexity=min(30.0, (len(vectors) - 1) / 3), init="pca", random_state=seed).fit_transform(
+        vectors
+    )

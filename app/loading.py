@@ -38,15 +38,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 def model_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the model and folder flags; each defaults to its environment variable, then to the repo default."""
     for dest, (flag, env, default) in FLAGS.items():
-        parser.add_argument(flag, dest=dest, default=os.environ.get(env, default),
-                            help=f"(env {env}; default {default})")
+        parser.add_argument(flag, dest=dest, default=os.environ.get(env, default), help=f"(env {env}; default {default})")
     return parser
 
 
 def resolve_model(ref: str) -> str:
     """A local folder (absolute, or relative to the repo or the working directory) or a Hub id, as given."""
     path = Path(os.path.expanduser(ref))
-    for candidate in ([path] if path.is_absolute() else [ROOT / path, Path.cwd() / path]):
+    for candidate in [path] if path.is_absolute() else [ROOT / path, Path.cwd() / path]:
         if candidate.exists():
             return str(candidate.resolve())
     if _HUB_ID.fullmatch(ref) and not ref.startswith(("models/", "runs/", "./", "../")):
@@ -56,8 +55,9 @@ def resolve_model(ref: str) -> str:
 
 def load_model(ref: str, model_class: type, what: str, flag: str):
     """`AutoModel.from_pretrained(ref)` in float32 eval mode, checked to be a `model_class`; -> (model, None) or (None, why)."""
-    import model_pkg  # noqa: F401  (registers the models with AutoModel)
     from transformers import AutoConfig, AutoModel
+
+    import model_pkg  # noqa: F401  (registers the models with AutoModel)
 
     env = next(e for f, e, _ in FLAGS.values() if f == flag)
     where = resolve_model(ref)
@@ -67,8 +67,9 @@ def load_model(ref: str, model_class: type, what: str, flag: str):
         config = AutoConfig.from_pretrained(where)
         expected = getattr(model_class, "config_class", None)
         if expected is not None and not isinstance(config, expected):  # checked before any weights are read
-            return None, (f"{ref!r} holds a {config.model_type!r} model, not a {model_class.__name__} ({what}); "
-                          f"check {flag} / {env}")
+            return None, (
+                f"{ref!r} holds a {config.model_type!r} model, not a {model_class.__name__} ({what}); check {flag} / {env}"
+            )
         model = AutoModel.from_pretrained(where, dtype=torch.float32)
     except Exception as err:  # missing files, offline Hub, unknown model_type: the reason goes to the UI
         return None, f"could not load the {what} from {ref!r}: {type(err).__name__}: {str(err).splitlines()[0]}"

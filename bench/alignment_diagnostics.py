@@ -83,19 +83,23 @@ def main() -> None:
         ka, kb = _centred_kernel(ca), _centred_kernel(cb)
         _, truth = linear_sum_assignment(-(unit(ca @ w) @ unit(cb).T))
 
-        def objective(perm: np.ndarray) -> float:
+        def objective(perm: np.ndarray, ka=ka, kb=kb) -> float:  # bound now: the loop rebinds ka, kb
             return float(np.sum(ka * kb[np.ix_(perm, perm)])) / float(np.sum(ka * ka))
 
         for method, extra in (("faq", {"P0": "randomized"}), ("2opt", {})):
             start = time.perf_counter()
             best = max(
-                (quadratic_assignment(ka, kb, method=method, options={"maximize": True, "rng": r, **extra})
-                 for _ in range(args.restarts)),
+                (
+                    quadratic_assignment(ka, kb, method=method, options={"maximize": True, "rng": r, **extra})
+                    for _ in range(args.restarts)
+                ),
                 key=lambda res: res.fun,
             )
-            print(f"run {run} {method:4s} x{args.restarts}: {np.mean(best.col_ind == truth):.2f} of centroids matched right, "
-                  f"objective {objective(best.col_ind):.3f} (true permutation {objective(truth):.3f}), "
-                  f"{time.perf_counter() - start:.1f} s")
+            print(
+                f"run {run} {method:4s} x{args.restarts}: {np.mean(best.col_ind == truth):.2f} of centroids matched right, "
+                f"objective {objective(best.col_ind):.3f} (true permutation {objective(truth):.3f}), "
+                f"{time.perf_counter() - start:.1f} s"
+            )
 
 
 def fixed_point(cache_dir: str) -> None:

@@ -121,8 +121,15 @@ def run_pair(name, xa_all, xb_all, groups, eval_size, preset, args, extra=None) 
         xa_all, xb_all = np.concatenate([xa_all, extra_a]), np.concatenate([xb_all, extra_b])
         groups = np.concatenate([groups, extra_groups])
         half_a, half_b = np.concatenate([half_a, offset + more_a]), np.concatenate([half_b, offset + more_b])
-    result = {"pair": name, "preset": preset, "settings": PRESETS[preset], "split_seed": split_seed, "eval_items": len(eval_rows),
-              "fit_items_per_side": [len(half_a), len(half_b)], "directions": []}
+    result = {
+        "pair": name,
+        "preset": preset,
+        "settings": PRESETS[preset],
+        "split_seed": split_seed,
+        "eval_items": len(eval_rows),
+        "fit_items_per_side": [len(half_a), len(half_b)],
+        "directions": [],
+    }
     for direction, (src, dst) in {"A->B": (xa_all, xb_all), "B->A": (xb_all, xa_all)}.items():
         if direction not in args.directions.split(","):
             continue
@@ -134,16 +141,24 @@ def run_pair(name, xa_all, xb_all, groups, eval_size, preset, args, extra=None) 
         fit_seconds = sum(h["seconds"] for h in history)  # stage times; the monitoring evals are not in them
         mapped, target = aligner(src[eval_rows], output="normalized"), aligner.normalize_target(dst[eval_rows])
         metrics = alignment_metrics(mapped, target)
-        entry = {"direction": direction, **metrics, "fit_seconds": round(fit_seconds, 1),
-                 "wall_seconds_with_stage_evals": round(seconds, 1), "load_average_1min": [load_before, os.getloadavg()[0]],
-                 "history": history}
+        entry = {
+            "direction": direction,
+            **metrics,
+            "fit_seconds": round(fit_seconds, 1),
+            "wall_seconds_with_stage_evals": round(seconds, 1),
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+            "history": history,
+        }
         if len(set(groups[eval_rows])) < len(eval_rows):  # several items per group (a photo's captions)
             sim = mapped @ target.T
             entry["top1_same_group"] = float(np.mean(groups[eval_rows][sim.argmax(axis=1)] == groups[eval_rows]))
         if src.shape[1] == dst.shape[1]:  # chance level: the raw vectors compared as if they shared a space
             entry["unaligned_top1"] = alignment_metrics(src[eval_rows], dst[eval_rows])["top1"]
-        print(f"{name} {direction} [{preset}]: top-1 {metrics['top1']:.4f}, mean rank {metrics['mean_rank']:.2f}, "
-              f"cosine {metrics['mean_cosine']:.3f}, fit {entry['fit_seconds']:.0f}s (load {load_before:.1f})", flush=True)
+        print(
+            f"{name} {direction} [{preset}]: top-1 {metrics['top1']:.4f}, mean rank {metrics['mean_rank']:.2f}, "
+            f"cosine {metrics['mean_cosine']:.3f}, fit {entry['fit_seconds']:.0f}s (load {load_before:.1f})",
+            flush=True,
+        )
         result["directions"].append(entry)
     return result
 
@@ -218,8 +233,16 @@ def main(argv=None) -> dict:
             else:
                 raise SystemExit(f"unknown pair {pair!r}: use text and/or image")
             for preset in args.presets.split(","):
-                run = run_pair(f"{pair}: {names[0]} (A) / {names[1]} (B)", xa, xb, groups, eval_size, preset, args,
-                               extra=extra if pair == "image" else None)
+                run = run_pair(
+                    f"{pair}: {names[0]} (A) / {names[1]} (B)",
+                    xa,
+                    xb,
+                    groups,
+                    eval_size,
+                    preset,
+                    args,
+                    extra=extra if pair == "image" else None,
+                )
                 run["items"] = len(xa)
                 results["runs"].append(run)
                 if args.json:

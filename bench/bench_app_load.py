@@ -72,11 +72,15 @@ def queries(seed: int, n: int, photos: dict[str, list[str]]) -> list[tuple[list[
             dog = rng.choice(dogs)
             files = rng.sample(photos[dog], len(photos[dog]))
             cut = max(1, min(3, len(files) // 2))
-            out.append((files[:cut], files[cut:cut + rng.randint(1, min(3, len(files) - cut))]))
+            out.append((files[:cut], files[cut : cut + rng.randint(1, min(3, len(files) - cut))]))
         else:
             a, b = rng.sample(dogs, 2)
-            out.append((rng.sample(photos[a], rng.randint(1, min(3, len(photos[a])))),
-                        rng.sample(photos[b], rng.randint(1, min(3, len(photos[b]))))))
+            out.append(
+                (
+                    rng.sample(photos[a], rng.randint(1, min(3, len(photos[a])))),
+                    rng.sample(photos[b], rng.randint(1, min(3, len(photos[b])))),
+                )
+            )
     return out
 
 
@@ -98,8 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--queries", type=int, default=25, help="calls per client")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=300.0,
-                        help="fail when the app's RSS grows more than this over its after-warm-up value")
+    parser.add_argument(
+        "--max-rss-growth-mb",
+        type=float,
+        default=300.0,
+        help="fail when the app's RSS grows more than this over its after-warm-up value",
+    )
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results here")
@@ -113,8 +121,17 @@ def main(argv: list[str] | None = None) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="petmatch-load-") as gallery_dir:
-        command = [sys.executable, str(ROOT / "app" / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                   "--gallery-dir", gallery_dir, *args.app_args]
+        command = [
+            sys.executable,
+            str(ROOT / "app" / "app.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--gallery-dir",
+            gallery_dir,
+            *args.app_args,
+        ]
         app = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             start_s = wait_until_up(url, app, args.start_timeout)
@@ -168,16 +185,36 @@ def main(argv: list[str] | None = None) -> dict:
     lat = np.array(latencies) * 1000
     growth = rss_end - rss_warm
     result = {
-        "clients": args.clients, "queries_per_client": args.queries, "calls": len(latencies), "errors": len(errors),
-        "error_examples": errors[:5], "photos_per_side": "1-3", "app_start_s": round(start_s, 1),
-        "wall_s": round(wall, 1), "throughput_calls_per_s": round(len(latencies) / wall, 2),
-        "latency_ms": {k: round(float(v), 1) for k, v in (
-            ("mean", lat.mean()), ("p50", np.percentile(lat, 50)), ("p90", np.percentile(lat, 90)),
-            ("p99", np.percentile(lat, 99)), ("min", lat.min()), ("max", lat.max()))},
-        "rss_mb": {"after_warmup": round(rss_warm, 1), "peak": round(max(samples), 1), "end": round(rss_end, 1),
-                   "growth": round(growth, 1), "bound": args.max_rss_growth_mb},
+        "clients": args.clients,
+        "queries_per_client": args.queries,
+        "calls": len(latencies),
+        "errors": len(errors),
+        "error_examples": errors[:5],
+        "photos_per_side": "1-3",
+        "app_start_s": round(start_s, 1),
+        "wall_s": round(wall, 1),
+        "throughput_calls_per_s": round(len(latencies) / wall, 2),
+        "latency_ms": {
+            k: round(float(v), 1)
+            for k, v in (
+                ("mean", lat.mean()),
+                ("p50", np.percentile(lat, 50)),
+                ("p90", np.percentile(lat, 90)),
+                ("p99", np.percentile(lat, 99)),
+                ("min", lat.min()),
+                ("max", lat.max()),
+            )
+        },
+        "rss_mb": {
+            "after_warmup": round(rss_warm, 1),
+            "peak": round(max(samples), 1),
+            "end": round(rss_end, 1),
+            "growth": round(growth, 1),
+            "bound": args.max_rss_growth_mb,
+        },
         "passed": not errors and growth <= args.max_rss_growth_mb,
-        "cpu_count": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result, indent=2))
     if args.json:

@@ -112,7 +112,12 @@ def gallery_row(emb, groups, cohort, top, seed, snorm) -> dict:
     r = retrieval_metrics(known_labels, np.array(split.gallery_labels, dtype=object), sim[~is_unknown], ks=(1, 5))
     best = sim.max(1)
     auroc = roc_auc_score((~is_unknown).astype(int), best)
-    return {"protocol": "gallery", "rank1": r["r1"] / 100, "rank5": r["r5"] / 100, "open_set_auroc": float(auroc)}  # r@k in percent
+    return {
+        "protocol": "gallery",
+        "rank1": r["r1"] / 100,
+        "rank5": r["r5"] / 100,
+        "open_set_auroc": float(auroc),
+    }  # r@k in percent
 
 
 def main(argv=None) -> list[dict]:

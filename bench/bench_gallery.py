@@ -108,10 +108,19 @@ def run_size(size: int, args) -> list[dict]:
 
     exact, t_build, nbytes, delta = build(lambda: faiss.IndexFlatIP(args.dim), x)
     one, hundred, exact_ids = latency(exact, q, k, args.single)
-    rows.append({
-        "size": size, "index": "exact", "build_s": round(t_build, 3), "index_bytes": nbytes, "rss_delta_bytes": delta,
-        "batch1": one, "batch100_per_query": hundred, "recall_at_1": 1.0, "recall_at_10": 1.0 if k >= 10 else None,
-    })
+    rows.append(
+        {
+            "size": size,
+            "index": "exact",
+            "build_s": round(t_build, 3),
+            "index_bytes": nbytes,
+            "rss_delta_bytes": delta,
+            "batch1": one,
+            "batch100_per_query": hundred,
+            "recall_at_1": 1.0,
+            "recall_at_10": 1.0 if k >= 10 else None,
+        }
+    )
 
     def make_hnsw():
         h = faiss.IndexHNSWFlat(args.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -123,22 +132,33 @@ def run_size(size: int, args) -> list[dict]:
     for ef in args.ef_search:
         hnsw.hnsw.efSearch = ef
         one, hundred, ids = latency(hnsw, q, k, args.single)
-        rows.append({
-            "size": size, "index": f"hnsw M={HNSW_M} ef={ef}", "ef_search": ef, "ef_construction": args.ef_construction,
-            "build_s": round(t_build, 3), "index_bytes": nbytes, "rss_delta_bytes": delta,
-            "batch1": one, "batch100_per_query": hundred,
-            "recall_at_1": float(np.mean(ids[:, 0] == exact_ids[:, 0])),
-            "recall_at_10": None if k < 10 else float(np.mean(
-                [len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(ids, exact_ids)])),
-        })
+        rows.append(
+            {
+                "size": size,
+                "index": f"hnsw M={HNSW_M} ef={ef}",
+                "ef_search": ef,
+                "ef_construction": args.ef_construction,
+                "build_s": round(t_build, 3),
+                "index_bytes": nbytes,
+                "rss_delta_bytes": delta,
+                "batch1": one,
+                "batch100_per_query": hundred,
+                "recall_at_1": float(np.mean(ids[:, 0] == exact_ids[:, 0])),
+                "recall_at_10": None
+                if k < 10
+                else float(np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(ids, exact_ids)])),
+            }
+        )
     del exact, hnsw
     gc.collect()
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| vectors | index | build s | index MB | RSS +MB | batch-1 median / p90 ms | "
-            "batch-100 per query median / p90 ms | recall@1 | recall@10 |")
+    head = (
+        "| vectors | index | build s | index MB | RSS +MB | batch-1 median / p90 ms | "
+        "batch-100 per query median / p90 ms | recall@1 | recall@10 |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         r10 = r.get("recall_at_10")
@@ -180,8 +200,11 @@ def main(argv=None) -> dict:
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "machine": {
-            "cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "platform": platform.platform(),
-            "faiss_version": getattr(faiss, "__version__", None), "numpy_version": np.__version__,
+            "cpu_count": os.cpu_count(),
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "platform": platform.platform(),
+            "faiss_version": getattr(faiss, "__version__", None),
+            "numpy_version": np.__version__,
             "total_memory_bytes": psutil.virtual_memory().total,
         },
         "results": rows,

@@ -37,22 +37,33 @@ def main(argv=None) -> list[dict]:
     for model in args.models.split(","):
         for negatives in ("random", "hard"):
             for k in (int(s) for s in args.set_sizes.split(",")):
-                common = dict(set_size=k, pairs=args.pairs, seed=args.seed, negatives=negatives, splits=args.splits, split=args.split)
+                common = dict(
+                    set_size=k, pairs=args.pairs, seed=args.seed, negatives=negatives, splits=args.splits, split=args.split
+                )
                 r = evaluate_pair(model, args.data, **common)
-                row = {"model": model, "set_size": f"{k}v{k}", "negatives": negatives,
-                       **{m: r[m] for m in ("accuracy", "roc_auc", "pr_auc", "f1", "threshold", "threshold_source", "num_pairs")}}
+                row = {
+                    "model": model,
+                    "set_size": f"{k}v{k}",
+                    "negatives": negatives,
+                    **{m: r[m] for m in ("accuracy", "roc_auc", "pr_auc", "f1", "threshold", "threshold_source", "num_pairs")},
+                }
                 if r["threshold_source"] == "stored":  # also at a per-protocol val threshold, as the baseline gets
                     row["accuracy_val_threshold"] = evaluate_pair(model, args.data, calibrate=True, **common)["accuracy"]
                 else:
                     row["accuracy_val_threshold"] = r["accuracy"]
                 rows.append(row)
-                print(f"{model:40s} {k}v{k} {negatives:6s} acc {100 * r['accuracy']:.2f}% "
-                      f"(val-threshold {100 * row['accuracy_val_threshold']:.2f}%)  AUC {r['roc_auc']:.4f}", flush=True)
+                print(
+                    f"{model:40s} {k}v{k} {negatives:6s} acc {100 * r['accuracy']:.2f}% "
+                    f"(val-threshold {100 * row['accuracy_val_threshold']:.2f}%)  AUC {r['roc_auc']:.4f}",
+                    flush=True,
+                )
     print("\n| model | pairs | negatives | accuracy (stored thr.) | accuracy (per-protocol val thr.) | ROC-AUC | PR-AUC |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['set_size']} | {r['negatives']} | {100 * r['accuracy']:.2f}% | "
-              f"{100 * r['accuracy_val_threshold']:.2f}% | {r['roc_auc']:.4f} | {r['pr_auc']:.4f} |")
+        print(
+            f"| {r['model']} | {r['set_size']} | {r['negatives']} | {100 * r['accuracy']:.2f}% | "
+            f"{100 * r['accuracy_val_threshold']:.2f}% | {r['roc_auc']:.4f} | {r['pr_auc']:.4f} |"
+        )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -258,8 +258,10 @@ def flickr_t2i_r10(train_x, train_caps, dev_x, dev_caps, epochs: int = 20, seed:
 def taus(scores: dict, truth: list[float]) -> dict:
     from scipy.stats import kendalltau, weightedtau
 
-    return {name: {"kendall_tau": float(kendalltau(v, truth).statistic), "weighted_tau": float(weightedtau(v, truth).statistic)}
-            for name, v in scores.items()}
+    return {
+        name: {"kendall_tau": float(kendalltau(v, truth).statistic), "weighted_tau": float(weightedtau(v, truth).statistic)}
+        for name, v in scores.items()
+    }
 
 
 def append_rows(table: Path, rows: list[dict]) -> None:
@@ -280,11 +282,17 @@ def correlate(results: list[dict]) -> dict:
         combined = rank_average({s: [r[f"{task}_{s}"] for r in results] for s in ("logme", "knn_loo")})
         for r, v in zip(results, combined):
             r[f"{task}_combined"] = float(v)
-    correlation = {task: taus({s: [r[f"{task}_{s}"] for r in results] for s in SCORE_NAMES}, [r[truth] for r in results])
-                   for task, truth in TRUTH_OF.items()}
+    correlation = {
+        task: taus({s: [r[f"{task}_{s}"] for r in results] for s in SCORE_NAMES}, [r[truth] for r in results])
+        for task, truth in TRUTH_OF.items()
+    }
     mean = lambda key: {s: float(np.mean([correlation[t][s][key] for t in TRUTH_OF])) for s in SCORE_NAMES}  # noqa: E731
-    return {"candidates": results, "correlation": correlation, "mean_weighted_tau": mean("weighted_tau"),
-            "mean_kendall_tau": mean("kendall_tau")}
+    return {
+        "candidates": results,
+        "correlation": correlation,
+        "mean_weighted_tau": mean("weighted_tau"),
+        "mean_kendall_tau": mean("kendall_tau"),
+    }
 
 
 def merge(paths: list[str], out: str | None) -> dict:
@@ -294,8 +302,12 @@ def merge(paths: list[str], out: str | None) -> dict:
     if len(protocols) != 1:
         raise SystemExit(f"cannot merge runs with different protocols: {sorted(protocols)}")
     results = [c for r in runs for c in r["candidates"]]
-    summary = {**correlate(results), "extraction": {k: v for r in runs for k, v in r["extraction"].items()},
-               "protocol": runs[0]["protocol"], "merged_from": paths}
+    summary = {
+        **correlate(results),
+        "extraction": {k: v for r in runs for k, v in r["extraction"].items()},
+        "protocol": runs[0]["protocol"],
+        "merged_from": paths,
+    }
     print(json.dumps({k: summary[k] for k in ("correlation", "mean_weighted_tau", "mean_kendall_tau")}, indent=1))
     if out:
         atomic_write_json(summary, out)
@@ -343,9 +355,15 @@ def evaluate(args, candidates, feats, timings, datasets, score_dogs, truth_dogs,
         **correlate(results),
         "extraction": timings,
         "protocol": {
-            "score_dogs": len(set(score_labels.tolist())), "score_photos": len(score_rows), "truth_dogs": len(set(truth_labels)),
-            "truth_photos": len(truth_rows), "gallery_draws": args.gallery_draws, "flickr_train": len(flickr_train),
-            "flickr_dev": len(flickr_dev), "flickr_score_photos": len(score_part), "seed": args.seed,
+            "score_dogs": len(set(score_labels.tolist())),
+            "score_photos": len(score_rows),
+            "truth_dogs": len(set(truth_labels)),
+            "truth_photos": len(truth_rows),
+            "gallery_draws": args.gallery_draws,
+            "flickr_train": len(flickr_train),
+            "flickr_dev": len(flickr_dev),
+            "flickr_score_photos": len(score_part),
+            "seed": args.seed,
         },
     }
     log(json.dumps({k: summary[k] for k in ("correlation", "mean_weighted_tau", "mean_kendall_tau")}, indent=1))
@@ -354,12 +372,24 @@ def evaluate(args, candidates, feats, timings, datasets, score_dogs, truth_dogs,
     for r, c in zip(results, candidates):
         for task, dataset in (("dog", "dogfacenet"), ("flickr", "flickr8k")):
             for s in ("logme", "knn_loo", "combined"):
-                table_rows.append({
-                    "time": stamp, "dataset": dataset, "model": c.spec, "model_tag": model_tag(c), "saved_model": c.saved,
-                    "image_size": c.image_size, "layer": c.layer or "pooled", "feature_dim": r["feature_dim"],
-                    "score": s, "score_value": r[f"{task}_{s}"], "true_metric": TRUTH_OF[task], "true_value": r[TRUTH_OF[task]],
-                    "num_candidates": len(results), "protocol": summary["protocol"],
-                })
+                table_rows.append(
+                    {
+                        "time": stamp,
+                        "dataset": dataset,
+                        "model": c.spec,
+                        "model_tag": model_tag(c),
+                        "saved_model": c.saved,
+                        "image_size": c.image_size,
+                        "layer": c.layer or "pooled",
+                        "feature_dim": r["feature_dim"],
+                        "score": s,
+                        "score_value": r[f"{task}_{s}"],
+                        "true_metric": TRUTH_OF[task],
+                        "true_value": r[TRUTH_OF[task]],
+                        "num_candidates": len(results),
+                        "protocol": summary["protocol"],
+                    }
+                )
     if args.table:
         append_rows(Path(args.table), table_rows)
     if args.json:
@@ -371,19 +401,27 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--splits", default=str(REPO / "train" / "splits" / "dogfacenet.json"))
-    parser.add_argument("--candidates", default=None, help="comma-separated specs (default: DEFAULT_CANDIDATES + saved models that exist)")
+    parser.add_argument(
+        "--candidates", default=None, help="comma-separated specs (default: DEFAULT_CANDIDATES + saved models that exist)"
+    )
     parser.add_argument("--cache-dir", default=None, help="shared feature cache folder (optional speed-up)")
     parser.add_argument("--score-dogs", type=int, default=80)
     parser.add_argument("--score-per-dog", type=int, default=4)
     parser.add_argument("--truth-per-dog", type=int, default=4)
-    parser.add_argument("--flickr-train", type=int, default=2000, help="Flickr8k train photos (of 4,000) the projection trains on")
+    parser.add_argument(
+        "--flickr-train", type=int, default=2000, help="Flickr8k train photos (of 4,000) the projection trains on"
+    )
     parser.add_argument("--flickr-score", type=int, default=1000, help="Flickr8k train photos the scores see")
     parser.add_argument("--gallery-draws", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extract-only", action="store_true")
-    parser.add_argument("--merge", default=None, help="comma-separated JSON outputs of earlier runs: pool their candidates, recompute the taus into --json")
+    parser.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated JSON outputs of earlier runs: pool their candidates, recompute the taus into --json",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--table", default=str(REPO / "results" / "backbone_performance.jsonl"))
     args = parser.parse_args(argv)
@@ -393,13 +431,16 @@ def main(argv=None) -> dict:
     os.chdir(REPO)  # saved-model candidates are given relative to the repository
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
-    specs = args.candidates.split(",") if args.candidates else DEFAULT_CANDIDATES + [
-        s for s in OPTIONAL_CANDIDATES if Path(s.split("@")[0]).is_dir()
-    ]
+    specs = (
+        args.candidates.split(",")
+        if args.candidates
+        else DEFAULT_CANDIDATES + [s for s in OPTIONAL_CANDIDATES if Path(s.split("@")[0]).is_dir()]
+    )
     candidates = parse_candidates(specs)
     root = Path(args.data_root)
-    score_dogs, truth_dogs = dog_sets(root / "dogfacenet", Path(args.splits), args.score_dogs, args.score_per_dog,
-                                      args.truth_per_dog, args.seed)
+    score_dogs, truth_dogs = dog_sets(
+        root / "dogfacenet", Path(args.splits), args.score_dogs, args.score_per_dog, args.truth_per_dog, args.seed
+    )
     flickr_train, flickr_dev = flickr_sets(root / "flickr8k")
     flickr_train = flickr_train[: args.flickr_train]
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
@@ -409,8 +450,10 @@ def main(argv=None) -> dict:
         "dogfacenet": (root / "dogfacenet", sorted({p for p, _ in score_dogs + truth_dogs})),
         "flickr8k": (root / "flickr8k", flickr_train + flickr_dev),
     }
-    log(f"{len(candidates)} candidates; dogs: {len(score_dogs)} score photos, {len(truth_dogs)} truth photos; "
-        f"flickr8k: {len(flickr_train)} + {len(flickr_dev)} photos")
+    log(
+        f"{len(candidates)} candidates; dogs: {len(score_dogs)} score photos, {len(truth_dogs)} truth photos; "
+        f"flickr8k: {len(flickr_train)} + {len(flickr_dev)} photos"
+    )
     feats, timings = embed_datasets(candidates, datasets, cache_dir, args.batch_size, log)
     if args.extract_only:
         return {"timings": timings}

@@ -40,9 +40,15 @@ from model_pkg.evaluate import load_dual_model  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 
 QUERIES = [
-    "a black dog running on the beach", "two children playing in a fountain", "a man riding a bike down a dirt road",
-    "a girl in a pink dress", "people walking on a snowy street", "a brown dog catching a frisbee",
-    "a surfer riding a wave", "a group of people standing in front of a building", "ein Hund im Schnee",
+    "a black dog running on the beach",
+    "two children playing in a fountain",
+    "a man riding a bike down a dirt road",
+    "a girl in a pink dress",
+    "people walking on a snowy street",
+    "a brown dog catching a frisbee",
+    "a surfer riding a wave",
+    "a group of people standing in front of a building",
+    "ein Hund im Schnee",
     "a climber on a rock wall",
 ]
 
@@ -88,11 +94,23 @@ def quality(args) -> dict:
             with torch.no_grad():
                 cached = model.get_text_features(text_features=txt[: args.check_pixels]).numpy()
             check["text_max_abs_diff"] = float(np.abs(model.encode_text(captions[: args.check_pixels]).numpy() - cached).max())
-        rows.append({"model": name, **result, "flat": flat_metrics(result), "cached_image_features": img is not None,
-                     "cached_text_features": txt is not None, "cache_vs_model_check": check, "seconds": round(time.perf_counter() - start, 1)})
+        rows.append(
+            {
+                "model": name,
+                **result,
+                "flat": flat_metrics(result),
+                "cached_image_features": img is not None,
+                "cached_text_features": txt is not None,
+                "cache_vs_model_check": check,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         t, i = result["text_to_image"], result["image_to_text"]
-        print(f"| {name} | {t['r1']:.1f} / {t['r5']:.1f} / {t['r10']:.1f} / {t['mrr']:.3f} | "
-              f"{i['r1']:.1f} / {i['r5']:.1f} / {i['r10']:.1f} / {i['mrr']:.3f} |", flush=True)
+        print(
+            f"| {name} | {t['r1']:.1f} / {t['r5']:.1f} / {t['r10']:.1f} / {t['mrr']:.3f} | "
+            f"{i['r1']:.1f} / {i['r5']:.1f} / {i['r10']:.1f} / {i['mrr']:.3f} |",
+            flush=True,
+        )
     return {"protocol": "Flickr8k dev: 1,000 images x 5,000 captions", "results": rows}
 
 
@@ -136,15 +154,22 @@ def speed(args) -> dict:
             engine.search_database(q, top_k=10)
             times.append((time.perf_counter() - t0) * 1000)
     times.sort()
-    out["query_ms"] = {"median": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2),
-                       "max": round(times[-1], 2), "queries": len(times)}
+    out["query_ms"] = {
+        "median": round(statistics.median(times), 2),
+        "p90": round(times[int(0.9 * (len(times) - 1))], 2),
+        "max": round(times[-1], 2),
+        "queries": len(times),
+    }
     emb = engine.model.encode_text(QUERIES)
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         engine.database.search(emb.numpy(), k=10)
     out["index_only_ms_per_query"] = round((time.perf_counter() - t0) * 1000 / (args.repeats * len(QUERIES)), 3)
-    print(f"query on {len(engine.database)} photos: median {out['query_ms']['median']} ms, p90 {out['query_ms']['p90']} ms; "
-          f"faiss search alone {out['index_only_ms_per_query']} ms/query", flush=True)
+    print(
+        f"query on {len(engine.database)} photos: median {out['query_ms']['median']} ms, p90 {out['query_ms']['p90']} ms; "
+        f"faiss search alone {out['index_only_ms_per_query']} ms/query",
+        flush=True,
+    )
     out["example"] = {q: [os.path.basename(h.path) for h in engine.search_database(q, top_k=3)] for q in QUERIES[:3]}
     return out
 

@@ -17,7 +17,6 @@ Run it on an idle machine: a second heavy job halves every number.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -74,7 +73,12 @@ def time_recipe(spec: dict, batch: int, num_classes: int, min_seconds: float) ->
         inputs = {"pixel_values": pixels}
         if stage is not None:
             with torch.no_grad():
-                inputs = {"activations": model.backbone.forward_stem(pixels, stage).to(torch.float16).float().contiguous(memory_format=fmt)}
+                inputs = {
+                    "activations": model.backbone.forward_stem(pixels, stage)
+                    .to(torch.float16)
+                    .float()
+                    .contiguous(memory_format=fmt)
+                }
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
 
@@ -120,12 +124,20 @@ def main(argv=None) -> list[dict]:
         for batch in args.batch:
             row = time_recipe(parse_recipe(text.strip()), batch, args.num_classes, args.min_seconds)
             rows.append(row)
-            print(f"{row['recipe']:<22} batch {batch:>3}: {row['images_per_s']:>6.1f} images/s  {row['ms_per_image']:>6.1f} ms/image  "
-                  f"({row['trainable_params'] / 1e6:.2f}M trainable)", flush=True)
+            print(
+                f"{row['recipe']:<22} batch {batch:>3}: {row['images_per_s']:>6.1f} images/s  {row['ms_per_image']:>6.1f} ms/image  "
+                f"({row['trainable_params'] / 1e6:.2f}M trainable)",
+                flush=True,
+            )
     if args.json:
         atomic_write_json(
-            {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-             "cpus": os.cpu_count(), "rows": rows},
+            {
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "rows": rows,
+            },
             args.json,
         )
     return rows

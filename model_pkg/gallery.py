@@ -550,7 +550,9 @@ class GalleryIndex:
                 try:
                     json.dumps(m, allow_nan=False)
                 except (TypeError, ValueError) as exc:
-                    raise ValueError(f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/list/dict values") from exc
+                    raise ValueError(
+                        f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/list/dict values"
+                    ) from exc
             meta = [dict(m) for m in meta]
 
         self._flat.add(vecs)
@@ -594,7 +596,9 @@ class GalleryIndex:
         self._build_hnsw()
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int = 20, *, exact: bool = False) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+    def search(
+        self, queries: np.ndarray, k: int = 20, *, exact: bool = False
+    ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
         """Nearest gallery photos of each query.
 
         Returns ``(scores, labels, ids)``: ``scores`` float32 of shape (Q, min(k, len(self)))
@@ -784,9 +788,7 @@ class GalleryIndex:
             raise ValueError(f"unknown_labels {overlap[:5]} are registered in the gallery: an unknown identity must not be in it")
         stray = sorted({lab for lab in ql if lab not in unknown and lab not in registered})
         if stray:
-            raise ValueError(
-                f"query labels {stray[:5]} are neither registered in the gallery nor listed in unknown_labels"
-            )
+            raise ValueError(f"query labels {stray[:5]} are neither registered in the gallery nor listed in unknown_labels")
         is_unknown = np.array([lab in unknown for lab in ql])
         known_idx = np.flatnonzero(~is_unknown)
         if known_idx.size == 0:
@@ -1029,9 +1031,7 @@ class GalleryIndex:
         if index.metric_type != expected_metric:
             problems.append(f"index.faiss uses faiss metric {index.metric_type}, gallery.json says {meta['metric']!r}")
         if problems:
-            raise GalleryFileError(
-                f"gallery in {d} is inconsistent ({'; '.join(problems)}): restore it or rebuild the gallery"
-            )
+            raise GalleryFileError(f"gallery in {d} is inconsistent ({'; '.join(problems)}): restore it or rebuild the gallery")
 
         hp = meta.get("hnsw") or {}
         g = cls(

@@ -24,9 +24,9 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class Identification:
         """One sentence for a person: who it is, or why the photo was rejected and what to do."""
         p = self.prediction
         if p.reason is None:
-            return (f"Identified: {p.label} (vote share {p.confidence:.0%}, best photo similarity {p.top_score:.2f}).")
+            return f"Identified: {p.label} (vote share {p.confidence:.0%}, best photo similarity {p.top_score:.2f})."
         closest = self.matches[0].label if self.matches else "none"
         if p.reason == "unknown":
             return (

@@ -263,8 +263,7 @@ def push_folder_to_hub(
     validate_repo_id(repo_id)
 
     advice = (
-        f"The model folder is ready at {folder}. "
-        "Unset HF_HUB_OFFLINE (and check the network connection / token) and run again."
+        f"The model folder is ready at {folder}. Unset HF_HUB_OFFLINE (and check the network connection / token) and run again."
     )
     if hf_constants.HF_HUB_OFFLINE:
         raise RuntimeError(f"The Hugging Face Hub is offline (HF_HUB_OFFLINE is set); nothing was uploaded. {advice}")

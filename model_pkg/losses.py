@@ -74,7 +74,9 @@ class ArcFaceHead(nn.Module):
     `None` without labels.
     """
 
-    def __init__(self, embedding_size: int, num_classes: int, margin: float = 0.5, scale: float = 64.0, easy_margin: bool = False):
+    def __init__(
+        self, embedding_size: int, num_classes: int, margin: float = 0.5, scale: float = 64.0, easy_margin: bool = False
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes} must be >= 1 for a margin head.")

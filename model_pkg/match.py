@@ -1,6 +1,6 @@
 """Match two photo sets from the command line.
 
-    python -m model_pkg.match --model models/pair-matcher --a found/*.jpg --b lost/*.jpg
+python -m model_pkg.match --model models/pair-matcher --a found/*.jpg --b lost/*.jpg
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Do two sets of photos show the same animal?")
-    parser.add_argument("--model", default=os.environ.get("PETMATCH_PAIR_MODEL", DEFAULT_MODEL),
-                        help="saved pair-matcher folder or Hub id (default: the shipped models/pair-matcher)")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("PETMATCH_PAIR_MODEL", DEFAULT_MODEL),
+        help="saved pair-matcher folder or Hub id (default: the shipped models/pair-matcher)",
+    )
     parser.add_argument("--a", nargs="+", required=True, help="photos of the first animal")
     parser.add_argument("--b", nargs="+", required=True, help="photos of the second animal")
     args = parser.parse_args(argv)

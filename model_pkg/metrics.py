@@ -286,9 +286,7 @@ def retrieval_metrics(
     if q.size == 0 or g.size == 0:
         raise ValueError(f"need at least one query and one gallery item, got {q.size} and {g.size}")
     if sim.shape != (q.size, g.size):
-        raise ValueError(
-            f"similarity must have shape (num_queries, num_gallery) = ({q.size}, {g.size}), got {sim.shape}"
-        )
+        raise ValueError(f"similarity must have shape (num_queries, num_gallery) = ({q.size}, {g.size}), got {sim.shape}")
     if np.isnan(sim).any():
         raise ValueError(f"similarity contains {int(np.isnan(sim).sum())} NaN value(s)")
     ks = [int(k) for k in ks]
@@ -454,9 +452,7 @@ def confusion(labels_true: Sequence[Any], labels_pred: Sequence[Any], labels: li
     Samples whose true or predicted label is not in ``labels`` are not counted.
     """
     if len(labels_true) != len(labels_pred):
-        raise ValueError(
-            f"labels_true and labels_pred have different lengths: {len(labels_true)} vs {len(labels_pred)}"
-        )
+        raise ValueError(f"labels_true and labels_pred have different lengths: {len(labels_true)} vs {len(labels_pred)}")
     if len(labels) == 0:
         raise ValueError("labels must list at least one class")
     if len(set(labels)) != len(labels):
@@ -525,8 +521,12 @@ def save_confusion(
             for i in range(n):
                 for j in range(n):
                     ax.text(
-                        j, i, fmt(m[i, j]) if is_int else f"{float(m[i, j]):.2f}",
-                        ha="center", va="center", fontsize=8,
+                        j,
+                        i,
+                        fmt(m[i, j]) if is_int else f"{float(m[i, j]):.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
                         color="white" if vmax > 0 and float(m[i, j]) > vmax / 2 else "black",
                     )
         fig.tight_layout()

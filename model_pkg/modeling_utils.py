@@ -25,13 +25,36 @@ __all__ = ["BackboneModelMixin", "IDENTITY_IGNORED_CONFIG_KEYS", "model_identity
 # from (differs between machines, virtual environments, Spaces), library versions, how it was built or
 # trained, and thresholds that only turn scores into decisions. Everything else in the config, with the
 # weights, is the model's identity.
-IDENTITY_IGNORED_CONFIG_KEYS = frozenset({
-    "_name_or_path", "name_or_path", "model_name_or_path", "_commit_hash", "transformers_version", "architectures",
-    "auto_map", "torch_dtype", "dtype", "backbone_checkpoint_path", "backbone_weights_source", "weights_source",
-    "backbone_pretrained", "freeze_backbone", "backbone_trainable_groups", "freeze_backbone_bn",
-    "freeze_text_tower", "text_trainable_layers", "initializer_range", "use_cache",
-    "score_threshold", "margin_threshold", "gallery_k", "gallery_per_id", "threshold", "set_size_thresholds",
-})
+IDENTITY_IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "name_or_path",
+        "model_name_or_path",
+        "_commit_hash",
+        "transformers_version",
+        "architectures",
+        "auto_map",
+        "torch_dtype",
+        "dtype",
+        "backbone_checkpoint_path",
+        "backbone_weights_source",
+        "weights_source",
+        "backbone_pretrained",
+        "freeze_backbone",
+        "backbone_trainable_groups",
+        "freeze_backbone_bn",
+        "freeze_text_tower",
+        "text_trainable_layers",
+        "initializer_range",
+        "use_cache",
+        "score_threshold",
+        "margin_threshold",
+        "gallery_k",
+        "gallery_per_id",
+        "threshold",
+        "set_size_thresholds",
+    }
+)
 
 
 def _identity_config(value: Any) -> Any:
@@ -115,9 +138,7 @@ class BackboneModelMixin:
         """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the
         config keeps float32, so `from_pretrained` computes in float32 (fp16 convolutions are slow on CPUs)."""
         if weights_dtype is not None:
-            kwargs["state_dict"] = {
-                k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()
-            }
+            kwargs["state_dict"] = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in self.state_dict().items()}
         # The saved safetensors hold the backbone weights: loading must not fetch them again.
         pretrained = self.config.backbone_pretrained
         self.config.backbone_pretrained = False

@@ -9,7 +9,7 @@ are often soft); never a vertical flip (faces are upright).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision import transforms as T
@@ -27,7 +27,7 @@ def create_transform(
     data_config: dict,
     train: bool = False,
     crop_pct: float = 1.0,
-) -> Callable[["PIL.Image.Image"], torch.Tensor]:  # noqa: F821
+) -> Callable[[PIL.Image.Image], torch.Tensor]:  # noqa: F821
     """Build the train or eval transform.
 
     Args:

@@ -48,7 +48,7 @@ def _small_flickr(target: Path) -> None:
     (target / "Flickr_8k.devImages.txt").write_text("\n".join(names) + "\n")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def app_env() -> dict[str, str]:
     import torch
 
@@ -71,7 +71,7 @@ def app_env() -> dict[str, str]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def app_module():
     """`app.app`, imported once under `app_env()` (the environment is restored afterwards)."""
     saved = {key: os.environ.get(key) for key in app_env()}
@@ -101,11 +101,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def app_url() -> str:
     """Launch the app on 127.0.0.1 (a free port) in this process; closed when the session ends."""
     module = app_module()
-    module.demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                       allowed_paths=module.ALLOWED_PATHS)
+    module.demo.launch(
+        server_name="127.0.0.1",
+        server_port=_free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        allowed_paths=module.ALLOWED_PATHS,
+    )
     atexit.register(_close, module.demo)
     return module.demo.local_url

@@ -14,8 +14,16 @@ from model_pkg.metrics import alignment_metrics
 
 LATENT, DIM_A, DIM_B = 16, 64, 48
 # Small but complete pipeline: every stage runs, on a few thousand points.
-TINY = dict(anchor_runs=4, anchor_clusters=12, qap_restarts=4, match_k=10, refine1_iterations=10,
-            refine1_sample=500, refine1_k=10, refine2_clusters=40)
+TINY = dict(
+    anchor_runs=4,
+    anchor_clusters=12,
+    qap_restarts=4,
+    match_k=10,
+    refine1_iterations=10,
+    refine1_sample=500,
+    refine1_k=10,
+    refine2_clusters=40,
+)
 
 
 class TwoEmbedders:
@@ -195,9 +203,18 @@ def test_bad_input_is_refused_clearly(fitted):
 
 @pytest.mark.parametrize(
     "setting",
-    [{"anchor_clusters": 1}, {"refine1_alpha": 1.0}, {"qap_method": "greedy"}, {"kmeans_backend": "torch"},
-     {"match_k": 0}, {"source_dim": 0}, {"refine2_iterations": -1}, {"csls_iterations": -1}, {"csls_k": 0},
-     {"csls_sample": 0}],
+    [
+        {"anchor_clusters": 1},
+        {"refine1_alpha": 1.0},
+        {"qap_method": "greedy"},
+        {"kmeans_backend": "torch"},
+        {"match_k": 0},
+        {"source_dim": 0},
+        {"refine2_iterations": -1},
+        {"csls_iterations": -1},
+        {"csls_k": 0},
+        {"csls_sample": 0},
+    ],
 )
 def test_config_refuses_bad_settings(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):

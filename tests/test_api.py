@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
 from app_server import app_module  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,13 @@ def test_register_list_and_identify(client, shared_data):
     assert out.json() == {"name": "Api Dog", "added": 3, "photos": 3}
     animals = client.get("/api/v1/animals").json()
     assert {"name": "Api Dog", "photos": 3} in animals["animals"] and animals["count"] == len(animals["animals"])
-    (field, (name, data, kind)), = dog_files(shared_data, "11", 4, "photo")[3:]
+    ((field, (name, data, kind)),) = dog_files(shared_data, "11", 4, "photo")[3:]
     found = client.post("/api/v1/identify", files={"photo": (name, data, kind)}).json()
     assert found["decision"] in ("identified", "unknown", "reshoot") and found["message"]
     assert found["candidates"] and found["candidates"][0]["name"] == (found["name"] or found["candidates"][0]["name"])
-    assert client.post("/api/v1/register", data={"name": "  "}, files=dog_files(shared_data, "11", 1, "photos")).status_code == 400
+    assert (
+        client.post("/api/v1/register", data={"name": "  "}, files=dog_files(shared_data, "11", 1, "photos")).status_code == 400
+    )
     assert client.post("/api/v1/identify", files={"photo": ("x.txt", b"hello", "text/plain")}).status_code == 400
 
 
@@ -86,8 +88,15 @@ def test_search_and_fetch_photos(client):
 def test_missing_model_answers_503_with_the_reason():
     from app.api import Services, create_api
 
-    bare = TestClient(create_api(Services(pair_unavailable="no pair matcher at /nowhere", gallery_unavailable="no embedder",
-                                          text_unavailable="no dual encoder")))
+    bare = TestClient(
+        create_api(
+            Services(
+                pair_unavailable="no pair matcher at /nowhere",
+                gallery_unavailable="no embedder",
+                text_unavailable="no dual encoder",
+            )
+        )
+    )
     out = bare.post("/api/v1/match", files=[("set_a", ("a.jpg", b"x", "image/jpeg")), ("set_b", ("b.jpg", b"x", "image/jpeg"))])
     assert out.status_code == 503 and "no pair matcher at /nowhere" in out.json()["detail"]
     assert bare.get("/api/v1/animals").status_code == 503

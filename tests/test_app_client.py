@@ -8,9 +8,8 @@ import pytest
 
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-
 from app_server import app_module, app_url  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")

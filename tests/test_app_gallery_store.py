@@ -12,8 +12,7 @@ from model_pkg.gallery import GalleryMismatchError
 from model_pkg.gallery_store import PhotoGallery, embedder_id
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-TINY = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "embedding_size": 16,
-        "num_classes": 0}
+TINY = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "embedding_size": 16, "num_classes": 0}
 
 
 def tiny(seed: int) -> ArcFaceEmbedderModel:

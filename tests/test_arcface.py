@@ -10,8 +10,8 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -70,8 +70,13 @@ def test_no_head_embeds_only_and_input_errors():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"margin": 1.6}, "margin"), ({"scale": 0}, "scale"), ({"dropout": 1.0}, "dropout"),
-     ({"num_classes": -1}, "num_classes"), ({"embedding_size": 0}, "embedding_size")],
+    [
+        ({"margin": 1.6}, "margin"),
+        ({"scale": 0}, "scale"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"num_classes": -1}, "num_classes"),
+        ({"embedding_size": 0}, "embedding_size"),
+    ],
 )
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -165,7 +170,9 @@ def test_head_is_stable_at_cos_plus_minus_one_and_settable():
     assert logits.shape == (3, 3)
     head.margin, head.scale = 0.0, 30.0
     loss0, _ = head(embeddings, torch.tensor([0, 1, 2]))
-    assert loss0.item() == pytest.approx(F.cross_entropy(30.0 * head.cosine(embeddings), torch.tensor([0, 1, 2])).item(), rel=1e-6)
+    assert loss0.item() == pytest.approx(
+        F.cross_entropy(30.0 * head.cosine(embeddings), torch.tensor([0, 1, 2])).item(), rel=1e-6
+    )
     with pytest.raises(ValueError, match="margin"):
         head.margin = 2.0
     with pytest.raises(ValueError, match="scale"):
@@ -177,7 +184,9 @@ def test_margin_schedule_callback_switches_margin_and_freezing(tmp_path):
     model = tiny_model(backbone_trainable_groups=2)
     collator = SimpleNamespace(use_tokens=True)
     frozen_dir = str(tmp_path / "frozen_phase")
-    cb = MarginScheduleCallback(model, collator, frozen_steps=3, frozen_dir=frozen_dir, margin=0.5, frozen_margin=0.0, ramp_steps=2)
+    cb = MarginScheduleCallback(
+        model, collator, frozen_steps=3, frozen_dir=frozen_dir, margin=0.5, frozen_margin=0.0, ramp_steps=2
+    )
     head_before = model.margin_head.weight
 
     def state(step):
@@ -296,13 +305,37 @@ def dog_tree(shared_data, tmp_path_factory):
 def run_tiny(dog_tree, out, *extra):
     from train.run import main
 
-    return main([
-        "--task", "arcface", "--config", os.path.join(ROOT, "train", "configs", "arcface_embedder.yaml"),
-        "--set", f"data_dir={dog_tree}", "--set", f"output_dir={out}", "--set", "splits_file=null",
-        "--set", f"model={json.dumps(TINY)}", "--set", "p=3", "--set", "k=2", "--set", "frozen_steps=6",
-        "--set", "finetune_steps=4", "--set", "eval_steps=5", "--set", "logging_steps=5", "--set", "margin_ramp_steps=2",
-        *extra,
-    ])
+    return main(
+        [
+            "--task",
+            "arcface",
+            "--config",
+            os.path.join(ROOT, "train", "configs", "arcface_embedder.yaml"),
+            "--set",
+            f"data_dir={dog_tree}",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            "splits_file=null",
+            "--set",
+            f"model={json.dumps(TINY)}",
+            "--set",
+            "p=3",
+            "--set",
+            "k=2",
+            "--set",
+            "frozen_steps=6",
+            "--set",
+            "finetune_steps=4",
+            "--set",
+            "eval_steps=5",
+            "--set",
+            "logging_steps=5",
+            "--set",
+            "margin_ramp_steps=2",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -317,8 +350,10 @@ def test_run_trains_both_phases_calibrates_and_saves(trained):
     frozen = ArcFaceEmbedderModel.from_pretrained(out / "frozen_phase")
     assert isinstance(model, ArcFaceEmbedderModel) and model.config.num_classes == 8  # 12 dogs, 70 % train
     finetuned = ArcFaceEmbedderModel.from_pretrained(out / "checkpoints" / "checkpoint-10")
+
     def backbone_changed(a, b):
         return any(not torch.equal(x, y) for x, y in zip(a.backbone.state_dict().values(), b.backbone.state_dict().values()))
+
     assert backbone_changed(finetuned, frozen)  # fine-tuning trained the backbone; the frozen phase did not
     assert backbone_changed(model, frozen) == (summary["best_global_step"] > 6)  # the kept model is the best checkpoint
     assert 0.0 <= summary["val"]["recall_at_1"] <= 100.0
@@ -345,16 +380,42 @@ def test_run_rejects_unknown_option(dog_tree, tmp_path):
         run_tiny(dog_tree, tmp_path / "run", "--set", "frozen_stepz=3")
 
 
-GALLERY_KEYS = ("rank1", "rank5", "map", "open_set_auroc", "known_accuracy", "unknown_rejection", "score_threshold",
-                "margin_threshold", "threshold_source", "gallery_per_id", "unknown_fraction", "seed", "num_gallery")
+GALLERY_KEYS = (
+    "rank1",
+    "rank5",
+    "map",
+    "open_set_auroc",
+    "known_accuracy",
+    "unknown_rejection",
+    "score_threshold",
+    "margin_threshold",
+    "threshold_source",
+    "gallery_per_id",
+    "unknown_fraction",
+    "seed",
+    "num_gallery",
+)
 
 
 def test_evaluate_gallery_cli(trained, dog_tree, tmp_path, capsys):
     from model_pkg import evaluate
 
     out = trained[0]
-    argv = ["gallery", "--model", str(out / "model"), "--data", str(dog_tree), "--gallery-per-id", "2",
-            "--unknown-fraction", "0.25", "--seed", "3", "--json", str(tmp_path / "g.json")]
+    argv = [
+        "gallery",
+        "--model",
+        str(out / "model"),
+        "--data",
+        str(dog_tree),
+        "--gallery-per-id",
+        "2",
+        "--unknown-fraction",
+        "0.25",
+        "--seed",
+        "3",
+        "--json",
+        str(tmp_path / "g.json"),
+    ]
     result = evaluate.main(argv)
     assert json.loads(capsys.readouterr().out) == result == json.load(open(tmp_path / "g.json"))
     for key in GALLERY_KEYS:
@@ -365,8 +426,21 @@ def test_evaluate_gallery_cli(trained, dog_tree, tmp_path, capsys):
     again = evaluate.main(argv)
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in result.items() if k != "seconds"}
     # thresholds calibrated on the val split of the run's splits file
-    val = evaluate.main(["gallery", "--model", str(out / "model"), "--data", str(dog_tree), "--splits",
-                         str(out / "splits.json"), "--split", "test", "--unknown-fraction", "0.5"])
+    val = evaluate.main(
+        [
+            "gallery",
+            "--model",
+            str(out / "model"),
+            "--data",
+            str(dog_tree),
+            "--splits",
+            str(out / "splits.json"),
+            "--split",
+            "test",
+            "--unknown-fraction",
+            "0.5",
+        ]
+    )
     assert val["threshold_source"] == "val" and val["split"] == "test" and val["num_identities"] == 2
 
 
@@ -377,8 +451,23 @@ def test_evaluate_gallery_confusion_matrix(trained, dog_tree, tmp_path):
 
     out = trained[0]
     prefix = tmp_path / "cm" / "gallery"
-    result = evaluate.main(["gallery", "--model", str(out / "model"), "--data", str(dog_tree), "--gallery-per-id", "2",
-                            "--unknown-fraction", "0.25", "--seed", "3", "--confusion", str(prefix)])
+    result = evaluate.main(
+        [
+            "gallery",
+            "--model",
+            str(out / "model"),
+            "--data",
+            str(dog_tree),
+            "--gallery-per-id",
+            "2",
+            "--unknown-fraction",
+            "0.25",
+            "--seed",
+            "3",
+            "--confusion",
+            str(prefix),
+        ]
+    )
     assert result["confusion_csv"] == str(prefix) + ".csv" and Path(result["confusion_png"]).stat().st_size > 0
     rows = list(csv.reader(open(result["confusion_csv"])))
     header, body = rows[0], rows[1:]
@@ -394,10 +483,12 @@ def test_evaluate_gallery_confusion_matrix(trained, dog_tree, tmp_path):
 
 @pytest.mark.parametrize(
     "args, match",
-    [(["--model", "/no/such/model"], "does not exist"),
-     (["--unknown-fraction", "1.0"], r"unknown-fraction must lie in \[0, 1\)"),
-     (["--unknown-fraction", "-0.1"], r"unknown-fraction must lie in \[0, 1\)"),
-     (["--gallery-per-id", "40"], "larger than the photos available")],
+    [
+        (["--model", "/no/such/model"], "does not exist"),
+        (["--unknown-fraction", "1.0"], r"unknown-fraction must lie in \[0, 1\)"),
+        (["--unknown-fraction", "-0.1"], r"unknown-fraction must lie in \[0, 1\)"),
+        (["--gallery-per-id", "40"], "larger than the photos available"),
+    ],
 )
 def test_evaluate_gallery_errors(trained, dog_tree, args, match):
     from model_pkg import evaluate
@@ -505,8 +596,20 @@ def test_pca_head_init_starts_at_the_cosine_baseline():
 def test_cpu_recipe_runs_from_the_cached_activations(dog_tree, tmp_path):
     out = tmp_path / "run"
     summary = run_tiny(
-        dog_tree, out, "--set", f"model={json.dumps({**TINY, 'activation_stage': 2})}", "--set", "frozen_steps=0",
-        "--set", "finetune_steps=4", "--set", "head_init=pca", "--set", "activation_views=2", "--set", "eval_on_start=true",
+        dog_tree,
+        out,
+        "--set",
+        f"model={json.dumps({**TINY, 'activation_stage': 2})}",
+        "--set",
+        "frozen_steps=0",
+        "--set",
+        "finetune_steps=4",
+        "--set",
+        "head_init=pca",
+        "--set",
+        "activation_views=2",
+        "--set",
+        "eval_on_start=true",
     )
     caches = sorted(os.listdir(out / "activation_cache"))
     assert any(c.startswith("train-s2-32px-2v-") for c in caches) and any(c.startswith("val-s2-32px-") for c in caches)

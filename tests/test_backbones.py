@@ -215,7 +215,7 @@ def test_no_offline_weights_and_no_hub_raises_clear_error(hub_offline):
 def test_checkpoint_path_safetensors_round_trip(tmp_path):
     torch.manual_seed(1)
     source = timm.create_model("test_efficientnet")  # with its classifier, as a real checkpoint has
-    for name, buf in source.named_buffers():  # make BatchNorm statistics non-default too
+    for buf in source.buffers():  # make BatchNorm statistics non-default too
         if buf.is_floating_point():
             buf.uniform_(0.5, 1.5)
     path = tmp_path / "weights.safetensors"

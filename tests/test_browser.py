@@ -61,7 +61,9 @@ def test_gallery_in_the_browser(page):
     page.locator("#identify").click()
     playwright.expect(page.locator("#answer textarea")).to_have_value(re.compile(r"^Identified: "), timeout=TIMEOUT_MS)
     # the match thumbnails are served and decoded, not broken links
-    page.wait_for_function("() => [...document.querySelectorAll('#matches img')].filter(i => i.complete && i.naturalWidth > 0).length >= 3")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#matches img')].filter(i => i.complete && i.naturalWidth > 0).length >= 3"
+    )
     page.screenshot(path=str(SHOTS / "gallery.png"), full_page=True)
 
 

@@ -35,14 +35,19 @@ def project(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "pair_3v3.json").write_text(json.dumps({"accuracy": 0.9, "roc_auc": 0.97, "model": "m"}))
     (tmp_path / "bench" / "results").mkdir(parents=True)
-    (tmp_path / "bench" / "results" / "table.json").write_text(json.dumps([{"model": "a", "auc": 0.8}, {"model": "b", "auc": 0.9}]))
+    (tmp_path / "bench" / "results" / "table.json").write_text(
+        json.dumps([{"model": "a", "auc": 0.8}, {"model": "b", "auc": 0.9}])
+    )
     labels = np.array([1] * 50 + [0] * 50)
     scores = np.concatenate([rng.normal(1.0, 0.5, 50), rng.normal(0.0, 0.5, 50)])
     np.savez(tmp_path / "results" / "pair_scores.npz", labels=labels, scores=scores, threshold=0.5)
     save_confusion(np.array([[5, 1], [0, 4]]), ["Bella", "Max"], tmp_path / "results" / "gallery_confusion.csv")
     centres = rng.normal(size=(4, 8))
-    np.savez(tmp_path / "results" / "embeddings.npz", embeddings=np.repeat(centres, 5, axis=0) + 0.01 * rng.normal(size=(20, 8)),
-             labels=np.repeat(["a", "b", "c", "d"], 5))
+    np.savez(
+        tmp_path / "results" / "embeddings.npz",
+        embeddings=np.repeat(centres, 5, axis=0) + 0.01 * rng.normal(size=(20, 8)),
+        labels=np.repeat(["a", "b", "c", "d"], 5),
+    )
     return tmp_path, labels, scores
 
 
@@ -58,7 +63,10 @@ def test_dashboard_shows_every_section(project, monkeypatch):
     root, labels, scores = project
     at = run(root, monkeypatch)
     assert [t.label for t in at.tabs] == ["Training & evaluations", "ROC / PR", "Gallery confusion", "Embeddings"]
-    assert [s.value for s in at.subheader][:2] == ["arcface  (runs/arcface/trainer_state.json)", "pair  (runs/pair/trainer_state.json)"]
+    assert [s.value for s in at.subheader][:2] == [
+        "arcface  (runs/arcface/trainer_state.json)",
+        "pair  (runs/pair/trainer_state.json)",
+    ]
     runs, evaluations = at.dataframe[0].value, at.dataframe[1].value
     assert runs.loc["pair", "global_step"] == 50 and runs.loc["arcface", "best_metric"] == 0.9  # the latest state of each run
     assert evaluations.loc["results/pair_3v3.json", "roc_auc"] == 0.97 and "bench/results/table.json [1]" in evaluations.index

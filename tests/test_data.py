@@ -283,9 +283,7 @@ def test_folder_errors(tmp_path):
     single = tmp_path / "single"
     (single / "x").mkdir(parents=True)
     shutil.copy(real_jpeg(), single / "x" / "a.jpg")
-    with pytest.raises(
-        DatasetLayoutError, match=r"need at least two identities to form negative pairs; found 1: 'x'"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"need at least two identities to form negative pairs; found 1: 'x'"):
         load_identity_folder(single)
 
 
@@ -301,7 +299,9 @@ def test_dataframe_form_and_as_dataset(tmp_path):
     ds2 = dataset_from_dataframe(renamed, x="file", y="dog", group="session")
     assert col(ds2, "group") == ["s2", "s1", "s1"]
 
-    with pytest.raises(DatasetLayoutError, match=r"no column\(s\) \['x', 'y'\].*\['file', 'dog', 'session'\].*x=<image path column>"):
+    with pytest.raises(
+        DatasetLayoutError, match=r"no column\(s\) \['x', 'y'\].*\['file', 'dog', 'session'\].*x=<image path column>"
+    ):
         dataset_from_dataframe(renamed)
     with pytest.raises(DatasetLayoutError, match="DataFrame is empty"):
         dataset_from_dataframe(df.iloc[:0])
@@ -535,10 +535,12 @@ def test_pad_sets_tokens_and_cached_collator():
     cache = torch.arange(5 * 4 * 8, dtype=torch.float16).reshape(5, 4, 8)
     index = {f"img{i}.jpg": i for i in range(5)}
     collate = CachedSetPairCollator(cache, index)
-    batch = collate([
-        {"paths_a": ["img3.jpg"], "paths_b": ["img0.jpg", "img1.jpg"], "label": 1},
-        {"paths_a": ["img2.jpg", "img4.jpg"], "paths_b": ["img1.jpg"], "label": 0},
-    ])
+    batch = collate(
+        [
+            {"paths_a": ["img3.jpg"], "paths_b": ["img0.jpg", "img1.jpg"], "label": 1},
+            {"paths_a": ["img2.jpg", "img4.jpg"], "paths_b": ["img1.jpg"], "label": 0},
+        ]
+    )
     assert batch["tokens_a"].shape == (2, 2, 4, 8) and batch["tokens_a"].dtype == torch.float32
     assert torch.equal(batch["tokens_a"][1, 1], cache[4].float())
     assert torch.equal(batch["tokens_b"][0, 1], cache[1].float())

@@ -14,8 +14,20 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 import model_pkg  # noqa: F401  (registers the Auto classes)
-from model_pkg.dual_encoder import DualEncoderConfig, DualEncoderModel, DualEncoderTextConfig, DualEncoderVisionConfig, build_vocab
-from model_pkg.dual_encoder.data import CaptionDataError, caption_pairs, load_caption_splits, load_flickr8k_splits, read_token_file
+from model_pkg.dual_encoder import (
+    DualEncoderConfig,
+    DualEncoderModel,
+    DualEncoderTextConfig,
+    DualEncoderVisionConfig,
+    build_vocab,
+)
+from model_pkg.dual_encoder.data import (
+    CaptionDataError,
+    caption_pairs,
+    load_caption_splits,
+    load_flickr8k_splits,
+    read_token_file,
+)
 from model_pkg.dual_encoder.search import ImageSearchEngine, SearchHit
 from model_pkg.gallery import GalleryMismatchError
 from model_pkg.losses import symmetric_contrastive_loss
@@ -26,8 +38,13 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 CAPTIONS = ["a black dog runs on the beach", "two children play in the park", "a man rides a red bike", "a dog jumps"]
 TINY_VISION = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "freeze": False}
 TINY_BERT = {  # MiniLM's tokenizer (offline package) with a 2-layer, 32-wide BERT
-    "model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "max_position_embeddings": 128,
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
 }
 
 
@@ -120,7 +137,9 @@ def test_lstm_vocab_saved_and_unknown_words():
 
 def test_config_from_vision_text_configs():
     cfg = DualEncoderConfig.from_vision_text_configs(
-        DualEncoderVisionConfig(**TINY_VISION), DualEncoderTextConfig(tower="lstm", vocab=["<pad>", "<unk>", "dog"]), projection_dim=8
+        DualEncoderVisionConfig(**TINY_VISION),
+        DualEncoderTextConfig(tower="lstm", vocab=["<pad>", "<unk>", "dog"]),
+        projection_dim=8,
     )
     again = DualEncoderConfig.from_dict(cfg.to_dict())
     assert again.vision_config.backbone == "test_efficientnet" and again.text_config.vocab[-1] == "dog"
@@ -173,8 +192,11 @@ def test_imagefolder_metadata(mini_flickr, tmp_path):
     folder.mkdir()
     name = sorted(p.name for p in (mini_flickr / "images").iterdir())[0]
     shutil.copy(mini_flickr / "images" / name, folder / name)
-    rows = [{"file_name": name, "caption": "a dog"}, {"file_name": name, "caption": ["a brown dog", "dog outside"]},
-            {"file_name": "ghost.jpg", "caption": "no such photo"}]
+    rows = [
+        {"file_name": name, "caption": "a dog"},
+        {"file_name": name, "caption": ["a brown dog", "dog outside"]},
+        {"file_name": "ghost.jpg", "caption": "no such photo"},
+    ]
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     split = load_caption_splits(folder)["train"]
     assert split["captions"][:] == [["a dog", "a brown dog", "dog outside"]]
@@ -236,35 +258,91 @@ def test_train_tiny_run_and_text_search_cli(mini_flickr, tmp_path):
     from model_pkg.evaluate import main as evaluate_main
     from train.run import main as train_main
 
-    model = json.dumps({"vision_config": {**TINY_VISION, "freeze": True}, "text_config": {"tower": "lstm", "embedding_dim": 8, "hidden_size": 8},
-                        "projection_dim": 8})
-    summary = train_main([
-        "--task", "dual", "--config", "train/configs/dual_encoder_lstm_baseline.yaml", "--fresh",
-        "--set", f"data_dir={mini_flickr}", "--set", f"output_dir={tmp_path / 'run'}", "--set", f"model={model}",
-        "--set", "vocab_min_freq=1", "--set", "batch_size=3", "--set", "max_steps=4", "--set", "eval_steps=2",
-        "--set", "report_to=none",
-    ])
+    model = json.dumps(
+        {
+            "vision_config": {**TINY_VISION, "freeze": True},
+            "text_config": {"tower": "lstm", "embedding_dim": 8, "hidden_size": 8},
+            "projection_dim": 8,
+        }
+    )
+    summary = train_main(
+        [
+            "--task",
+            "dual",
+            "--config",
+            "train/configs/dual_encoder_lstm_baseline.yaml",
+            "--fresh",
+            "--set",
+            f"data_dir={mini_flickr}",
+            "--set",
+            f"output_dir={tmp_path / 'run'}",
+            "--set",
+            f"model={model}",
+            "--set",
+            "vocab_min_freq=1",
+            "--set",
+            "batch_size=3",
+            "--set",
+            "max_steps=4",
+            "--set",
+            "eval_steps=2",
+            "--set",
+            "report_to=none",
+        ]
+    )
     assert set(summary["dev"]) == {"text_to_image", "image_to_text"}
     assert any("eval_t2i_r10" in row for row in summary["log_history"])
     saved = tmp_path / "run" / "model"
     assert (saved / "README.md").is_file() and (saved / "model.safetensors").is_file()
     out = tmp_path / "ts.json"
-    result = evaluate_main([
-        "text-search", "--model", str(saved), "--images", str(mini_flickr / "images"),
-        "--captions", str(mini_flickr / "Flickr8k.token.txt"), "--split-list", str(mini_flickr / "Flickr_8k.devImages.txt"),
-        "--json", str(out),
-    ])
+    result = evaluate_main(
+        [
+            "text-search",
+            "--model",
+            str(saved),
+            "--images",
+            str(mini_flickr / "images"),
+            "--captions",
+            str(mini_flickr / "Flickr8k.token.txt"),
+            "--split-list",
+            str(mini_flickr / "Flickr_8k.devImages.txt"),
+            "--json",
+            str(out),
+        ]
+    )
     stored = json.loads(out.read_text())
     assert set(stored["text_to_image"]) == {"r1", "r5", "r10", "mrr"} and stored["num_images"] == 3
     assert result["image_to_text"]["r10"] == 100.0  # 3 images: every caption set is in the top 10
     with pytest.raises(SystemExit, match="caption file"):
-        evaluate_main(["text-search", "--model", str(saved), "--images", str(mini_flickr / "images"),
-                       "--captions", str(tmp_path / "none.txt"), "--split-list", str(mini_flickr / "Flickr_8k.devImages.txt")])
+        evaluate_main(
+            [
+                "text-search",
+                "--model",
+                str(saved),
+                "--images",
+                str(mini_flickr / "images"),
+                "--captions",
+                str(tmp_path / "none.txt"),
+                "--split-list",
+                str(mini_flickr / "Flickr_8k.devImages.txt"),
+            ]
+        )
     with pytest.raises(SystemExit, match="not a dual encoder|'petmatch_dual_encoder'"):
         (tmp_path / "wrong").mkdir()
         (tmp_path / "wrong" / "config.json").write_text(json.dumps({"model_type": "petmatch_pair_matcher"}))
-        evaluate_main(["text-search", "--model", str(tmp_path / "wrong"), "--images", str(mini_flickr / "images"),
-                       "--captions", str(mini_flickr / "Flickr8k.token.txt"), "--split-list", str(mini_flickr / "Flickr_8k.devImages.txt")])
+        evaluate_main(
+            [
+                "text-search",
+                "--model",
+                str(tmp_path / "wrong"),
+                "--images",
+                str(mini_flickr / "images"),
+                "--captions",
+                str(mini_flickr / "Flickr8k.token.txt"),
+                "--split-list",
+                str(mini_flickr / "Flickr_8k.devImages.txt"),
+            ]
+        )
 
 
 def test_shipped_model_loads_offline(hub_offline):

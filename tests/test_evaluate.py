@@ -9,14 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from model_pkg import PairMatcherConfig, PairMatcherModel
-from model_pkg import evaluate
+from model_pkg import PairMatcherConfig, PairMatcherModel, evaluate
 from model_pkg.data import as_dataset, save_splits, subset_by_identities
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 REQUIRED_KEYS = METRIC_KEYS + (
-    "threshold", "threshold_source", "num_pairs", "num_positive", "model", "data", "split", "set_size",
-    "negatives", "seed", "num_identities", "seconds",
+    "threshold",
+    "threshold_source",
+    "num_pairs",
+    "num_positive",
+    "model",
+    "data",
+    "split",
+    "set_size",
+    "negatives",
+    "seed",
+    "num_identities",
+    "seconds",
 )
 
 
@@ -89,8 +98,23 @@ def test_pair_random_saved_model(dogs, model_dir, cache, tmp_path, capsys):
     root, _ = dogs
     out = tmp_path / "nested" / "dir" / "random.json"
     result = run(
-        ["pair", "--model", str(model_dir), "--data", str(root), "--set-size", "2", "--pairs", "20",
-         "--seed", "0", "--negatives", "random", "--json", str(out)],
+        [
+            "pair",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(root),
+            "--set-size",
+            "2",
+            "--pairs",
+            "20",
+            "--seed",
+            "0",
+            "--negatives",
+            "random",
+            "--json",
+            str(out),
+        ],
         capsys,
     )
     check_result(result, 20)
@@ -105,9 +129,25 @@ def test_pair_random_saved_model(dogs, model_dir, cache, tmp_path, capsys):
 
 def test_pair_hard_saved_model_is_deterministic_and_cached(dogs, model_dir, splits_file, cache, tmp_path, monkeypatch):
     root, _ = dogs
-    argv = ["pair", "--model", str(model_dir), "--data", str(root), "--splits", str(splits_file),
-            "--set-size", "2", "--pairs", "20", "--seed", "3", "--negatives", "hard",
-            "--json", str(tmp_path / "hard.json")]
+    argv = [
+        "pair",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(root),
+        "--splits",
+        str(splits_file),
+        "--set-size",
+        "2",
+        "--pairs",
+        "20",
+        "--seed",
+        "3",
+        "--negatives",
+        "hard",
+        "--json",
+        str(tmp_path / "hard.json"),
+    ]
     first = run(argv)
     check_result(first, 20)
     assert first["threshold_source"] == "stored" and first["negatives"] == "hard"
@@ -139,17 +179,34 @@ def test_hard_negatives_pair_each_dog_with_its_nearest_dog(dogs, splits_file, ca
     # The reference neighbour really is the most cosine-similar other dog.
     means = {d: np.mean([feats[p] for p in ps], axis=0) for d, ps in groups.items()}
     dog = sorted(groups)[0]
-    sims = {o: float(np.dot(means[dog], means[o]) / np.linalg.norm(means[dog]) / np.linalg.norm(means[o]))
-            for o in groups if o != dog}
+    sims = {
+        o: float(np.dot(means[dog], means[o]) / np.linalg.norm(means[dog]) / np.linalg.norm(means[o])) for o in groups if o != dog
+    }
     assert neighbours[dog][0] == max(sims, key=sims.get)
 
 
 def test_baseline_val_threshold_separates_dogs(dogs, splits_file, cache, tmp_path, capsys):
     root, ids = dogs
     result = run(
-        ["pair", "--model", "imagenet-cosine", "--data", str(root), "--splits", str(splits_file),
-         "--set-size", "3", "--pairs", "40", "--seed", "0", "--negatives", "random",
-         "--json", str(tmp_path / "baseline.json")],
+        [
+            "pair",
+            "--model",
+            "imagenet-cosine",
+            "--data",
+            str(root),
+            "--splits",
+            str(splits_file),
+            "--set-size",
+            "3",
+            "--pairs",
+            "40",
+            "--seed",
+            "0",
+            "--negatives",
+            "random",
+            "--json",
+            str(tmp_path / "baseline.json"),
+        ],
         capsys,
     )
     check_result(result, 40)
@@ -174,22 +231,31 @@ def test_baseline_without_splits_uses_oracle_threshold(dogs, cache):
 
 def test_baseline_threshold_on_the_evaluated_split_is_oracle(dogs, splits_file, cache):
     root, _ = dogs
-    result = evaluate.evaluate_pair("imagenet-cosine", str(root), set_size=2, pairs=10, seed=0, negatives="hard",
-                                    splits=str(splits_file), split="test", threshold_split="test")
+    result = evaluate.evaluate_pair(
+        "imagenet-cosine",
+        str(root),
+        set_size=2,
+        pairs=10,
+        seed=0,
+        negatives="hard",
+        splits=str(splits_file),
+        split="test",
+        threshold_split="test",
+    )
     assert result["threshold_source"] == "oracle" and result["threshold_split"] is None
 
 
 def test_evaluate_pair_with_loaded_model_and_split(dogs, model_dir, splits_file, cache):
     root, ids = dogs
     model = PairMatcherModel.from_pretrained(model_dir, dtype=torch.float32)
-    result = evaluate.evaluate_pair(model, str(root), set_size=2, pairs=10, seed=0, negatives="random",
-                                    splits=str(splits_file), split="val")
+    result = evaluate.evaluate_pair(
+        model, str(root), set_size=2, pairs=10, seed=0, negatives="random", splits=str(splits_file), split="val"
+    )
     check_result(result, 10)
     assert result["threshold_source"] == "stored"
     assert result["split"] == "val" and result["num_identities"] == 4
     # Same pairs and scores as the CLI path that loads the folder itself.
-    again = evaluate.evaluate_pair(str(model_dir), str(root), set_size=2, pairs=10, seed=0,
-                                   splits=str(splits_file), split="val")
+    again = evaluate.evaluate_pair(str(model_dir), str(root), set_size=2, pairs=10, seed=0, splits=str(splits_file), split="val")
     for key in METRIC_KEYS:
         assert again[key] == pytest.approx(result[key])
 

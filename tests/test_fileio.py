@@ -10,7 +10,7 @@ from model_pkg.fileio import atomic_save_npy, atomic_write, atomic_write_json, a
 def test_text_round_trip_creates_parents(tmp_path):
     path = tmp_path / "a" / "b" / "note.txt"
     atomic_write_text(path, "héllo\nworld\r\n")
-    assert path.read_bytes() == "héllo\nworld\r\n".encode("utf-8")  # UTF-8, no newline translation
+    assert path.read_bytes() == "héllo\nworld\r\n".encode()  # UTF-8, no newline translation
     assert os.listdir(path.parent) == ["note.txt"]
 
 

@@ -52,8 +52,10 @@ def test_identity_follows_weights_and_forward_config_not_paths_or_thresholds(tmp
     assert model_identity(loaded) != first
 
 
-@pytest.mark.skipif(not (DUAL / "config.json").is_file() or not (TEXT_INDEX / "source.json").is_file(),
-                    reason="no shipped dual encoder and text index in this checkout")
+@pytest.mark.skipif(
+    not (DUAL / "config.json").is_file() or not (TEXT_INDEX / "source.json").is_file(),
+    reason="no shipped dual encoder and text index in this checkout",
+)
 def test_shipped_text_index_is_accepted_from_another_folder_and_another_minilm_path(tmp_path):
     from model_pkg.dual_encoder.search import ImageSearchEngine, model_fingerprint
 
@@ -90,8 +92,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not (REPO / ".git").exists() or not (DUAL / "config.json").is_file(),
-                    reason="needs a git checkout with the shipped models")
+@pytest.mark.skipif(
+    not (REPO / ".git").exists() or not (DUAL / "config.json").is_file(), reason="needs a git checkout with the shipped models"
+)
 def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path, shared_data):
     pytest.importorskip("gradio_client")
     from gradio_client import Client, handle_file
@@ -110,7 +113,9 @@ def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path,
     for key in ("PETMATCH_PAIR_MODEL", "PETMATCH_EMBEDDER_MODEL", "PETMATCH_DUAL_MODEL", "PETMATCH_ASSETS_DIR", "PETMATCH_DATA"):
         env.pop(key, None)
     log = open(tmp_path / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app/app.py", "--port", str(port)], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "app/app.py", "--port", str(port)], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:

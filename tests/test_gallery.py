@@ -157,8 +157,17 @@ def test_unknown_rejected_after_calibrate(world):
     before = g.classify(uq)
     assert not any(p.reason == "unknown" for p in before)  # uncalibrated: no unknown rejection
     res = g.calibrate(kq, names(kidx), uq)
-    for key in ("score_threshold", "margin_threshold", "known_accuracy", "unknown_rejection", "balanced_accuracy",
-                "open_set_auroc", "known_misidentified", "num_known", "num_unknown"):
+    for key in (
+        "score_threshold",
+        "margin_threshold",
+        "known_accuracy",
+        "unknown_rejection",
+        "balanced_accuracy",
+        "open_set_auroc",
+        "known_misidentified",
+        "num_known",
+        "num_unknown",
+    ):
         assert key in res
     assert g.score_threshold == res["score_threshold"] and g.margin_threshold == res["margin_threshold"]
     assert res["margin_threshold"] > 0 and res["balanced_accuracy"] > 0.95
@@ -256,8 +265,7 @@ def test_save_load_round_trip(world, tmp_path, approximate):
     assert set(meta["sha256"]) == {"index.faiss", "vectors.npy"} and meta["model_id"] == "test-embedder@abc"
     h = GalleryIndex.load(out, expected_dim=DIM, expected_model_id="test-embedder@abc")
     assert h.is_approximate == approximate and h.ef_search == 50
-    assert (h.labels, h.ids, h.metadata, h.score_threshold, h.margin_threshold) == (
-        g.labels, g.ids, g.metadata, 0.5, 0.1)
+    assert (h.labels, h.ids, h.metadata, h.score_threshold, h.margin_threshold) == (g.labels, g.ids, g.metadata, 0.5, 0.1)
     q = np.random.default_rng(2).standard_normal((6, DIM)).astype(np.float32)
     a, b = g.search(q, k=8), h.search(q, k=8)
     np.testing.assert_array_equal(a[0], b[0])

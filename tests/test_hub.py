@@ -100,8 +100,9 @@ def test_write_model_card_front_matter_and_sections(tmp_path):
 
 def test_write_model_card_minimal_and_overwrite(tmp_path):
     (tmp_path / "README.md").write_text("old")
-    text = hub.write_model_card(tmp_path, model_name="m", model_type="gallery_id", description="desc",
-                                license="mit", usage="```bash\npetmatch eval\n```")
+    text = hub.write_model_card(
+        tmp_path, model_name="m", model_type="gallery_id", description="desc", license="mit", usage="```bash\npetmatch eval\n```"
+    )
     fm = front_matter(text)
     assert fm["license"] == "mit"
     assert "base_model" not in fm and "petmatch_metrics" not in fm
@@ -159,8 +160,7 @@ def test_push_checks_folder_before_any_network(tmp_path, fake_api):
 
 def test_push_sharded_weights(tmp_path, fake_api):
     folder = make_model_folder(tmp_path / "m", weights=False)
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     (folder / "model-00001-of-00002.safetensors").write_bytes(b"\x00")
     with pytest.raises(ValueError, match="model-00002-of-00002.safetensors"):

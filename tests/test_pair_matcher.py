@@ -249,7 +249,9 @@ def test_cached_tokens_match_pixels(combo):
     both = run(model, tokens_a=tokens_a, mask_a=inputs["mask_a"], tokens_b=tokens_b, mask_b=inputs["mask_b"])
     torch.testing.assert_close(both.logits, reference.logits, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(both.embeds_a, reference.embeds_a, atol=ATOL, rtol=RTOL)
-    mixed = run(model, tokens_a=tokens_a, mask_a=inputs["mask_a"], pixel_values_b=inputs["pixel_values_b"], mask_b=inputs["mask_b"])
+    mixed = run(
+        model, tokens_a=tokens_a, mask_a=inputs["mask_a"], pixel_values_b=inputs["pixel_values_b"], mask_b=inputs["mask_b"]
+    )
     torch.testing.assert_close(mixed.logits, reference.logits, atol=ATOL, rtol=RTOL)
 
 

@@ -153,19 +153,25 @@ def dog_folder(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_embedder(tmp_path_factory):
     torch.manual_seed(0)
-    model = ArcFaceEmbedderModel(ArcFaceEmbedderConfig(
-        backbone="test_efficientnet", backbone_pretrained=False, image_size=32, embedding_size=16, num_classes=3))
+    model = ArcFaceEmbedderModel(
+        ArcFaceEmbedderConfig(
+            backbone="test_efficientnet", backbone_pretrained=False, image_size=32, embedding_size=16, num_classes=3
+        )
+    )
     folder = tmp_path_factory.mktemp("embedder")
     model.save_pretrained(folder)
     return folder
 
 
 def test_recommend_backbones_ranks_timm_and_saved_candidates(dog_folder, saved_embedder, tmp_path):
-    specs = ["tf_efficientnet_lite0@64:pooled", "tf_efficientnet_lite0@64:stage3", str(saved_embedder),
-             f"{saved_embedder}@32:stage2"]
+    specs = [
+        "tf_efficientnet_lite0@64:pooled",
+        "tf_efficientnet_lite0@64:stage3",
+        str(saved_embedder),
+        f"{saved_embedder}@32:stage2",
+    ]
     out_json = tmp_path / "rec.json"
-    result = cli_main(["--data", str(dog_folder), "--candidates", ",".join(specs), "--per-class", "3",
-                       "--json", str(out_json)])
+    result = cli_main(["--data", str(dog_folder), "--candidates", ",".join(specs), "--per-class", "3", "--json", str(out_json)])
     assert json.loads(out_json.read_text()) == result
     assert result["num_images"] == 9 and result["num_classes"] == 3
     rows = result["candidates"]

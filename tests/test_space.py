@@ -21,8 +21,10 @@ def pins() -> dict[str, str]:
     return dict(line.split("==") for line in lines)
 
 
-@pytest.mark.parametrize("readme, sdk, entry", [("spaces/README.md", "gradio", "app/app.py"),
-                                                ("spaces/dashboard/README.md", "streamlit", "app/dashboard.py")])
+@pytest.mark.parametrize(
+    "readme, sdk, entry",
+    [("spaces/README.md", "gradio", "app/app.py"), ("spaces/dashboard/README.md", "streamlit", "app/dashboard.py")],
+)
 def test_front_matter(readme, sdk, entry):
     meta = front_matter(readme)
     assert meta["sdk"] == sdk and meta["app_file"] == entry and os.path.isfile(os.path.join(ROOT, entry))

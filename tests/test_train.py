@@ -32,13 +32,35 @@ def dog_tree(tmp_path_factory):
 def run_tiny(dog_tree, out, *extra):
     from train.run import main
 
-    return main([
-        "--task", "pair", "--config", os.path.join(ROOT, "train", "configs", "pair_matcher.yaml"),
-        "--set", f"data_dir={dog_tree}", "--set", f"output_dir={out}", "--set", "splits_file=null",
-        "--set", f"model={json.dumps(TINY_MODEL)}", "--set", "frozen_steps=6", "--set", "finetune_steps=4",
-        "--set", "eval_steps=5", "--set", "val_pairs=12", "--set", "batch_size=4", "--set", "logging_steps=5",
-        *extra,
-    ])
+    return main(
+        [
+            "--task",
+            "pair",
+            "--config",
+            os.path.join(ROOT, "train", "configs", "pair_matcher.yaml"),
+            "--set",
+            f"data_dir={dog_tree}",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            "splits_file=null",
+            "--set",
+            f"model={json.dumps(TINY_MODEL)}",
+            "--set",
+            "frozen_steps=6",
+            "--set",
+            "finetune_steps=4",
+            "--set",
+            "eval_steps=5",
+            "--set",
+            "val_pairs=12",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "logging_steps=5",
+            *extra,
+        ]
+    )
 
 
 def test_run_trains_both_phases_and_saves(dog_tree, tmp_path):
@@ -73,8 +95,15 @@ def test_run_rejects_unknown_option(dog_tree, tmp_path):
 def test_high_level_api_with_dataframe(dog_tree, tmp_path):
     rows = [(str(p), p.parent.name) for p in sorted(dog_tree.glob("*/*.jpg"))]
     df = pd.DataFrame(rows, columns=["x", "y"])
-    trainer = PairMatchingTrainer(output_dir=str(tmp_path / "api"), model=TINY_MODEL, frozen_steps=4, finetune_steps=0,
-                                  eval_steps=4, val_pairs=12, batch_size=4)
+    trainer = PairMatchingTrainer(
+        output_dir=str(tmp_path / "api"),
+        model=TINY_MODEL,
+        frozen_steps=4,
+        finetune_steps=0,
+        eval_steps=4,
+        val_pairs=12,
+        batch_size=4,
+    )
     trainer.train(df)
     photos = sorted(str(p) for p in (dog_tree / "0").glob("*.jpg"))
     result = trainer.predict(photos[:2], photos[2:3])
@@ -171,9 +200,22 @@ def test_matcher_from_embedder_scores_the_cosine_of_mean_embeddings():
 def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_tree, tmp_path):
     _tiny_embedder().save_pretrained(tmp_path / "embedder")
     summary = run_tiny(
-        dog_tree, tmp_path / "run", "--set", f"embedder={tmp_path / 'embedder'}", "--set", "model={}",
-        "--set", "frozen_steps=0", "--set", "finetune_steps=0", "--set", "calibration_negatives=random",
-        "--set", "calibration_set_sizes=[1,2]", "--set", "calibration_pairs=20",
+        dog_tree,
+        tmp_path / "run",
+        "--set",
+        f"embedder={tmp_path / 'embedder'}",
+        "--set",
+        "model={}",
+        "--set",
+        "frozen_steps=0",
+        "--set",
+        "finetune_steps=0",
+        "--set",
+        "calibration_negatives=random",
+        "--set",
+        "calibration_set_sizes=[1,2]",
+        "--set",
+        "calibration_pairs=20",
     )
     model = PairMatcherModel.from_pretrained(tmp_path / "run" / "model")
     assert set(model.config.set_size_thresholds) == {"1", "2"}

@@ -117,7 +117,9 @@ def _procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     dimensions the semi-orthogonal optimum, what zero-padding to a square problem gives). float32
     throughout, by torch: 3x faster than scipy's float64 `orthogonal_procrustes` on 1280-d features
     (Refine-1 runs one per iteration), the same map to 1e-6."""
-    cross = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).T @ torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    cross = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).T @ torch.from_numpy(
+        np.ascontiguousarray(y, dtype=np.float32)
+    )
     u, _, vt = torch.linalg.svd(cross, full_matrices=False)
     return (u @ vt).numpy()
 
@@ -199,12 +201,16 @@ class MiniVec2VecAligner:
     def normalize_source(self, x: Any) -> np.ndarray:
         """Space-A vectors (N, source_dim) -> centred, L2-normalised, as the map expects them."""
         self._check_fitted()
-        return _centre_and_normalize(_as_matrix(x, "source vectors", self.config.source_dim, "space-A vectors"), self.source_mean, "source vectors")
+        return _centre_and_normalize(
+            _as_matrix(x, "source vectors", self.config.source_dim, "space-A vectors"), self.source_mean, "source vectors"
+        )
 
     def normalize_target(self, y: Any) -> np.ndarray:
         """Space-B vectors (N, target_dim) -> centred, L2-normalised: the space `output="normalized"` maps into."""
         self._check_fitted()
-        return _centre_and_normalize(_as_matrix(y, "target vectors", self.config.target_dim, "into space-B vectors"), self.target_mean, "target vectors")
+        return _centre_and_normalize(
+            _as_matrix(y, "target vectors", self.config.target_dim, "into space-B vectors"), self.target_mean, "target vectors"
+        )
 
     def __call__(self, x: Any, output: str = "target") -> np.ndarray | torch.Tensor:
         """Map space-A vectors (N, source_dim) into space B.
@@ -263,7 +269,9 @@ class MiniVec2VecAligner:
                 best = res
         return best.col_ind, float(best.fun) / float(np.sum(ka * ka))
 
-    def _anchors(self, xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator, progress: bool) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _anchors(
+        self, xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         cfg = self.config
         anchors_a, anchors_b, scores = [], [], []
         for _ in trange(cfg.anchor_runs, desc="mini-vec2vec anchors", disable=not progress):
@@ -277,7 +285,9 @@ class MiniVec2VecAligner:
             scores.append(score)
         return np.concatenate(anchors_a), np.concatenate(anchors_b), scores
 
-    def _refine1(self, xa: np.ndarray, xb: np.ndarray, w: np.ndarray, rng: np.random.Generator, progress: bool = False) -> np.ndarray:
+    def _refine1(
+        self, xa: np.ndarray, xb: np.ndarray, w: np.ndarray, rng: np.random.Generator, progress: bool = False
+    ) -> np.ndarray:
         """Refine-1 on centred, normalised vectors: refit on sampled points paired with the mean of their
         `refine1_k` nearest B points, smoothed by `refine1_alpha`."""
         cfg = self.config
@@ -287,7 +297,9 @@ class MiniVec2VecAligner:
             w = cfg.refine1_alpha * w + (1.0 - cfg.refine1_alpha) * _procrustes(sample, matched)
         return w
 
-    def _csls_self_learning(self, xa: np.ndarray, xb: np.ndarray, w: np.ndarray, rng: np.random.Generator, progress: bool = False) -> np.ndarray:
+    def _csls_self_learning(
+        self, xa: np.ndarray, xb: np.ndarray, w: np.ndarray, rng: np.random.Generator, progress: bool = False
+    ) -> np.ndarray:
         """The CSLS stage on centred, normalised vectors: Procrustes on a CSLS dictionary, `csls_iterations` times."""
         cfg = self.config
         for _ in trange(cfg.csls_iterations, desc="mini-vec2vec CSLS self-learning", disable=not progress):
@@ -408,20 +420,26 @@ class MiniVec2VecAligner:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "MiniVec2VecAligner":
+    def from_pretrained(cls, directory: str | os.PathLike) -> MiniVec2VecAligner:
         """Load an aligner saved with `save_pretrained` (no network, nothing else needed)."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist: {directory} is not a folder written by MiniVec2VecAligner.save_pretrained")
+                raise FileNotFoundError(
+                    f"{path} does not exist: {directory} is not a folder written by MiniVec2VecAligner.save_pretrained"
+                )
         config_dict = json.loads(config_path.read_text(encoding="utf-8"))
         if config_dict.get("model_type") != MiniVec2VecConfig.model_type:
-            raise ValueError(f"{config_path} describes a {config_dict.get('model_type')!r}, not a {MiniVec2VecConfig.model_type!r} aligner")
+            raise ValueError(
+                f"{config_path} describes a {config_dict.get('model_type')!r}, not a {MiniVec2VecConfig.model_type!r} aligner"
+            )
         expected = config_dict.pop("weights_sha256", None)
         blob = weights_path.read_bytes()
         if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
-            raise ValueError(f"{weights_path} does not match {config_path} (checksum differs): the folder was modified; save the aligner again")
+            raise ValueError(
+                f"{weights_path} does not match {config_path} (checksum differs): the folder was modified; save the aligner again"
+            )
         aligner = cls(MiniVec2VecConfig.from_dict(config_dict))
         tensors = load_safetensors(blob)
         aligner.weight = tensors["weight"]

@@ -167,7 +167,9 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         """Cached activations (B, C, h, w) of the frozen stem (`config.activation_stage`) -> pooled features (B, D)."""
         stage = self.config.activation_stage
         if stage is None:
-            raise ValueError("This embedder has no activation_stage: give pixel_values or pooled_features instead of activations.")
+            raise ValueError(
+                "This embedder has no activation_stage: give pixel_values or pooled_features instead of activations."
+            )
         if activations.ndim != 4:
             raise ValueError(f"activations must be (batch, channels, height, width); got shape {tuple(activations.shape)}.")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):

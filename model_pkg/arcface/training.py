@@ -32,9 +32,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -143,7 +143,7 @@ class ArcFaceTrainingConfig:
             raise ValueError(f"calibration_unknown_fraction={self.calibration_unknown_fraction} must lie in [0, 1).")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ArcFaceTrainingConfig":
+    def from_dict(cls, values: dict) -> ArcFaceTrainingConfig:
         check_options(cls, values, "arcface-training")
         return cls(**values)
 
@@ -169,7 +169,9 @@ class PooledFeatureCollator:
         try:
             rows_idx = [self.index[r["image_path"]] for r in rows]
         except KeyError as err:
-            raise ValueError(f"photo {err.args[0]!r} is not in the pooled-feature cache: rebuild the cache for this data.") from None
+            raise ValueError(
+                f"photo {err.args[0]!r} is not in the pooled-feature cache: rebuild the cache for this data."
+            ) from None
         return {"pooled_features": self.features[rows_idx].float(), **_targets(rows)}
 
 
@@ -192,7 +194,11 @@ class ActivationViewCollator:
         except KeyError as err:
             raise ValueError(f"photo {err.args[0]!r} is not in the activation cache: rebuild the cache for this data.") from None
         views = self.activations.shape[1]
-        view = torch.from_numpy(self.rng.integers(0, views, len(rows))) if self.random_view else torch.zeros(len(rows), dtype=torch.long)
+        view = (
+            torch.from_numpy(self.rng.integers(0, views, len(rows)))
+            if self.random_view
+            else torch.zeros(len(rows), dtype=torch.long)
+        )
         x = self.activations[rows_idx, view].float().contiguous(memory_format=torch.channels_last)
         return {"activations": x, **_targets(rows)}
 
@@ -247,7 +253,10 @@ def _embed_pooled(model: ArcFaceEmbedderModel, pooled: torch.Tensor, batch_size:
     was_training = model.training
     model.eval()
     try:
-        out = [model.get_image_features(pooled_features=pooled[i : i + batch_size].float()) for i in range(0, len(pooled), batch_size)]
+        out = [
+            model.get_image_features(pooled_features=pooled[i : i + batch_size].float())
+            for i in range(0, len(pooled), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(out).float().numpy() if out else np.zeros((0, model.config.embedding_size), np.float32)
@@ -384,7 +393,7 @@ def compute_recall_metrics(eval_pred) -> dict[str, float]:
 
 
 def resolve_mixed_precision(option: str = "auto") -> str:
-    """"bf16" on Ampere or newer GPUs, "fp16" on older GPUs, "no" on CPU (`option` forces one on a GPU)."""
+    """ "bf16" on Ampere or newer GPUs, "fp16" on older GPUs, "no" on CPU (`option` forces one on a GPU)."""
     if option not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision={option!r} is not one of {MIXED_PRECISION}.")
     if not torch.cuda.is_available():
@@ -492,8 +501,12 @@ def save_with_card(
 
 # -- calibration -------------------------------------------------------------------------------------
 def calibrate_gallery_thresholds(
-    embeddings: dict[str, np.ndarray], groups: dict[str, list[str]], gallery_per_id: int, unknown_fraction: float,
-    seed: int = 0, k: int = 20,
+    embeddings: dict[str, np.ndarray],
+    groups: dict[str, list[str]],
+    gallery_per_id: int,
+    unknown_fraction: float,
+    seed: int = 0,
+    k: int = 20,
 ) -> tuple[GalleryIndex, dict] | tuple[None, dict]:
     """Calibrate gallery thresholds on `groups` (the val dogs) under the gallery protocol.
 
@@ -508,9 +521,7 @@ def calibrate_gallery_thresholds(
     gallery = GalleryIndex(len(next(iter(embeddings.values()))), "ip", approximate_above=max(len(split.gallery_paths), 1))
     gallery.add(np.stack([embeddings[p] for p in split.gallery_paths]), split.gallery_labels)
     queries = np.stack([embeddings[p] for p in split.query_paths])
-    result = gallery.calibrate(
-        queries[known_q], [split.query_labels[i] for i in known_q], queries[unknown_q], k=k
-    )
+    result = gallery.calibrate(queries[known_q], [split.query_labels[i] for i in known_q], queries[unknown_q], k=k)
     result["gallery_per_id"] = gallery_per_id
     result["unknown_fraction"] = unknown_fraction
     return gallery, result
@@ -554,7 +565,9 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         )
     class_of = {dog: i for i, dog in enumerate(sorted(train_groups))}
     train_rows = [{"image_path": p, "label": class_of[dog], "augment": True} for dog, ps in train_groups.items() for p in ps]
-    val_rows = [{"image_path": p, "identity": i, "augment": False} for i, (dog, ps) in enumerate(sorted(val_groups.items())) for p in ps]
+    val_rows = [
+        {"image_path": p, "identity": i, "augment": False} for i, (dog, ps) in enumerate(sorted(val_groups.items())) for p in ps
+    ]
 
     # 2. Model, and the frozen backbone's pooled features of every train/val photo (cached on disk).
     model = ArcFaceEmbedderModel(ArcFaceEmbedderConfig(**{**cfg.model, "num_classes": len(class_of)}))
@@ -578,13 +591,24 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         train_size = cfg.activation_image_size or model.config.image_size
         key = _cache_key(model.backbone, train_paths)
         train_act = compute_activation_views(
-            model.backbone, train_paths, stage, cfg.activation_views, train_size, seed=cfg.seed,
+            model.backbone,
+            train_paths,
+            stage,
+            cfg.activation_views,
+            train_size,
+            seed=cfg.seed,
             cache_file=os.path.join(cache_dir, f"train-s{stage}-{train_size}px-{cfg.activation_views}v-{key}.arrow"),
             desc="training views (frozen stem)",
         )
         val_act = compute_activation_views(
-            model.backbone, val_paths, stage, 1, model.config.image_size,
-            cache_file=os.path.join(cache_dir, f"val-s{stage}-{model.config.image_size}px-{_cache_key(model.backbone, val_paths)}.arrow"),
+            model.backbone,
+            val_paths,
+            stage,
+            1,
+            model.config.image_size,
+            cache_file=os.path.join(
+                cache_dir, f"val-s{stage}-{model.config.image_size}px-{_cache_key(model.backbone, val_paths)}.arrow"
+            ),
             desc="validation photos (frozen stem)",
         )
         train_collator = ActivationViewCollator(train_act, {p: i for i, p in enumerate(train_paths)}, True, cfg.seed)
@@ -662,13 +686,21 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         return {**metrics, "calibration": calibration}
 
     training = {k: v for k, v in asdict(cfg).items()}
-    training["data_dir"] = str(cfg.data_dir) if isinstance(cfg.data_dir, (str, os.PathLike)) else (
-        f"<{type(cfg.data_dir).__name__} with {len(table)} photos>"
+    training["data_dir"] = (
+        str(cfg.data_dir)
+        if isinstance(cfg.data_dir, (str, os.PathLike))
+        else (f"<{type(cfg.data_dir).__name__} with {len(table)} photos>")
     )
     summary = {"val": evaluate_val(model, backbone_untouched), "splits_file": splits_file, "head_init": head_init}
     final_dir = os.path.join(cfg.output_dir, "model")
-    card_training = {"frozen_steps": frozen_steps, "finetune_steps": finetune_steps, "p": cfg.p, "k": cfg.k,
-                     "mixed_precision": precision, "best_global_step": best}
+    card_training = {
+        "frozen_steps": frozen_steps,
+        "finetune_steps": finetune_steps,
+        "p": cfg.p,
+        "k": cfg.k,
+        "mixed_precision": precision,
+        "best_global_step": best,
+    }
     save_with_card(model, final_dir, metrics=_card_metrics(summary["val"]), training=card_training)
 
     if os.path.isdir(frozen_dir):  # the frozen-phase baseline gets its own thresholds

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -39,14 +40,14 @@ def pad_sets(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _read_features(
-    features: Sequence[Any], max_set_size: Optional[int]
-) -> tuple[list[list[str]], list[list[str]], Optional[torch.Tensor]]:
+    features: Sequence[Any], max_set_size: int | None
+) -> tuple[list[list[str]], list[list[str]], torch.Tensor | None]:
     """Validate a batch and split it into side-A paths, side-B paths and labels (or None)."""
     if len(features) == 0:
         raise ValueError("cannot collate an empty batch")
     sides_a: list[list[str]] = []
     sides_b: list[list[str]] = []
-    labels: list[Optional[float]] = []
+    labels: list[float | None] = []
     for i, feature in enumerate(features):
         if dataclasses.is_dataclass(feature) and not isinstance(feature, type):
             feature = dataclasses.asdict(feature)  # accept SetPair objects directly
@@ -88,7 +89,7 @@ class SetPairCollator:
     ``max_set_size`` (if given) are rejected rather than silently truncated.
     """
 
-    def __init__(self, transform: Callable[[Any], torch.Tensor], max_set_size: Optional[int] = None) -> None:
+    def __init__(self, transform: Callable[[Any], torch.Tensor], max_set_size: int | None = None) -> None:
         if max_set_size is not None and max_set_size < 1:
             raise ValueError(f"max_set_size must be >= 1 or None, got {max_set_size}")
         self.transform = transform
@@ -108,8 +109,7 @@ class SetPairCollator:
                 if not isinstance(pixels, torch.Tensor) or pixels.dim() != 3 or pixels.shape[0] != 3:
                     shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
                     raise ValueError(
-                        f"transform returned {shape} for {path!r} (set {side} of example {i}); "
-                        f"it must return a (3, H, W) tensor"
+                        f"transform returned {shape} for {path!r} (set {side} of example {i}); it must return a (3, H, W) tensor"
                     )
                 photos.append(pixels)
             try:

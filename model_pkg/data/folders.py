@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import datasets
 import pandas as pd
@@ -31,9 +32,7 @@ COLUMNS = ("image_path", "label", "group")
 
 _SEED_NAME = re.compile(r"^.+_\d+\.\w+$")
 
-_FEATURES = datasets.Features(
-    {name: datasets.Value("string") for name in COLUMNS}
-)
+_FEATURES = datasets.Features({name: datasets.Value("string") for name in COLUMNS})
 
 
 class DatasetLayoutError(ValueError):
@@ -74,7 +73,9 @@ def _scan(root: Path, extensions: Sequence[str]) -> list[tuple[str, str]]:
         logger.warning(
             "%s: ignoring %d image(s) directly in the top folder (e.g. %r): each image must sit in "
             "a sub-folder named after its identity",
-            root, len(loose), sorted(loose)[0],
+            root,
+            len(loose),
+            sorted(loose)[0],
         )
     return found
 
@@ -101,7 +102,7 @@ def _rows_to_dataset(rows: list[tuple[str, str, str]], description: str = "") ->
     return datasets.Dataset.from_dict(data, features=_FEATURES, info=info)
 
 
-def _header_size(path: str) -> Optional[tuple[int, int]]:
+def _header_size(path: str) -> tuple[int, int] | None:
     """Image (width, height) from the header only; None when the header is unreadable."""
     try:
         with Image.open(path) as img:
@@ -111,9 +112,9 @@ def _header_size(path: str) -> Optional[tuple[int, int]]:
 
 
 def find_undersized_groups(
-    source: Union[datasets.Dataset, Sequence[tuple[str, str, str]]],
+    source: datasets.Dataset | Sequence[tuple[str, str, str]],
     min_size: int,
-) -> dict[tuple[str, str], dict[str, Optional[tuple[int, int]]]]:
+) -> dict[tuple[str, str], dict[str, tuple[int, int] | None]]:
     """Find groups that contain a photo smaller than ``min_size`` on either side.
 
     ``source`` is a dataset with image_path/label/group columns or a list of
@@ -128,7 +129,7 @@ def find_undersized_groups(
         rows = list(zip(*(column_values(source, c) for c in COLUMNS)))
     else:
         rows = list(source)
-    bad: dict[tuple[str, str], dict[str, Optional[tuple[int, int]]]] = {}
+    bad: dict[tuple[str, str], dict[str, tuple[int, int] | None]] = {}
     for path, label, group in rows:
         size = _header_size(path)
         if size is None or size[0] < min_size or size[1] < min_size:
@@ -153,9 +154,9 @@ def _resolve_layout(layout: str, items: list[tuple[str, str]], root: Path) -> st
 
 
 def load_identity_folder(
-    data_dir: Union[str, os.PathLike],
+    data_dir: str | os.PathLike,
     layout: str = "auto",
-    min_size: Optional[int] = None,
+    min_size: int | None = None,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> datasets.Dataset:
     """Index a folder of identity sub-folders as a dataset sorted by (label, image_path).
@@ -171,13 +172,11 @@ def load_identity_folder(
     root = Path(data_dir)
     if not root.exists():
         raise FileNotFoundError(
-            f"data folder {str(root)!r} does not exist: check the path "
-            f"(expected <data_dir>/<identity>/<image files>)"
+            f"data folder {str(root)!r} does not exist: check the path (expected <data_dir>/<identity>/<image files>)"
         )
     if not root.is_dir():
         raise NotADirectoryError(
-            f"data folder {str(root)!r} is a file, not a directory: pass the folder that "
-            f"contains one sub-folder per identity"
+            f"data folder {str(root)!r} is a file, not a directory: pass the folder that contains one sub-folder per identity"
         )
     items = _scan(root, extensions)
     if not items:
@@ -209,8 +208,7 @@ def load_identity_folder(
             description += f"; {summary}"
         if not rows:
             raise DatasetLayoutError(
-                f"{str(root)!r}: every group has a photo smaller than min_size={min_size}: "
-                f"lower min_size or use larger photos"
+                f"{str(root)!r}: every group has a photo smaller than min_size={min_size}: lower min_size or use larger photos"
             )
     _check_identity_count((r[1] for r in rows), repr(str(root)))
     return _rows_to_dataset(rows, description)
@@ -220,7 +218,7 @@ def dataset_from_dataframe(
     df: pd.DataFrame,
     x: str = "x",
     y: str = "y",
-    group: Optional[str] = None,
+    group: str | None = None,
 ) -> datasets.Dataset:
     """Build the dataset from a table with one row per photo.
 
@@ -237,8 +235,7 @@ def dataset_from_dataframe(
     if missing:
         raise DatasetLayoutError(
             f"DataFrame has no column(s) {missing}; its columns are {list(df.columns)}. "
-            f"Pass x=<image path column>, y=<identity column>"
-            + (", group=<group column>" if group is not None else "")
+            f"Pass x=<image path column>, y=<identity column>" + (", group=<group column>" if group is not None else "")
         )
     if len(df) == 0:
         raise DatasetLayoutError("DataFrame is empty: it needs one row per photo")
@@ -246,8 +243,7 @@ def dataset_from_dataframe(
     if nulls:
         first = int(df[nulls[0]].isna().to_numpy().nonzero()[0][0])
         raise DatasetLayoutError(
-            f"DataFrame column(s) {nulls} contain missing values (first at row position {first}): "
-            f"drop or fill those rows"
+            f"DataFrame column(s) {nulls} contain missing values (first at row position {first}): drop or fill those rows"
         )
     paths = [os.path.abspath(os.fspath(p)) for p in df[x]]
     labels = [str(v) for v in df[y]]
@@ -255,7 +251,7 @@ def dataset_from_dataframe(
     return _rows_to_dataset(list(zip(paths, labels, groups)), "identity photos from a DataFrame")
 
 
-def as_dataset(source: Union[str, os.PathLike, pd.DataFrame, datasets.Dataset], **kw: Any) -> datasets.Dataset:
+def as_dataset(source: str | os.PathLike | pd.DataFrame | datasets.Dataset, **kw: Any) -> datasets.Dataset:
     """Normalise a folder path, DataFrame or Dataset to the (image_path, label, group) dataset.
 
     Keyword arguments go to :func:`load_identity_folder` or
@@ -290,7 +286,4 @@ def as_dataset(source: Union[str, os.PathLike, pd.DataFrame, datasets.Dataset], 
         if "group" not in source.column_names:
             source = source.add_column("group", column_values(source, "label"))
         return source
-    raise TypeError(
-        f"as_dataset expects a folder path, a pandas DataFrame or a datasets.Dataset, "
-        f"got {type(source).__name__}"
-    )
+    raise TypeError(f"as_dataset expects a folder path, a pandas DataFrame or a datasets.Dataset, got {type(source).__name__}")

@@ -14,14 +14,13 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
-ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 # PIL refuses images above 2 * Image.MAX_IMAGE_PIXELS (~179 MP) as possible
 # decompression bombs. Big camera originals are legitimate here and JPEGs are
@@ -206,9 +205,7 @@ def load_image(path: ImageSource, max_side: int = 2048) -> Image.Image:
     elif isinstance(path, np.ndarray):
         img = _from_array(path, name)
     else:
-        raise TypeError(
-            f"load_image expects a path, a PIL image or a numpy uint8 array, got {type(path).__name__}"
-        )
+        raise TypeError(f"load_image expects a path, a PIL image or a numpy uint8 array, got {type(path).__name__}")
 
     try:
         oriented = ImageOps.exif_transpose(img)

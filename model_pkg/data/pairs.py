@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
 
 import datasets
 import numpy as np
@@ -37,13 +37,15 @@ def group_paths(dataset: datasets.Dataset) -> dict[str, list[str]]:
     return {label: sorted(paths) for label, paths in sorted(groups.items())}
 
 
-def _size_range(set_size: Union[int, tuple[int, int]]) -> tuple[int, int]:
+def _size_range(set_size: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(set_size, bool):
         raise TypeError("set_size must be an int or a (min, max) tuple, not a bool")
     if isinstance(set_size, int):
         lo = hi = set_size
-    elif isinstance(set_size, (tuple, list)) and len(set_size) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in set_size
+    elif (
+        isinstance(set_size, (tuple, list))
+        and len(set_size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in set_size)
     ):
         lo, hi = set_size
     else:
@@ -70,13 +72,13 @@ def _positive_sides(n: int, lo: int, hi: int, overlap: bool, rng: random.Random)
 
 
 def sample_pairs(
-    source: Union[datasets.Dataset, Mapping[str, Sequence[str]]],
+    source: datasets.Dataset | Mapping[str, Sequence[str]],
     num_pairs: int,
-    set_size: Union[int, tuple[int, int]] = 1,
+    set_size: int | tuple[int, int] = 1,
     positive_ratio: float = 0.5,
     seed: int = 0,
     negatives: str = "random",
-    neighbours: Optional[Mapping[str, Sequence[str]]] = None,
+    neighbours: Mapping[str, Sequence[str]] | None = None,
     allow_overlap: bool = False,
 ) -> list[SetPair]:
     """Draw ``num_pairs`` shuffled set pairs, exactly ``round(num_pairs * positive_ratio)`` positive.
@@ -128,7 +130,8 @@ def sample_pairs(
     if too_small:
         logger.warning(
             "%d identities have fewer than %d photo(s) and cannot fill a set; they are not used",
-            too_small, lo,
+            too_small,
+            lo,
         )
     if allow_overlap:
         positive_ids = [label for label in usable if len(groups[label]) > max(lo, 1)]
@@ -169,8 +172,7 @@ def sample_pairs(
         usable_set = set(usable)
         if negatives == "hard":
             candidates = {
-                label: [n for n in dict.fromkeys(str(x) for x in neighbours.get(label, ()))
-                        if n != label and n in usable_set]
+                label: [n for n in dict.fromkeys(str(x) for x in neighbours.get(label, ())) if n != label and n in usable_set]
                 for label in usable
             }
             anchors = [label for label in usable if candidates[label]]
@@ -181,8 +183,8 @@ def sample_pairs(
                 )
             if len(anchors) < len(usable):
                 logger.warning(
-                    "negatives='hard': %d identities have no usable neighbours and are not used "
-                    "as the first side of negatives", len(usable) - len(anchors),
+                    "negatives='hard': %d identities have no usable neighbours and are not used as the first side of negatives",
+                    len(usable) - len(anchors),
                 )
         for _ in range(n_neg):
             if negatives == "hard":
@@ -227,7 +229,7 @@ def nearest_identities(embeddings_by_id: Mapping[str, np.ndarray], k: int = 5) -
     # Row blocks bound memory to block x N similarities even for many identities.
     block = 1024
     for start in range(0, len(ids), block):
-        sims = matrix[start:start + block] @ matrix.T
+        sims = matrix[start : start + block] @ matrix.T
         rows = np.arange(sims.shape[0])
         sims[rows, rows + start] = -np.inf
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]

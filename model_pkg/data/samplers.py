@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -68,8 +68,12 @@ class PKBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         small = sum(len(g) < self.k for g in self._groups)
         if small:
-            logger.info("%d of %d identities have fewer than k=%d photos: their photos repeat within a batch",
-                        small, len(self._groups), self.k)
+            logger.info(
+                "%d of %d identities have fewer than k=%d photos: their photos repeat within a batch",
+                small,
+                len(self._groups),
+                self.k,
+            )
 
     @property
     def num_identities(self) -> int:
@@ -165,7 +169,10 @@ def split_gallery_queries(
     if skipped:
         logger.warning(
             "%d of %d known identities have at most gallery_per_id=%d photos and are left out (e.g. %s)",
-            len(skipped), len(candidates), gallery_per_id, skipped[:3],
+            len(skipped),
+            len(candidates),
+            gallery_per_id,
+            skipped[:3],
         )
     split = GallerySplit([], [], [], [], unknown, skipped)
     for dog in known:

@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Union
 
 import datasets
 
@@ -48,8 +48,7 @@ def split_identities(
             raise ValueError(f"{name} must be in [0, 1), got {frac}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(
-            f"val_fraction + test_fraction must be < 1 to leave identities for training, "
-            f"got {val_fraction} + {test_fraction}"
+            f"val_fraction + test_fraction must be < 1 to leave identities for training, got {val_fraction} + {test_fraction}"
         )
     unique = sorted({str(label) for label in labels})
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
@@ -72,9 +71,9 @@ def split_identities(
     # input order and of anything else using the global random state.
     random.Random(seed).shuffle(order)
     return {
-        "train": sorted(order[n_val + n_test:]),
+        "train": sorted(order[n_val + n_test :]),
         "val": sorted(order[:n_val]),
-        "test": sorted(order[n_val:n_val + n_test]),
+        "test": sorted(order[n_val : n_val + n_test]),
     }
 
 
@@ -83,9 +82,7 @@ def _validate(splits: object, where: str) -> dict[str, list[str]]:
         raise SplitFileError(f"{where}: expected an object with keys {list(SPLIT_NAMES)}, got {type(splits).__name__}")
     keys = set(splits)
     if keys != set(SPLIT_NAMES):
-        raise SplitFileError(
-            f"{where}: expected exactly the keys {list(SPLIT_NAMES)}, got {sorted(keys)}"
-        )
+        raise SplitFileError(f"{where}: expected exactly the keys {list(SPLIT_NAMES)}, got {sorted(keys)}")
     clean: dict[str, list[str]] = {}
     for name in SPLIT_NAMES:
         ids = splits[name]
@@ -95,23 +92,22 @@ def _validate(splits: object, where: str) -> dict[str, list[str]]:
             raise SplitFileError(f"{where}: '{name}' lists an identity more than once")
         clean[name] = list(ids)
     for i, a in enumerate(SPLIT_NAMES):
-        for b in SPLIT_NAMES[i + 1:]:
+        for b in SPLIT_NAMES[i + 1 :]:
             shared = sorted(set(clean[a]) & set(clean[b]))
             if shared:
                 raise SplitFileError(
-                    f"{where}: identities appear in both '{a}' and '{b}' (e.g. {shared[:3]}); "
-                    f"splits must be disjoint"
+                    f"{where}: identities appear in both '{a}' and '{b}' (e.g. {shared[:3]}); splits must be disjoint"
                 )
     return clean
 
 
-def save_splits(splits: dict[str, list[str]], path: Union[str, os.PathLike]) -> None:
+def save_splits(splits: dict[str, list[str]], path: str | os.PathLike) -> None:
     """Write the split as JSON atomically, so a crash never leaves a half-written file."""
     clean = _validate(splits, "splits to save")
     atomic_write_json({name: sorted(clean[name]) for name in SPLIT_NAMES}, path, indent=1)
 
 
-def load_splits(path: Union[str, os.PathLike]) -> dict[str, list[str]]:
+def load_splits(path: str | os.PathLike) -> dict[str, list[str]]:
     """Read a split saved by :func:`save_splits`, checking its keys and disjointness."""
     path = Path(path)
     where = f"split file {str(path)!r}"
@@ -134,7 +130,7 @@ def load_splits(path: Union[str, os.PathLike]) -> dict[str, list[str]]:
 
 def get_or_create_splits(
     labels: Iterable[str],
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
@@ -152,9 +148,7 @@ def get_or_create_splits(
     if not path.exists():
         splits = split_identities(labels, val_fraction, test_fraction, seed)
         save_splits(splits, path)
-        logger.info(
-            "created split %s: %s", path, {k: len(v) for k, v in splits.items()}
-        )
+        logger.info("created split %s: %s", path, {k: len(v) for k, v in splits.items()})
         return splits
     saved = load_splits(path)
     saved_ids = set().union(*saved.values())
@@ -168,14 +162,16 @@ def get_or_create_splits(
     if len(known) < len(saved_ids):
         logger.warning(
             "%s: ignoring %d saved identities that are not in the dataset",
-            path, len(saved_ids) - len(known),
+            path,
+            len(saved_ids) - len(known),
         )
     unsplit = labels - saved_ids
     if unsplit:
         logger.warning(
-            "%s: %d identities in the dataset are in no split and will not be used "
-            "(e.g. %s); delete the file to re-split",
-            path, len(unsplit), sorted(unsplit)[:3],
+            "%s: %d identities in the dataset are in no split and will not be used (e.g. %s); delete the file to re-split",
+            path,
+            len(unsplit),
+            sorted(unsplit)[:3],
         )
     return {name: [i for i in saved[name] if i in labels] for name in SPLIT_NAMES}
 

@@ -190,6 +190,6 @@ class DualEncoderConfig(PretrainedConfig):
     @classmethod
     def from_vision_text_configs(
         cls, vision_config: DualEncoderVisionConfig, text_config: DualEncoderTextConfig, **kwargs
-    ) -> "DualEncoderConfig":
+    ) -> DualEncoderConfig:
         """A dual-encoder config from the two tower configs (+ any `DualEncoderConfig` keyword)."""
         return cls(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **kwargs)

@@ -23,8 +23,8 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import datasets
 
@@ -43,7 +43,11 @@ __all__ = [
 
 FLICKR8K_SPLITS = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt"}
 _FEATURES = datasets.Features(
-    {"image_path": datasets.Value("string"), "image_id": datasets.Value("string"), "captions": datasets.Sequence(datasets.Value("string"))}
+    {
+        "image_path": datasets.Value("string"),
+        "image_id": datasets.Value("string"),
+        "captions": datasets.Sequence(datasets.Value("string")),
+    }
 )
 
 
@@ -67,9 +71,7 @@ def read_token_file(token_file: str | os.PathLike) -> dict[str, list[str]]:
             key, tab, caption = line.partition("\t")
             name, hash_, _ = key.partition("#")
             if not tab or not hash_ or not name or not caption.strip():
-                raise CaptionDataError(
-                    f"{str(path)!r} line {number} is not '<image>.jpg#<n><TAB><caption>': {line[:80]!r}"
-                )
+                raise CaptionDataError(f"{str(path)!r} line {number} is not '<image>.jpg#<n><TAB><caption>': {line[:80]!r}")
             captions[name].append(caption.strip())
     if not captions:
         raise CaptionDataError(f"caption file {str(path)!r} holds no captions.")
@@ -157,9 +159,11 @@ def load_imagefolder_captions(folder: str | os.PathLike) -> datasets.DatasetDict
     root = Path(folder)
     if not root.is_dir():
         raise CaptionDataError(f"image folder {str(root)!r} does not exist.")
-    split_dirs = {"train": root} if (root / "metadata.jsonl").is_file() else {
-        d.name: d for d in sorted(root.iterdir()) if d.is_dir() and (d / "metadata.jsonl").is_file()
-    }
+    split_dirs = (
+        {"train": root}
+        if (root / "metadata.jsonl").is_file()
+        else {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and (d / "metadata.jsonl").is_file()}
+    )
     if not split_dirs:
         raise CaptionDataError(
             f"{str(root)!r} has no metadata.jsonl (nor <split>/metadata.jsonl): write one JSON object per line with "
@@ -185,7 +189,9 @@ def load_imagefolder_captions(folder: str | os.PathLike) -> datasets.DatasetDict
     return datasets.DatasetDict(out)
 
 
-def load_hub_captions(dataset_id: str = "jxie/flickr8k", cache_dir: str | os.PathLike = "~/.cache/petmatch/captions") -> datasets.DatasetDict:
+def load_hub_captions(
+    dataset_id: str = "jxie/flickr8k", cache_dir: str | os.PathLike = "~/.cache/petmatch/captions"
+) -> datasets.DatasetDict:
     """A Hub image-caption dataset (image column + `caption_0..` / `caption(s)`) -> DatasetDict with file paths.
 
     Needs the Hub; photos are saved once as JPEGs under `cache_dir/<dataset_id>/<split>/`."""

@@ -18,9 +18,9 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +154,9 @@ class VisionTower(nn.Module):
 
     def load_pretrained(self) -> None:
         source = create_backbone(
-            self.config.backbone, pretrained=True, image_size=self.config.image_size,
+            self.config.backbone,
+            pretrained=True,
+            image_size=self.config.image_size,
             checkpoint_path=self.config.backbone_checkpoint_path,
         )
         self.backbone.load_state_dict(source.state_dict())
@@ -179,7 +181,9 @@ class VisionTower(nn.Module):
         expected, width = (3, self.backbone.token_dim) if self.pool is not None else (2, self.dim)
         if image_features.ndim != expected or image_features.shape[-1] != width:
             what = "tokens (B, T, D)" if self.pool is not None else "pooled features (B, D)"
-            raise ValueError(f"image_features must be the vision tower's {what} with D={width}; got {tuple(image_features.shape)}.")
+            raise ValueError(
+                f"image_features must be the vision tower's {what} with D={width}; got {tuple(image_features.shape)}."
+            )
         image_features = image_features.float()
         return self.pool(image_features) if self.pool is not None else image_features
 
@@ -266,7 +270,10 @@ class LSTMTextTower(nn.Module):
         self.embed = nn.Embedding(len(config.vocab), config.embedding_dim, padding_idx=0)
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(
-            config.embedding_dim, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+            config.embedding_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
             bidirectional=config.bidirectional,
         )
         self.dim = config.hidden_size * (2 if config.bidirectional else 1)
@@ -284,7 +291,9 @@ class LSTMTextTower(nn.Module):
 def _projection(config: DualEncoderConfig, dim: int) -> nn.Module:
     if config.projection == "mlp":
         return nn.Sequential(
-            nn.Dropout(config.projection_dropout), nn.Linear(dim, config.projection_hidden_dim), nn.GELU(),
+            nn.Dropout(config.projection_dropout),
+            nn.Linear(dim, config.projection_hidden_dim),
+            nn.GELU(),
             nn.Linear(config.projection_hidden_dim, config.projection_dim),
         )
     return nn.Sequential(nn.Dropout(config.projection_dropout), nn.Linear(dim, config.projection_dim, bias=False))
@@ -348,7 +357,9 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         try:
             return AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
-            raise TextTowerError(f"Could not load the tokenizer of text model '{tc.model_name_or_path}' from {path} ({err}).") from err
+            raise TextTowerError(
+                f"Could not load the tokenizer of text model '{tc.model_name_or_path}' from {path} ({err})."
+            ) from err
 
     def tokenize(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
         """Texts -> `input_ids`, `attention_mask` (B, L); longer texts are truncated to `max_length` tokens."""
@@ -498,7 +509,9 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         try:
             device = self.logit_scale.device
             out = [
-                self.get_text_features(**{k: v.to(device) for k, v in self.tokenize(texts[i : i + batch_size]).items()}).float().cpu()
+                self.get_text_features(**{k: v.to(device) for k, v in self.tokenize(texts[i : i + batch_size]).items()})
+                .float()
+                .cpu()
                 for i in range(0, len(texts), batch_size)
             ]
         finally:
@@ -533,6 +546,9 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
                 )
             loss = symmetric_contrastive_loss(logits_per_text)
         return DualEncoderOutput(
-            loss=loss, logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
-            text_embeds=text_embeds, image_embeds=image_embeds,
+            loss=loss,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
         )

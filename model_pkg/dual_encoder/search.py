@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -99,8 +99,12 @@ class ImageSearchEngine:
         self.root: str | None = None  # stored paths are relative to this folder (see build_image_database)
 
     # -- database ------------------------------------------------------------------------------------
-    def build_image_database(self, image_paths: Sequence[str], progress: Callable[[int, int], None] | None = None,
-                             root: str | os.PathLike | None = None) -> None:
+    def build_image_database(
+        self,
+        image_paths: Sequence[str],
+        progress: Callable[[int, int], None] | None = None,
+        root: str | os.PathLike | None = None,
+    ) -> None:
         """Embed `image_paths` into a new database (replacing any previous one). Unreadable photos are
         skipped and listed in `self.skipped` as (path, reason); `progress(done, total)` is called per batch.
 

@@ -21,8 +21,8 @@ import math
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -94,13 +94,15 @@ class DualTrainingConfig:
             raise ValueError(f"epochs={self.epochs} must be > 0 (or give max_steps).")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DualTrainingConfig":
+    def from_dict(cls, values: dict) -> DualTrainingConfig:
         check_options(cls, values, "dual-training")
         return cls(**values)
 
 
 # -- cached tower outputs ------------------------------------------------------------------------------
-def image_tower_outputs(model: DualEncoderModel, paths: Sequence[str], cache_dir: str | None, batch_size: int = 32) -> torch.Tensor:
+def image_tower_outputs(
+    model: DualEncoderModel, paths: Sequence[str], cache_dir: str | None, batch_size: int = 32
+) -> torch.Tensor:
     """The frozen image tower's outputs for `paths`: pooled (N, D) float32, or tokens (N, T, D) float16
     for attention pooling; stored by `datasets` under `cache_dir` and reused on resume."""
     backbone = model.vision_model.backbone
@@ -139,8 +141,15 @@ class CaptionBatchCollator:
     """Rows `{row, image_path, captions}` -> one random caption per image, tokenized (or its cached text
     features), and the image's pixels (or cached image-tower outputs); `return_loss=True`."""
 
-    def __init__(self, model: DualEncoderModel, image_features: torch.Tensor | None = None, transform=None,
-                 text_features: dict[tuple[int, int], int] | None = None, text_table: torch.Tensor | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model: DualEncoderModel,
+        image_features: torch.Tensor | None = None,
+        transform=None,
+        text_features: dict[tuple[int, int], int] | None = None,
+        text_table: torch.Tensor | None = None,
+        seed: int = 0,
+    ):
         self.model = model
         self.image_features = image_features
         self.transform = transform
@@ -182,19 +191,25 @@ def evaluate_retrieval(
     try:
         if image_features is not None:
             device = model.logit_scale.device
-            img = torch.cat([
-                model.get_image_features(image_features=image_features[i : i + batch_size].to(device)).float().cpu()
-                for i in range(0, len(image_features), batch_size)
-            ]).numpy()
+            img = torch.cat(
+                [
+                    model.get_image_features(image_features=image_features[i : i + batch_size].to(device)).float().cpu()
+                    for i in range(0, len(image_features), batch_size)
+                ]
+            ).numpy()
         else:
             img, kept, skipped = embed_images(model, image_paths, batch_size=min(batch_size, 64))
             if skipped:
                 raise ValueError(f"{len(skipped)} evaluation image(s) could not be read, e.g. {skipped[0]}")
         if text_features is not None:
-            txt = torch.cat([
-                model.get_text_features(text_features=text_features[i : i + batch_size].to(model.logit_scale.device)).float().cpu()
-                for i in range(0, len(text_features), batch_size)
-            ]).numpy()
+            txt = torch.cat(
+                [
+                    model.get_text_features(text_features=text_features[i : i + batch_size].to(model.logit_scale.device))
+                    .float()
+                    .cpu()
+                    for i in range(0, len(text_features), batch_size)
+                ]
+            ).numpy()
         else:
             txt = model.encode_text(list(captions), batch_size=batch_size).numpy()
     finally:
@@ -226,11 +241,20 @@ class DualEncoderTrainer(Trainer):
 
 
 # -- saving ---------------------------------------------------------------------------------------------------
-def save_with_card(model: DualEncoderModel, save_directory: str, metrics: dict | None = None, training: dict | None = None,
-                   weights_dtype: torch.dtype | None = torch.float16) -> None:
+def save_with_card(
+    model: DualEncoderModel,
+    save_directory: str,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    weights_dtype: torch.dtype | None = torch.float16,
+) -> None:
     """save_pretrained (fp16 weights by default) + a model card, swapped into place atomically."""
     vc, tc = model.config.vision_config, model.config.text_config
-    text = f"`{tc.model_name_or_path}` (mean pooling)" if tc.tower == "transformers" else f"word embeddings + LSTM ({len(tc.vocab)} words)"
+    text = (
+        f"`{tc.model_name_or_path}` (mean pooling)"
+        if tc.tower == "transformers"
+        else f"word embeddings + LSTM ({len(tc.vocab)} words)"
+    )
 
     def write(directory: str):
         model.save_pretrained(directory, weights_dtype=weights_dtype)
@@ -277,9 +301,7 @@ def _optimizer(model: DualEncoderModel, cfg: DualTrainingConfig) -> torch.optim.
         else:
             groups["head"].append(param)
     lrs = {"text": cfg.text_learning_rate, "image": cfg.image_learning_rate, "head": cfg.learning_rate}
-    return torch.optim.AdamW(
-        [{"params": ps, "lr": lrs[g]} for g, ps in groups.items() if ps], weight_decay=cfg.weight_decay
-    )
+    return torch.optim.AdamW([{"params": ps, "lr": lrs[g]} for g, ps in groups.items() if ps], weight_decay=cfg.weight_decay)
 
 
 def _report_to(cfg: DualTrainingConfig) -> list[str]:
@@ -319,14 +341,20 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
         else:
             cache_dir = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
             image_features = image_tower_outputs(model, all_paths, cache_dir)
-    train_image, dev_image = (None, None) if image_features is None else (image_features[: len(train_paths)], image_features[len(train_paths) :])
+    train_image, dev_image = (
+        (None, None) if image_features is None else (image_features[: len(train_paths)], image_features[len(train_paths) :])
+    )
     text_table = text_index = dev_text = None
     if tc.freeze:  # every train and dev caption through the frozen text tower once
         flat = [(i, j, c) for i, caps in enumerate(splits["train"]["captions"][:]) for j, c in enumerate(caps)]
         texts = [c for _, _, c in flat] + list(dev_captions)
         if cfg.text_features_file:
             keys = [f"{splits['train'][i]['image_id']}#{j}" for i, j, _ in flat]
-            keys += [f"{name}#{j}" for name, caps in zip(splits["dev"]["image_id"][:], splits["dev"]["captions"][:]) for j in range(len(caps))]
+            keys += [
+                f"{name}#{j}"
+                for name, caps in zip(splits["dev"]["image_id"][:], splits["dev"]["captions"][:])
+                for j in range(len(caps))
+            ]
             table = _load_features_file(cfg.text_features_file, None, keys, model.text_model.dim)
         else:
             table = _text_tower_outputs(model, texts)
@@ -335,7 +363,9 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
 
     transform = create_transform(model.vision_model.backbone.data_config, train=cfg.augment_images)
     collator = CaptionBatchCollator(model, train_image, transform, text_index, text_table, seed=cfg.seed)
-    train_rows = [{"row": i, "image_path": p, "captions": c} for i, (p, c) in enumerate(zip(train_paths, splits["train"]["captions"][:]))]
+    train_rows = [
+        {"row": i, "image_path": p, "captions": c} for i, (p, c) in enumerate(zip(train_paths, splits["train"]["captions"][:]))
+    ]
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
 
@@ -372,15 +402,25 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
         eval_dataset=[{"row": i} for i in range(len(dev_paths))],
         data_collator=collator,
         optimizers=(optimizer, scheduler),
-        retrieval_eval={"image_paths": dev_paths, "captions": dev_captions, "caption_image": dev_owner,
-                        "image_features": dev_image, "text_features": dev_text},
+        retrieval_eval={
+            "image_paths": dev_paths,
+            "captions": dev_captions,
+            "caption_image": dev_owner,
+            "image_features": dev_image,
+            "text_features": dev_text,
+        },
     )
     trainer.train(resume_from_checkpoint=None if cfg.fresh else _last_checkpoint(checkpoints))
 
     model = trainer.model.cpu().eval()
     dev = evaluate_retrieval(model, dev_paths, dev_captions, dev_owner, dev_image, dev_text)
-    training = {"steps": total_steps, "batch_size": cfg.batch_size, "epochs": round(total_steps / steps_per_epoch, 2),
-                "best_global_step": trainer.state.best_global_step, "mixed_precision": precision}
+    training = {
+        "steps": total_steps,
+        "batch_size": cfg.batch_size,
+        "epochs": round(total_steps / steps_per_epoch, 2),
+        "best_global_step": trainer.state.best_global_step,
+        "mixed_precision": precision,
+    }
     card_metrics = {f"dev_{k}": v for k, v in flat_metrics(dev).items()}
     save_with_card(model, os.path.join(cfg.output_dir, "model"), metrics=card_metrics, training=training)
     summary = {"dev": dev, "training": {**training, "config": asdict(cfg)}, "log_history": trainer.state.log_history}

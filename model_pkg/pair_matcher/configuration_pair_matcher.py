@@ -87,9 +87,7 @@ class PairMatcherConfig(PretrainedConfig):
         if photo_norm not in PHOTO_NORMS:
             raise ValueError(f"photo_norm={photo_norm!r} is not one of {PHOTO_NORMS}.")
         if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}."
-            )
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}.")
         if backbone_trainable_groups is not None and backbone_trainable_groups < 0:
             raise ValueError(f"backbone_trainable_groups={backbone_trainable_groups} must be >= 0 (or None for all).")
         if not 0.0 <= threshold <= 1.0:

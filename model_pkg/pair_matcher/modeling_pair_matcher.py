@@ -191,22 +191,30 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         self.post_init()
         self.finish_backbone()
 
-
     @classmethod
     @torch.no_grad()
-    def from_embedder(cls, embedder, **overrides) -> "PairMatcherModel":
+    def from_embedder(cls, embedder, **overrides) -> PairMatcherModel:
         """A matcher that scores sets with a trained ArcFace embedder: the same backbone, the embedder's
         projection with its (eval-mode) BatchNorm folded in, L2-normalised photo embeddings, the mean of a
         set's photo embeddings, and a scaled cosine between the two set vectors (`head="siamese"`).
         The probability is monotone in that cosine; `scale`/`bias` and the thresholds are then chosen on
         validation pairs (`pair_matcher.training.calibrate_embedder_matcher`)."""
         ecfg = embedder.config
-        config = PairMatcherConfig(**{
-            "backbone": ecfg.backbone, "backbone_pretrained": False, "backbone_weights_source": ecfg.backbone_weights_source,
-            "image_size": ecfg.image_size, "hidden_size": ecfg.embedding_size, "set_pooling": "cls_mean",
-            "head": "siamese", "siamese_distance": "cosine", "photo_norm": "l2",
-            "freeze_backbone_bn": ecfg.freeze_backbone_bn, **overrides,
-        })
+        config = PairMatcherConfig(
+            **{
+                "backbone": ecfg.backbone,
+                "backbone_pretrained": False,
+                "backbone_weights_source": ecfg.backbone_weights_source,
+                "image_size": ecfg.image_size,
+                "hidden_size": ecfg.embedding_size,
+                "set_pooling": "cls_mean",
+                "head": "siamese",
+                "siamese_distance": "cosine",
+                "photo_norm": "l2",
+                "freeze_backbone_bn": ecfg.freeze_backbone_bn,
+                **overrides,
+            }
+        )
         model = cls(config)
         model.backbone.load_state_dict(embedder.backbone.state_dict())
         bn = embedder.bn
@@ -257,9 +265,7 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         mask = mask.to(torch.bool)
         empty = (~mask.any(1)).nonzero().flatten().tolist()
         if empty:
-            raise EmptySetError(
-                f"Set {side.upper()} of example(s) {empty} has no photos: give at least one photo per side."
-            )
+            raise EmptySetError(f"Set {side.upper()} of example(s) {empty} has no photos: give at least one photo per side.")
         raw = self._photo_tokens(pixel_values, tokens, mask, side)  # (B, N, T, D)
         t = raw.shape[2]
         proj = self.token_norm(self.token_proj(raw))  # (B, N, T, H)
@@ -304,7 +310,9 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         return PairMatcherOutput(loss=loss, logits=logits, embeds_a=enc_a.embeds, embeds_b=enc_b.embeds)
 
     @torch.no_grad()
-    def predict_proba(self, pixel_values_a=None, mask_a=None, pixel_values_b=None, mask_b=None, tokens_a=None, tokens_b=None) -> torch.Tensor:
+    def predict_proba(
+        self, pixel_values_a=None, mask_a=None, pixel_values_b=None, mask_b=None, tokens_a=None, tokens_b=None
+    ) -> torch.Tensor:
         """Probability (B,) that each pair of sets shows the same animal; compare with `config.threshold`."""
         was_training = self.training
         self.eval()

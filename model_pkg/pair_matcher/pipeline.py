@@ -1,13 +1,13 @@
 """User-facing pair matching: match two photo sets, and the seed's high-level trainer API.
 
-    result = match_sets(model, ["found/1.jpg", "found/2.jpg"], ["lost/a.jpg"])
-    result.probability, result.same, result.photo_similarity
+result = match_sets(model, ["found/1.jpg", "found/2.jpg"], ["lost/a.jpg"])
+result.probability, result.same, result.photo_similarity
 
-    trainer = PairMatchingTrainer(output_dir="runs/my-dogs")
-    trainer.train("photos/")            # identity folders, or a DataFrame with x = path, y = label
-    trainer.evaluate("photos/", set_size=3)
-    trainer.predict(paths_a, paths_b)
-    trainer.save("my-matcher"); PairMatchingTrainer.load("my-matcher")
+trainer = PairMatchingTrainer(output_dir="runs/my-dogs")
+trainer.train("photos/")            # identity folders, or a DataFrame with x = path, y = label
+trainer.evaluate("photos/", set_size=3)
+trainer.predict(paths_a, paths_b)
+trainer.save("my-matcher"); PairMatchingTrainer.load("my-matcher")
 """
 
 from __future__ import annotations
@@ -63,8 +63,13 @@ def match_sets(model: PairMatcherModel, photos_a, photos_b, max_set_size: int = 
     return MatchResult(probability, probability >= threshold, threshold, similarity.numpy())
 
 
-def save_with_card(model: PairMatcherModel, save_directory: str, metrics: dict | None = None, data: str | None = None,
-                   weights_dtype: torch.dtype | None = None) -> None:
+def save_with_card(
+    model: PairMatcherModel,
+    save_directory: str,
+    metrics: dict | None = None,
+    data: str | None = None,
+    weights_dtype: torch.dtype | None = None,
+) -> None:
     """save_pretrained + a model card (README.md) ready for `push_folder_to_hub`."""
     model.save_pretrained(save_directory, weights_dtype=weights_dtype)
     cfg = model.config
@@ -131,7 +136,7 @@ class PairMatchingTrainer:
         save_with_card(self._require_model(), path, metrics=(self.summary or {}).get("val"))
 
     @classmethod
-    def load(cls, path: str) -> "PairMatchingTrainer":
+    def load(cls, path: str) -> PairMatchingTrainer:
         trainer = cls(output_dir=path)
         trainer.model = PairMatcherModel.from_pretrained(path)
         if not isinstance(trainer.model.config, PairMatcherConfig):

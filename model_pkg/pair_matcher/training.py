@@ -94,7 +94,7 @@ class PairTrainingConfig:
             raise ValueError("frozen_steps + finetune_steps must be >= 1 (or give embedder=<saved ArcFace embedder>).")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "PairTrainingConfig":
+    def from_dict(cls, values: dict) -> PairTrainingConfig:
         check_options(cls, values, "pair-training")
         values = dict(values)
         if "set_size" in values:
@@ -328,10 +328,14 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         train_nn = nearest_identities(id_means(train_groups), k=cfg.hard_k)
         val_nn = nearest_identities(id_means(val_groups), k=cfg.hard_k)
 
-    train_rows = pair_records(
-        mixed_pairs(train_groups, total_steps * cfg.batch_size, cfg.set_size, cfg.seed, cfg.hard_negative_fraction, train_nn),
-        augment=True,
-    ) if total_steps else []
+    train_rows = (
+        pair_records(
+            mixed_pairs(train_groups, total_steps * cfg.batch_size, cfg.set_size, cfg.seed, cfg.hard_negative_fraction, train_nn),
+            augment=True,
+        )
+        if total_steps
+        else []
+    )
     val_rows = pair_records(
         mixed_pairs(val_groups, cfg.val_pairs, cfg.set_size, cfg.seed + 100, cfg.hard_negative_fraction, val_nn),
         augment=False,
@@ -390,7 +394,8 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
             _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 200, "random"), False
         )
         hard_rows = pair_records(
-            _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 300, "hard", val_nn), False
+            _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 300, "hard", val_nn),
+            False,
         )
     else:
         calib_rows, hard_rows = val_rows, []
@@ -398,8 +403,12 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
     calib_scores = calibrate(model, calib_rows, collator)
     val_labels = np.array([r["label"] for r in val_rows])
     val_scores = predict_pair_scores(model, val_rows, collator)
-    summary = {"val": verification_metrics(val_labels, val_scores, model.config.threshold), "splits_file": splits_file,
-               "set_size_thresholds": model.config.set_size_thresholds, "calibration_negatives": cfg.calibration_negatives}
+    summary = {
+        "val": verification_metrics(val_labels, val_scores, model.config.threshold),
+        "splits_file": splits_file,
+        "set_size_thresholds": model.config.set_size_thresholds,
+        "calibration_negatives": cfg.calibration_negatives,
+    }
     if hard_rows:  # the thresholds' accuracy per set size, on the pairs they were chosen on and on hard pairs
         summary["val_by_size"] = _by_size(model, calib_rows, calib_scores, "random")
         summary["val_by_size"].update(_by_size(model, hard_rows, predict_pair_scores(model, hard_rows, collator), "hard"))

@@ -1,6 +1,6 @@
 """Backbone recommendation: rank candidate backbones for a class folder from cheap scores on a sample.
 
-    python -m model_pkg.recommend --data DIR --candidates a,b,c --json OUT
+python -m model_pkg.recommend --data DIR --candidates a,b,c --json OUT
 """
 
 from .candidates import Candidate, CandidateError, FeatureExtractor, parse_candidate, parse_candidates

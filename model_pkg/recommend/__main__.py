@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..fileio import atomic_write_json
 from .candidates import CandidateError
@@ -20,8 +20,9 @@ from .recommend import RecommendationError, recommend_backbones
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model_pkg.recommend", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m model_pkg.recommend", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", required=True, help="class / identity folder: <data>/<class>/<photo>")
     parser.add_argument("--candidates", required=True, help="comma-separated NAME[@SIZE][:LAYER] specs (>= 2)")
     parser.add_argument("--json", default=None, help="write the table here (atomically)")
@@ -31,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--layout", default="auto", choices=("auto", "identity", "seed"))
-    parser.add_argument("--rank-by", default="knn_loo", choices=("knn_loo", "logme", "combined"),
-                        help="the score that orders the table (default: kNN leave-one-out, the best predictor in bench/)")
+    parser.add_argument(
+        "--rank-by",
+        default="knn_loo",
+        choices=("knn_loo", "logme", "combined"),
+        help="the score that orders the table (default: kNN leave-one-out, the best predictor in bench/)",
+    )
     return parser
 
 
@@ -40,8 +45,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         result = recommend_backbones(
-            args.data, args.candidates, per_class=args.per_class, max_classes=args.max_classes, k=args.k,
-            seed=args.seed, batch_size=args.batch_size, layout=args.layout, rank_by=args.rank_by,
+            args.data,
+            args.candidates,
+            per_class=args.per_class,
+            max_classes=args.max_classes,
+            k=args.k,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            layout=args.layout,
+            rank_by=args.rank_by,
         )
     except (RecommendationError, CandidateError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)

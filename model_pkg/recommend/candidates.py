@@ -15,9 +15,9 @@ exists, else `pooled`. Candidates that share a model and size share one forward 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -152,14 +152,21 @@ class FeatureExtractor:
         if EMBEDDING in layers and "pooled" not in backbone_layers:
             backbone_layers.append("pooled")
         out = compute_layer_features(
-            self.backbone, list(image_paths), backbone_layers, batch_size=batch_size,
+            self.backbone,
+            list(image_paths),
+            backbone_layers,
+            batch_size=batch_size,
             desc=f"{self.model_name}@{self.image_size}",
         )
         if EMBEDDING in layers:
             pooled = torch.from_numpy(out["pooled"])
-            out[EMBEDDING] = torch.cat(
-                [self.saved_model.get_image_features(pooled_features=pooled[i : i + 256]) for i in range(0, len(pooled), 256)]
-            ).float().numpy()
+            out[EMBEDDING] = (
+                torch.cat(
+                    [self.saved_model.get_image_features(pooled_features=pooled[i : i + 256]) for i in range(0, len(pooled), 256)]
+                )
+                .float()
+                .numpy()
+            )
         return {name: out[name] for name in layers}
 
 

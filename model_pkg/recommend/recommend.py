@@ -17,8 +17,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import psutil
@@ -73,8 +74,13 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "data_dir": self.data_dir, "num_images": self.num_images, "num_classes": self.num_classes,
-            "k": self.k, "rank_by": self.rank_by, "recommended": self.best, "candidates": [asdict(r) for r in self.rows],
+            "data_dir": self.data_dir,
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "k": self.k,
+            "rank_by": self.rank_by,
+            "recommended": self.best,
+            "candidates": [asdict(r) for r in self.rows],
         }
 
     def table(self) -> str:
@@ -112,8 +118,9 @@ class _PeakMemory:
         return False
 
 
-def sample_folder(data_dir: str | os.PathLike, per_class: int = 4, max_classes: int = 100, seed: int = 0,
-                  layout: str = "auto") -> tuple[list[str], list[str]]:
+def sample_folder(
+    data_dir: str | os.PathLike, per_class: int = 4, max_classes: int = 100, seed: int = 0, layout: str = "auto"
+) -> tuple[list[str], list[str]]:
     """-> (image paths, labels): up to `per_class` photos of up to `max_classes` classes holding >= 2 photos."""
     if per_class < 2:
         raise RecommendationError(f"per_class must be at least 2 (a photo needs a same-class neighbour), got {per_class}.")
@@ -199,9 +206,16 @@ def recommend_backbones(
         for c in members:
             lm, knn, score_seconds = _score(c.spec, feats[layers[c.spec]], labels, k)
             rows[c.spec] = CandidateResult(
-                candidate=c.spec, layer=layers[c.spec], image_size=extractor.image_size,
-                feature_dim=int(feats[layers[c.spec]].shape[1]), logme=lm, knn_loo=knn, combined=0.0,
-                embed_seconds=embed_seconds, score_seconds=score_seconds, peak_memory_mb=memory.megabytes,
+                candidate=c.spec,
+                layer=layers[c.spec],
+                image_size=extractor.image_size,
+                feature_dim=int(feats[layers[c.spec]].shape[1]),
+                logme=lm,
+                knn_loo=knn,
+                combined=0.0,
+                embed_seconds=embed_seconds,
+                score_seconds=score_seconds,
+                peak_memory_mb=memory.megabytes,
                 peak_rss_mb=memory.peak_rss_mb,
                 shares_pass_with=[m.spec for m in members if m is not c],
             )

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -75,8 +75,7 @@ def logme_evidence(features: np.ndarray, y: np.ndarray, alpha: np.ndarray, beta:
         m = b * np.linalg.solve(precision, f.T @ y[:, k])  # posterior mean (D,)
         res2 = float(np.sum((f @ m - y[:, k]) ** 2))
         _, logdet = np.linalg.slogdet(precision)
-        ev = (n / 2 * np.log(b) + d / 2 * np.log(a) - n / 2 * np.log(2 * np.pi)
-              - b / 2 * res2 - a / 2 * float(m @ m) - logdet / 2)
+        ev = n / 2 * np.log(b) + d / 2 * np.log(a) - n / 2 * np.log(2 * np.pi) - b / 2 * res2 - a / 2 * float(m @ m) - logdet / 2
         out.append(ev / n)
     return np.array(out)
 
@@ -117,8 +116,9 @@ def logme(features, targets, max_iter: int = 100, tol: float = 1e-6, min_ratio: 
     m2 = ((beta * s[:, None] * z / denom) ** 2).sum(axis=0)
     res2 = ((alpha * z / denom) ** 2).sum(axis=0) + outside
     logdet = np.log(denom).sum(axis=0) + (d - len(s)) * np.log(alpha)
-    evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
-                - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2) / n  # (K,)
+    evidence = (
+        n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi) - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2
+    ) / n  # (K,)
     score = float(evidence.mean())
     if not np.isfinite(score):
         raise ScoreInputError(f"LogME is not finite ({score}): the features are degenerate (e.g. all zero or constant).")
