@@ -31,6 +31,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--scores-dir", default=None, help="save each row's labels and scores (.npz) here, for ROC / PR")
     args = parser.parse_args(argv)
 
     rows = []
@@ -40,7 +41,11 @@ def main(argv=None) -> list[dict]:
                 common = dict(
                     set_size=k, pairs=args.pairs, seed=args.seed, negatives=negatives, splits=args.splits, split=args.split
                 )
-                r = evaluate_pair(model, args.data, **common)
+                scores = None
+                if args.scores_dir:
+                    tag = "".join(c if c.isalnum() else "_" for c in model.strip("/").split("/")[-1])
+                    scores = os.path.join(args.scores_dir, f"pair_scores_{tag}_{k}v{k}_{negatives}.npz")
+                r = evaluate_pair(model, args.data, save_scores=scores, **common)
                 row = {
                     "model": model,
                     "set_size": f"{k}v{k}",

@@ -79,7 +79,7 @@ from .data import (
 from .data.pairs import SetPair
 from .data.samplers import GallerySplit, split_gallery_queries
 from .features import compute_pooled, compute_tokens
-from .fileio import atomic_save_npy, atomic_write_json
+from .fileio import atomic_save_npy, atomic_write, atomic_write_json
 from .gallery import GalleryIndex
 from .metrics import choose_threshold, save_confusion, verification_metrics
 from .metrics import confusion as confusion_matrix_of
@@ -333,6 +333,17 @@ def _model_scores(model: PairMatcherModel, pairs: Sequence[SetPair], batch_size:
     return predict_pair_scores(model, pair_records(pairs, augment=False), collator, batch_size=batch_size)
 
 
+def save_pair_scores(path: str | os.PathLike, labels: np.ndarray, scores: np.ndarray, threshold: float) -> None:
+    """`labels` (0/1), `scores` and `threshold` as an .npz, written atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, labels=np.asarray(labels, np.int8), scores=np.asarray(scores, np.float32), threshold=np.float32(threshold)
+    )
+    atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -351,6 +362,7 @@ def evaluate_pair(
     threshold_split: str = "val",
     batch_size: int = 32,
     calibrate: bool = False,
+    save_scores: str | os.PathLike | None = None,
 ) -> dict:
     """Verification metrics of a pair matcher (or the ``imagenet-cosine`` baseline) on sampled set pairs.
 
@@ -368,6 +380,8 @@ def evaluate_pair(
         batch_size: backbone and scoring batch size.
         calibrate: for a saved model, choose the threshold on `threshold_split` pairs drawn the same way
             (as the baseline always does) instead of using the stored `config.threshold`.
+        save_scores: write the pairs' `labels`, `scores` and the `threshold` used to this .npz (atomically),
+            for ROC / PR curves (the dashboard reads them).
 
     Returns a JSON-serialisable dict: accuracy, precision, recall, f1, roc_auc, pr_auc, threshold,
     threshold_source ("stored" / "val" / "oracle"), num_pairs, num_positive, model, data, split, set_size,
@@ -431,6 +445,8 @@ def evaluate_pair(
             threshold, source = choose_threshold(val_labels, _model_scores(net, val_pairs, batch_size)), "val"
 
     metrics = verification_metrics(labels, scores, threshold)
+    if save_scores:
+        save_pair_scores(save_scores, labels, scores, threshold)
     metrics["threshold_source"] = source
     result = {key: metrics[key] for key in RESULT_KEYS}
     result.update(
@@ -776,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="saved model: choose the threshold on --threshold-split pairs drawn the same way, as the baseline does",
     )
+    pair.add_argument("--save-scores", default=None, metavar="NPZ", help="write labels, scores and threshold here (ROC / PR)")
     pair.set_defaults(func=_run_pair)
 
     gallery = tasks.add_parser(
@@ -838,6 +855,7 @@ def _run_pair(args: argparse.Namespace) -> dict:
         threshold_split=args.threshold_split,
         batch_size=args.batch_size,
         calibrate=args.calibrate,
+        save_scores=args.save_scores,
     )
 
 

@@ -206,12 +206,20 @@ def test_baseline_val_threshold_separates_dogs(dogs, splits_file, cache, tmp_pat
             "random",
             "--json",
             str(tmp_path / "baseline.json"),
+            "--save-scores",
+            str(tmp_path / "scores" / "baseline.npz"),
         ],
         capsys,
     )
     check_result(result, 40)
     assert result["model"] == "imagenet-cosine"
     assert result["threshold_source"] == "val"
+    with np.load(tmp_path / "scores" / "baseline.npz") as saved:  # the pairs behind the numbers, for ROC / PR
+        assert saved["labels"].shape == saved["scores"].shape == (40,) and int(saved["labels"].sum()) == 20
+        assert float(saved["threshold"]) == pytest.approx(result["threshold"], abs=1e-6)
+        from sklearn.metrics import roc_auc_score
+
+        assert roc_auc_score(saved["labels"], saved["scores"]) == pytest.approx(result["roc_auc"], abs=1e-6)
     assert result["split"] == "test" and result["num_identities"] == 6
     assert -1.0 <= result["threshold"] <= 1.0  # a cosine similarity
     assert result["roc_auc"] > 0.8
