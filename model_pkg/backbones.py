@@ -20,6 +20,7 @@ import difflib
 import importlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -120,6 +121,10 @@ class BackboneOutput:
 class Backbone(nn.Module):
     """A timm model seen as tokens + pooled vector, with the data config its weights expect."""
 
+    model: Any  # a timm model: its attributes (blocks, forward_head, group_matcher ...) vary by architecture
+    grid_size: tuple[int, ...] | None
+    weights_source: str
+
     def __init__(self, model: nn.Module, model_name: str, image_size: int):
         super().__init__()
         self.model = model
@@ -154,7 +159,7 @@ class Backbone(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, D) -> pooled (B, D), through timm's own head so it matches the classifier's input."""
-        if self.is_feature_map:
+        if self.is_feature_map and self.grid_size is not None:
             h, w = self.grid_size
             tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], self.token_dim, h, w)
         return self.model.forward_head(tokens, pre_logits=True)
@@ -290,7 +295,7 @@ def create_backbone(
         checkpoint_path: a local weights file for any timm model, used instead of the Hub.
     """
     check_backbone_name(model_name)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     pretrained_cfg = timm.get_pretrained_cfg(model_name)
     if image_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         kwargs["img_size"] = image_size  # ViT-style models build their position embeddings for one size
@@ -308,7 +313,7 @@ def create_backbone(
     else:
         model = timm.create_model(model_name, pretrained=False, **kwargs)
         source = _load_pretrained_weights(model, model_name, checkpoint_path) if pretrained else "random"
-    size = image_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    size = image_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1]
     backbone = Backbone(model, model_name, size)
     backbone.weights_source = source
     return backbone

@@ -434,6 +434,7 @@ def evaluate_pair(
         else:
             threshold, source = choose_threshold(labels, scores), "oracle"
     else:
+        assert net is not None  # not the baseline: a loaded model
         scores = _model_scores(net, eval_pairs, batch_size)
         smallest = set_size if isinstance(set_size, int) else min(set_size)
         threshold, source = net.decision_threshold(smallest, smallest), "stored"
@@ -610,7 +611,7 @@ def evaluate_gallery_protocol(
             f"model must be a saved ArcFaceEmbedderModel folder, an ArcFaceEmbedderModel or {GALLERY_BASELINE!r}, "
             f"got {type(model).__name__}"
         )
-    k = k or (20 if baseline else int(net.config.gallery_k))
+    k = k or (20 if net is None else int(net.config.gallery_k))
 
     use_val = splits is not None and bool(threshold_split) and threshold_split != split and unknown_fraction > 0
     groups, threshold_groups = _load_groups(data, splits, split, threshold_split if use_val else None)
@@ -628,7 +629,7 @@ def evaluate_gallery_protocol(
         {*evaluated.gallery_paths, *evaluated.query_paths}
         | ({*calibration.gallery_paths, *calibration.query_paths} if calibration else set())
     )
-    if baseline:
+    if net is None:
         emb = reference_features(paths, batch_size=batch_size)
     else:
         emb = dict(zip(paths, embed_paths(net, paths, batch_size=batch_size)))
@@ -637,7 +638,7 @@ def evaluate_gallery_protocol(
     if calibration is not None:
         fitted = _calibrated(calibration, emb, k)
         score_threshold, margin_threshold, source = fitted.score_threshold, fitted.margin_threshold, "val"
-    elif not baseline and net.config.score_threshold is not None:
+    elif net is not None and net.config.score_threshold is not None:
         score_threshold, margin_threshold, source = net.config.score_threshold, net.config.margin_threshold, "stored"
     elif evaluated.unknown_labels:
         fitted = _calibrated(evaluated, emb, k)
@@ -720,7 +721,7 @@ def evaluate_text_search(
     net = model if isinstance(model, DualEncoderModel) else load_dual_model(model)
     splits = load_flickr8k_splits(image_dir.parent, captions, {"eval": split_list}, image_dir=image_dir)
     paths, texts, owner = caption_pairs(splits["eval"])
-    result = evaluate_retrieval(net, paths, texts, owner, batch_size=batch_size)
+    result: dict[str, Any] = dict(evaluate_retrieval(net, paths, texts, owner, batch_size=batch_size))
     skipped = json.loads(splits["eval"].info.description or "{}").get("skipped", {})
     result.update(
         num_images=len(paths),

@@ -28,7 +28,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], *, binary: bool = False) -> None:
+def atomic_write(path: PathLike, write: Callable[[IO[Any]], object], *, binary: bool = False) -> None:
     """Call ``write(fh)`` on a temporary file next to ``path``, then move it onto ``path``.
 
     ``fh`` is opened ``"wb"`` when ``binary``, else ``"w"`` with UTF-8 and ``newline=""``
@@ -41,10 +41,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], *, binary: bo
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask),
         # so a shipped model card or gallery is readable by others as any other file
         os.chmod(tmp, 0o666 & ~_umask())
-        if binary:
-            fh = os.fdopen(fd, "wb")
-        else:
-            fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        fh: IO[Any] = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
         with fh:
             write(fh)
             fh.flush()

@@ -404,6 +404,7 @@ class GalleryIndex:
         if self._want_approximate():
             if self._hnsw is None:
                 self._build_hnsw()
+            assert self._hnsw is not None  # _build_hnsw sets it
             return self._hnsw
         return self._flat
 
@@ -536,6 +537,7 @@ class GalleryIndex:
                     + (f"already in the gallery: {clash[:5]}" if clash else "")
                 )
             nxt = self._next_id
+        meta: list[dict]
         if metadata is None:
             meta = [{} for _ in range(n)]
         else:
@@ -704,6 +706,7 @@ class GalleryIndex:
             eligible = correct & (margin_k >= m)  # known queries that the score threshold can still get right
             blocked = margin_u < m  # unknown queries already rejected as "reshoot"
             pos, neg = top_k[eligible], top_u[~blocked]
+            thr: float | None
             if target == "accuracy" and pos.size and neg.size:
                 thr = choose_threshold(
                     np.concatenate([np.ones(pos.size, int), np.zeros(neg.size, int)]), np.concatenate([pos, neg])
@@ -1048,10 +1051,10 @@ class GalleryIndex:
         if hnsw:
             if n:
                 g._flat.add(np.ascontiguousarray(vectors))
-            index.hnsw.efSearch = g._ef_search
-            g._hnsw = index
+            index.hnsw.efSearch = g._ef_search  # type: ignore[attr-defined]  # read_index returns the base Index type
+            g._hnsw = index  # type: ignore[assignment]
         else:
-            g._flat = index
+            g._flat = index  # type: ignore[assignment]
         del vectors
         g._force_approximate = bool(meta.get("force_approximate", False))
         g._labels = list(meta["labels"])

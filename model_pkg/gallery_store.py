@@ -135,7 +135,7 @@ class PhotoGallery:
         self.embedder = embedder.eval()
         self.model_id = embedder_id(embedder)
         cfg = embedder.config
-        self.k = int(k or getattr(cfg, "gallery_k", 20))
+        self.k = int(k or getattr(cfg, "gallery_k", None) or 20)
         self._lock = threading.Lock()
         self.index = self._open()
         self.set_thresholds(

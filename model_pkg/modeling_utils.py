@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.models import group_parameters
@@ -83,14 +83,20 @@ def model_identity(model: torch.nn.Module) -> str:
     return f"{getattr(config, 'model_type', None) or type(model).__name__}:{digest.hexdigest()[:16]}"
 
 
-class BackboneModelMixin:
+if TYPE_CHECKING:  # the mixin always comes before a PreTrainedModel base, which has config, train, save_pretrained
+    from transformers import PreTrainedModel as _MixinBase
+else:
+    _MixinBase = object
+
+
+class BackboneModelMixin(_MixinBase):
     backbone: Backbone
 
     def init_backbone(self) -> None:
         """Build `self.backbone` with random weights; `finish_backbone` loads pretrained ones after post_init."""
         self.backbone = create_backbone(self.config.backbone, pretrained=False, image_size=self.config.image_size)
         for module in self.backbone.modules():
-            module._is_backbone = True  # `_init_weights` leaves these to timm / the pretrained weights
+            setattr(module, "_is_backbone", True)  # noqa: B010  (`_init_weights` leaves these to timm / the pretrained weights)
 
     def finish_backbone(self) -> None:
         """Call at the end of `__init__`, after `post_init()`, so weight init cannot overwrite pretrained weights."""

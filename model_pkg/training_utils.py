@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ def check_options(config_cls: type, values: Mapping[str, Any], what: str) -> Non
     A misspelt option in a YAML recipe or a `--set key=value` would otherwise be a TypeError from the
     dataclass constructor, or worse, silently ignored.
     """
-    known = set(config_cls.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"Unknown {what} option(s) {unknown}; known options: {sorted(known)}.")

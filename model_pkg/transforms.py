@@ -10,9 +10,13 @@ are often soft); never a vertical flip (faces are upright).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision import transforms as T
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["create_transform"]
 
@@ -27,7 +31,7 @@ def create_transform(
     data_config: dict,
     train: bool = False,
     crop_pct: float = 1.0,
-) -> Callable[[PIL.Image.Image], torch.Tensor]:  # noqa: F821
+) -> Callable[[Image.Image], torch.Tensor]:
     """Build the train or eval transform.
 
     Args:

@@ -1,9 +1,11 @@
 """The code checks of issue 19 run with the tests, so the README's one test command does everything:
-`ruff check` (pycodestyle, pyflakes, import order, pyupgrade, bugbear; configured in pyproject.toml) and
-`ruff format --check`. Fix findings with `ruff check --fix . && ruff format .`."""
+`ruff check` (pycodestyle, pyflakes, import order, pyupgrade, bugbear; configured in pyproject.toml),
+`ruff format --check` and `mypy` over `model_pkg/`. Fix findings with `ruff check --fix . && ruff format .`.
+`.ci/run` runs the same checks first, timed, and sets PETMATCH_CHECKS_DONE=1 so they do not run twice."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,20 +13,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(os.environ.get("PETMATCH_CHECKS_DONE") == "1", reason=".ci/run ran these checks before the tests")
 
 
-def _ruff(*args: str) -> subprocess.CompletedProcess:
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        pytest.fail("ruff is not installed: pip install -r requirements.txt")
-    return subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _run(tool: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.fail(f"{tool} is not installed: pip install -r requirements.txt")
+    return subprocess.run([exe, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_lint_passes():
-    result = _ruff("check", "--output-format", "concise", ".")
+    result = _run("ruff", "check", "--output-format", "concise", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_code_is_formatted():
-    result = _ruff("format", "--check", ".")
+    result = _run("ruff", "format", "--check", ".")
     assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout + result.stderr
+
+
+def test_types_check():
+    result = _run("mypy", timeout=900)  # files and options: [tool.mypy] in pyproject.toml
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr

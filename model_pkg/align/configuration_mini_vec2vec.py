@@ -98,9 +98,9 @@ class MiniVec2VecConfig(PretrainedConfig):
         ):
             if isinstance(value, bool) or int(value) != value or value < 0:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 skips that refinement).")
-        for name, value in (("refine1_alpha", refine1_alpha), ("refine2_alpha", refine2_alpha)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}={value!r} must lie in [0, 1): the weight the old map keeps at each step.")
+        for name, alpha in (("refine1_alpha", refine1_alpha), ("refine2_alpha", refine2_alpha)):
+            if not 0.0 <= alpha < 1.0:
+                raise ValueError(f"{name}={alpha!r} must lie in [0, 1): the weight the old map keeps at each step.")
         if kmeans_backend not in ("faiss", "sklearn"):
             raise ValueError(f"kmeans_backend={kmeans_backend!r} must be 'faiss' or 'sklearn'.")
         if qap_method not in ("2opt", "faq"):

@@ -190,26 +190,28 @@ class MiniVec2VecAligner:
     def is_fitted(self) -> bool:
         return self.weight is not None
 
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
+    def _fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(weight, source_mean, target_mean, target_scale); `AlignerNotFittedError` before a map exists."""
+        if self.weight is None or self.source_mean is None or self.target_mean is None or self.target_scale is None:
             raise AlignerNotFittedError(
                 "this aligner has no map yet: call align(XA, XB) first, or load a fitted one with "
                 "MiniVec2VecAligner.from_pretrained(dir)"
             )
+        return self.weight, self.source_mean, self.target_mean, self.target_scale
 
     # ------------------------------------------------------------------ mapping
     def normalize_source(self, x: Any) -> np.ndarray:
         """Space-A vectors (N, source_dim) -> centred, L2-normalised, as the map expects them."""
-        self._check_fitted()
+        _, source_mean, _, _ = self._fitted()
         return _centre_and_normalize(
-            _as_matrix(x, "source vectors", self.config.source_dim, "space-A vectors"), self.source_mean, "source vectors"
+            _as_matrix(x, "source vectors", self.config.source_dim, "space-A vectors"), source_mean, "source vectors"
         )
 
     def normalize_target(self, y: Any) -> np.ndarray:
         """Space-B vectors (N, target_dim) -> centred, L2-normalised: the space `output="normalized"` maps into."""
-        self._check_fitted()
+        _, _, target_mean, _ = self._fitted()
         return _centre_and_normalize(
-            _as_matrix(y, "target vectors", self.config.target_dim, "into space-B vectors"), self.target_mean, "target vectors"
+            _as_matrix(y, "target vectors", self.config.target_dim, "into space-B vectors"), target_mean, "target vectors"
         )
 
     def __call__(self, x: Any, output: str = "target") -> np.ndarray | torch.Tensor:
@@ -222,9 +224,10 @@ class MiniVec2VecAligner:
         """
         if output not in _OUTPUTS:
             raise ValueError(f"output={output!r} must be one of {_OUTPUTS}")
-        mapped = _normalize(self.normalize_source(x) @ self.weight)  # (N, target_dim)
+        weight, _, target_mean, target_scale = self._fitted()
+        mapped = _normalize(self.normalize_source(x) @ weight)  # (N, target_dim)
         if output == "target":
-            mapped = self.target_mean + self.target_scale * mapped
+            mapped = target_mean + target_scale * mapped
         mapped = mapped.astype(np.float32)
         if isinstance(x, torch.Tensor):
             return torch.from_numpy(mapped).to(x.device)
@@ -246,7 +249,7 @@ class MiniVec2VecAligner:
             kmeans.cp.min_points_per_centroid = 1  # small samples are fine here; silences faiss's warning
             kmeans.cp.max_points_per_centroid = max(len(x) // k + 1, 256)  # never subsample
             kmeans.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
-            return kmeans.centroids.copy()
+            return np.array(kmeans.centroids, copy=True)
         kmeans = KMeans(
             n_clusters=k,
             init="k-means++" if init is None else init,
@@ -262,7 +265,7 @@ class MiniVec2VecAligner:
         options: dict[str, Any] = {"maximize": True}
         if self.config.qap_method == "faq":
             options["P0"] = "randomized"
-        best = None
+        best: Any = None
         for _ in range(self.config.qap_restarts):
             res = quadratic_assignment(ka, kb, method=self.config.qap_method, options={**options, "rng": rng})
             if best is None or res.fun > best.fun:
@@ -402,15 +405,15 @@ class MiniVec2VecAligner:
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `model.safetensors` (W, the two means, B's scale) then `config.json` (with the weights'
         sha256), each atomically; `from_pretrained` refuses a folder whose two files do not belong together."""
-        self._check_fitted()
+        weight, source_mean, target_mean, target_scale = self._fitted()
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         blob = save_safetensors(
             {
-                "weight": self.weight,
-                "source_mean": self.source_mean,
-                "target_mean": self.target_mean,
-                "target_scale": np.array([self.target_scale], dtype=np.float32),
+                "weight": weight,
+                "source_mean": source_mean,
+                "target_mean": target_mean,
+                "target_scale": np.array([target_scale], dtype=np.float32),
             }
         )
         atomic_write(directory / WEIGHTS_NAME, lambda fh: fh.write(blob), binary=True)

@@ -20,6 +20,7 @@ activations of the frozen early stages (`activations` (B, C, h, w)), one cached 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +46,9 @@ class ArcFaceOutput(ModelOutput):
         embeddings: (B, E) L2-normalised identity embeddings.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    embeddings: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
 
 class ArcFaceEmbedderPreTrainedModel(PreTrainedModel):
@@ -69,7 +70,7 @@ class ArcFaceEmbedderPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.BatchNorm1d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-            if module.running_mean is not None:
+            if module.running_mean is not None and module.running_var is not None:
                 module.running_mean.zero_()
                 module.running_var.fill_(1.0)
         elif isinstance(module, ArcFaceHead):
@@ -105,7 +106,9 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
                 param.requires_grad_(id(param) not in stem)
 
     @torch.no_grad()
-    def init_head_from_features(self, pooled_features: torch.Tensor, labels: torch.Tensor, whiten: bool = False) -> dict:
+    def init_head_from_features(
+        self, pooled_features: torch.Tensor, labels: torch.Tensor | Sequence[int], whiten: bool = False
+    ) -> dict:
         """Start from the untrained backbone's cosine baseline instead of a random head.
 
         The projection becomes the top `embedding_size` principal components of `pooled_features` (N, D)
@@ -130,8 +133,10 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         self.proj.weight.copy_(components.to(self.proj.weight.dtype))
         self.proj.bias.copy_((-components @ mean).to(self.proj.bias.dtype))
         eps = self.bn.eps
-        self.bn.running_mean.zero_()
-        self.bn.running_var.copy_(variance.to(self.bn.running_var.dtype))
+        running_mean, running_var = self.bn.running_mean, self.bn.running_var
+        assert running_mean is not None and running_var is not None  # BatchNorm1d tracks running statistics
+        running_mean.zero_()
+        running_var.copy_(variance.to(running_var.dtype))
         self.bn.weight.copy_((torch.ones_like(variance) if whiten else (variance + eps).sqrt()).to(self.bn.weight.dtype))
         self.bn.bias.zero_()
         if self.margin_head is not None:

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ from ..fileio import atomic_save_npy, atomic_write_json
 from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
-from ..pair_matcher.training import PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
+from ..pair_matcher.training import Collator, PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
 from ..training_utils import check_options
 from ..transforms import create_transform
 from .configuration_arcface import ArcFaceEmbedderConfig
@@ -355,6 +356,8 @@ class ArcFaceTrainer(Trainer):
         self.pk_sampler = pk_sampler
 
     def get_train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("ArcFaceTrainer needs a train_dataset.")
         loader = DataLoader(
             self.train_dataset,
             batch_sampler=self.pk_sampler,
@@ -564,8 +567,10 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
             f"the val split needs at least 2 dogs and one with >= 2 photos for Recall@1; it has {len(val_groups)} dogs."
         )
     class_of = {dog: i for i, dog in enumerate(sorted(train_groups))}
-    train_rows = [{"image_path": p, "label": class_of[dog], "augment": True} for dog, ps in train_groups.items() for p in ps]
-    val_rows = [
+    train_rows: list[dict[str, Any]] = [
+        {"image_path": p, "label": class_of[dog], "augment": True} for dog, ps in train_groups.items() for p in ps
+    ]
+    val_rows: list[dict[str, Any]] = [
         {"image_path": p, "identity": i, "augment": False} for i, (dog, ps) in enumerate(sorted(val_groups.items())) for p in ps
     ]
 
@@ -581,6 +586,8 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         head_init = model.init_head_from_features(features[train_idx], [r["label"] for r in train_rows], cfg.head_init_whiten)
 
     stage = model.config.activation_stage
+    train_collator: Collator
+    eval_collator: Collator
     if stage is None:
         train_collator = PhotoCollator(create_transform(model.data_config, train=True))
         eval_collator = PhotoCollator(create_transform(model.data_config, train=False))
@@ -691,7 +698,7 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         if isinstance(cfg.data_dir, (str, os.PathLike))
         else (f"<{type(cfg.data_dir).__name__} with {len(table)} photos>")
     )
-    summary = {"val": evaluate_val(model, backbone_untouched), "splits_file": splits_file, "head_init": head_init}
+    summary: dict[str, Any] = {"val": evaluate_val(model, backbone_untouched), "splits_file": splits_file, "head_init": head_init}
     final_dir = os.path.join(cfg.output_dir, "model")
     card_training = {
         "frozen_steps": frozen_steps,

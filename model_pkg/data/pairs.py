@@ -172,7 +172,9 @@ def sample_pairs(
         usable_set = set(usable)
         if negatives == "hard":
             candidates = {
-                label: [n for n in dict.fromkeys(str(x) for x in neighbours.get(label, ())) if n != label and n in usable_set]
+                label: [
+                    n for n in dict.fromkeys(str(x) for x in (neighbours or {}).get(label, ())) if n != label and n in usable_set
+                ]
                 for label in usable
             }
             anchors = [label for label in usable if candidates[label]]

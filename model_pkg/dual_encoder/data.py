@@ -101,7 +101,8 @@ def _dataset(rows: list[dict], split: str, skipped: dict[str, list[str]]) -> dat
 
 
 def _rows(names, captions: Mapping[str, list[str]], image_dir: Path) -> tuple[list[dict], dict[str, list[str]]]:
-    rows, skipped = [], {"missing_image": [], "no_caption": []}
+    rows: list[dict] = []
+    skipped: dict[str, list[str]] = {"missing_image": [], "no_caption": []}
     for name in names:
         if not captions.get(name):
             skipped["no_caption"].append(name)

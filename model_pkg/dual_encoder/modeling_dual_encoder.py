@@ -63,11 +63,11 @@ class DualEncoderOutput(ModelOutput):
         image_embeds: (B_img, P) L2-normalised image embeddings.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
 
 
 # -- text: the LSTM baseline's word vocabulary ---------------------------------------------------------
@@ -344,7 +344,7 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         self.post_init()
         if vc.backbone_pretrained:
             self.vision_model.load_pretrained()
-        if tc.tower == "transformers" and tc.pretrained:
+        if isinstance(self.text_model, TransformersTextTower) and tc.pretrained:
             self.text_model.load_pretrained()
         self.set_frozen()
 

@@ -23,9 +23,11 @@ import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup
 
 from ..arcface.training import _save_atomically, resolve_mixed_precision
@@ -160,7 +162,7 @@ class CaptionBatchCollator:
     def __call__(self, rows: Sequence[dict]) -> dict:
         picks = [self.rng.randrange(len(r["captions"])) for r in rows]
         batch: dict = {"return_loss": True}
-        if self.text_table is not None:
+        if self.text_table is not None and self.text_index is not None:
             batch["text_features"] = self.text_table[[self.text_index[(r["row"], j)] for r, j in zip(rows, picks)]]
         else:
             batch.update(self.model.tokenize([r["captions"][j] for r, j in zip(rows, picks)]))
@@ -233,7 +235,9 @@ class DualEncoderTrainer(Trainer):
         self.retrieval_eval = retrieval_eval
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        result = evaluate_retrieval(self.model, **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size)
+        result = evaluate_retrieval(
+            cast(DualEncoderModel, self.model), **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size
+        )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(result).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -290,7 +294,7 @@ def save_with_card(
 
 # -- the run ------------------------------------------------------------------------------------------------
 def _optimizer(model: DualEncoderModel, cfg: DualTrainingConfig) -> torch.optim.Optimizer:
-    groups = {"text": [], "image": [], "head": []}
+    groups: dict[str, list[nn.Parameter]] = {"text": [], "image": [], "head": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -325,7 +329,7 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     train_paths, train_captions, _ = caption_pairs(splits["train"])
     dev_paths, dev_captions, dev_owner = caption_pairs(splits["dev"])
 
-    model_kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.model.items()}
+    model_kwargs: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.model.items()}
     text_kwargs = model_kwargs.setdefault("text_config", {})
     if text_kwargs.get("tower") == "lstm" and not text_kwargs.get("vocab"):
         text_kwargs["vocab"] = build_vocab(train_captions, min_freq=cfg.vocab_min_freq)
@@ -412,7 +416,7 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     )
     trainer.train(resume_from_checkpoint=None if cfg.fresh else _last_checkpoint(checkpoints))
 
-    model = trainer.model.cpu().eval()
+    model = cast(DualEncoderModel, trainer.model).cpu().eval()
     dev = evaluate_retrieval(model, dev_paths, dev_captions, dev_owner, dev_image, dev_text)
     training = {
         "steps": total_steps,

@@ -38,10 +38,10 @@ class PairMatcherOutput(ModelOutput):
         embeds_b: (B, H) set embedding of side B.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    embeds_a: torch.FloatTensor | None = None
-    embeds_b: torch.FloatTensor | None = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    embeds_a: torch.Tensor | None = None
+    embeds_b: torch.Tensor | None = None
 
 
 @dataclass
@@ -182,6 +182,7 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         self.token_proj = nn.Linear(self.backbone.token_dim, config.hidden_size)
         self.token_norm = nn.LayerNorm(config.hidden_size) if config.photo_norm == "layer" else L2Norm()
         self.set_pooling = SetPooling(config)
+        self.head: nn.Module
         if config.head == "concat_mlp":
             self.head = ConcatMLPHead(config)
         elif config.head == "siamese":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -120,10 +121,13 @@ def mixed_pairs(groups, num_pairs, set_size, seed, hard_fraction, neighbours) ->
     return [pairs[i] for i in rng.permutation(len(pairs))]
 
 
+Collator = Callable[[Sequence[dict]], dict]  # rows -> a batch of tensors
+
+
 class PhaseCollator:
     """Cached tokens while the backbone is frozen, pixels once it trains (augmented for train rows)."""
 
-    def __init__(self, cached: CachedSetPairCollator, train_pixels: SetPairCollator, eval_pixels: SetPairCollator):
+    def __init__(self, cached: Collator, train_pixels: Collator, eval_pixels: Collator):
         self.cached = cached
         self.train_pixels = train_pixels
         self.eval_pixels = eval_pixels
@@ -375,7 +379,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
             PhaseAwareEarlyStopping(cfg.early_stopping_patience, cfg.frozen_steps, cfg.finetune_steps),
         ],
     )
-    last = None if cfg.fresh else _last_checkpoint(args.output_dir)
+    last = None if cfg.fresh else _last_checkpoint(os.path.join(cfg.output_dir, "checkpoints"))
     trainer.train(resume_from_checkpoint=last)
 
     # 5. Decision threshold on validation pairs, with the photos as the final model sees them.

@@ -59,10 +59,12 @@ def parse_candidate(spec: str) -> Candidate:
     text = str(spec).strip()
     if not text:
         raise CandidateError("Empty candidate: give e.g. 'tf_efficientnet_lite0@224:pooled' or 'models/pair-matcher'.")
-    rest, layer = (text.rsplit(":", 1) + [None])[:2] if ":" in text else (text, None)
+    rest, sep, layer_text = text.rpartition(":") if ":" in text else (text, "", "")
+    layer = layer_text if sep else None
     if layer is not None and not layer:
         raise CandidateError(f"Candidate '{spec}': empty layer after ':'; e.g. ':pooled' or ':stage5'.")
-    name, size = (rest.rsplit("@", 1) + [None])[:2] if "@" in rest else (rest, None)
+    name, at, size_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    size = size_text if at else None
     image_size = None
     if size is not None:
         try:
@@ -158,7 +160,7 @@ class FeatureExtractor:
             batch_size=batch_size,
             desc=f"{self.model_name}@{self.image_size}",
         )
-        if EMBEDDING in layers:
+        if EMBEDDING in layers and self.saved_model is not None:
             pooled = torch.from_numpy(out["pooled"])
             out[EMBEDDING] = (
                 torch.cat(
