@@ -228,3 +228,70 @@ def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_
         run_tiny(dog_tree, tmp_path / "bad", "--set", f"embedder={tmp_path / 'embedder'}")
     with pytest.raises(SystemExit, match="calibration_negatives"):
         run_tiny(dog_tree, tmp_path / "bad", "--set", "calibration_negatives=hardest")
+
+
+def test_snorm_matcher_normalises_against_its_cohort_and_round_trips(tmp_path):
+    import torch.nn.functional as F
+
+    from model_pkg.pair_matcher.configuration_pair_matcher import PairMatcherConfig
+    from model_pkg.pair_matcher.modeling_pair_matcher import adaptive_snorm
+
+    embedder = _tiny_embedder()
+    torch.manual_seed(1)
+    cohort = torch.randn(12, 16)
+    matcher = PairMatcherModel.from_embedder(embedder, cohort=cohort, cohort_top_k=5).eval()
+    assert matcher.config.score_norm == "asnorm" and matcher.config.cohort_size == 12
+    # the s-normed score, by hand: each side's cosine to its 5 closest cohort dogs gives mean and spread
+    a, b = F.normalize(torch.randn(3, 16), dim=-1), F.normalize(torch.randn(3, 16), dim=-1)
+    unit = F.normalize(cohort, dim=-1)
+    top_a, top_b = (a @ unit.T).topk(5).values, (b @ unit.T).topk(5).values
+    score = (a * b).sum(-1)
+    expected = 0.5 * ((score - top_a.mean(-1)) / top_a.std(-1) + (score - top_b.mean(-1)) / top_b.std(-1))
+    assert torch.allclose(adaptive_snorm(score, a, b, unit, 5), expected, atol=1e-5)
+    # the cohort is saved with the weights
+    matcher.save_pretrained(tmp_path / "m")
+    loaded = PairMatcherModel.from_pretrained(tmp_path / "m").eval()
+    assert torch.allclose(loaded.cohort, unit, atol=1e-6)
+    x = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(
+            loaded(pixel_values_a=x, pixel_values_b=x.flip(1)).logits, matcher(pixel_values_a=x, pixel_values_b=x.flip(1)).logits
+        )
+    with pytest.raises(ValueError, match="cohort_top_k"):
+        PairMatcherConfig(head="siamese", score_norm="asnorm", cohort_size=3, cohort_top_k=5)
+    with pytest.raises(ValueError, match="siamese"):
+        PairMatcherConfig(head="concat_mlp", score_norm="asnorm", cohort_size=10, cohort_top_k=5)
+
+
+def test_run_keeps_snorm_only_when_it_decides_better_on_validation(dog_tree, tmp_path):
+    _tiny_embedder().save_pretrained(tmp_path / "embedder")
+    summary = run_tiny(
+        dog_tree,
+        tmp_path / "run",
+        "--set",
+        f"embedder={tmp_path / 'embedder'}",
+        "--set",
+        "model={}",
+        "--set",
+        "frozen_steps=0",
+        "--set",
+        "finetune_steps=0",
+        "--set",
+        "calibration_negatives=random",
+        "--set",
+        "calibration_set_sizes=[1]",
+        "--set",
+        "calibration_pairs=20",
+        "--set",
+        "score_norm=auto",
+        "--set",
+        "cohort_dogs=6",
+        "--set",
+        "cohort_top_k=3",
+    )
+    choice = summary["score_norm"]
+    model = PairMatcherModel.from_pretrained(tmp_path / "run" / "model")
+    kept = "asnorm" if choice["snorm_accuracy"] > choice["plain_accuracy"] else None
+    assert choice["kept"] == kept == model.config.score_norm
+    with pytest.raises(SystemExit, match="score_norm applies"):
+        run_tiny(dog_tree, tmp_path / "bad", "--set", "score_norm=auto")

@@ -8,6 +8,7 @@ SET_POOLINGS = ("mean", "attention", "cls_mean")
 HEADS = ("concat_mlp", "cross_attention", "siamese")
 SIAMESE_DISTANCES = ("cosine", "learned")
 PHOTO_NORMS = ("layer", "l2")
+SCORE_NORMS = (None, "asnorm")
 
 
 class PairMatcherConfig(PretrainedConfig):
@@ -33,6 +34,12 @@ class PairMatcherConfig(PretrainedConfig):
         photo_norm (`str`): the normalisation after the token projection: `layer` (LayerNorm) or `l2` (unit
             length, no weights). A matcher built from an ArcFace embedder (`PairMatcherModel.from_embedder`)
             uses `l2`, so its photo embeddings are exactly the embedder's.
+        score_norm (`str`, *optional*): `"asnorm"`: the siamese cosine is normalised against a cohort of
+            training identities before scale and bias (adaptive s-norm, as in speaker and face verification):
+            s' = ((s - mu_a) / sd_a + (s - mu_b) / sd_b) / 2, where mu and sd are the mean and standard deviation
+            of each set's `cohort_top_k` best cosines to the cohort. None: the plain cosine.
+        cohort_size (`int`): rows of the cohort buffer (one mean embedding per cohort identity), saved with the weights.
+        cohort_top_k (`int`): cohort scores per side that give mu and sd.
         num_attention_heads (`int`): heads of the attention pooling and cross-attention.
         mlp_hidden_size (`int`): hidden width of the reasoning MLP.
         dropout (`float`): dropout in the reasoning MLP.
@@ -66,6 +73,9 @@ class PairMatcherConfig(PretrainedConfig):
         head: str = "concat_mlp",
         siamese_distance: str = "cosine",
         photo_norm: str = "layer",
+        score_norm: str | None = None,
+        cohort_size: int = 0,
+        cohort_top_k: int = 50,
         num_attention_heads: int = 4,
         mlp_hidden_size: int = 256,
         dropout: float = 0.1,
@@ -84,6 +94,12 @@ class PairMatcherConfig(PretrainedConfig):
             raise ValueError(f"head={head!r} is not one of {HEADS}.")
         if siamese_distance not in SIAMESE_DISTANCES:
             raise ValueError(f"siamese_distance={siamese_distance!r} is not one of {SIAMESE_DISTANCES}.")
+        if score_norm not in SCORE_NORMS:
+            raise ValueError(f"score_norm={score_norm!r} is not one of {SCORE_NORMS}.")
+        if score_norm is not None and (head != "siamese" or siamese_distance != "cosine"):
+            raise ValueError("score_norm needs head='siamese' with siamese_distance='cosine' (it normalises that cosine).")
+        if score_norm is not None and not 1 <= cohort_top_k <= cohort_size:
+            raise ValueError(f"score_norm needs 1 <= cohort_top_k ({cohort_top_k}) <= cohort_size ({cohort_size}).")
         if photo_norm not in PHOTO_NORMS:
             raise ValueError(f"photo_norm={photo_norm!r} is not one of {PHOTO_NORMS}.")
         if hidden_size % num_attention_heads:
@@ -105,6 +121,9 @@ class PairMatcherConfig(PretrainedConfig):
         self.head = head
         self.siamese_distance = siamese_distance
         self.photo_norm = photo_norm
+        self.score_norm = score_norm
+        self.cohort_size = cohort_size
+        self.cohort_top_k = cohort_top_k
         self.num_attention_heads = num_attention_heads
         self.mlp_hidden_size = mlp_hidden_size
         self.dropout = dropout

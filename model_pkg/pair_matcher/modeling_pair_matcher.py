@@ -127,10 +127,29 @@ class SiameseHead(nn.Module):
                 nn.Linear(config.mlp_hidden_size, 1),
             )
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, cohort: torch.Tensor | None = None, top_k: int = 50) -> torch.Tensor:
+        """a, b (B, H) set vectors -> logits (B,); with `cohort` (C, H), unit rows, the cosine is s-normed."""
         if self.distance == "cosine":
-            return self.scale * F.cosine_similarity(a, b, dim=-1) + self.bias
+            a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+            score = (a * b).sum(-1)
+            if cohort is not None:
+                score = adaptive_snorm(score, a, b, cohort, top_k)
+            return self.scale * score + self.bias
         return self.mlp(torch.cat([(a - b).abs(), a * b], dim=-1)).squeeze(-1)
+
+
+def adaptive_snorm(score: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cohort: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Adaptive symmetric score normalisation: each side's cosine to its `top_k` closest cohort identities
+    gives the mean and spread of "different animal" scores for that side, and the pair's cosine is measured
+    in those units. a, b (B, H) unit vectors, cohort (C, H) unit rows."""
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = (x @ cohort.T).topk(top_k, dim=-1).values  # (B, top_k)
+        return top.mean(-1), top.std(-1).clamp_min(1e-4)
+
+    mu_a, sd_a = stats(a)
+    mu_b, sd_b = stats(b)
+    return 0.5 * ((score - mu_a) / sd_a + (score - mu_b) / sd_b)
 
 
 class CrossAttentionHead(nn.Module):
@@ -189,18 +208,23 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
             self.head = SiameseHead(config)
         else:
             self.head = CrossAttentionHead(config)
+        if config.score_norm is not None:  # the cohort travels with the weights (model.safetensors)
+            self.register_buffer("cohort", torch.zeros(config.cohort_size, config.hidden_size))
         self.post_init()
         self.finish_backbone()
 
     @classmethod
     @torch.no_grad()
-    def from_embedder(cls, embedder, **overrides) -> PairMatcherModel:
+    def from_embedder(cls, embedder, cohort: torch.Tensor | None = None, **overrides) -> PairMatcherModel:
         """A matcher that scores sets with a trained ArcFace embedder: the same backbone, the embedder's
         projection with its (eval-mode) BatchNorm folded in, L2-normalised photo embeddings, the mean of a
         set's photo embeddings, and a scaled cosine between the two set vectors (`head="siamese"`).
         The probability is monotone in that cosine; `scale`/`bias` and the thresholds are then chosen on
-        validation pairs (`pair_matcher.training.calibrate_embedder_matcher`)."""
+        validation pairs (`pair_matcher.training.calibrate_embedder_matcher`). With `cohort` (C, E), one
+        embedding per cohort identity (e.g. training dogs), the cosine is s-normed against it (`score_norm`)."""
         ecfg = embedder.config
+        if cohort is not None:
+            overrides = {"score_norm": "asnorm", "cohort_size": len(cohort), **overrides}
         config = PairMatcherConfig(
             **{
                 "backbone": ecfg.backbone,
@@ -222,6 +246,8 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # BatchNorm in eval mode is an affine map
         model.token_proj.weight.copy_(embedder.proj.weight * gain[:, None])
         model.token_proj.bias.copy_((embedder.proj.bias - bn.running_mean) * gain + bn.bias)
+        if cohort is not None:
+            model.cohort.copy_(F.normalize(torch.as_tensor(cohort, dtype=model.cohort.dtype), dim=-1))
         return model
 
     def decision_threshold(self, set_size_a: int, set_size_b: int) -> float:
@@ -283,6 +309,8 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
             # learn from) the logit; mean / cls_mean have no weights and keep the masked mean.
             pool = self.set_pooling.attend if self.set_pooling.mode == "attention" else masked_mean
             return self.head(a, b, pool)
+        if self.config.score_norm is not None:
+            return self.head(a.embeds, b.embeds, cohort=F.normalize(self.cohort, dim=-1), top_k=self.config.cohort_top_k)
         return self.head(a.embeds, b.embeds)
 
     def forward(

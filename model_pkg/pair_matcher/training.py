@@ -82,10 +82,19 @@ class PairTrainingConfig:
     calibration_negatives: str = "mixed"
     calibration_set_sizes: tuple[int, ...] = (1, 2, 3)
     calibration_pairs: int = 1000  # per set size
+    # Adaptive s-norm of an embedder's cosine against a cohort of training dogs: "auto" keeps it only if it
+    # makes better decisions on the validation pairs the thresholds are chosen on; "asnorm" always; "none" never.
+    score_norm: str = "none"
+    cohort_dogs: int = 400  # training dogs in the cohort, 2 photos each
+    cohort_top_k: int = 50
 
     def __post_init__(self):
         if self.calibration_negatives not in CALIBRATION_NEGATIVES:
             raise ValueError(f"calibration_negatives={self.calibration_negatives!r} is not one of {CALIBRATION_NEGATIVES}.")
+        if self.score_norm not in ("none", "auto", "asnorm"):
+            raise ValueError(f"score_norm={self.score_norm!r} is not one of ('none', 'auto', 'asnorm').")
+        if self.score_norm != "none" and not self.embedder:
+            raise ValueError("score_norm applies to a matcher built from an embedder: give embedder=<saved ArcFace embedder>.")
         if self.embedder and (self.frozen_steps or self.finetune_steps):
             raise ValueError(
                 "a matcher built from an embedder is not trained further here: set frozen_steps=0 and finetune_steps=0 "
@@ -301,10 +310,19 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     val_groups = group_paths(subset_by_identities(table, splits["val"]))
 
     # 2. Model and the frozen backbone's tokens for every train/val photo (cached on disk by datasets).
+    normed = None  # the same matcher with s-normed scores, when `score_norm` asks to try it
     if cfg.embedder:
         from ..arcface import ArcFaceEmbedderModel
 
-        model = PairMatcherModel.from_embedder(ArcFaceEmbedderModel.from_pretrained(cfg.embedder), **cfg.model)
+        embedder = ArcFaceEmbedderModel.from_pretrained(cfg.embedder)
+        model = PairMatcherModel.from_embedder(embedder, **cfg.model)
+        if cfg.score_norm != "none":
+            normed = PairMatcherModel.from_embedder(
+                embedder,
+                cohort=_cohort(embedder, train_groups, cfg.cohort_dogs, cfg.seed),
+                cohort_top_k=cfg.cohort_top_k,
+                **cfg.model,
+            )
     else:
         model = PairMatcherModel(PairMatcherConfig(**cfg.model))
     total_steps = cfg.frozen_steps + cfg.finetune_steps
@@ -364,7 +382,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     frozen_dir = os.path.join(cfg.output_dir, "frozen_phase")
     if total_steps == 0:  # a matcher built from an embedder: nothing to train, only thresholds to choose
         collator.use_tokens = True
-        return _finish(cfg, model, collator, val_rows, val_groups, val_nn, None, frozen_dir, table, splits_file)
+        return _finish(cfg, model, collator, val_rows, val_groups, val_nn, None, frozen_dir, table, splits_file, normed)
     args = _training_arguments(cfg, total_steps)
     trainer = Trainer(
         model=model,
@@ -389,10 +407,12 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     return _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir, table, splits_file)
 
 
-def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir, table, splits_file) -> dict:
+def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir, table, splits_file, normed=None) -> dict:
     """Choose the thresholds on validation pairs, save `<output_dir>/model` (and the frozen-phase model's
     thresholds), write `summary.json`."""
     model.set_backbone_frozen(True)
+    if normed is not None:
+        normed.set_backbone_frozen(True)
     if cfg.calibration_negatives == "random":
         calib_rows = pair_records(
             _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 200, "random"), False
@@ -405,6 +425,17 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         calib_rows, hard_rows = val_rows, []
     calibrate = calibrate_embedder_matcher if cfg.embedder else _calibrate_trained
     calib_scores = calibrate(model, calib_rows, collator)
+    score_norm_choice = None
+    if normed is not None:  # keep s-norm only if its thresholds make better decisions on these validation pairs
+        normed_scores = calibrate(normed, calib_rows, collator)
+        plain_acc, normed_acc = (
+            _decision_accuracy(model, calib_rows, calib_scores),
+            _decision_accuracy(normed, calib_rows, normed_scores),
+        )
+        score_norm_choice = {"plain_accuracy": plain_acc, "snorm_accuracy": normed_acc}
+        if cfg.score_norm == "asnorm" or normed_acc > plain_acc:
+            model, calib_scores = normed, normed_scores
+        score_norm_choice["kept"] = model.config.score_norm
     val_labels = np.array([r["label"] for r in val_rows])
     val_scores = predict_pair_scores(model, val_rows, collator)
     summary = {
@@ -412,6 +443,7 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         "splits_file": splits_file,
         "set_size_thresholds": model.config.set_size_thresholds,
         "calibration_negatives": cfg.calibration_negatives,
+        "score_norm": score_norm_choice,
     }
     if hard_rows:  # the thresholds' accuracy per set size, on the pairs they were chosen on and on hard pairs
         summary["val_by_size"] = _by_size(model, calib_rows, calib_scores, "random")
@@ -436,6 +468,29 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
     summary["best_global_step"] = best
     atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
+
+
+def _cohort(embedder, groups: dict[str, list[str]], num_dogs: int, seed: int) -> torch.Tensor:
+    """One unit mean embedding per cohort dog (`num_dogs` training dogs, 2 photos each): the impostor
+    population adaptive s-norm measures each side against."""
+    from ..arcface.training import embed_paths
+
+    rng = np.random.default_rng(seed)
+    dogs = sorted(groups)
+    dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), size=min(num_dogs, len(dogs)), replace=False))]
+    paths = [p for d in dogs for p in groups[d][:2]]
+    emb = torch.from_numpy(embed_paths(embedder, paths))
+    owner = torch.tensor([i for i, d in enumerate(dogs) for _ in groups[d][:2]])
+    sums = torch.zeros(len(dogs), emb.shape[1]).index_add_(0, owner, emb)
+    return torch.nn.functional.normalize(sums, dim=-1)
+
+
+def _decision_accuracy(model: PairMatcherModel, records: list[dict], scores: np.ndarray) -> float:
+    """Accuracy of the stored per-size thresholds on `records`."""
+    labels = np.array([r["label"] for r in records])
+    sizes = [min(len(r["paths_a"]), len(r["paths_b"])) for r in records]
+    thresholds = np.array([model.decision_threshold(s, s) for s in sizes])
+    return float(((scores >= thresholds) == labels).mean())
 
 
 def _calibrate_trained(model: PairMatcherModel, records: list[dict], collator) -> np.ndarray:
