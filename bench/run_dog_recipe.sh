@@ -9,18 +9,10 @@ python train/run.py --task arcface --config train/configs/arcface_embedder_cpu.y
 python bench/learning_curve.py runs/arcface-cpu --json bench/results/arcface_cpu_curve.json \
     --png bench/results/arcface_cpu_curve.png --keep-state bench/results/runs/arcface-cpu
 
-# 2. Ship it (fp16 weights, computed in float32 when loaded) with its model card.
-python - <<'PY'
-import json, torch, model_pkg
-from model_pkg import ArcFaceEmbedderModel
-from model_pkg.arcface.training import _card_metrics, save_with_card
-model = ArcFaceEmbedderModel.from_pretrained("runs/arcface-cpu/model")
-summary = json.load(open("runs/arcface-cpu/summary.json"))
-training = {k: summary[k] for k in ("frozen_steps", "finetune_steps", "best_global_step")}
-training["recipe"] = "train/configs/arcface_embedder_cpu.yaml"
-save_with_card(model, "models/arcface-embedder", metrics=_card_metrics(summary["val"]), training=training,
-               weights_dtype=torch.float16)
-PY
+# 2. Ship it: the input size that validates best (160 / 192 / 224 px), gallery thresholds recalibrated at that
+#    size, fp16 weights (computed in float32 when loaded) and the model card.
+python bench/ship_embedder.py runs/arcface-cpu/model --sizes 160,192,224 --out models/arcface-embedder \
+    --json bench/results/arcface_cpu_sizes.json
 
 # 3. The pair matcher on that embedder: thresholds per set size on validation pairs with random negatives.
 python train/run.py --task pair --config train/configs/pair_matcher_embedder.yaml --fresh

@@ -195,6 +195,8 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
     which is how the frozen-backbone phase trains fast.
     """
 
+    cohort: torch.Tensor  # (cohort_size, hidden_size) buffer, only with `config.score_norm`
+
     def __init__(self, config: PairMatcherConfig):
         super().__init__(config)
         self.init_backbone()
