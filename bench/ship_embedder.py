@@ -72,6 +72,7 @@ def main(argv=None) -> dict:
             if gallery is not None:
                 model.config.score_threshold = gallery.score_threshold
                 model.config.margin_threshold = gallery.margin_threshold
+                model.config.gallery_per_id = cfg.gallery_per_id or 1
             chosen = (row, model)
     assert chosen is not None
     row, model = chosen
@@ -85,6 +86,10 @@ def main(argv=None) -> dict:
         if os.path.isfile(summary_file):
             summary = json.load(open(summary_file))
             training.update({k: summary[k] for k in ("frozen_steps", "finetune_steps", "best_global_step") if k in summary})
+        name = os.path.basename(os.path.normpath(args.model))
+        if name.startswith("checkpoint-"):  # a checkpoint other than the run's best-by-Recall@1-at-training-size
+            training["shipped_step"] = int(name.split("-")[-1])
+            training.pop("best_global_step", None)
         save_with_card(model, args.out, metrics=_card_metrics(row), training=training, weights_dtype=torch.float16)
     return result
 

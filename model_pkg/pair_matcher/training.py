@@ -198,15 +198,20 @@ def compute_pair_metrics(eval_pred) -> dict:
 
 
 @torch.no_grad()
-def predict_pair_scores(model: PairMatcherModel, records: list[dict], collator, batch_size: int = 32) -> np.ndarray:
-    """Same-animal probabilities for collated pair rows."""
+def predict_pair_logits(model: PairMatcherModel, records: list[dict], collator, batch_size: int = 32) -> np.ndarray:
+    """Same-animal logits (float64) for collated pair rows."""
     model.eval()
     out = []
     for i in range(0, len(records), batch_size):
         batch = collator(records[i : i + batch_size])
         batch.pop("labels", None)
-        out.append(model.predict_proba(**batch).numpy())
+        out.append(model(**batch).logits.double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def predict_pair_scores(model: PairMatcherModel, records: list[dict], collator, batch_size: int = 32) -> np.ndarray:
+    """Same-animal probabilities for collated pair rows."""
+    return 1 / (1 + np.exp(-predict_pair_logits(model, records, collator, batch_size)))
 
 
 def calibrate_thresholds(model: PairMatcherModel, records: list[dict], scores: np.ndarray) -> None:
@@ -242,8 +247,10 @@ def calibrate_embedder_matcher(model: PairMatcherModel, records: list[dict], col
     head = model.head
     if not (isinstance(head, SiameseHead) and head.distance == "cosine"):
         raise ValueError("calibrate_embedder_matcher needs head='siamese' with siamese_distance='cosine'.")
-    logits = _logit(predict_pair_scores(model, records, collator))
-    cosine = (logits - float(head.bias)) / float(head.scale)
+    # the raw score (cosine, or its s-normed value) as logits: probabilities would round to 1.0 in float32
+    head.scale.fill_(1.0)
+    head.bias.fill_(0.0)
+    cosine = predict_pair_logits(model, records, collator)
     labels = np.array([r["label"] for r in records])
     fit = LogisticRegression(C=1e4, max_iter=1000).fit(cosine[:, None], labels)
     head.scale.fill_(float(fit.coef_[0, 0]))
@@ -251,11 +258,6 @@ def calibrate_embedder_matcher(model: PairMatcherModel, records: list[dict], col
     probs = 1 / (1 + np.exp(-(float(head.scale) * cosine + float(head.bias))))
     calibrate_thresholds(model, records, probs)
     return probs
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
-    return np.log(p) - np.log1p(-p)
 
 
 def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingArguments:
