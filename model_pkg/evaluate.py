@@ -743,7 +743,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_json(obj, path)
 
 
-_PATH_KEYS = ("model", "data", "splits_file", "images", "captions", "split_list")
+_PATH_KEYS = ("model", "data", "splits_file", "images", "captions", "split_list", "confusion_csv", "confusion_png")
 
 
 def portable_paths(result: dict) -> dict:

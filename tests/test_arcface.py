@@ -468,7 +468,8 @@ def test_evaluate_gallery_confusion_matrix(trained, dog_tree, tmp_path):
             str(prefix),
         ]
     )
-    assert result["confusion_csv"] == str(prefix) + ".csv" and Path(result["confusion_png"]).stat().st_size > 0
+    # written relative to the working directory, like every path in a results file (no machine paths)
+    assert os.path.abspath(result["confusion_csv"]) == str(prefix) + ".csv" and Path(result["confusion_png"]).stat().st_size > 0
     rows = list(csv.reader(open(result["confusion_csv"])))
     header, body = rows[0], rows[1:]
     # columns: the registered dogs, then the two rejection decisions; rows: the same labels
