@@ -197,9 +197,10 @@ def test_matcher_from_embedder_scores_the_cosine_of_mean_embeddings():
     assert matcher.config.photo_norm == "l2" and matcher.config.head == "siamese"
 
 
-def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_tree, tmp_path):
+def run_from_embedder(dog_tree, tmp_path, *extra):
+    """The pair recipe on a saved tiny embedder: nothing trained, thresholds chosen on random-negative pairs."""
     _tiny_embedder().save_pretrained(tmp_path / "embedder")
-    summary = run_tiny(
+    return run_tiny(
         dog_tree,
         tmp_path / "run",
         "--set",
@@ -212,6 +213,14 @@ def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_
         "finetune_steps=0",
         "--set",
         "calibration_negatives=random",
+        *extra,
+    )
+
+
+def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_tree, tmp_path):
+    summary = run_from_embedder(
+        dog_tree,
+        tmp_path,
         "--set",
         "calibration_set_sizes=[1,2]",
         "--set",
@@ -264,20 +273,9 @@ def test_snorm_matcher_normalises_against_its_cohort_and_round_trips(tmp_path):
 
 
 def test_run_keeps_snorm_only_when_it_decides_better_on_validation(dog_tree, tmp_path):
-    _tiny_embedder().save_pretrained(tmp_path / "embedder")
-    summary = run_tiny(
+    summary = run_from_embedder(
         dog_tree,
-        tmp_path / "run",
-        "--set",
-        f"embedder={tmp_path / 'embedder'}",
-        "--set",
-        "model={}",
-        "--set",
-        "frozen_steps=0",
-        "--set",
-        "finetune_steps=0",
-        "--set",
-        "calibration_negatives=random",
+        tmp_path,
         "--set",
         "calibration_set_sizes=[1]",
         "--set",
