@@ -16,8 +16,8 @@ unknown photo id, 503 a model that is not loaded (with the reason). `/docs` show
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ API_PREFIX = "/api/v1"
 MAX_PHOTOS = 20  # per set or registration, as in the UI
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per photo
 MAX_TOP_K = 50
+MAX_QUERY_LENGTH = 1000  # characters of a description
 
 
 @dataclass
@@ -102,7 +103,9 @@ class AnimalsResponse(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    text: str = Field(description="a description of the photo, e.g. 'a black dog running on the beach'")
+    text: str = Field(
+        max_length=MAX_QUERY_LENGTH, description="a description of the photo, e.g. 'a black dog running on the beach'"
+    )
     top_k: int = Field(8, ge=1, le=MAX_TOP_K, description=f"how many photos (1-{MAX_TOP_K})")
 
 
@@ -155,8 +158,13 @@ async def _save_uploads(files: list[UploadFile], folder: Path, what: str) -> lis
     return saved
 
 
-def _bad_input(err: Exception) -> HTTPException:
-    return HTTPException(400, str(err))
+def _bad_input(err: Exception, tmp: str | None = None) -> HTTPException:
+    """400 with the error's message; the server's temporary folder `tmp` is cut out of it, so a message names
+    the upload as the user sent it (`photo.jpg`), never a path on this machine."""
+    message = str(err)
+    if tmp:
+        message = re.sub(re.escape(str(Path(tmp))) + r"/(?:[ab]/)?\d\d-", "", message)
+    return HTTPException(400, message)
 
 
 def _versions() -> dict[str, str]:
@@ -205,7 +213,7 @@ def create_api(services: Services) -> FastAPI:
             try:
                 result = match_sets(model, [p for p, _ in a], [p for p, _ in b])
             except (ImageLoadError, ValueError) as err:
-                raise _bad_input(err) from err
+                raise _bad_input(err, tmp) from err
         sim = result.photo_similarity
         order = np.argsort(-sim, axis=None)[:5]
         pairs = [
@@ -230,7 +238,7 @@ def create_api(services: Services) -> FastAPI:
             try:
                 result = gallery.identify(path)
             except (ImageLoadError, ValueError) as err:
-                raise _bad_input(err) from err
+                raise _bad_input(err, tmp) from err
         p = result.prediction
         return IdentifyResponse(
             decision="identified" if p.reason is None else p.reason,
@@ -256,15 +264,15 @@ def create_api(services: Services) -> FastAPI:
                 clean = gallery.check_name(name)
                 count = gallery.register(clean, [p for p, _ in saved])
             except (ImageLoadError, ValueError) as err:
-                raise _bad_input(err) from err
+                raise _bad_input(err, tmp) from err
         return RegisterResponse(name=clean, added=len(saved), photos=count)
 
     @api.get(f"{API_PREFIX}/animals", response_model=AnimalsResponse, tags=["gallery"])
     def animals() -> AnimalsResponse:
         """The registered animals with their number of photos."""
         gallery = _require(services.gallery, services.gallery_unavailable, "The gallery")
-        counts = Counter(gallery.index.labels)
-        listed = [Animal(name=n, photos=counts[n]) for n in gallery.names]
+        counts = gallery.photo_counts()  # reloads what another app process registered meanwhile
+        listed = [Animal(name=n, photos=c) for n, c in counts.items()]
         return AnimalsResponse(count=len(listed), animals=listed)
 
     positions: dict[int, dict[str, int]] = {}  # id(database) -> {stored path: position}, built once per index

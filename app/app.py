@@ -21,7 +21,9 @@ Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine
 from __future__ import annotations
 
 import argparse
+import html
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
 MAX_PHOTOS = 20
 TOP_PAIRS = 5
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file; Gradio refuses larger uploads before they reach the models
+MAX_QUERY_LENGTH = 1000  # characters of a text-search description
 
 
 def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,11 +157,17 @@ def _require_gallery() -> PhotoGallery:
     return gallery
 
 
+def as_markdown_text(text: str) -> str:
+    """User text shown literally inside Markdown: HTML escaped, Markdown syntax backslash-escaped, so a name
+    such as `<img src=x onerror=alert(1)>` or `**x**` is displayed as typed, never rendered."""
+    return html.escape(re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", text), quote=False)
+
+
 def registered_animals() -> str:
     if gallery is None:
         return f"**Gallery unavailable:** {gallery_unavailable}"
-    counts = {name: gallery.index.labels.count(name) for name in gallery.names}
-    listing = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    counts = gallery.photo_counts()  # reloads what another app process registered meanwhile
+    listing = ", ".join(f"{as_markdown_text(name)} ({n})" for name, n in counts.items())
     return f"**{len(counts)} registered animals** (photos): {listing}\n\nGallery folder: `{gallery.directory}`"
 
 
@@ -203,6 +213,8 @@ def search_text(query, top_k=8):
         raise gr.Error(f"Text search unavailable: {text_unavailable}")
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("Type a description, e.g. 'a brown dog running on the grass'.")
+    if len(query) > MAX_QUERY_LENGTH:
+        raise gr.Error(f"The description has {len(query):,} characters; use at most {MAX_QUERY_LENGTH:,} (a sentence or two).")
     hits = text_search_state.engine.search_database(query.strip(), top_k=int(top_k))
     return [(hit.path, f"{hit.score:.3f}") for hit in hits]
 
@@ -316,7 +328,7 @@ os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
 # One FastAPI application: the JSON REST API under /api/v1 (`app/api.py`, schema at /docs) and the UI at /,
 # both on the models loaded above. `uvicorn app.app:app` serves the same program.
 api = create_api(Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_search_state, text_unavailable))
-app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=ALLOWED_PATHS)
+app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD_BYTES)
 
 if __name__ == "__main__":
     import uvicorn

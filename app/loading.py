@@ -58,19 +58,22 @@ def load_model(ref: str, model_class: type, what: str, flag: str):
     from transformers import AutoConfig, AutoModel
 
     import model_pkg  # noqa: F401  (registers the models with AutoModel)
+    from model_pkg.modeling_utils import check_model_folder
 
     env = next(e for f, e, _ in FLAGS.values() if f == flag)
     where = resolve_model(ref)
     if os.path.isabs(where) and not os.path.isdir(where):
         return None, f"no {what} at {where}: give a saved model folder or a Hub id with {flag} or {env}"
     try:
+        if os.path.isdir(where):
+            check_model_folder(where)  # pickles, remote code, damaged safetensors: refused before loading
         config = AutoConfig.from_pretrained(where)
         expected = getattr(model_class, "config_class", None)
         if expected is not None and not isinstance(config, expected):  # checked before any weights are read
             return None, (
                 f"{ref!r} holds a {config.model_type!r} model, not a {model_class.__name__} ({what}); check {flag} / {env}"
             )
-        model = AutoModel.from_pretrained(where, dtype=torch.float32)
+        model = AutoModel.from_pretrained(where, dtype=torch.float32, use_safetensors=True)
     except Exception as err:  # missing files, offline Hub, unknown model_type: the reason goes to the UI
         return None, f"could not load the {what} from {ref!r}: {type(err).__name__}: {str(err).splitlines()[0]}"
     if not isinstance(model, model_class):

@@ -1,7 +1,11 @@
-"""The learning curve of an ArcFace run: validation one-shot rank-1 (Recall@1) against steps, epochs and minutes.
+"""The learning curve of a run: a validation metric against steps, epochs and minutes.
 
     python bench/learning_curve.py runs/arcface-cpu --json bench/results/arcface_cpu_curve.json \
         --png bench/results/arcface_cpu_curve.png --keep-state bench/results/runs/arcface-cpu
+    python bench/learning_curve.py runs/dual-encoder --metrics t2i_r1,t2i_r10,i2t_r1 --json bench/results/dual_curve.json
+
+`--metrics`: the `eval_<name>` keys of the log, the first one plotted (ArcFace: one-shot `recall_at_1`,
+`recall_at_5`, `map`; dual encoder: `t2i_r1`, `t2i_r5`, `t2i_r10`, `i2t_r1`, ..., `recall_mean`).
 
 Reads the run's newest `checkpoints/*/trainer_state.json` (HF Trainer's `log_history`). Minutes come from
 the `unix_time` that `compute_recall_metrics` logs with every evaluation: the time since the first
@@ -32,8 +36,8 @@ def newest_state(run: Path) -> Path:
     return max(states, key=lambda p: json.loads(p.read_text()).get("global_step", 0))
 
 
-def curve(state: dict) -> list[dict]:
-    evals = [e for e in state.get("log_history", []) if "eval_recall_at_1" in e]
+def curve(state: dict, metrics: list[str]) -> list[dict]:
+    evals = [e for e in state.get("log_history", []) if f"eval_{metrics[0]}" in e]
     rows, elapsed, last = [], 0.0, None
     gaps = sorted(
         b["eval_unix_time"] - a["eval_unix_time"]
@@ -51,9 +55,7 @@ def curve(state: dict) -> list[dict]:
             {
                 "step": e["step"],
                 "epoch": round(e.get("epoch", 0.0), 2),
-                "recall_at_1": e["eval_recall_at_1"],
-                "recall_at_5": e.get("eval_recall_at_5"),
-                "map": e.get("eval_map"),
+                **{m: e.get(f"eval_{m}") for m in metrics},
                 "minutes": round(elapsed / 60, 1) if t is not None else None,
             }
         )
@@ -65,16 +67,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("run", help="a run folder (runs/arcface-cpu) or a trainer_state.json")
     parser.add_argument("--json", default=None)
     parser.add_argument("--png", default=None)
+    parser.add_argument("--metrics", default="recall_at_1,recall_at_5,map", help="eval metrics; the first is plotted")
+    parser.add_argument("--label", default="val one-shot rank-1 (%)", help="y-axis label of the plot")
     parser.add_argument("--keep-state", default=None, help="folder to copy trainer_state.json into")
     args = parser.parse_args(argv)
     path = newest_state(Path(args.run))
     state = json.loads(path.read_text())
-    rows = curve(state)
-    print("| step | epoch | minutes | val rank-1 | val rank-5 | val mAP |\n|---|---|---|---|---|---|")
+    metrics = args.metrics.split(",")
+    rows = curve(state, metrics)
+    print(f"| step | epoch | minutes | {' | '.join(metrics)} |\n|---|---|---|{'---|' * len(metrics)}")
     for r in rows:
-        print(
-            f"| {r['step']} | {r['epoch']} | {r['minutes']} | {r['recall_at_1']:.2f} | {r['recall_at_5']:.2f} | {r['map']:.2f} |"
-        )
+        values = " | ".join("-" if r[m] is None else f"{r[m]:.2f}" for m in metrics)
+        print(f"| {r['step']} | {r['epoch']} | {r['minutes']} | {values} |")
     if args.json:
         atomic_write_json(
             {"source": os.path.relpath(path), "best_global_step": state.get("best_global_step"), "rows": rows}, args.json
@@ -86,10 +90,10 @@ def main(argv=None) -> list[dict]:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-        ax.plot([r["step"] for r in rows], [r["recall_at_1"] for r in rows], marker="o", label="val one-shot rank-1")
-        ax.axhline(rows[0]["recall_at_1"], color="grey", ls="--", label="step 0 (untrained cosine baseline)")
-        ax.set_xlabel("step (64 photos each)")
-        ax.set_ylabel("Recall@1 (%)")
+        ax.plot([r["step"] for r in rows], [r[metrics[0]] for r in rows], marker="o", label=args.label)
+        ax.axhline(rows[0][metrics[0]], color="grey", ls="--", label=f"first evaluation (step {rows[0]['step']})")
+        ax.set_xlabel("step")
+        ax.set_ylabel(args.label)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
         fig.tight_layout()

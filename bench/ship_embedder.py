@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--splits", default=os.path.join(ROOT, "train", "splits", "dogfacenet.json"))
     parser.add_argument("--summary", default=None, help="the run's summary.json, for the model card (default: beside the model)")
     parser.add_argument("--out", default=None, help="save the chosen model here (fp16 weights, model card)")
+    parser.add_argument("--tta-flip", action="store_true", help="ship with flip test-time augmentation (`tta_flip`)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -54,7 +55,7 @@ def main(argv=None) -> dict:
     identities = np.array([i for i, dog in enumerate(sorted(groups)) for _ in groups[dog]])
     rows, chosen = [], None
     for size in (int(s) for s in args.sizes.split(",")):
-        model = ArcFaceEmbedderModel.from_pretrained(args.model, image_size=size).float().eval()
+        model = ArcFaceEmbedderModel.from_pretrained(args.model, image_size=size, tta_flip=args.tta_flip).float().eval()
         emb = embed_paths(model, paths)
         metrics = recall_metrics(emb, identities)
         cfg = model.config
@@ -77,12 +78,21 @@ def main(argv=None) -> dict:
     assert chosen is not None
     row, model = chosen
     print(f"chosen: {row['image_size']} px")
-    result = {"model": os.path.relpath(args.model), "chosen_image_size": row["image_size"], "rows": rows}
+    result = {
+        "model": os.path.relpath(args.model),
+        "chosen_image_size": row["image_size"],
+        "tta_flip": args.tta_flip,
+        "rows": rows,
+    }
     if args.json:
         atomic_write_json(result, args.json)
     if args.out:
         summary_file = args.summary or os.path.join(os.path.dirname(os.path.normpath(args.model)), "summary.json")
-        training = {"recipe": "train/configs/arcface_embedder_cpu.yaml", "image_size_chosen_on_val": row["image_size"]}
+        training = {
+            "recipe": "train/configs/arcface_embedder_cpu.yaml",
+            "image_size_chosen_on_val": row["image_size"],
+            "tta_flip": args.tta_flip,
+        }
         if os.path.isfile(summary_file):
             summary = json.load(open(summary_file))
             training.update({k: summary[k] for k in ("frozen_steps", "finetune_steps", "best_global_step") if k in summary})

@@ -131,6 +131,8 @@ class Backbone(nn.Module):
         self.model_name = model_name
         self.image_size = image_size
         self.model.reset_classifier(0)
+        self.tta_flip = False  # see forward_features; models set it from their config (`tta_flip`)
+        self._token_shapes: dict[str, tuple[int, int]] = {}
         with torch.no_grad():
             was_training = self.model.training
             self.model.eval()
@@ -151,11 +153,23 @@ class Backbone(nn.Module):
         self.data_config = data_config
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> tokens (B, T, D)."""
-        feats = self.model.forward_features(pixel_values)
+        """(B, 3, H, W) -> tokens (B, T, D).
+
+        With `tta_flip` and gradients off (inference, evaluation, frozen-feature caches), each photo's
+        tokens are the mean of its own and its mirror image's, the mirror's feature map flipped back so
+        that token positions agree (for token backbones such as ViTs the tokens are averaged as they
+        come). Training with gradients sees single views; its augmentation already flips."""
+        if not (self.tta_flip and not torch.is_grad_enabled()):
+            return self._tokens(self.model.forward_features(pixel_values))
+        b = pixel_values.shape[0]
+        feats = self.model.forward_features(torch.cat([pixel_values, pixel_values.flip(-1)]))
+        own, mirror = feats[:b], feats[b:]
         if self.is_feature_map:
-            feats = feats.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
-        return feats
+            mirror = mirror.flip(-1)
+        return self._tokens(0.5 * (own + mirror))
+
+    def _tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats.flatten(2).transpose(1, 2) if self.is_feature_map else feats  # (B, C, H, W) -> (B, H*W, C)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, D) -> pooled (B, D), through timm's own head so it matches the classifier's input."""
@@ -212,6 +226,34 @@ class Backbone(nn.Module):
         """Feature layers `forward_layers` understands: `pooled`, `tokens` and one `stage<N>` per entry of
         timm's `feature_info` (N is timm's stage number where the model gives one, else the entry's index)."""
         return ["pooled", "tokens", *self._stage_indices()]
+
+    def forward_tokens(self, pixel_values: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """(B, 3, H, W) -> tokens (B, T, C) of the final feature map (`layer=None`, = `forward_features`) or of
+        an intermediate one (`stage<N>`, see `layer_names`), positions flattened row by row."""
+        if layer is None:
+            return self.forward_features(pixel_values)
+        stages = self._stage_indices()
+        if layer not in stages:
+            raise ValueError(f"Backbone '{self.model_name}' has no token layer {layer!r}; its stages are {sorted(stages)}.")
+        if not hasattr(self.model, "forward_intermediates"):
+            raise ValueError(f"timm's '{self.model_name}' has no forward_intermediates: only the final tokens are available.")
+        (feats,) = self.model.forward_intermediates(
+            pixel_values, indices=[stages[layer]], intermediates_only=True, stop_early=True
+        )
+        return feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
+
+    def token_shape(self, layer: str | None = None) -> tuple[int, int]:
+        """(T, C) of `forward_tokens(., layer)` at the backbone's image size."""
+        if layer is None:
+            return self.num_tokens, self.token_dim
+        if layer not in self._token_shapes:
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                tokens = self.forward_tokens(torch.zeros(1, 3, self.image_size, self.image_size), layer)
+            self.train(was_training)
+            self._token_shapes[layer] = (tokens.shape[1], tokens.shape[2])
+        return self._token_shapes[layer]
 
     def _stage_indices(self) -> dict[str, int]:
         info = getattr(self.model, "feature_info", None) or []

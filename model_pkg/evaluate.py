@@ -83,6 +83,7 @@ from .fileio import atomic_save_npy, atomic_write, atomic_write_json
 from .gallery import GalleryIndex
 from .metrics import choose_threshold, save_confusion, verification_metrics
 from .metrics import confusion as confusion_matrix_of
+from .modeling_utils import UntrustedModelError, check_model_folder
 from .pair_matcher import PairMatcherModel
 from .pair_matcher.training import pair_records, predict_pair_scores
 
@@ -265,6 +266,10 @@ def _load_saved_model(path: str | os.PathLike, model_cls, name: str, baseline: s
             f"model folder {str(folder)!r} does not exist: pass a folder saved by {model_cls.__name__}.save_pretrained"
             + (f" or {baseline!r} for the ImageNet baseline" if baseline else "")
         )
+    try:
+        check_model_folder(folder)  # pickles, remote code, damaged safetensors: refused before anything is read
+    except UntrustedModelError as exc:
+        raise EvaluationError(str(exc)) from exc
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved {name}")
@@ -276,7 +281,7 @@ def _load_saved_model(path: str | os.PathLike, model_cls, name: str, baseline: s
     if model_type != expected:
         raise EvaluationError(f"{str(folder)!r} holds a {model_type!r} model, not {kind} ({expected!r}); {hint}")
     try:
-        model = model_cls.from_pretrained(folder, dtype=torch.float32)
+        model = model_cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     except OSError as exc:
         raise EvaluationError(f"could not load the {name} from {str(folder)!r}: {exc}") from exc
     return model.eval()
@@ -363,6 +368,7 @@ def evaluate_pair(
     batch_size: int = 32,
     calibrate: bool = False,
     save_scores: str | os.PathLike | None = None,
+    threshold_negatives: str | None = None,
 ) -> dict:
     """Verification metrics of a pair matcher (or the ``imagenet-cosine`` baseline) on sampled set pairs.
 
@@ -382,6 +388,9 @@ def evaluate_pair(
             (as the baseline always does) instead of using the stored `config.threshold`.
         save_scores: write the pairs' `labels`, `scores` and the `threshold` used to this .npz (atomically),
             for ROC / PR curves (the dashboard reads them).
+        threshold_negatives: how the `threshold_split` pairs draw their negatives (``"random"`` / ``"hard"``);
+            default the same as `negatives`. ``"random"`` on a hard-negative evaluation is the policy of the
+            shipped thresholds (chosen on pairs like a shelter's), so the baseline can be held to it too.
 
     Returns a JSON-serialisable dict: accuracy, precision, recall, f1, roc_auc, pr_auc, threshold,
     threshold_source ("stored" / "val" / "oracle"), num_pairs, num_positive, model, data, split, set_size,
@@ -393,6 +402,9 @@ def evaluate_pair(
     start = time.perf_counter()
     if negatives not in NEGATIVE_MODES:
         raise EvaluationError(f"negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
+    threshold_negatives = threshold_negatives or negatives
+    if threshold_negatives not in NEGATIVE_MODES:
+        raise EvaluationError(f"threshold_negatives must be one of {NEGATIVE_MODES}, got {threshold_negatives!r}")
     if isinstance(set_size, bool) or not isinstance(set_size, (int, tuple, list)):
         raise EvaluationError(f"set_size must be an int, got {set_size!r}")
     if isinstance(set_size, list):
@@ -425,7 +437,7 @@ def evaluate_pair(
         scores = _cosine_scores(eval_pairs, groups, feats, batch_size)
         if use_val:
             val_pairs, val_feats = _draw_pairs(
-                threshold_groups, pairs, set_size, seed, negatives, batch_size, f"threshold split {threshold_split!r}"
+                threshold_groups, pairs, set_size, seed, threshold_negatives, batch_size, f"threshold split {threshold_split!r}"
             )
             val_labels = np.array([p.label for p in val_pairs], dtype=np.int64)
             val_scores = _cosine_scores(val_pairs, threshold_groups, val_feats, batch_size)
@@ -440,7 +452,7 @@ def evaluate_pair(
         threshold, source = net.decision_threshold(smallest, smallest), "stored"
         if use_val:  # the same per-protocol threshold choice the baseline gets, for a like-for-like comparison
             val_pairs, _ = _draw_pairs(
-                threshold_groups, pairs, set_size, seed, negatives, batch_size, f"threshold split {threshold_split!r}"
+                threshold_groups, pairs, set_size, seed, threshold_negatives, batch_size, f"threshold split {threshold_split!r}"
             )
             val_labels = np.array([p.label for p in val_pairs], dtype=np.int64)
             threshold, source = choose_threshold(val_labels, _model_scores(net, val_pairs, batch_size)), "val"
@@ -458,6 +470,7 @@ def evaluate_pair(
         split=split if splits is not None else "all",
         splits_file=os.path.abspath(os.fspath(splits)) if isinstance(splits, (str, os.PathLike)) else None,
         threshold_split=threshold_split if source == "val" else None,
+        threshold_negatives=threshold_negatives if source == "val" else None,
         set_size=list(set_size) if isinstance(set_size, tuple) else set_size,
         negatives=negatives,
         seed=seed,
@@ -787,6 +800,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="val",
         help="split the baseline chooses its threshold on (default val; needs --splits, else oracle)",
     )
+    pair.add_argument(
+        "--threshold-negatives",
+        choices=NEGATIVE_MODES,
+        default=None,
+        help="negatives of the --threshold-split pairs (default: as --negatives; random = the shipped thresholds' policy)",
+    )
     pair.add_argument("--batch-size", type=_positive_int, default=32, help="backbone batch size (default 32)")
     pair.add_argument(
         "--calibrate",
@@ -857,6 +876,7 @@ def _run_pair(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         calibrate=args.calibrate,
         save_scores=args.save_scores,
+        threshold_negatives=args.threshold_negatives,
     )
 
 

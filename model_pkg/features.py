@@ -28,21 +28,26 @@ def compute_tokens(
     batch_size: int = 32,
     cache_file: str | None = None,
     desc: str = "backbone tokens",
+    layer: str | None = None,
 ) -> torch.Tensor:
-    """Run `backbone` (eval mode, eval transform) over `image_paths` -> float16 tokens (N, T, D).
+    """Run `backbone` (eval mode, eval transform) over `image_paths` -> float16 tokens (N, T, D), of the
+    final feature map or of `layer` (`stage<N>`, `Backbone.forward_tokens`).
 
     With `cache_file` (an .arrow path), results are stored there by `datasets` and reused when the
     same paths are asked for again, e.g. when a training run resumes.
     """
+    if cache_file and backbone.tta_flip:  # flip-TTA tokens (`Backbone.tta_flip`) never reuse single-view ones
+        root, ext = os.path.splitext(cache_file)
+        cache_file = f"{root}-flip{ext}"
     transform = create_transform(backbone.data_config, train=False)
     was_training = backbone.training
     backbone.eval()
-    t, d = backbone.num_tokens, backbone.token_dim
+    t, d = backbone.token_shape(layer)
 
     def embed(batch):
         pixels = torch.stack([transform(load_image(p)) for p in batch["image_path"]])
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return {"tokens": backbone.forward_features(pixels).to(torch.float16).numpy()}
+        return {"tokens": backbone.forward_tokens(pixels, layer).to(torch.float16).numpy()}
 
     table = datasets.Dataset.from_dict({"image_path": [str(p) for p in image_paths]})
     features = datasets.Features(

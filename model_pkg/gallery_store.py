@@ -13,10 +13,16 @@ Folder layout (everything written atomically, so a crash never leaves a half-wri
                                         what is re-embedded when the gallery is opened with another embedder
 
 Embedding, voting and rejection are :class:`GalleryIndex`'s; this module only keeps photos and index together.
+
+Several processes may share one gallery folder (two app workers, a Space restarted while the old one
+drains): every change happens under a file lock (`<directory>/.gallery.lock`, `filelock`), on the index as
+it is on disk at that moment, and each process reloads the index when another one has saved it, so no
+registration is lost or overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from .data import load_image
 from .fileio import atomic_write
@@ -136,12 +143,17 @@ class PhotoGallery:
         self.model_id = embedder_id(embedder)
         cfg = embedder.config
         self.k = int(k or getattr(cfg, "gallery_k", None) or 20)
-        self._lock = threading.Lock()
-        self.index = self._open()
-        self.set_thresholds(
+        self._lock = threading.RLock()  # threads of this process
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._file_lock = FileLock(str(self.directory / ".gallery.lock"), thread_local=False)  # other processes
+        self._thresholds = (
             getattr(cfg, "score_threshold", None) if score_threshold is None else score_threshold,
             getattr(cfg, "margin_threshold", 0.05) if margin_threshold is None else margin_threshold,
         )
+        with self._locked():
+            self.index = self._open()
+            self._stamp = self._disk_stamp()
+        self.set_thresholds(*self._thresholds)
 
     # -- files -----------------------------------------------------------------------------------
     @property
@@ -152,6 +164,10 @@ class PhotoGallery:
         return GalleryIndex(int(self.embedder.config.embedding_size), "ip", model_id=self.model_id)
 
     def _open(self) -> GalleryIndex:
+        # Temporary folders of saves interrupted by a crash (kill -9, power loss): the index they were about to
+        # replace is still in place, so they are debris. Safe to remove: callers hold the file lock, so no save runs.
+        for stale in self.directory.glob(f".{self.index_dir.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if not (self.index_dir / META_FILE).is_file():
             return self._new_index()
         try:
@@ -166,18 +182,56 @@ class PhotoGallery:
             return index
 
     def set_thresholds(self, score_threshold: float | None, margin_threshold: float) -> None:
+        self._thresholds = (score_threshold, margin_threshold)
         self.index.score_threshold = None if score_threshold is None else float(score_threshold)
         self.index.margin_threshold = float(margin_threshold)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """This process's threads, then other processes: held while the index on disk is read or replaced."""
+        with self._lock, self._file_lock:
+            yield
+
+    def _disk_stamp(self) -> tuple | None:
+        """Changes whenever a save swaps a new index folder into place (a new gallery.json file)."""
+        try:
+            st = os.stat(self.index_dir / META_FILE)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Reload the index if another process saved it since this one last read or wrote it; -> reloaded."""
+        with self._lock:
+            if self._disk_stamp() == self._stamp:
+                return False
+            with self._file_lock:
+                stamp = self._disk_stamp()
+                if stamp == self._stamp:
+                    return False
+                self.index = self._open()
+                self._stamp = self._disk_stamp()
+            self.set_thresholds(*self._thresholds)
+            return True
 
     def photo_path(self, i: int) -> str:
         return str(self.directory / self.index.metadata[i]["photo"])
 
     def __len__(self) -> int:
+        self.refresh()
         return len(self.index)
 
     @property
     def names(self) -> list[str]:
+        self.refresh()
         return self.index.identities
+
+    def photo_counts(self) -> dict[str, int]:
+        """{name: number of photos}, in registration order."""
+        with self._lock:
+            self.refresh()
+            labels = list(self.index.labels)
+        return {name: labels.count(name) for name in dict.fromkeys(labels)}
 
     # -- registering -----------------------------------------------------------------------------
     def _store_photo(self, source, name: str) -> str:
@@ -208,17 +262,25 @@ class PhotoGallery:
             raise ValueError(f"Upload at least one photo of {name} to register it.")
         for photo in photos:
             load_image(photo)
-        with self._lock:
-            stored = [self._store_photo(photo, name) for photo in photos]
-            try:
-                embeddings = embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress)
+        # Photos go to new unique files and are embedded outside the locks: other registrations and
+        # identifications go on meanwhile. Only adding to the index and saving it are serialised.
+        stored = [self._store_photo(photo, name) for photo in photos]
+        try:
+            embeddings = embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress)
+            with self._locked():
+                self.refresh()  # another process may have registered animals since this one last looked
                 self.index.add(embeddings, [name] * len(stored), metadata=[{"photo": p} for p in stored])
-            except BaseException:
-                for p in stored:
-                    (self.directory / p).unlink(missing_ok=True)
-                raise
-            self.index.save(self.index_dir)
-            return self.index.labels.count(name)
+                try:
+                    self.index.save(self.index_dir)
+                except BaseException:
+                    self._stamp = ("unsaved",)  # the in-memory index is ahead of the disk: reload it on next use
+                    raise
+                self._stamp = self._disk_stamp()
+                return self.index.labels.count(name)
+        except BaseException:
+            for p in stored:
+                (self.directory / p).unlink(missing_ok=True)
+            raise
 
     def add_gallery(self, other: GalleryIndex, photos_root: str | os.PathLike) -> None:
         """Copy every animal of `other` (a gallery made by the same embedder, whose metadata `photo` paths
@@ -227,7 +289,8 @@ class PhotoGallery:
             raise GalleryMismatchError(
                 f"the gallery to copy was made by embedder {other.model_id}, this one uses {self.model_id}: rebuild it"
             )
-        with self._lock:
+        with self._locked():
+            self.refresh()
             stored = []
             for label, meta in zip(other.labels, other.metadata):
                 relative = f"photos/{_slug(label)}/{uuid.uuid4().hex[:12]}.jpg"
@@ -237,16 +300,18 @@ class PhotoGallery:
                 stored.append({**meta, "photo": relative})
             self.index.add(other.vectors, other.labels, metadata=stored)
             self.index.save(self.index_dir)
+            self._stamp = self._disk_stamp()
 
     # -- identifying -----------------------------------------------------------------------------
     @torch.no_grad()
     def identify(self, photo, top: int = 5) -> Identification:
         """The registered animal on `photo` (a file path), or a rejection with its reason, plus the
         `top` best-matching animals with their best photo."""
-        if len(self.index) == 0:
+        if len(self) == 0:
             raise ValueError("The gallery is empty: register an animal (a name and some photos) first.")
         query = embed_photos(self.embedder, [photo])
         with self._lock:  # a registration may be changing the index in another thread
+            self.refresh()
             prediction = self.index.classify(query, k=self.k)[0]
             scores, labels, ids = self.index.search(query, k=min(len(self.index), max(self.k, 50)))
             position = {id_: i for i, id_ in enumerate(self.index.ids)}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ArcFaceHead", "arcface_margin_logits", "pair_bce_loss", "symmetric_contrastive_loss"]
+__all__ = ["ArcFaceHead", "arcface_margin_logits", "max_violation_loss", "pair_bce_loss", "symmetric_contrastive_loss"]
 
 
 def pair_bce_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
@@ -136,3 +136,17 @@ def symmetric_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     logits = logits_per_text.float()
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def max_violation_loss(similarity: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """VSE++'s hinge on the hardest negative (Faghri et al. 2018): row i of the (B, B) text x image cosine
+    similarities matches image i; for each text, the image scoring highest among the wrong ones must stay
+    `margin` below its own image, and the same for each image. Mean over both directions."""
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be a square (B, B) matrix, got shape {tuple(similarity.shape)}.")
+    sim = similarity.float()
+    positive = sim.diagonal()
+    wrong = sim.masked_fill(torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device), float("-inf"))
+    text_to_image = (margin + wrong.max(dim=1).values - positive).clamp(min=0)
+    image_to_text = (margin + wrong.max(dim=0).values - positive).clamp(min=0)
+    return 0.5 * (text_to_image.mean() + image_to_text.mean())

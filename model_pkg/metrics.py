@@ -44,6 +44,7 @@ from .fileio import atomic_write
 
 __all__ = [
     "choose_threshold",
+    "choose_guarded_threshold",
     "verification_metrics",
     "roc_pr_curves",
     "retrieval_metrics",
@@ -159,6 +160,39 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float]
     if j == uniq.size:
         return _above(float(uniq[-1]))
     return _midpoint(float(uniq[j - 1]), float(uniq[j]))
+
+
+def choose_guarded_threshold(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    guard_labels: Sequence[int] | np.ndarray,
+    guard_scores: Sequence[float] | np.ndarray,
+    tolerance: float,
+) -> float:
+    """The threshold that decides best on the guard pairs among those within `tolerance` (a fraction, e.g.
+    0.005 = half a point) of the best accuracy on the main pairs.
+
+    For pair verification: main = validation pairs with random negatives (what users meet), guard = pairs
+    with hard (lookalike) negatives. On random negatives accuracy is flat over a wide range of thresholds
+    and `choose_threshold` takes the lowest, which lets lookalikes through; this takes the one in that
+    range that also holds up against lookalikes. Ties go to the smallest candidate."""
+    s, y = _as_scores(scores), _as_binary_labels(labels, np.size(scores))
+    gs, gy = _as_scores(guard_scores), _as_binary_labels(guard_labels, np.size(guard_scores))
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"tolerance={tolerance} must lie in [0, 1).")
+    points = np.unique(np.concatenate([s, gs]))
+    middle = [_midpoint(float(a), float(b)) for a, b in zip(points[:-1], points[1:])]
+    candidates = np.array([float(points[0]), *middle, _above(float(points[-1]))])
+
+    def accuracy(y_: np.ndarray, s_: np.ndarray) -> np.ndarray:
+        order = np.sort(s_[y_ == 0]), np.sort(s_[y_ == 1])
+        negatives_below = np.searchsorted(order[0], candidates, side="left")
+        positives_at_or_above = len(order[1]) - np.searchsorted(order[1], candidates, side="left")
+        return (negatives_below + positives_at_or_above) / len(y_)
+
+    main, guard = accuracy(y, s), accuracy(gy, gs)
+    allowed = main >= main.max() - tolerance - 1e-12
+    return float(candidates[int(np.argmax(np.where(allowed, guard, -1.0)))])
 
 
 def verification_metrics(

@@ -4,13 +4,15 @@ statistics fixed, and saving so that loading needs neither network nor weight pa
 
 A model mixes `BackboneModelMixin` in before its `PreTrainedModel` base; its config carries `backbone`,
 `backbone_pretrained`, `backbone_checkpoint_path`, `backbone_weights_source`, `image_size`,
-`freeze_backbone`, `backbone_trainable_groups` and `freeze_backbone_bn`.
+`freeze_backbone`, `backbone_trainable_groups`, `freeze_backbone_bn` and `tta_flip`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +21,59 @@ from torch import nn
 
 from .backbones import Backbone, create_backbone
 
-__all__ = ["BackboneModelMixin", "IDENTITY_IGNORED_CONFIG_KEYS", "model_identity"]
+__all__ = ["BackboneModelMixin", "IDENTITY_IGNORED_CONFIG_KEYS", "UntrustedModelError", "check_model_folder", "model_identity"]
+
+# Weight files that are Python pickles: loading one can run code, so petmatch never loads them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class UntrustedModelError(ValueError):
+    """A model folder that petmatch refuses to load: it could run code, or its weights are damaged."""
+
+
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """The loading policy for model folders from anyone: refuse, before anything is deserialised,
+
+    * weights only as pickles (`pytorch_model.bin`, `.pt`, ...): unpickling can execute code;
+    * a config that asks for code from the folder (`auto_map`, i.e. `trust_remote_code`);
+    * `*.safetensors` files whose header or length is damaged or tampered with.
+
+    petmatch models are saved as safetensors and their classes ship with the package, so a genuine folder
+    passes. Raises `UntrustedModelError` with what was found and what to do."""
+    from safetensors import safe_open
+
+    path = Path(folder)
+    files = sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    tensors = [name for name in files if name.endswith(".safetensors")]
+    pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+    if pickles and not tensors:
+        raise UntrustedModelError(
+            f"{str(path)!r} holds its weights only as pickle files ({', '.join(pickles)}), which can run code when loaded: "
+            "petmatch loads safetensors only. If you trust the folder's author, convert it once with "
+            "`model.save_pretrained(folder)` (which writes model.safetensors) and remove the pickle files."
+        )
+    config_file = path / "config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UntrustedModelError(f"{str(config_file)!r} is not a valid JSON config ({err}).") from err
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise UntrustedModelError(
+                f"{str(config_file)!r} asks to run Python code shipped with the model (auto_map: "
+                f"{sorted(config['auto_map'])}): petmatch never executes code from a model folder. Use a petmatch model "
+                "(its classes come with the package)."
+            )
+    for name in tensors:
+        try:
+            with safe_open(str(path / name), framework="pt") as fh:
+                fh.keys()
+        except Exception as err:  # safetensors raises its own error types for bad headers and short files
+            raise UntrustedModelError(
+                f"{str(path / name)!r} is damaged or has been tampered with ({type(err).__name__}: {err}): download or "
+                "copy the model folder again."
+            ) from err
+
 
 # Config keys that never change the vectors a model computes: where the model or its parts were loaded
 # from (differs between machines, virtual environments, Spaces), library versions, how it was built or
@@ -53,6 +107,8 @@ IDENTITY_IGNORED_CONFIG_KEYS = frozenset(
         "gallery_per_id",
         "threshold",
         "set_size_thresholds",
+        "loss",
+        "loss_margin",
     }
 )
 
@@ -97,6 +153,13 @@ class BackboneModelMixin(_MixinBase):
         self.backbone = create_backbone(self.config.backbone, pretrained=False, image_size=self.config.image_size)
         for module in self.backbone.modules():
             setattr(module, "_is_backbone", True)  # noqa: B010  (`_init_weights` leaves these to timm / the pretrained weights)
+        self.set_tta_flip(getattr(self.config, "tta_flip", False))
+
+    def set_tta_flip(self, enabled: bool) -> None:
+        """Flip test-time augmentation: at inference each photo counts with its mirror image
+        (`Backbone.forward_features`). Stored in the config, so a saved model keeps it."""
+        self.config.tta_flip = bool(enabled)
+        self.backbone.tta_flip = bool(enabled)
 
     def finish_backbone(self) -> None:
         """Call at the end of `__init__`, after `post_init()`, so weight init cannot overwrite pretrained weights."""

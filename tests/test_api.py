@@ -44,7 +44,8 @@ def test_match_bad_input_is_a_clear_json_error(client, shared_data, monkeypatch)
 
     one = dog_files(shared_data, "0", 1, "set_b")
     bad = client.post("/api/v1/match", files=[("set_a", ("scan.jpg", b"not an image", "image/jpeg"))] + one)
-    assert bad.status_code == 400 and "scan.jpg" in bad.json()["detail"]
+    assert bad.status_code == 400 and "'scan.jpg'" in bad.json()["detail"]
+    assert "petmatch-api" not in bad.json()["detail"]  # the upload as the user named it, not the server's temp path
     empty = client.post("/api/v1/match", files=[("set_a", ("empty.jpg", b"", "image/jpeg"))] + one)
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     many = client.post("/api/v1/match", files=dog_files(shared_data, "0", 1, "set_a") * 21 + one)
@@ -83,6 +84,8 @@ def test_search_and_fetch_photos(client):
     assert client.get("/api/v1/photos/..%2F..%2Fetc%2Fpasswd").status_code in (400, 404)  # ids are numbers, never paths
     assert client.post("/api/v1/search", json={"text": "  "}).status_code == 400
     assert client.post("/api/v1/search", json={"text": "a dog", "top_k": 0}).status_code == 400
+    long = client.post("/api/v1/search", json={"text": "dog " * 25_000})  # issue 15: refused, not tokenised
+    assert long.status_code == 400 and "1000" in long.json()["detail"]
 
 
 def test_missing_model_answers_503_with_the_reason():

@@ -115,3 +115,15 @@ def test_model_flags_resolve_paths_env_and_hub_ids(app, monkeypatch, hub_offline
     assert app.parse_settings(["--pair-model", "x/y"]).pair_model == "x/y"
     model, why = load_pair_model("someone/not-on-this-offline-machine")
     assert model is None and "could not load the pair matcher from 'someone/not-on-this-offline-machine'" in why
+
+
+def test_hostile_names_are_shown_as_text_and_long_queries_refused(app, shared_data):
+    """Issue 15: a name with HTML/JavaScript or Markdown is listed literally (escaped), never rendered;
+    a 100k-character description gets a clear message instead of minutes of tokenising."""
+    hostile = "<img src=x onerror=alert(1)> **x**"
+    status, listing = app.register(hostile, photos(shared_data, "1002")[:1])
+    assert "Registered 1 photo(s)" in status
+    assert "<img" not in listing and "&lt;img src=x onerror=alert\\(1\\)&gt; \\*\\*x\\*\\*" in listing
+    assert hostile in app.gallery.names  # stored as typed; only its display is escaped
+    with pytest.raises(gr.Error, match="at most 1,000"):
+        app.search_text("a dog " * 20_000, 3)

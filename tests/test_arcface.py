@@ -621,3 +621,31 @@ def test_cpu_recipe_runs_from_the_cached_activations(dog_tree, tmp_path):
     assert model.config.activation_stage == 2 and model.config.score_threshold is not None
     with pytest.raises(SystemExit, match="head_init"):
         run_tiny(dog_tree, tmp_path / "bad", "--set", "head_init=zeros")
+
+
+def test_flip_tta_makes_embeddings_mirror_invariant_and_survives_save_load(tmp_path):
+    """`tta_flip`: at inference a photo and its mirror image get the same embedding (each is the mean of
+    both views); training with gradients sees the single view; the setting is saved with the model and
+    reaches the pair matcher built from the embedder."""
+    from model_pkg import PairMatcherModel
+
+    model = tiny_model(tta_flip=True).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        emb, mirrored = model.get_image_features(pixel_values=x), model.get_image_features(pixel_values=x.flip(-1))
+        model.set_tta_flip(False)
+        plain, plain_mirrored = model.get_image_features(pixel_values=x), model.get_image_features(pixel_values=x.flip(-1))
+        model.set_tta_flip(True)
+    torch.testing.assert_close(emb, mirrored, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain, plain_mirrored, atol=1e-3)  # the plain model is not mirror-invariant
+    assert not torch.allclose(emb, plain, atol=1e-3)
+    tokens_with_grad = model.backbone.forward_features(x)  # gradients on: one view, as in training
+    torch.testing.assert_close(tokens_with_grad, model.backbone._tokens(model.backbone.model.forward_features(x)))
+
+    model.save_pretrained(tmp_path / "m")
+    loaded = ArcFaceEmbedderModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.tta_flip and loaded.backbone.tta_flip
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_image_features(pixel_values=x), emb, atol=1e-5, rtol=1e-5)
+    matcher = PairMatcherModel.from_embedder(loaded)
+    assert matcher.config.tta_flip and matcher.backbone.tta_flip

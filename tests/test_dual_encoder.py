@@ -361,3 +361,24 @@ def test_shipped_model_loads_offline(hub_offline):
 def test_hub_caption_dataset_offline_is_a_clear_error(hub_offline, tmp_path):
     with pytest.raises(CaptionDataError, match="jxie/flickr8k"):
         load_caption_splits("jxie/flickr8k", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("pooling", ["timm", "attention"])
+def test_earlier_feature_layer_cached_outputs_match_pixels_and_round_trip(tmp_path, pooling):
+    """`vision_config.feature_layer`: the tower reads an earlier stage's map (the recommend bench's best layer
+    for Flickr8k); its cached outputs give the same embeddings as pixels, before and after save/load."""
+    model = tiny_model(vision_config={"feature_layer": "stage3", "pooling": pooling}).eval()
+    t, c = model.vision_model.backbone.token_shape("stage3")
+    assert model.vision_model.dim == c and model.vision_model.backbone.token_dim != c
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cached = model.vision_model.tower_outputs(pixels)
+        assert cached.shape == ((2, t, c) if pooling == "attention" else (2, c))
+        emb = model.get_image_features(pixels)
+        torch.testing.assert_close(model.get_image_features(image_features=cached), emb)
+    model.save_pretrained(tmp_path / "m")
+    loaded = DualEncoderModel.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_image_features(pixels), emb)
+    with pytest.raises(ValueError, match="no token layer 'stage9'"):
+        tiny_model(vision_config={"feature_layer": "stage9"})

@@ -59,3 +59,17 @@ def test_extreme_logits_stay_finite():
     loss = pair_bce_loss(logits, labels, pos_weight=2.0)
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx((200.0 + 2.0 * 200.0 + 0.0 + 0.0) / 4, rel=1e-6)
+
+
+def test_max_violation_loss_is_the_hinge_on_the_hardest_negative():
+    from model_pkg.losses import max_violation_loss
+
+    sim = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.5, 0.6], [0.0, 0.3, 0.7]])
+    # text->image hardest wrong: 0.8, 0.6, 0.3; image->text hardest wrong: 0.2, 0.8, 0.6 (columns)
+    t2i = [max(0, 0.2 + 0.8 - 0.9), max(0, 0.2 + 0.6 - 0.5), max(0, 0.2 + 0.3 - 0.7)]
+    i2t = [max(0, 0.2 + 0.2 - 0.9), max(0, 0.2 + 0.8 - 0.5), max(0, 0.2 + 0.6 - 0.7)]
+    expected = 0.5 * (sum(t2i) / 3 + sum(i2t) / 3)
+    assert max_violation_loss(sim, margin=0.2).item() == pytest.approx(expected)
+    assert max_violation_loss(torch.eye(4), margin=0.2).item() == 0.0  # every positive beats every negative by > 0.2
+    with pytest.raises(ValueError, match="square"):
+        max_violation_loss(torch.zeros(2, 3))

@@ -239,6 +239,22 @@ def test_run_builds_a_matcher_from_an_embedder_with_thresholds_per_set_size(dog_
         run_tiny(dog_tree, tmp_path / "bad", "--set", "calibration_negatives=hardest")
 
 
+def test_run_guards_thresholds_against_lookalikes_within_the_tolerance(dog_tree, tmp_path):
+    """`calibration_hard_tolerance`: per set size, within that much of the best random-negative accuracy,
+    the threshold that decides best on hard-negative validation pairs (never lower on hard pairs)."""
+    common = ("--set", "calibration_set_sizes=[1]", "--set", "calibration_pairs=40")
+    plain = run_from_embedder(dog_tree, tmp_path / "plain", *common)
+    guarded = run_from_embedder(dog_tree, tmp_path / "guarded", *common, "--set", "calibration_hard_tolerance=0.05")
+    p, g = plain["val_by_size"], guarded["val_by_size"]
+    assert guarded["calibration_hard_tolerance"] == 0.05
+    assert g["1v1_random"]["accuracy"] >= p["1v1_random"]["accuracy"] - 0.05 - 1e-9
+    assert g["1v1_hard"]["accuracy"] >= p["1v1_hard"]["accuracy"]
+    with pytest.raises(SystemExit, match="calibration_hard_tolerance"):
+        run_from_embedder(
+            dog_tree, tmp_path / "bad", "--set", "calibration_negatives=mixed", "--set", "calibration_hard_tolerance=0.01"
+        )
+
+
 def test_snorm_matcher_normalises_against_its_cohort_and_round_trips(tmp_path):
     import torch.nn.functional as F
 

@@ -36,6 +36,8 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
             one stay frozen, and training reads their cached output (`activations`, computed once per
             augmented view) instead of pixels; the stages from this one on and the head conv train. None:
             `backbone_trainable_groups` decides what trains, on pixels.
+        tta_flip (`bool`): flip test-time augmentation: at inference each photo's backbone tokens are the
+            mean of its own and its mirror image's (about 2x the backbone cost; training is unchanged).
         initializer_range (`float`): std of the normal init of new linear layers.
         score_threshold (`float`, *optional*): gallery rejection threshold on the best cosine similarity,
             calibrated on validation identities (`GalleryIndex.calibrate`); None = never reject as unknown.
@@ -64,6 +66,7 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         backbone_trainable_groups: int | None = None,
         freeze_backbone_bn: bool = True,
         activation_stage: int | None = None,
+        tta_flip: bool = False,
         initializer_range: float = 0.02,
         score_threshold: float | None = None,
         margin_threshold: float = 0.05,
@@ -102,6 +105,7 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         self.backbone_trainable_groups = backbone_trainable_groups
         self.freeze_backbone_bn = freeze_backbone_bn
         self.activation_stage = activation_stage
+        self.tta_flip = tta_flip
         self.initializer_range = initializer_range
         self.score_threshold = score_threshold
         self.margin_threshold = margin_threshold

@@ -216,7 +216,8 @@ class PhotoCollator:
 
 
 def _cache_key(backbone, paths: Sequence[str]) -> str:
-    digest = hashlib.sha256(f"{backbone.model_name}:{backbone.image_size}\n".encode())
+    flip = ":flip" if getattr(backbone, "tta_flip", False) else ""  # flip-TTA features differ from single-view ones
+    digest = hashlib.sha256(f"{backbone.model_name}:{backbone.image_size}{flip}\n".encode())
     for tensor in backbone.state_dict().values():  # the weights, so fine-tuned backbones never share a cache
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for path in paths:

@@ -27,6 +27,10 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray
 # decoded at reduced scale via ``draft``, so we apply our own, higher ceiling.
 # Raise it if you really have larger photos (non-JPEG ones are fully decoded).
 MAX_PIXELS = 400_000_000
+# Formats other than JPEG have no reduced-scale decoding: a 20,000 x 20,000 PNG of 1 MB would be decoded
+# in full (1.2 GB, tens of seconds of CPU) before it could be downscaled. Such files are refused from their
+# header; 50 MP still covers every camera and phone photo saved as PNG, WebP, TIFF or HEIF.
+MAX_DECODED_PIXELS = 50_000_000
 
 # Guards the brief switch-off of PIL's global bomb check while a header is read.
 _BOMB_CHECK_LOCK = threading.Lock()
@@ -154,6 +158,15 @@ def _open_file(path: Path, max_side: int) -> Image.Image:
                     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 100 MP photo then
                     # never materialises at full size in memory.
                     img.draft(img.mode, (max_side, max_side))
+                decoded = img.size[0] * img.size[1]  # after draft: what will really be decoded
+                if decoded > MAX_DECODED_PIXELS:
+                    raise _fail(
+                        name,
+                        f"{width}x{height} pixels ({img.format or 'unknown format'}) would have to be decoded in full, "
+                        f"above the safety limit of {MAX_DECODED_PIXELS:,} pixels",
+                        "Downscale the file or save it as a JPEG, or raise model_pkg.data.images.MAX_DECODED_PIXELS "
+                        "if it is genuine.",
+                    )
                 # Force the full decode now so truncation/corruption surfaces here.
                 img.load()
     except ImageLoadError:

@@ -13,6 +13,7 @@ MINILM_ALIAS = "all-MiniLM-L6-v2"
 VISION_POOLING = ("timm", "attention")
 TEXT_TOWERS = ("transformers", "lstm")
 PROJECTIONS = ("linear", "mlp")
+LOSSES = ("infonce", "max_violation")
 
 
 class DualEncoderVisionConfig(PretrainedConfig):
@@ -29,6 +30,10 @@ class DualEncoderVisionConfig(PretrainedConfig):
         pooling (`str`): `timm` (the backbone's own global pooling, the ImageNet classifier's input) or
             `attention` (a learned query attends over the token map).
         attention_heads (`int`): heads of the attention pooling.
+        feature_layer (`str`, *optional*): the backbone's feature map the tower reads: None = the final one
+            (EfficientNet: after the 1280-d head conv), or an earlier stage such as `stage7` (EfficientNet:
+            the 320/352-d output of the last block stage, before the head conv, which was trained for
+            ImageNet classes); `timm` pooling then averages its positions.
         freeze (`bool`): no gradients to the backbone (LiT); it then runs in eval mode.
     """
 
@@ -45,6 +50,7 @@ class DualEncoderVisionConfig(PretrainedConfig):
         pooling: str = "timm",
         attention_heads: int = 8,
         freeze: bool = True,
+        feature_layer: str | None = None,
         **kwargs,
     ):
         if pooling not in VISION_POOLING:
@@ -58,6 +64,7 @@ class DualEncoderVisionConfig(PretrainedConfig):
         self.image_size = image_size
         self.pooling = pooling
         self.attention_heads = attention_heads
+        self.feature_layer = feature_layer
         self.freeze = freeze
         super().__init__(**kwargs)
 
@@ -142,6 +149,9 @@ class DualEncoderConfig(PretrainedConfig):
         temperature_init (`float`): initial softmax temperature; the learnable logit scale starts at 1 / it.
         max_logit_scale (`float`): the logit scale is clamped to at most this (CLIP: 100).
         initializer_range (`float`): std of the normal init of the projections.
+        loss (`str`): `infonce` (CLIP's symmetric contrastive loss with the learned temperature) or
+            `max_violation` (VSE++: a hinge on the hardest in-batch negative of each text and image).
+        loss_margin (`float`): the `max_violation` margin on cosine similarities.
     """
 
     model_type = "petmatch_dual_encoder"
@@ -158,8 +168,12 @@ class DualEncoderConfig(PretrainedConfig):
         temperature_init: float = 0.07,
         max_logit_scale: float = 100.0,
         initializer_range: float = 0.02,
+        loss: str = "infonce",
+        loss_margin: float = 0.2,
         **kwargs,
     ):
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is not one of {LOSSES}.")
         if projection not in PROJECTIONS:
             raise ValueError(f"projection={projection!r} is not one of {PROJECTIONS}.")
         if projection_dim < 1:
@@ -181,6 +195,8 @@ class DualEncoderConfig(PretrainedConfig):
         self.temperature_init = temperature_init
         self.max_logit_scale = max_logit_scale
         self.initializer_range = initializer_range
+        self.loss = loss
+        self.loss_margin = loss_margin
         super().__init__(**kwargs)
 
     @property

@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..backbones import Backbone, create_backbone
-from ..losses import symmetric_contrastive_loss
+from ..losses import max_violation_loss, symmetric_contrastive_loss
 from .configuration_dual_encoder import MINILM_ALIAS, DualEncoderConfig, DualEncoderTextConfig
 
 logger = logging.getLogger(__name__)
@@ -146,9 +146,11 @@ class VisionTower(nn.Module):
         self.backbone: Backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
         for module in self.backbone.modules():
             module._is_pretrained_tower = True
-        self.pool = AttentionPool(self.backbone.token_dim, config.attention_heads) if config.pooling == "attention" else None
-        if self.pool is not None:
-            self.dim = self.backbone.token_dim
+        self.layer = getattr(config, "feature_layer", None)
+        token_dim = self.backbone.token_shape(self.layer)[1]
+        self.pool = AttentionPool(token_dim, config.attention_heads) if config.pooling == "attention" else None
+        if self.pool is not None or self.layer is not None:
+            self.dim = token_dim
         else:  # timm's head may widen the pooled feature (MobileNetV3: 576 -> conv_head 1024)
             self.dim = getattr(self.backbone.model, "head_hidden_size", None) or self.backbone.model.num_features
 
@@ -169,8 +171,13 @@ class VisionTower(nn.Module):
                 f"pixel_values must be (batch, 3, height, width); got shape {tuple(pixel_values.shape)}. "
                 "For one photo add a batch dimension with .unsqueeze(0)."
             )
-        tokens = self.backbone.forward_features(pixel_values)  # (B, T, D)
-        return tokens if self.pool is not None else self.backbone.pool(tokens)
+        tokens = self.backbone.forward_tokens(pixel_values, self.layer)  # (B, T, D)
+        return tokens if self.pool is not None else self.pool_tokens(tokens)
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`timm` pooling of tokens (B, T, D) -> (B, D): the backbone's own head for the final map, the mean
+        over positions for an earlier stage."""
+        return self.backbone.pool(tokens) if self.layer is None else tokens.float().mean(1)
 
     def forward(self, pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
         if image_features is None:
@@ -178,7 +185,7 @@ class VisionTower(nn.Module):
                 raise ValueError("Give pixel_values (B, 3, H, W) or cached image_features.")
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze):
                 image_features = self.tower_outputs(pixel_values)
-        expected, width = (3, self.backbone.token_dim) if self.pool is not None else (2, self.dim)
+        expected, width = (3, self.dim) if self.pool is not None else (2, self.dim)
         if image_features.ndim != expected or image_features.shape[-1] != width:
             what = "tokens (B, T, D)" if self.pool is not None else "pooled features (B, D)"
             raise ValueError(
@@ -532,7 +539,7 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         Args:
             input_ids: (B, L) token ids, `attention_mask` (B, L); or cached `text_features` (B, D_text).
             pixel_values: (B, 3, H, W) photos; or cached `image_features` (pooled (B, D) / tokens (B, T, D)).
-            return_loss: compute the symmetric contrastive loss; text i matches image i.
+            return_loss: compute the training loss (`config.loss`); text i matches image i.
         """
         image_embeds = self.get_image_features(pixel_values, image_features)  # (B, P)
         text_embeds = self.get_text_features(input_ids, attention_mask, text_features)  # (B, P)
@@ -544,7 +551,10 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
                 raise ValueError(
                     f"return_loss needs matched pairs: {logits_per_text.shape[0]} texts vs {logits_per_text.shape[1]} images."
                 )
-            loss = symmetric_contrastive_loss(logits_per_text)
+            if self.config.loss == "max_violation":
+                loss = max_violation_loss(text_embeds @ image_embeds.t(), self.config.loss_margin)
+            else:
+                loss = symmetric_contrastive_loss(logits_per_text)
         return DualEncoderOutput(
             loss=loss,
             logits_per_image=logits_per_text.t(),

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -81,6 +82,7 @@ class DualTrainingConfig:
     warmup_ratio: float = 0.05
     augment_images: bool = True  # training on pixels: the project's train transform
     eval_steps: int = 50
+    eval_on_start: bool = False  # evaluate before the first step too (the learning curve's starting point)
     eval_batch_size: int = 256
     logging_steps: int = 10
     save_total_limit: int | None = 2
@@ -107,12 +109,18 @@ def image_tower_outputs(
 ) -> torch.Tensor:
     """The frozen image tower's outputs for `paths`: pooled (N, D) float32, or tokens (N, T, D) float16
     for attention pooling; stored by `datasets` under `cache_dir` and reused on resume."""
-    backbone = model.vision_model.backbone
+    tower = model.vision_model
+    backbone = tower.backbone
     cache_file = None
     if cache_dir:
-        cache_file = os.path.join(cache_dir, f"tokens-{backbone.model_name}-{backbone.image_size}-{len(paths)}.arrow")
-    tokens = compute_tokens(backbone, list(paths), batch_size=batch_size, cache_file=cache_file, desc="image tower")
-    return tokens if model.vision_model.pool is not None else compute_pooled(backbone, tokens)
+        layer = f"-{tower.layer}" if tower.layer else ""
+        cache_file = os.path.join(cache_dir, f"tokens-{backbone.model_name}-{backbone.image_size}{layer}-{len(paths)}.arrow")
+    tokens = compute_tokens(
+        backbone, list(paths), batch_size=batch_size, cache_file=cache_file, desc="image tower", layer=tower.layer
+    )
+    if tower.pool is not None:
+        return tokens
+    return compute_pooled(backbone, tokens) if tower.layer is None else tokens.float().mean(1)
 
 
 def _load_features_file(file: str, data_dir: str | None, paths: Sequence[str], dim: int) -> torch.Tensor:
@@ -239,6 +247,7 @@ class DualEncoderTrainer(Trainer):
             cast(DualEncoderModel, self.model), **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(result).items()}
+        metrics[f"{metric_key_prefix}_unix_time"] = time.time()  # wall-clock for learning curves (bench/learning_curve.py)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -254,11 +263,16 @@ def save_with_card(
 ) -> None:
     """save_pretrained (fp16 weights by default) + a model card, swapped into place atomically."""
     vc, tc = model.config.vision_config, model.config.text_config
-    text = (
-        f"`{tc.model_name_or_path}` (mean pooling)"
-        if tc.tower == "transformers"
-        else f"word embeddings + LSTM ({len(tc.vocab)} words)"
-    )
+    if tc.tower == "transformers":
+        tuned = (
+            "frozen"
+            if tc.freeze
+            else ("fine-tuned" if tc.trainable_layers is None else f"top {tc.trainable_layers} layers fine-tuned")
+        )
+        text = f"`{tc.model_name_or_path}` (mean pooling, {tuned})"
+    else:
+        text = f"word embeddings + LSTM ({len(tc.vocab)} words)"
+    layer = f", `{vc.feature_layer}` features" if getattr(vc, "feature_layer", None) else ""
 
     def write(directory: str):
         model.save_pretrained(directory, weights_dtype=weights_dtype)
@@ -267,10 +281,10 @@ def save_with_card(
             model_name=os.path.basename(os.path.normpath(save_directory)),
             model_type=model.config.model_type,
             description=(
-                f"Image-text dual encoder for text-to-image search: image tower `{vc.backbone}` ({vc.image_size}px, "
+                f"Image-text dual encoder for text-to-image search: image tower `{vc.backbone}` ({vc.image_size}px{layer}, "
                 f"{vc.pooling} pooling{', frozen' if vc.freeze else ''}), text tower {text}, {model.config.projection} "
                 f"projections into a {model.config.projection_dim}-d L2-normalised space, learned temperature. "
-                "Frozen towers from installed PyPI packages are referenced, not copied: loading needs no network."
+                "Frozen parts of towers from installed PyPI packages are referenced, not copied: loading needs no network."
             ),
             metrics=metrics,
             data="Flickr8k (Hodosh, Young, Hockenmaier 2013): 4,000 official training images x 5 captions; "
@@ -340,7 +354,7 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     all_paths = list(train_paths) + list(dev_paths)
     image_features = None
     if vc.freeze and cfg.cache_image_features:
-        if cfg.image_features_file and vc.pooling == "timm":
+        if cfg.image_features_file and vc.pooling == "timm" and not vc.feature_layer:
             image_features = _load_features_file(cfg.image_features_file, cfg.data_dir, all_paths, model.vision_model.dim)
         else:
             cache_dir = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
@@ -383,6 +397,7 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
         per_device_eval_batch_size=cfg.eval_batch_size,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
+        eval_on_start=cfg.eval_on_start,
         save_strategy="steps",
         save_steps=cfg.eval_steps,
         save_total_limit=cfg.save_total_limit,

@@ -56,6 +56,8 @@ class PairMatcherConfig(PretrainedConfig):
             Fewer trainable groups make CPU fine-tuning several times cheaper.
         freeze_backbone_bn (`bool`): keep the backbone's BatchNorm statistics fixed while fine-tuning
             (small CPU batches would otherwise wreck them).
+        tta_flip (`bool`): flip test-time augmentation: at inference each photo's backbone tokens are the
+            mean of its own and its mirror image's (about 2x the backbone cost; training is unchanged).
         initializer_range (`float`): std of the normal init of new linear layers.
     """
 
@@ -85,6 +87,7 @@ class PairMatcherConfig(PretrainedConfig):
         freeze_backbone: bool = False,
         backbone_trainable_groups: int | None = None,
         freeze_backbone_bn: bool = True,
+        tta_flip: bool = False,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -133,5 +136,6 @@ class PairMatcherConfig(PretrainedConfig):
         self.freeze_backbone = freeze_backbone
         self.backbone_trainable_groups = backbone_trainable_groups
         self.freeze_backbone_bn = freeze_backbone_bn
+        self.tta_flip = tta_flip
         self.initializer_range = initializer_range
         super().__init__(**kwargs)

@@ -239,6 +239,7 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
                 "siamese_distance": "cosine",
                 "photo_norm": "l2",
                 "freeze_backbone_bn": ecfg.freeze_backbone_bn,
+                "tta_flip": getattr(ecfg, "tta_flip", False),
                 **overrides,
             }
         )

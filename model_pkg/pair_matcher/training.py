@@ -31,7 +31,7 @@ from ..data import (
 )
 from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
-from ..metrics import choose_threshold, verification_metrics
+from ..metrics import choose_guarded_threshold, choose_threshold, verification_metrics
 from ..modeling_utils import model_identity
 from ..training_utils import check_options
 from ..transforms import create_transform
@@ -82,6 +82,10 @@ class PairTrainingConfig:
     calibration_negatives: str = "mixed"
     calibration_set_sizes: tuple[int, ...] = (1, 2, 3)
     calibration_pairs: int = 1000  # per set size
+    # With "random": among the thresholds within this much (a fraction: 0.005 = half a point) of the best
+    # random-negative accuracy, take the one that decides best on hard-negative validation pairs. None: the
+    # best random-negative threshold alone (the lowest of a wide plateau, which lets lookalikes through).
+    calibration_hard_tolerance: float | None = None
     # Adaptive s-norm of an embedder's cosine against a cohort of training dogs: "auto" keeps it only if it
     # makes better decisions on the validation pairs the thresholds are chosen on; "asnorm" always; "none" never.
     score_norm: str = "none"
@@ -91,6 +95,13 @@ class PairTrainingConfig:
     def __post_init__(self):
         if self.calibration_negatives not in CALIBRATION_NEGATIVES:
             raise ValueError(f"calibration_negatives={self.calibration_negatives!r} is not one of {CALIBRATION_NEGATIVES}.")
+        if self.calibration_hard_tolerance is not None and (
+            self.calibration_negatives != "random" or not 0.0 <= self.calibration_hard_tolerance < 1.0
+        ):
+            raise ValueError(
+                f"calibration_hard_tolerance={self.calibration_hard_tolerance!r} needs calibration_negatives='random' and a "
+                "value in [0, 1) (a fraction of accuracy, e.g. 0.005)."
+            )
         if self.score_norm not in ("none", "auto", "asnorm"):
             raise ValueError(f"score_norm={self.score_norm!r} is not one of ('none', 'auto', 'asnorm').")
         if self.score_norm != "none" and not self.embedder:
@@ -134,18 +145,31 @@ Collator = Callable[[Sequence[dict]], dict]  # rows -> a batch of tensors
 
 
 class PhaseCollator:
-    """Cached tokens while the backbone is frozen, pixels once it trains (augmented for train rows)."""
+    """Cached tokens while the backbone is frozen, pixels once it trains (augmented for train rows).
 
-    def __init__(self, cached: Collator, train_pixels: Collator, eval_pixels: Collator):
+    Training batches (rows with `augment`) take their phase from their own index when `frozen_steps` is given:
+    the first `frozen_steps` are cached tokens, the rest pixels. The data loader collates one batch ahead of the
+    step that uses it, so a flag flipped at the phase switch would reach the training batches one batch late, and
+    not at all for the first batch after a resume; counting batches (`train_batches`, set to the global step when
+    training starts or resumes) gives an interrupted run the same batches as an uninterrupted one.
+    Evaluation batches follow `use_tokens`."""
+
+    def __init__(self, cached: Collator, train_pixels: Collator, eval_pixels: Collator, frozen_steps: int | None = None):
         self.cached = cached
         self.train_pixels = train_pixels
         self.eval_pixels = eval_pixels
         self.use_tokens = True
+        self.frozen_steps = frozen_steps
+        self.train_batches = 0
 
     def __call__(self, features):
+        augment = all(f.get("augment", False) for f in features)
+        if augment and self.frozen_steps is not None:
+            frozen = self.train_batches < self.frozen_steps
+            self.train_batches += 1
+            return (self.cached if frozen else self.train_pixels)(features)
         if self.use_tokens:
             return self.cached(features)
-        augment = all(f.get("augment", False) for f in features)
         return (self.train_pixels if augment else self.eval_pixels)(features)
 
 
@@ -167,6 +191,7 @@ class BackbonePhaseCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._apply(state.global_step)  # also right after a resume
+        self.collator.train_batches = state.global_step  # the batches already trained on (no gradient accumulation here)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.frozen_steps and not os.path.isdir(self.frozen_dir):
@@ -214,16 +239,37 @@ def predict_pair_scores(model: PairMatcherModel, records: list[dict], collator, 
     return 1 / (1 + np.exp(-predict_pair_logits(model, records, collator, batch_size)))
 
 
-def calibrate_thresholds(model: PairMatcherModel, records: list[dict], scores: np.ndarray) -> None:
-    """Store the validation-chosen threshold, overall and per size of the smaller set, in `model.config`."""
-    labels = np.array([r["label"] for r in records])
-    sizes = np.array([min(len(r["paths_a"]), len(r["paths_b"])) for r in records])
-    model.config.threshold = float(choose_threshold(labels, scores))
+def _sizes(records: list[dict]) -> np.ndarray:
+    return np.array([min(len(r["paths_a"]), len(r["paths_b"])) for r in records])
+
+
+def calibrate_thresholds(
+    model: PairMatcherModel,
+    records: list[dict],
+    scores: np.ndarray,
+    guard: tuple[list[dict], np.ndarray] | None = None,
+    tolerance: float | None = None,
+) -> None:
+    """Store the validation-chosen threshold, overall and per size of the smaller set, in `model.config`.
+    With `guard` (records, scores), e.g. hard-negative pairs, and `tolerance`: per size, the threshold
+    within `tolerance` of the best accuracy on `records` that decides best on the guard pairs
+    (`metrics.choose_guarded_threshold`)."""
+    labels, sizes = np.array([r["label"] for r in records]), _sizes(records)
+    g_labels, g_sizes = (np.array([r["label"] for r in guard[0]]), _sizes(guard[0])) if guard else (None, None)
+
+    def choose(chosen: np.ndarray, guard_chosen: np.ndarray | None) -> float:
+        if guard is None or tolerance is None or guard_chosen is None or g_labels is None:
+            return float(choose_threshold(labels[chosen], scores[chosen]))
+        if len(set(g_labels[guard_chosen].tolist())) < 2:  # no guard pairs of both kinds for this size
+            return float(choose_threshold(labels[chosen], scores[chosen]))
+        return choose_guarded_threshold(labels[chosen], scores[chosen], g_labels[guard_chosen], guard[1][guard_chosen], tolerance)
+
+    model.config.threshold = choose(np.ones(len(labels), bool), None if g_sizes is None else np.ones(len(g_sizes), bool))
     by_size = {}
     for size in np.unique(sizes):
         chosen = sizes == size
         if len(set(labels[chosen].tolist())) == 2:  # both classes needed to choose a threshold
-            by_size[str(int(size))] = float(choose_threshold(labels[chosen], scores[chosen]))
+            by_size[str(int(size))] = choose(chosen, None if g_sizes is None else g_sizes == size)
     model.config.set_size_thresholds = by_size or None
 
 
@@ -238,10 +284,12 @@ def _val_pairs_by_size(groups, sizes, num_pairs: int, seed: int, negatives: str,
 
 
 @torch.no_grad()
-def calibrate_embedder_matcher(model: PairMatcherModel, records: list[dict], collator) -> np.ndarray:
+def calibrate_embedder_matcher(
+    model: PairMatcherModel, records: list[dict], collator, guard_records: list[dict] | None = None, tolerance=None
+) -> np.ndarray:
     """Fit the siamese cosine head's `scale`/`bias` by logistic regression on validation pairs, so its
-    probabilities mean what they say, then store a threshold per set size (`calibrate_thresholds`).
-    Returns the calibrated probabilities of `records`."""
+    probabilities mean what they say, then store a threshold per set size (`calibrate_thresholds`, guarded
+    by `guard_records` within `tolerance` when given). Returns the calibrated probabilities of `records`."""
     from sklearn.linear_model import LogisticRegression
 
     head = model.head
@@ -256,7 +304,8 @@ def calibrate_embedder_matcher(model: PairMatcherModel, records: list[dict], col
     head.scale.fill_(float(fit.coef_[0, 0]))
     head.bias.fill_(float(fit.intercept_[0]))
     probs = 1 / (1 + np.exp(-(float(head.scale) * cosine + float(head.bias))))
-    calibrate_thresholds(model, records, probs)
+    guard = (guard_records, predict_pair_scores(model, guard_records, collator)) if guard_records else None
+    calibrate_thresholds(model, records, probs, guard, tolerance)
     return probs
 
 
@@ -367,7 +416,9 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
 
     train_tf = create_transform(model.data_config, train=True)
     eval_tf = create_transform(model.data_config, train=False)
-    collator = PhaseCollator(CachedSetPairCollator(tokens, index), SetPairCollator(train_tf), SetPairCollator(eval_tf))
+    collator = PhaseCollator(
+        CachedSetPairCollator(tokens, index), SetPairCollator(train_tf), SetPairCollator(eval_tf), frozen_steps=cfg.frozen_steps
+    )
 
     # 4. One optimizer for both phases: the head at `learning_rate`, the backbone at `backbone_learning_rate`.
     backbone_params = list(model.backbone.parameters())
@@ -426,14 +477,19 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
     else:
         calib_rows, hard_rows = val_rows, []
     calibrate = calibrate_embedder_matcher if cfg.embedder else _calibrate_trained
-    calib_scores = calibrate(model, calib_rows, collator)
+    guard = hard_rows if cfg.calibration_hard_tolerance is not None and hard_rows else None
+    calib_scores = calibrate(model, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
     score_norm_choice = None
     if normed is not None:  # keep s-norm only if its thresholds make better decisions on these validation pairs
-        normed_scores = calibrate(normed, calib_rows, collator)
-        plain_acc, normed_acc = (
-            _decision_accuracy(model, calib_rows, calib_scores),
-            _decision_accuracy(normed, calib_rows, normed_scores),
-        )
+        normed_scores = calibrate(normed, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
+
+        def decisions(m: PairMatcherModel, scores: np.ndarray) -> float:
+            acc = _decision_accuracy(m, calib_rows, scores)
+            if guard:  # the guarded thresholds serve both kinds of negatives: judge them on both
+                acc = (acc + _decision_accuracy(m, guard, predict_pair_scores(m, guard, collator))) / 2
+            return acc
+
+        plain_acc, normed_acc = decisions(model, calib_scores), decisions(normed, normed_scores)
         score_norm_choice = {"plain_accuracy": plain_acc, "snorm_accuracy": normed_acc}
         if cfg.score_norm == "asnorm" or normed_acc > plain_acc:
             model, calib_scores = normed, normed_scores
@@ -445,6 +501,7 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         "splits_file": splits_file,
         "set_size_thresholds": model.config.set_size_thresholds,
         "calibration_negatives": cfg.calibration_negatives,
+        "calibration_hard_tolerance": cfg.calibration_hard_tolerance,
         "score_norm": score_norm_choice,
     }
     if hard_rows:  # the thresholds' accuracy per set size, on the pairs they were chosen on and on hard pairs
@@ -495,9 +552,12 @@ def _decision_accuracy(model: PairMatcherModel, records: list[dict], scores: np.
     return float(((scores >= thresholds) == labels).mean())
 
 
-def _calibrate_trained(model: PairMatcherModel, records: list[dict], collator) -> np.ndarray:
+def _calibrate_trained(
+    model: PairMatcherModel, records: list[dict], collator, guard_records: list[dict] | None = None, tolerance=None
+) -> np.ndarray:
     scores = predict_pair_scores(model, records, collator)
-    calibrate_thresholds(model, records, scores)
+    guard = (guard_records, predict_pair_scores(model, guard_records, collator)) if guard_records else None
+    calibrate_thresholds(model, records, scores, guard, tolerance)
     return scores
 
 
