@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
 from ..pair_matcher.training import Collator, PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
-from ..training_utils import check_options
+from ..training_utils import check_options, save_atomically
 from ..transforms import create_transform
 from .configuration_arcface import ArcFaceEmbedderConfig
 from .modeling_arcface import ArcFaceEmbedderModel
@@ -319,7 +318,7 @@ class MarginScheduleCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.frozen_steps and self.frozen_steps > 0 and not os.path.isdir(self.frozen_dir):
-            _save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
+            save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
         self._apply(state.global_step)
 
 
@@ -438,24 +437,6 @@ def _training_arguments(cfg: ArcFaceTrainingConfig, total_steps: int, precision:
 
 
 # -- saving ------------------------------------------------------------------------------------------
-def _save_atomically(directory: str | os.PathLike, write) -> None:
-    """`write(tmp_dir)` into a temporary sibling, then swap it in: `directory` is always whole or absent."""
-    target = Path(directory).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(str(tmp))
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_with_card(
     model: ArcFaceEmbedderModel,
     save_directory: str,
@@ -500,7 +481,7 @@ def save_with_card(
             tags=["image-feature-extraction", "pet-reidentification", "arcface"],
         )
 
-    _save_atomically(save_directory, write)
+    save_atomically(save_directory, write)
 
 
 # -- calibration -------------------------------------------------------------------------------------

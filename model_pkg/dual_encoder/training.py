@@ -31,14 +31,14 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup
 
-from ..arcface.training import _save_atomically, resolve_mixed_precision
+from ..arcface.training import resolve_mixed_precision
 from ..data import load_image
 from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..hub import write_model_card
 from ..metrics import text_image_retrieval_metrics
 from ..pair_matcher.training import _last_checkpoint
-from ..training_utils import check_options
+from ..training_utils import check_options, save_atomically
 from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
@@ -303,7 +303,7 @@ def save_with_card(
             tags=["text-to-image-retrieval", "dual-encoder", "zero-shot-image-classification"],
         )
 
-    _save_atomically(save_directory, write)
+    save_atomically(save_directory, write)
 
 
 # -- the run ------------------------------------------------------------------------------------------------

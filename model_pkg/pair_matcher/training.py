@@ -33,7 +33,7 @@ from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..metrics import choose_guarded_threshold, choose_threshold, verification_metrics
 from ..modeling_utils import model_identity
-from ..training_utils import check_options
+from ..training_utils import check_options, save_atomically
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel, SiameseHead
@@ -151,23 +151,37 @@ class PhaseCollator:
     the first `frozen_steps` are cached tokens, the rest pixels. The data loader collates one batch ahead of the
     step that uses it, so a flag flipped at the phase switch would reach the training batches one batch late, and
     not at all for the first batch after a resume; counting batches (`train_batches`, set to the global step when
-    training starts or resumes) gives an interrupted run the same batches as an uninterrupted one.
-    Evaluation batches follow `use_tokens`."""
+    training starts or resumes) gives an interrupted run the same batches as an uninterrupted one. For the same
+    reason their random augmentation is drawn from a generator seeded by `seed` and the batch index, not from the
+    global RNG: the look-ahead batch would otherwise draw before the checkpoint stores the RNG state, and a resumed
+    run would see other crops. Evaluation batches follow `use_tokens`."""
 
-    def __init__(self, cached: Collator, train_pixels: Collator, eval_pixels: Collator, frozen_steps: int | None = None):
+    def __init__(
+        self,
+        cached: Collator,
+        train_pixels: Collator,
+        eval_pixels: Collator,
+        frozen_steps: int | None = None,
+        seed: int = 0,
+    ):
         self.cached = cached
         self.train_pixels = train_pixels
         self.eval_pixels = eval_pixels
         self.use_tokens = True
         self.frozen_steps = frozen_steps
+        self.seed = seed
         self.train_batches = 0
 
     def __call__(self, features):
         augment = all(f.get("augment", False) for f in features)
         if augment and self.frozen_steps is not None:
-            frozen = self.train_batches < self.frozen_steps
+            index = self.train_batches
             self.train_batches += 1
-            return (self.cached if frozen else self.train_pixels)(features)
+            if index < self.frozen_steps:
+                return self.cached(features)
+            with torch.random.fork_rng(devices=[]):  # the global RNG (dropout, ...) is left as it was
+                torch.manual_seed(self.seed * 1_000_003 + index)
+                return self.train_pixels(features)
         if self.use_tokens:
             return self.cached(features)
         return (self.train_pixels if augment else self.eval_pixels)(features)
@@ -195,7 +209,8 @@ class BackbonePhaseCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.frozen_steps and not os.path.isdir(self.frozen_dir):
-            self.model.save_pretrained(self.frozen_dir)
+            # whole or absent: a run killed while writing it must not leave a folder that no longer loads
+            save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
         self._apply(state.global_step)
 
 
@@ -417,7 +432,11 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     train_tf = create_transform(model.data_config, train=True)
     eval_tf = create_transform(model.data_config, train=False)
     collator = PhaseCollator(
-        CachedSetPairCollator(tokens, index), SetPairCollator(train_tf), SetPairCollator(eval_tf), frozen_steps=cfg.frozen_steps
+        CachedSetPairCollator(tokens, index),
+        SetPairCollator(train_tf),
+        SetPairCollator(eval_tf),
+        frozen_steps=cfg.frozen_steps,
+        seed=cfg.seed,
     )
 
     # 4. One optimizer for both phases: the head at `learning_rate`, the backbone at `backbone_learning_rate`.
@@ -510,14 +529,14 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
     model.set_backbone_frozen(False)
     model.config.freeze_backbone = False
     final_dir = os.path.join(cfg.output_dir, "model")
-    model.save_pretrained(final_dir)
+    save_atomically(final_dir, lambda tmp: model.save_pretrained(tmp))
 
     if os.path.isdir(frozen_dir):  # the frozen-phase baseline gets its own validation threshold
         frozen = PairMatcherModel.from_pretrained(frozen_dir)
         collator.use_tokens = True
         frozen_scores = predict_pair_scores(frozen, val_rows, collator)
         calibrate_thresholds(frozen, val_rows, frozen_scores)
-        frozen.save_pretrained(frozen_dir)
+        save_atomically(frozen_dir, lambda tmp: frozen.save_pretrained(tmp))
         summary["frozen_phase_val"] = verification_metrics(val_labels, frozen_scores, frozen.config.threshold)
     summary["training"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     if not isinstance(cfg.data_dir, (str, os.PathLike)):  # a DataFrame or Dataset: record what it was
