@@ -133,3 +133,30 @@ def test_guarded_threshold_keeps_random_accuracy_and_resists_lookalikes():
     assert choose_guarded_threshold(y, random_pairs, y, hard_pairs, tolerance=0.0) >= plain
     with pytest.raises(ValueError, match="tolerance"):
         choose_guarded_threshold(y, random_pairs, y, hard_pairs, tolerance=1.5)
+
+
+def test_training_batches_take_their_phase_and_augmentation_from_their_index():
+    """What makes a resumed pair-matcher run equal an uninterrupted one: the loader collates one batch ahead, so
+    the phase and the random augmentation of a training batch must depend on its index only, never on a flag or
+    on the global RNG at collation time."""
+    from model_pkg.pair_matcher.training import PhaseCollator
+
+    def cached(rows):
+        return {"kind": "tokens"}
+
+    def pixels(rows):
+        return {"kind": "pixels", "noise": torch.rand(3)}  # stands for random crops and colour jitter
+
+    train = [{"augment": True}]
+    collator = PhaseCollator(cached, pixels, pixels, frozen_steps=2, seed=7)
+    uninterrupted = [collator(train) for _ in range(4)]
+    assert [b["kind"] for b in uninterrupted] == ["tokens", "tokens", "pixels", "pixels"]
+    assert collator([{"augment": False}])["kind"] == "tokens"  # evaluation follows `use_tokens`, counts no batch
+
+    resumed = PhaseCollator(cached, pixels, pixels, frozen_steps=2, seed=7)
+    resumed.use_tokens = False  # what the phase callback sets after the switch; training batches ignore it
+    resumed.train_batches = 3  # set from the checkpoint's global step on resume
+    torch.manual_seed(123)  # whatever state the global RNG is in
+    again = resumed(train)
+    assert again["kind"] == "pixels" and torch.equal(again["noise"], uninterrupted[3]["noise"])
+    assert not torch.equal(uninterrupted[2]["noise"], uninterrupted[3]["noise"])
