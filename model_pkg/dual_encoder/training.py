@@ -33,7 +33,7 @@ from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_wa
 
 from ..arcface.training import resolve_mixed_precision
 from ..data import load_image
-from ..features import compute_pooled, compute_tokens
+from ..features import compute_tokens
 from ..fileio import atomic_write_json
 from ..hub import write_model_card
 from ..metrics import text_image_retrieval_metrics
@@ -120,7 +120,8 @@ def image_tower_outputs(
     )
     if tower.pool is not None:
         return tokens
-    return compute_pooled(backbone, tokens) if tower.layer is None else tokens.float().mean(1)
+    with torch.no_grad():  # the tower's own non-learned pooling, in chunks
+        return torch.cat([tower.pool_tokens(tokens[i : i + 256].float()) for i in range(0, max(len(tokens), 1), 256)])
 
 
 def _load_features_file(file: str, data_dir: str | None, paths: Sequence[str], dim: int) -> torch.Tensor:

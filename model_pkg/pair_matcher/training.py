@@ -301,10 +301,11 @@ def _val_pairs_by_size(groups, sizes, num_pairs: int, seed: int, negatives: str,
 @torch.no_grad()
 def calibrate_embedder_matcher(
     model: PairMatcherModel, records: list[dict], collator, guard_records: list[dict] | None = None, tolerance=None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Fit the siamese cosine head's `scale`/`bias` by logistic regression on validation pairs, so its
     probabilities mean what they say, then store a threshold per set size (`calibrate_thresholds`, guarded
-    by `guard_records` within `tolerance` when given). Returns the calibrated probabilities of `records`."""
+    by `guard_records` within `tolerance` when given). Returns the calibrated probabilities of `records` and
+    of `guard_records` (None without them)."""
     from sklearn.linear_model import LogisticRegression
 
     head = model.head
@@ -321,7 +322,7 @@ def calibrate_embedder_matcher(
     probs = 1 / (1 + np.exp(-(float(head.scale) * cosine + float(head.bias))))
     guard = (guard_records, predict_pair_scores(model, guard_records, collator)) if guard_records else None
     calibrate_thresholds(model, records, probs, guard, tolerance)
-    return probs
+    return probs, None if guard is None else guard[1]
 
 
 def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingArguments:
@@ -497,21 +498,22 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         calib_rows, hard_rows = val_rows, []
     calibrate = calibrate_embedder_matcher if cfg.embedder else _calibrate_trained
     guard = hard_rows if cfg.calibration_hard_tolerance is not None and hard_rows else None
-    calib_scores = calibrate(model, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
+    calib_scores, guard_scores = calibrate(model, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
     score_norm_choice = None
     if normed is not None:  # keep s-norm only if its thresholds make better decisions on these validation pairs
-        normed_scores = calibrate(normed, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
+        normed_scores, normed_guard_scores = calibrate(normed, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
 
-        def decisions(m: PairMatcherModel, scores: np.ndarray) -> float:
+        def decisions(m: PairMatcherModel, scores: np.ndarray, g_scores: np.ndarray | None) -> float:
             acc = _decision_accuracy(m, calib_rows, scores)
-            if guard:  # the guarded thresholds serve both kinds of negatives: judge them on both
-                acc = (acc + _decision_accuracy(m, guard, predict_pair_scores(m, guard, collator))) / 2
+            if guard and g_scores is not None:  # the guarded thresholds serve both kinds of negatives: judge them on both
+                acc = (acc + _decision_accuracy(m, guard, g_scores)) / 2
             return acc
 
-        plain_acc, normed_acc = decisions(model, calib_scores), decisions(normed, normed_scores)
+        plain_acc = decisions(model, calib_scores, guard_scores)
+        normed_acc = decisions(normed, normed_scores, normed_guard_scores)
         score_norm_choice = {"plain_accuracy": plain_acc, "snorm_accuracy": normed_acc}
         if cfg.score_norm == "asnorm" or normed_acc > plain_acc:
-            model, calib_scores = normed, normed_scores
+            model, calib_scores, guard_scores = normed, normed_scores, normed_guard_scores
         score_norm_choice["kept"] = model.config.score_norm
     val_labels = np.array([r["label"] for r in val_rows])
     val_scores = predict_pair_scores(model, val_rows, collator)
@@ -525,7 +527,8 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
     }
     if hard_rows:  # the thresholds' accuracy per set size, on the pairs they were chosen on and on hard pairs
         summary["val_by_size"] = _by_size(model, calib_rows, calib_scores, "random")
-        summary["val_by_size"].update(_by_size(model, hard_rows, predict_pair_scores(model, hard_rows, collator), "hard"))
+        hard_scores = guard_scores if guard_scores is not None else predict_pair_scores(model, hard_rows, collator)
+        summary["val_by_size"].update(_by_size(model, hard_rows, hard_scores, "hard"))
     model.set_backbone_frozen(False)
     model.config.freeze_backbone = False
     final_dir = os.path.join(cfg.output_dir, "model")
@@ -573,11 +576,11 @@ def _decision_accuracy(model: PairMatcherModel, records: list[dict], scores: np.
 
 def _calibrate_trained(
     model: PairMatcherModel, records: list[dict], collator, guard_records: list[dict] | None = None, tolerance=None
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     scores = predict_pair_scores(model, records, collator)
     guard = (guard_records, predict_pair_scores(model, guard_records, collator)) if guard_records else None
     calibrate_thresholds(model, records, scores, guard, tolerance)
-    return scores
+    return scores, None if guard is None else guard[1]
 
 
 def _by_size(model: PairMatcherModel, records: list[dict], scores: np.ndarray, negatives: str) -> dict:
