@@ -6,6 +6,10 @@
     accelerate launch train/run.py --task dual --config train/configs/dual_encoder_lstm_baseline.yaml
     python train/run.py --task pair --config train/configs/pair_matcher.yaml --set output_dir=runs/x --fresh
 
+Several GPUs or machines: `accelerate launch --config_file train/accelerate/multi_gpu.yaml train/run.py ...`
+(also `multi_node.yaml`, `fsdp.yaml`; README "Training on several processes"). Every process runs this
+script; batch sizes in a recipe are per process, so N processes train on N times the batch each step.
+
 A run resumes from its latest checkpoint unless `--fresh` is given. `--set key=value` overrides one
 option of the YAML (values are parsed as YAML: `--set frozen_steps=50 --set set_size=[1,2]`).
 """
@@ -58,7 +62,9 @@ def load_recipe(path: str, overrides: list[str]) -> dict:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    rank = os.environ.get("RANK")  # set by `accelerate launch` / torchrun for each of several processes
+    tag = f" [rank {rank}]" if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{tag} %(name)s: %(message)s")
     args = parse_args(argv)
     config_cls, train_fn = TASKS[args.task]
     recipe = load_recipe(args.config, args.set)
@@ -69,6 +75,8 @@ def main(argv=None) -> dict:
     except (TypeError, ValueError) as err:
         raise SystemExit(f"Bad config {args.config}: {err}") from err
     summary = train_fn(cfg)
+    if "process_index" in summary:  # not the main process of several: it wrote nothing to report
+        return summary
     print(json.dumps({k: summary[k] for k in ("val", "dev", "best_global_step") if k in summary}, indent=2))
     return summary
 

@@ -49,7 +49,7 @@ from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
 from ..pair_matcher.training import Collator, PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
-from ..training_utils import check_options, save_atomically
+from ..training_utils import GlobalBatchNorm1d, check_options, log_cache, main_process_first, process_state, save_atomically
 from ..transforms import create_transform
 from .configuration_arcface import ArcFaceEmbedderConfig
 from .modeling_arcface import ArcFaceEmbedderModel
@@ -180,13 +180,21 @@ class ActivationViewCollator:
 
     Training draws one of the V cached views of each photo at random (`random_view=True`): V views of
     crops, flips, colour and blur, computed once, stand in for fresh augmentation every epoch.
-    Evaluation reads view 0, the un-augmented photo."""
+    Evaluation reads view 0, the un-augmented photo. `process_index` (of several training processes) gives
+    each process views of its own; process 0 draws exactly what a single process would."""
 
-    def __init__(self, activations: torch.Tensor, index: dict[str, int], random_view: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        activations: torch.Tensor,
+        index: dict[str, int],
+        random_view: bool = True,
+        seed: int = 0,
+        process_index: int = 0,
+    ):
         self.activations = activations
         self.index = index
         self.random_view = random_view
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed if process_index == 0 else [seed, process_index])
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         try:
@@ -232,6 +240,7 @@ def pooled_features(backbone, paths: Sequence[str], cache_dir: str | None = None
     file = None
     if cache_dir:
         file = Path(cache_dir) / f"pooled-{backbone.model_name}-{backbone.image_size}-{_cache_key(backbone, paths)}.npy"
+        log_cache("pooled-feature", file)
         if file.is_file():
             try:
                 array = np.load(file)
@@ -317,7 +326,9 @@ class MarginScheduleCallback(TrainerCallback):
         self._apply(state.global_step)  # also right after a resume
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.frozen_steps and self.frozen_steps > 0 and not os.path.isdir(self.frozen_dir):
+        at_switch = state.global_step == self.frozen_steps and self.frozen_steps > 0
+        # of several processes only the main one writes it
+        if at_switch and process_state().is_main_process and not os.path.isdir(self.frozen_dir):
             save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
         self._apply(state.global_step)
 
@@ -529,9 +540,10 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     """Train, calibrate gallery thresholds on val, save `<output_dir>/model` (and `frozen_phase`); return a summary."""
     os.makedirs(cfg.output_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    state = process_state()  # one of `state.num_processes` processes under `accelerate launch`, or the only one
     checkpoints = os.path.join(cfg.output_dir, "checkpoints")
     frozen_dir = os.path.join(cfg.output_dir, "frozen_phase")
-    if cfg.fresh:  # starting over: the old run's checkpoints and frozen-phase model must not mix with the new ones
+    if cfg.fresh and state.is_main_process:  # starting over: the old run's checkpoints and frozen-phase model go
         for stale in (checkpoints, frozen_dir):
             if os.path.isdir(stale):
                 logger.info("--fresh: removing %s", stale)
@@ -559,7 +571,8 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     # 2. Model, and the frozen backbone's pooled features of every train/val photo (cached on disk).
     model = ArcFaceEmbedderModel(ArcFaceEmbedderConfig(**{**cfg.model, "num_classes": len(class_of)}))
     paths = sorted({r["image_path"] for r in train_rows + val_rows})
-    features = pooled_features(model.backbone, paths, cache_dir=os.path.join(cfg.output_dir, "feature_cache"))
+    with main_process_first("pooled features"):  # built once, then read by the other processes
+        features = pooled_features(model.backbone, paths, cache_dir=os.path.join(cfg.output_dir, "feature_cache"))
     index = {p: i for i, p in enumerate(paths)}
 
     head_init = {}
@@ -579,37 +592,42 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         val_paths = [r["image_path"] for r in val_rows]
         train_size = cfg.activation_image_size or model.config.image_size
         key = _cache_key(model.backbone, train_paths)
-        train_act = compute_activation_views(
-            model.backbone,
-            train_paths,
-            stage,
-            cfg.activation_views,
-            train_size,
-            seed=cfg.seed,
-            cache_file=os.path.join(cache_dir, f"train-s{stage}-{train_size}px-{cfg.activation_views}v-{key}.arrow"),
-            desc="training views (frozen stem)",
+        train_file = os.path.join(cache_dir, f"train-s{stage}-{train_size}px-{cfg.activation_views}v-{key}.arrow")
+        val_size = model.config.image_size
+        val_file = os.path.join(cache_dir, f"val-s{stage}-{val_size}px-{_cache_key(model.backbone, val_paths)}.arrow")
+        with main_process_first("stem activations"):  # built once, then read by the other processes
+            log_cache("training-view activation", train_file)
+            train_act = compute_activation_views(
+                model.backbone,
+                train_paths,
+                stage,
+                cfg.activation_views,
+                train_size,
+                seed=cfg.seed,
+                cache_file=train_file,
+                desc="training views (frozen stem)",
+            )
+            log_cache("validation activation", val_file)
+            val_act = compute_activation_views(
+                model.backbone, val_paths, stage, 1, val_size, cache_file=val_file, desc="validation photos (frozen stem)"
+            )
+        train_collator = ActivationViewCollator(
+            train_act, {p: i for i, p in enumerate(train_paths)}, True, cfg.seed, state.process_index
         )
-        val_act = compute_activation_views(
-            model.backbone,
-            val_paths,
-            stage,
-            1,
-            model.config.image_size,
-            cache_file=os.path.join(
-                cache_dir, f"val-s{stage}-{model.config.image_size}px-{_cache_key(model.backbone, val_paths)}.arrow"
-            ),
-            desc="validation photos (frozen stem)",
-        )
-        train_collator = ActivationViewCollator(train_act, {p: i for i, p in enumerate(train_paths)}, True, cfg.seed)
         eval_collator = ActivationViewCollator(val_act, {p: i for i, p in enumerate(val_paths)}, False)
     collator = PhaseCollator(PooledFeatureCollator(features, index), train_collator, eval_collator)
+    # With N processes every one takes its own P x K batches of the same sampler (accelerate hands process i
+    # batches i, i + N, ...: `BatchSamplerShard`), so a step trains on N x P x K photos and an epoch has 1/N the steps.
     sampler = PKBatchSampler([r["label"] for r in train_rows], cfg.p, cfg.k, seed=cfg.seed)
-    updates_per_epoch = max(1, len(sampler) // cfg.gradient_accumulation_steps)
+    updates_per_epoch = max(1, math.ceil(len(sampler) / state.num_processes) // cfg.gradient_accumulation_steps)
     frozen_steps = _steps(cfg.frozen_epochs, cfg.frozen_steps, updates_per_epoch)
     finetune_steps = _steps(cfg.finetune_epochs, cfg.finetune_steps, updates_per_epoch)
     total_steps = frozen_steps + finetune_steps
     if total_steps < 1:
         raise ValueError("frozen_steps + finetune_steps must be >= 1.")
+
+    if state.num_processes > 1:  # the embedding's BatchNorm sees the global batch, as with one process
+        model.bn = GlobalBatchNorm1d.from_batchnorm(model.bn)
 
     # 3. One optimizer for both phases: heads at `learning_rate`, the backbone at `backbone_learning_rate`.
     backbone_params = list(model.backbone.parameters())
@@ -648,7 +666,12 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         ],
     )
     last = None if cfg.fresh else _last_checkpoint(checkpoints)
+    # DDP all-reduces only the parameters that require grad when `train` wraps the model, before the callbacks
+    # set the phase: what fine-tuning trains must require grad then, or its copies would drift apart per process.
+    model.set_backbone_frozen(finetune_steps == 0)
     trainer.train(resume_from_checkpoint=last)
+    if not trainer.is_world_process_zero():  # of several processes, the main one calibrates and saves
+        return {"best_global_step": trainer.state.best_global_step, "process_index": state.process_index}
 
     # 4. Validation embeddings of the kept weights; the cached features are still valid only if those
     # weights never trained the backbone. Calibrate the gallery thresholds on the val dogs.

@@ -38,7 +38,7 @@ from ..fileio import atomic_write_json
 from ..hub import write_model_card
 from ..metrics import text_image_retrieval_metrics
 from ..pair_matcher.training import _last_checkpoint
-from ..training_utils import check_options, save_atomically
+from ..training_utils import check_options, main_process_first, process_state, save_atomically
 from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
@@ -336,8 +336,9 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     """Train, keep the best checkpoint by mean dev recall, save `<output_dir>/model` (fp16 + card); return a summary."""
     os.makedirs(cfg.output_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    state = process_state()  # one of `state.num_processes` processes under `accelerate launch`, or the only one
     checkpoints = os.path.join(cfg.output_dir, "checkpoints")
-    if cfg.fresh and os.path.isdir(checkpoints):
+    if cfg.fresh and state.is_main_process and os.path.isdir(checkpoints):
         shutil.rmtree(checkpoints)
 
     splits = load_flickr8k_splits(cfg.data_dir, cfg.token_file, {"train": cfg.train_list, "dev": cfg.eval_list})
@@ -359,7 +360,8 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
             image_features = _load_features_file(cfg.image_features_file, cfg.data_dir, all_paths, model.vision_model.dim)
         else:
             cache_dir = cfg.feature_cache_dir or os.path.join(cfg.output_dir, "feature_cache")
-            image_features = image_tower_outputs(model, all_paths, cache_dir)
+            with main_process_first("image tower outputs"):  # built once, then read by the other processes
+                image_features = image_tower_outputs(model, all_paths, cache_dir)
     train_image, dev_image = (
         (None, None) if image_features is None else (image_features[: len(train_paths)], image_features[len(train_paths) :])
     )
@@ -385,7 +387,8 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     train_rows = [
         {"row": i, "image_path": p, "captions": c} for i, (p, c) in enumerate(zip(train_paths, splits["train"]["captions"][:]))
     ]
-    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    # `batch_size` images per process and step: N processes go through an epoch in 1/N the steps
+    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * state.num_processes))
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
 
     optimizer = _optimizer(model, cfg)
@@ -431,6 +434,8 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
         },
     )
     trainer.train(resume_from_checkpoint=None if cfg.fresh else _last_checkpoint(checkpoints))
+    if not trainer.is_world_process_zero():  # of several processes, the main one evaluates and saves
+        return {"best_global_step": trainer.state.best_global_step, "process_index": state.process_index}
 
     model = cast(DualEncoderModel, trainer.model).cpu().eval()
     dev = evaluate_retrieval(model, dev_paths, dev_captions, dev_owner, dev_image, dev_text)

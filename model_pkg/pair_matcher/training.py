@@ -33,7 +33,7 @@ from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..metrics import choose_guarded_threshold, choose_threshold, verification_metrics
 from ..modeling_utils import model_identity
-from ..training_utils import check_options, save_atomically
+from ..training_utils import check_options, log_cache, main_process_first, process_state, save_atomically
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel, SiameseHead
@@ -154,7 +154,8 @@ class PhaseCollator:
     training starts or resumes) gives an interrupted run the same batches as an uninterrupted one. For the same
     reason their random augmentation is drawn from a generator seeded by `seed` and the batch index, not from the
     global RNG: the look-ahead batch would otherwise draw before the checkpoint stores the RNG state, and a resumed
-    run would see other crops. Evaluation batches follow `use_tokens`."""
+    run would see other crops. Evaluation batches follow `use_tokens`. Of several training processes, each one
+    (`process_index`) draws augmentations of its own; process 0 draws exactly what a single process would."""
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class PhaseCollator:
         eval_pixels: Collator,
         frozen_steps: int | None = None,
         seed: int = 0,
+        process_index: int = 0,
     ):
         self.cached = cached
         self.train_pixels = train_pixels
@@ -170,6 +172,7 @@ class PhaseCollator:
         self.use_tokens = True
         self.frozen_steps = frozen_steps
         self.seed = seed
+        self.process_index = process_index
         self.train_batches = 0
 
     def __call__(self, features):
@@ -180,7 +183,7 @@ class PhaseCollator:
             if index < self.frozen_steps:
                 return self.cached(features)
             with torch.random.fork_rng(devices=[]):  # the global RNG (dropout, ...) is left as it was
-                torch.manual_seed(self.seed * 1_000_003 + index)
+                torch.manual_seed(self.seed * 1_000_003 + index + (self.process_index << 32))
                 return self.train_pixels(features)
         if self.use_tokens:
             return self.cached(features)
@@ -208,7 +211,7 @@ class BackbonePhaseCallback(TrainerCallback):
         self.collator.train_batches = state.global_step  # the batches already trained on (no gradient accumulation here)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.frozen_steps and not os.path.isdir(self.frozen_dir):
+        if state.global_step == self.frozen_steps and process_state().is_main_process and not os.path.isdir(self.frozen_dir):
             # whole or absent: a run killed while writing it must not leave a folder that no longer loads
             save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
         self._apply(state.global_step)
@@ -367,6 +370,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     """Train, pick the validation threshold, save `<output_dir>/model` (and `frozen_phase`); return a summary."""
     os.makedirs(cfg.output_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    state = process_state()  # one of `state.num_processes` processes under `accelerate launch`, or the only one
 
     # 1. Data: identity splits saved once, reused by every later run and by evaluation.
     table = as_dataset(cfg.data_dir)
@@ -399,7 +403,9 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     cache_file = os.path.join(
         cfg.output_dir, "token_cache", f"{model.config.backbone}-{model.config.image_size}-{len(paths)}-{weights}.arrow"
     )
-    tokens = compute_tokens(model.backbone, paths, cache_file=cache_file)
+    with main_process_first("backbone tokens"):  # built once, then read by the other processes
+        log_cache("token", cache_file)
+        tokens = compute_tokens(model.backbone, paths, cache_file=cache_file)
     index = {p: i for i, p in enumerate(paths)}
 
     # 3. Hard negatives: nearest other dogs under the untrained backbone's mean pooled feature.
@@ -417,9 +423,11 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         train_nn = nearest_identities(id_means(train_groups), k=cfg.hard_k)
         val_nn = nearest_identities(id_means(val_groups), k=cfg.hard_k)
 
+    # `batch_size` pairs per process and step: N processes train on N x batch_size pairs a step, all distinct.
+    global_batch = cfg.batch_size * state.num_processes
     train_rows = (
         pair_records(
-            mixed_pairs(train_groups, total_steps * cfg.batch_size, cfg.set_size, cfg.seed, cfg.hard_negative_fraction, train_nn),
+            mixed_pairs(train_groups, total_steps * global_batch, cfg.set_size, cfg.seed, cfg.hard_negative_fraction, train_nn),
             augment=True,
         )
         if total_steps
@@ -438,6 +446,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         SetPairCollator(eval_tf),
         frozen_steps=cfg.frozen_steps,
         seed=cfg.seed,
+        process_index=state.process_index,
     )
 
     # 4. One optimizer for both phases: the head at `learning_rate`, the backbone at `backbone_learning_rate`.
@@ -471,7 +480,12 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         ],
     )
     last = None if cfg.fresh else _last_checkpoint(os.path.join(cfg.output_dir, "checkpoints"))
+    # DDP all-reduces only the parameters that require grad when `train` wraps the model, before the callbacks
+    # set the phase: what fine-tuning trains must require grad then, or its copies would drift apart per process.
+    model.set_backbone_frozen(cfg.finetune_steps == 0)
     trainer.train(resume_from_checkpoint=last)
+    if not trainer.is_world_process_zero():  # of several processes, the main one calibrates and saves
+        return {"best_global_step": trainer.state.best_global_step, "process_index": state.process_index}
 
     # 5. Decision threshold on validation pairs, with the photos as the final model sees them.
     # Cached tokens are still valid only if the kept weights never trained the backbone.
