@@ -26,6 +26,8 @@ import timm
 import torch
 from torch import nn
 
+from .onnx_runtime import OnnxRunnableModule
+
 __all__ = [
     "OFFLINE_WEIGHTS",
     "Backbone",
@@ -118,8 +120,11 @@ class BackboneOutput:
     pooled: torch.Tensor
 
 
-class Backbone(nn.Module):
-    """A timm model seen as tokens + pooled vector, with the data config its weights expect."""
+class Backbone(OnnxRunnableModule):
+    """A timm model seen as tokens + pooled vector, with the data config its weights expect.
+
+    At inference an ONNX export of the model (`model_pkg.export`, attached by `from_pretrained`) may compute
+    `forward_features` / `forward_tokens` instead of timm: `model_pkg.onnx_runtime`."""
 
     model: Any  # a timm model: its attributes (blocks, forward_head, group_matcher ...) vary by architecture
     grid_size: tuple[int, ...] | None
@@ -159,6 +164,9 @@ class Backbone(nn.Module):
         tokens are the mean of its own and its mirror image's, the mirror's feature map flipped back so
         that token positions agree (for token backbones such as ViTs the tokens are averaged as they
         come). Training with gradients sees single views; its augmentation already flips."""
+        runner = self.onnx_ready()
+        if runner is not None and runner.serves_image(pixel_values, None, self.tta_flip):
+            return runner.run(pixel_values)
         if not (self.tta_flip and not torch.is_grad_enabled()):
             return self._tokens(self.model.forward_features(pixel_values))
         b = pixel_values.shape[0]
@@ -232,6 +240,9 @@ class Backbone(nn.Module):
         an intermediate one (`stage<N>`, see `layer_names`), positions flattened row by row."""
         if layer is None:
             return self.forward_features(pixel_values)
+        runner = self.onnx_ready()
+        if runner is not None and runner.serves_image(pixel_values, layer, self.tta_flip):
+            return runner.run(pixel_values)
         stages = self._stage_indices()
         if layer not in stages:
             raise ValueError(f"Backbone '{self.model_name}' has no token layer {layer!r}; its stages are {sorted(stages)}.")

@@ -20,6 +20,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from .backbones import Backbone, create_backbone
+from .onnx_runtime import attach_exported
 
 __all__ = ["BackboneModelMixin", "IDENTITY_IGNORED_CONFIG_KEYS", "UntrustedModelError", "check_model_folder", "model_identity"]
 
@@ -202,6 +203,16 @@ class BackboneModelMixin(_MixinBase):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, use_onnx: bool = True, **kwargs):
+        """`from_pretrained`; then, with `use_onnx` and an export in `<folder>/onnx/` (`python -m model_pkg.export
+        onnx`), ONNX Runtime computes the backbone at inference when onnxruntime is installed (`model_pkg.onnx_runtime`)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
+        if use_onnx and os.path.isdir(os.fspath(pretrained_model_name_or_path)):
+            attach_exported(model, pretrained_model_name_or_path)
+        return loaded
 
     def save_pretrained(self, save_directory, *args, weights_dtype: torch.dtype | None = None, **kwargs):
         """`save_pretrained`, plus `weights_dtype=torch.float16` to store half-size weights while the

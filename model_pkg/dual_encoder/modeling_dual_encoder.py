@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from ..backbones import Backbone, create_backbone
 from ..losses import max_violation_loss, symmetric_contrastive_loss
+from ..onnx_runtime import OnnxRunnableModule, attach_exported
 from .configuration_dual_encoder import MINILM_ALIAS, DualEncoderConfig, DualEncoderTextConfig
 
 logger = logging.getLogger(__name__)
@@ -195,8 +196,9 @@ class VisionTower(nn.Module):
         return self.pool(image_features) if self.pool is not None else image_features
 
 
-class TransformersTextTower(nn.Module):
-    """A transformers encoder (BERT-like) with attention-masked mean pooling, as sentence-transformers does."""
+class TransformersTextTower(OnnxRunnableModule):
+    """A transformers encoder (BERT-like) with attention-masked mean pooling, as sentence-transformers does.
+    At inference an ONNX export (`model_pkg.export`) may compute it instead: `model_pkg.onnx_runtime`."""
 
     def __init__(self, config: DualEncoderTextConfig):
         super().__init__()
@@ -261,6 +263,9 @@ class TransformersTextTower(nn.Module):
         raise ValueError(f"cannot find the layer list of text model {type(self.encoder).__name__} for trainable_layers.")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        runner = self.onnx_ready()
+        if runner is not None and input_ids.device.type == "cpu":
+            return runner.run(input_ids.long(), attention_mask.long())
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -442,8 +447,10 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         return out
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`from_pretrained`, then the package-referenced weights restored from their installed packages."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, use_onnx=True, **kwargs):
+        """`from_pretrained`, then the package-referenced weights restored from their installed packages; with
+        `use_onnx` and an export in `<folder>/onnx/` (`python -m model_pkg.export onnx`), ONNX Runtime computes the
+        image and text towers at inference when onnxruntime is installed (`model_pkg.onnx_runtime`)."""
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         model._restore_referenced()
@@ -454,6 +461,8 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         if model.config.text_config.tower == "transformers" and (Path(folder) / "tokenizer_config.json").is_file():
             model.tokenizer = model._build_tokenizer(folder)
         model.set_frozen()
+        if use_onnx and os.path.isdir(folder):
+            attach_exported(model, folder)
         info["missing_keys"] = set(still)
         return (model, info) if want_info else model
 

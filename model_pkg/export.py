@@ -1,0 +1,428 @@
+"""`python -m model_pkg.export onnx`: export a saved model's towers to ONNX for ONNX Runtime inference.
+
+    python -m model_pkg.export onnx --model models/arcface-embedder --photos ../shared/data/dogfacenet
+    python -m model_pkg.export onnx --model models/arcface-embedder --photos ../shared/data/dogfacenet \\
+        --splits train/splits/dogfacenet.json --int8          # + int8 image tower, calibrated on training dogs
+    python -m model_pkg.export onnx --model models/dual-encoder --photos ../shared/data/flickr8k/images
+
+writes `<model>/onnx/` (or `--out`): `image.onnx` (pixels (B, 3, S, S) -> the backbone's tokens (B, T, D), flip
+TTA included when the model uses it; for a dual encoder the tokens of its `feature_layer`), `text.onnx` (a dual
+encoder's transformers text tower: ids, mask (B, L) -> mean-pooled (B, H)), and `manifest.json` (opset, input
+size, layer, TTA, checksum of the weights each graph came from, and the check below). `from_pretrained` uses
+them when they lie in `<model>/onnx/` (`model_pkg.onnx_runtime`); preprocessing stays `model_pkg.transforms`.
+
+Every graph (opset 18, dynamic batch axis; dynamic sequence axis for text) is run by onnxruntime on real photos
+from `--photos` (and on fixed sentences) and compared with PyTorch: the export fails unless the largest
+difference is at most `--tolerance` times the largest output value. `--int8` adds a statically quantised image
+tower (QDQ, per-channel 7-bit int8 weights, uint8 activations, MinMax ranges from `--calibration-photos` photos
+of the `--calibration-split` dogs) and makes it the one inference uses; its agreement with PyTorch (cosine of pooled
+features) is recorded, its accuracy is for `python -m model_pkg.evaluate` on the exported folder to judge.
+Exporting needs the `onnx` and `onnxscript` packages (requirements.txt); running needs only `onnxruntime`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import Backbone
+from .data import IMAGE_EXTENSIONS, load_image, load_splits
+from .fileio import atomic_write, atomic_write_json
+from .modeling_utils import UntrustedModelError, check_model_folder
+from .onnx_runtime import MANIFEST_FILE, MANIFEST_FORMAT, ONNX_SUBDIR, create_session, exportable_towers, tower_checksum
+from .transforms import create_transform
+
+__all__ = ["DEFAULT_OPSET", "ExportError", "export_onnx", "main", "quantize_image_tower"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-4  # fp32 ONNX Runtime vs PyTorch: largest |difference| / largest |output|
+# Fixed sentences the text graph is checked on: short and long, punctuation, another language, a typo.
+CHECK_SENTENCES = [
+    "a black dog",
+    "Two children play with a brown puppy in the park near a red fountain.",
+    "chien noir qui court sur la plage",
+    "a dgo jumping over a fence!",
+    "A man in a blue jacket rides a bicycle down a wet street while a small white dog runs beside him "
+    "and people wait under umbrellas at the bus stop on the corner of the busy road.",
+]
+
+
+class ExportError(ValueError):
+    """The model, the photos or the exported graph is not fit for export: the message says what to do."""
+
+
+# -- loading -------------------------------------------------------------------------------------------
+def load_for_export(folder: str | os.PathLike) -> nn.Module:
+    """A saved petmatch model in float32 eval mode, on PyTorch only (an existing export is not used)."""
+    from .arcface import ArcFaceEmbedderModel
+    from .dual_encoder import DualEncoderModel
+    from .pair_matcher import PairMatcherModel
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ExportError(f"{str(path)!r} is not a saved model folder (no config.json): pass --model <folder>.")
+    try:
+        check_model_folder(path)
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (UntrustedModelError, ValueError) as err:
+        raise ExportError(str(err)) from err
+    classes = {cls.config_class.model_type: cls for cls in (ArcFaceEmbedderModel, PairMatcherModel, DualEncoderModel)}
+    if model_type not in classes:
+        raise ExportError(f"{str(path)!r} holds a {model_type!r} model; export handles {sorted(classes)}.")
+    model = classes[model_type].from_pretrained(path, dtype=torch.float32, use_safetensors=True, use_onnx=False)
+    return model.float().eval()
+
+
+def list_photos(root: str | os.PathLike, splits: str | os.PathLike | None = None, split: str | None = None) -> list[str]:
+    """Image files under `root` (sorted), only of the identities (sub-folder names) of `split` when given."""
+    base = Path(root)
+    if not base.is_dir():
+        raise ExportError(f"photo folder {str(base)!r} does not exist: pass --photos <folder of photos>.")
+    paths = sorted(str(p) for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if splits is not None and split is not None:
+        ids = set(load_splits(splits).get(split) or [])
+        if not ids:
+            raise ExportError(f"split {split!r} of {os.fspath(splits)!r} lists no identities.")
+        paths = [p for p in paths if Path(p).parent.name in ids]
+    if not paths:
+        raise ExportError(
+            f"no photos ({', '.join(IMAGE_EXTENSIONS)}) under {str(base)!r}" + (f" for split {split!r}" if split else "")
+        )
+    return paths
+
+
+def spread(items: Sequence[str], count: int) -> list[str]:
+    """`count` items evenly spaced over `items` (all of them when there are fewer): many dogs, not one."""
+    if count >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
+
+
+def photo_pixels(backbone: Backbone, paths: Sequence[str]) -> torch.Tensor:
+    """Photos -> (N, 3, S, S) through the model's own eval transform (`model_pkg.transforms`)."""
+    transform = create_transform(backbone.data_config, train=False)
+    return torch.stack([transform(load_image(p)) for p in paths])
+
+
+# -- the graphs ----------------------------------------------------------------------------------------
+class ImageTowerGraph(nn.Module):
+    """What `image.onnx` computes: `Backbone.forward_tokens(pixels, layer)` under no_grad (flip TTA included)."""
+
+    def __init__(self, backbone: Backbone, layer: str | None):
+        super().__init__()
+        self.backbone = backbone
+        self.layer = layer
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_tokens(pixel_values, self.layer)
+
+
+def _export(graph: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: tuple, path: Path, opset: int) -> None:
+    """`torch.onnx.export` (the dynamo exporter) of `graph` in eval mode without gradients, written atomically."""
+    graph.eval()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation chatter about its internals
+        try:
+            program = torch.onnx.export(
+                graph,
+                args,
+                dynamo=True,
+                opset_version=opset,
+                input_names=names[0],
+                output_names=names[1],
+                dynamic_shapes=dynamic,
+                verbose=False,
+            )
+        except ImportError as err:
+            raise ExportError(
+                f"exporting to ONNX needs the onnx and onnxscript packages ({err}): pip install -r requirements.txt"
+            ) from err
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        # save() may write external weight files beside the graph for large models: keep them in one file.
+        program.save(os.path.join(tmp, path.name), external_data=False)
+        os.replace(os.path.join(tmp, path.name), path)
+
+
+def _relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    return float(np.abs(reference - actual).max() / max(float(np.abs(reference).max()), 1e-12))
+
+
+def _pooled_cosines(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Cosine per row of the mean over tokens (the pooled feature): how the float error shows downstream."""
+    a = reference.reshape(len(reference), -1, reference.shape[-1]).mean(1)
+    b = actual.reshape(len(actual), -1, actual.shape[-1]).mean(1)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def check_image_graph(path: Path, graph: ImageTowerGraph, pixels: torch.Tensor) -> dict[str, float]:
+    """Run `path` with onnxruntime on `pixels` at batch 1 and the whole batch; -> agreement with PyTorch."""
+    session = create_session(path)
+    with torch.no_grad():
+        reference = graph(pixels).numpy()
+    outputs = [session.run(None, {"pixel_values": pixels[:1].numpy()})[0], session.run(None, {"pixel_values": pixels.numpy()})[0]]
+    cosines = np.concatenate([_pooled_cosines(reference[:1], outputs[0]), _pooled_cosines(reference, outputs[1])])
+    return {
+        "max_abs_diff": float(max(np.abs(reference[: len(o)] - o).max() for o in outputs)),
+        "relative_error": max(_relative_error(reference[: len(o)], o) for o in outputs),
+        "min_pooled_cosine": float(cosines.min()),
+        "mean_pooled_cosine": float(cosines.mean()),
+    }
+
+
+def export_image_tower(backbone: Backbone, layer: str | None, path: Path, pixels: torch.Tensor, opset: int) -> dict[str, Any]:
+    graph = ImageTowerGraph(backbone, layer)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    _export(graph, (pixels[:2],), (["pixel_values"], ["tokens"]), ({0: batch},), path, opset)
+    return {
+        "file": path.name,
+        "inputs": ["pixel_values"],
+        "output": "tokens",
+        "input_size": [3, backbone.image_size, backbone.image_size],
+        "layer": layer,
+        "tta_flip": bool(backbone.tta_flip) if layer is None else False,
+        "precision": "fp32",
+        "check": check_image_graph(path, graph, pixels),
+    }
+
+
+def export_text_tower(model: Any, path: Path, opset: int) -> dict[str, Any]:
+    tower = model.text_model
+    encoded = model.tokenize(CHECK_SENTENCES)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=4096)
+    shapes = ({0: batch, 1: length}, {0: batch, 1: length})
+    _export(tower, (ids[:2], mask[:2]), (["input_ids", "attention_mask"], ["text_features"]), shapes, path, opset)
+    session = create_session(path)
+    with torch.no_grad():
+        reference = tower(ids, mask).numpy()
+    diffs = []
+    for rows in (slice(0, 1), slice(None)):  # one sentence, and the padded batch
+        width = int(mask[rows].sum(1).max())  # a batch of one carries no padding
+        feeds = {"input_ids": ids[rows, :width].numpy(), "attention_mask": mask[rows, :width].numpy()}
+        diffs.append(_relative_error(reference[rows], session.run(None, feeds)[0]))
+    return {
+        "file": path.name,
+        "inputs": ["input_ids", "attention_mask"],
+        "output": "text_features",
+        "max_length": int(model.config.text_config.max_length),
+        "precision": "fp32",
+        "check": {"sentences": len(CHECK_SENTENCES), "relative_error": max(diffs)},
+    }
+
+
+# -- int8 ----------------------------------------------------------------------------------------------
+def quantize_image_tower(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    calibration: torch.Tensor,
+    batch_size: int = 16,
+    reduce_range: bool = True,
+) -> dict[str, Any]:
+    """Static QDQ quantisation of an image graph: per-channel int8 weights, uint8 activations whose ranges
+    (MinMax) come from `calibration` pixels (N, 3, S, S), photos of training identities.
+
+    `reduce_range` keeps the weights to 7 bits. CPUs without VNNI (AVX2 / AVX-512 only, like our 2-core machine)
+    multiply uint8 x int8 with an instruction whose 16-bit sums saturate: with full 8-bit weights the shipped
+    embedder lost 8.2 points of gallery rank-1, with 7-bit weights none (bench/README.md, issue 14)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[torch.Tensor] = iter(calibration.split(batch_size))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixel_values": batch.numpy()}
+
+    target = Path(int8_path)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=False)
+        quantized = os.path.join(tmp, target.name)
+        quantize_static(
+            prepared,
+            quantized,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,  # keeps only each tensor's min / max per batch: small
+        )
+        os.replace(quantized, target)
+    return {"photos": len(calibration), "method": "MinMax", "format": "QDQ", "per_channel": True, "reduce_range": reduce_range}
+
+
+# -- the whole export ---------------------------------------------------------------------------------
+def export_onnx(
+    model_folder: str | os.PathLike,
+    photos: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    towers: Sequence[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    check_photos: int = 16,
+    tolerance: float = DEFAULT_TOLERANCE,
+    int8: bool = False,
+    splits: str | os.PathLike | None = None,
+    calibration_split: str = "train",
+    calibration_photos: int = 256,
+) -> dict[str, Any]:
+    """Export the towers of the model saved in `model_folder` to `out` (default `<model_folder>/onnx`).
+
+    Args:
+        photos: folder of real photos (identity sub-folders or flat) the image graph is checked on, and
+            calibrated on with `int8`.
+        towers: `image`, `text` (default: every tower the model has; see `onnx_runtime.exportable_towers`).
+        opset: ONNX opset.
+        check_photos: photos, evenly spaced over `photos`, the graph is compared with PyTorch on.
+        tolerance: the largest allowed |ONNX - PyTorch| over the largest |PyTorch output| (fp32 graphs).
+        int8: also write `image.int8.onnx`, statically quantised, and make it the one inference uses.
+        splits, calibration_split: calibrate on the photos of this split's identities (e.g. training dogs)
+            only; without `splits` on all of `photos`.
+        calibration_photos: photos the int8 ranges are measured on.
+
+    Returns the manifest written to `<out>/manifest.json` (last, atomically: a failed export leaves no manifest
+    that points at it). Raises `ExportError` with what to do for bad arguments or a graph that disagrees."""
+    model: Any = load_for_export(model_folder)  # a petmatch model: its towers differ by type
+    available = exportable_towers(model)
+    wanted = list(towers or available)
+    unknown = [t for t in wanted if t not in available]
+    if unknown:
+        raise ExportError(f"model {os.fspath(model_folder)!r} has no tower {unknown}; it has {sorted(available)}.")
+    if int8 and "image" not in wanted:
+        raise ExportError("--int8 quantises the image tower: export it too (--towers image).")
+    if photos is None and "image" in wanted:
+        raise ExportError("checking (and calibrating) the image graph needs real photos: pass --photos <folder of photos>.")
+    out_dir = Path(out) if out is not None else Path(model_folder) / ONNX_SUBDIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier export's manifest goes first: until the new one is complete, the model runs on PyTorch.
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "model_type": model.config.model_type,
+        "opset": opset,
+        "exporter": f"torch {torch.__version__.split('+')[0]} dynamo",
+        "tolerance": tolerance,
+        "towers": {},
+    }
+    for name in wanted:
+        module, layer = available[name]
+        path = out_dir / f"{name}.onnx"
+        if name == "image":
+            assert isinstance(module, Backbone) and photos is not None
+            pixels = photo_pixels(module, spread(list_photos(photos), max(check_photos, 2)))
+            entry = export_image_tower(module, layer, path, pixels, opset)
+            entry["check"]["photos"] = len(pixels)
+        else:
+            if getattr(model.config.text_config, "tower", None) != "transformers":
+                raise ExportError("only a transformers text tower is exported (the LSTM baseline is not).")
+            entry = export_text_tower(model, path, opset)
+        if entry["check"]["relative_error"] > tolerance:
+            path.unlink(missing_ok=True)
+            raise ExportError(
+                f"the exported {name} graph disagrees with PyTorch: relative error {entry['check']['relative_error']:.2e} "
+                f"> tolerance {tolerance:.0e}. Report it with your torch / onnxruntime versions; the model runs on PyTorch."
+            )
+        entry["source_checksum"] = tower_checksum(module)
+        manifest["towers"][name] = entry
+        logger.info("exported the %s tower to %s: %s", name, path, entry["check"])
+    if int8:
+        backbone, layer = available["image"]
+        assert isinstance(backbone, Backbone) and photos is not None
+        chosen = spread(list_photos(photos, splits, calibration_split if splits else None), calibration_photos)
+        int8_path = out_dir / "image.int8.onnx"
+        calibration = quantize_image_tower(out_dir / "image.onnx", int8_path, photo_pixels(backbone, chosen))
+        calibration["split"] = calibration_split if splits else "all photos"
+        entry = manifest["towers"]["image"]
+        pixels = photo_pixels(backbone, spread(list_photos(photos), max(check_photos, 2)))
+        check = check_image_graph(int8_path, ImageTowerGraph(backbone, layer), pixels)
+        check["photos"] = len(pixels)
+        entry.update(file=int8_path.name, fp32_file="image.onnx", precision="int8", calibration=calibration, check_int8=check)
+    atomic_write_json(manifest, out_dir / MANIFEST_FILE)
+    return manifest
+
+
+def _write_readme(out_dir: Path, manifest: dict[str, Any]) -> None:
+    towers = ", ".join(f"{name} ({entry['file']}, {entry['precision']})" for name, entry in manifest["towers"].items())
+    text = (
+        "# ONNX export\n\n"
+        f"Written by `python -m model_pkg.export onnx` (opset {manifest['opset']}): {towers}. `from_pretrained` of the model\n"
+        "folder above runs these towers with onnxruntime at inference when it is installed, and ignores them (with a\n"
+        "warning) once the model's weights differ from the ones recorded in manifest.json.\n"
+    )
+    atomic_write(out_dir / "README.md", lambda fh: fh.write(text))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_pkg.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    formats = parser.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    onnx = formats.add_parser("onnx", help="export the image / text towers to ONNX for onnxruntime")
+    onnx.add_argument("--model", required=True, help="saved petmatch model folder")
+    onnx.add_argument("--out", default=None, help="output folder (default <model>/onnx, where from_pretrained looks)")
+    onnx.add_argument("--photos", default=None, help="folder of real photos to check (and calibrate) the image graph on")
+    onnx.add_argument("--towers", default=None, help="comma-separated: image,text (default: all the model has)")
+    onnx.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    onnx.add_argument("--check-photos", type=int, default=16, help="photos the graph is checked on (default 16)")
+    onnx.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="largest relative error allowed")
+    onnx.add_argument("--int8", action="store_true", help="also quantise the image tower (static int8) and use it")
+    onnx.add_argument("--splits", default=None, help="splits JSON: calibrate on --calibration-split's identities only")
+    onnx.add_argument("--calibration-split", default="train", help="split to calibrate on (default train)")
+    onnx.add_argument("--calibration-photos", type=int, default=256, help="calibration photos (default 256)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("model_pkg").setLevel(logging.INFO)  # our progress, not the exporter's optimiser passes
+    for name in ("check_photos", "calibration_photos"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            raise SystemExit(2)
+    try:
+        manifest = export_onnx(
+            args.model,
+            photos=args.photos,
+            out=args.out,
+            towers=[t.strip() for t in args.towers.split(",") if t.strip()] if args.towers else None,
+            opset=args.opset,
+            check_photos=args.check_photos,
+            tolerance=args.tolerance,
+            int8=args.int8,
+            splits=args.splits,
+            calibration_split=args.calibration_split,
+            calibration_photos=args.calibration_photos,
+        )
+    except (ExportError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    out_dir = Path(args.out) if args.out else Path(args.model) / ONNX_SUBDIR
+    _write_readme(out_dir, manifest)
+    print(json.dumps(manifest, indent=2))
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""ONNX Runtime for inference: an exported tower stands in for its PyTorch module when nothing trains.
+
+`python -m model_pkg.export onnx --model DIR` writes `DIR/onnx/<tower>.onnx` and `DIR/onnx/manifest.json`
+(see `model_pkg.export`). `from_pretrained` of a petmatch model then calls `attach_exported`, which gives
+each exported tower an `OnnxTower` (an `onnxruntime.InferenceSession`) when
+
+* `onnxruntime` is installed (without it, PyTorch runs, silently: it is an optional accelerator),
+* the manifest's checksum of the tower's weights equals the loaded model's (else a warning: the export
+  is stale, re-export it), and the image size it was exported for is the model's.
+
+Towers: `image` is the model's `Backbone` (`pixels -> tokens`, flip TTA included when the model uses it;
+for the dual encoder its `feature_layer`); `text` is a transformers text tower (`ids, mask -> mean-pooled`).
+Everything after the tower (pooling, projection, normalisation, set pooling) stays in PyTorch: it is cheap.
+
+A module with a session uses it only at inference on CPU float32 inputs: no gradients, eval mode, the same
+layer and TTA setting as the export. Putting it in training mode or loading new weights into it drops the
+session for good (its weights may change from then on), so training never runs on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "MANIFEST_FILE",
+    "ONNX_SUBDIR",
+    "OnnxRunnableModule",
+    "OnnxTower",
+    "attach_exported",
+    "create_session",
+    "detach_onnx",
+    "exportable_towers",
+    "tower_checksum",
+]
+
+logger = logging.getLogger(__name__)
+
+ONNX_SUBDIR = "onnx"  # <model folder>/onnx/ holds the export
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+# Idle intra-op threads sleep instead of spinning: between two batches the caller decodes JPEGs on the same
+# cores, and spinning threads slowed that down (bench/README.md, issue 14: 28-37% fewer images/s).
+SPINNING = False
+
+
+def create_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = SPINNING):
+    """An `onnxruntime.InferenceSession` on the CPU with all graph optimisations and `threads` intra-op
+    threads (default: torch's thread count, so `OMP_NUM_THREADS` / `torch.set_num_threads` hold for both).
+    `spinning`: idle worker threads spin waiting for the next call instead of sleeping."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxTower:
+    """One exported tower's session plus the manifest entry that says what it computes."""
+
+    def __init__(self, path: str | os.PathLike, entry: dict[str, Any], spinning: bool = SPINNING):
+        self.path = os.fspath(path)
+        self.entry = dict(entry)
+        self.spinning = spinning
+        self.session = create_session(self.path, spinning=spinning)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle: deepcopy / pickle reopen the file
+        return {"path": self.path, "entry": self.entry, "spinning": self.spinning}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["entry"], state["spinning"])  # type: ignore[misc]
+
+    def run(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {name: x.detach().contiguous().numpy() for name, x in zip(self.input_names, inputs)}
+        (out,) = self.session.run(None, feeds)
+        return torch.from_numpy(np.asarray(out))
+
+    def serves_image(self, pixel_values: torch.Tensor, layer: str | None, tta_flip: bool) -> bool:
+        """Whether this image tower computes `Backbone.forward_tokens(pixel_values, layer)` for these inputs."""
+        size = self.entry["input_size"]
+        return (
+            pixel_values.ndim == 4
+            and tuple(pixel_values.shape[1:]) == tuple(size)
+            and pixel_values.dtype == torch.float32
+            and pixel_values.device.type == "cpu"
+            and layer == self.entry["layer"]
+            and (layer is not None or tta_flip == self.entry["tta_flip"])  # forward_tokens(layer) never flips
+        )
+
+
+class OnnxRunnableModule(nn.Module):
+    """An `nn.Module` whose inference forward an `OnnxTower` may serve (set by `attach_exported`)."""
+
+    onnx_runner: OnnxTower | None = None
+
+    def onnx_ready(self) -> OnnxTower | None:
+        """The session when it may serve this call: one is attached, eval mode, gradients off."""
+        if self.onnx_runner is None or self.training or torch.is_grad_enabled():
+            return None
+        return self.onnx_runner
+
+    def train(self, mode: bool = True):
+        if mode and self.onnx_runner is not None:
+            logger.info("training mode: %s drops its ONNX Runtime session and runs on PyTorch", type(self).__name__)
+            self.onnx_runner = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.onnx_runner = None  # new weights: the exported graph no longer computes this module
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+def tower_checksum(module: nn.Module) -> str:
+    """sha256 (16 hex) of a tower's weights as float32, in name order: an export of other weights is stale."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def exportable_towers(model: nn.Module) -> dict[str, tuple[OnnxRunnableModule, str | None]]:
+    """The towers of a petmatch model an export covers -> (module, feature layer of an image tower).
+
+    `image`: the `Backbone` of a pair matcher / ArcFace embedder, or of a dual encoder's vision tower (at its
+    `feature_layer`); `text`: a dual encoder's transformers text tower (the LSTM baseline is not exported)."""
+    from .backbones import Backbone
+
+    towers: dict[str, tuple[OnnxRunnableModule, str | None]] = {}
+    backbone = getattr(model, "backbone", None)
+    vision = getattr(model, "vision_model", None)
+    if isinstance(backbone, Backbone):
+        towers["image"] = (backbone, None)
+    elif vision is not None and isinstance(getattr(vision, "backbone", None), Backbone):
+        towers["image"] = (vision.backbone, getattr(vision, "layer", None))
+    text = getattr(model, "text_model", None)
+    if isinstance(text, OnnxRunnableModule):
+        towers["text"] = (text, None)
+    return towers
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """`<folder>/manifest.json` of an export, or None when there is none."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        warnings.warn(f"ignoring the ONNX export in {str(folder)!r}: unreadable {MANIFEST_FILE} ({err})", stacklevel=3)
+        return None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != MANIFEST_FORMAT
+        or not isinstance(manifest.get("towers"), dict)
+    ):
+        warnings.warn(
+            f"ignoring the ONNX export in {str(folder)!r}: {MANIFEST_FILE} is not a format-{MANIFEST_FORMAT} petmatch "
+            "export manifest; re-export with `python -m model_pkg.export onnx --model <model folder>`",
+            stacklevel=3,
+        )
+        return None
+    return manifest
+
+
+def attach_exported(model: nn.Module, model_folder: str | os.PathLike) -> list[str]:
+    """Give each tower exported in `<model_folder>/onnx/` its ONNX Runtime session; -> the towers attached.
+
+    Nothing happens without an export or without `onnxruntime`; a stale export (other weights, another
+    image size) or an unreadable one is skipped with a warning, and that tower runs on PyTorch."""
+    folder = Path(model_folder) / ONNX_SUBDIR
+    if not folder.is_dir():
+        return []
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.info("%s holds an ONNX export but onnxruntime is not installed: inference runs on PyTorch", folder)
+        return []
+    towers = exportable_towers(model)
+    attached = []
+    for name, entry in manifest["towers"].items():
+        fix = f"re-export it with `python -m model_pkg.export onnx --model {os.fspath(model_folder)}`"
+        if name not in towers:
+            warnings.warn(f"ignoring ONNX tower {name!r} in {str(folder)!r}: this model has no such tower", stacklevel=2)
+            continue
+        module, layer = towers[name]
+        if entry.get("source_checksum") != tower_checksum(module):
+            warnings.warn(
+                f"ignoring the stale ONNX export of the {name} tower in {str(folder)!r}: it was exported from other "
+                f"weights than the model's; {fix}. The {name} tower runs on PyTorch.",
+                stacklevel=2,
+            )
+            continue
+        if name == "image":
+            image_size = getattr(module, "image_size", None)
+            if entry.get("input_size", [None])[-1] != image_size or entry.get("layer") != layer:
+                warnings.warn(
+                    f"ignoring the ONNX export of the image tower in {str(folder)!r}: it takes {entry.get('input_size')} "
+                    f"pixels at layer {entry.get('layer')!r}, the model {image_size} px at layer {layer!r}; {fix}. "
+                    "The image tower runs on PyTorch.",
+                    stacklevel=2,
+                )
+                continue
+        file = folder / str(entry.get("file", ""))
+        try:
+            module.onnx_runner = OnnxTower(file, entry)
+        except Exception as err:  # onnxruntime raises its own types for missing, damaged or unsupported graphs
+            warnings.warn(
+                f"ignoring the ONNX export of the {name} tower: {str(file)!r} could not be opened by onnxruntime "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {fix}.",
+                stacklevel=2,
+            )
+            continue
+        attached.append(name)
+    if attached:
+        logger.info("ONNX Runtime serves the %s tower(s) of %s", ", ".join(attached), model_folder)
+    return attached
+
+
+def detach_onnx(model: nn.Module) -> None:
+    """Drop every ONNX Runtime session of `model`: it runs on PyTorch only from now on."""
+    for module in model.modules():
+        if isinstance(module, OnnxRunnableModule):
+            module.onnx_runner = None
