@@ -8,7 +8,9 @@
     GET  /api/v1/photos/{photo_id}   a photo of the text-search index (only those)
     GET  /api/v1/health     which models are loaded (and why not), gallery size, versions
 
-The endpoints share the app's loaded models and gallery (`Services`) and answer errors as JSON
+The endpoints share the app's loaded models and gallery (`Services`); the model work of the async endpoints
+runs in FastAPI's thread pool, so the event loop that also serves the Gradio UI never waits on a backbone
+pass, and concurrent requests batch their photos (`model_pkg.batching`, set up by `app/app.py`). Errors are JSON
 `{"detail": "..."}` with the UI's messages: 400 bad input, 413 too many or too large uploads, 404 an
 unknown photo id, 503 a model that is not loaded (with the reason). `/docs` shows the OpenAPI schema.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -211,7 +214,7 @@ def create_api(services: Services) -> FastAPI:
             a = await _save_uploads(set_a, Path(tmp) / "a", "first set (set_a)")
             b = await _save_uploads(set_b, Path(tmp) / "b", "second set (set_b)")
             try:
-                result = match_sets(model, [p for p, _ in a], [p for p, _ in b])
+                result = await run_in_threadpool(match_sets, model, [p for p, _ in a], [p for p, _ in b])
             except (ImageLoadError, ValueError) as err:
                 raise _bad_input(err, tmp) from err
         sim = result.photo_similarity
@@ -236,7 +239,7 @@ def create_api(services: Services) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="petmatch-api-") as tmp:
             ((path, _),) = await _save_uploads([photo], Path(tmp), "photo")
             try:
-                result = gallery.identify(path)
+                result = await run_in_threadpool(gallery.identify, path)
             except (ImageLoadError, ValueError) as err:
                 raise _bad_input(err, tmp) from err
         p = result.prediction
@@ -262,7 +265,7 @@ def create_api(services: Services) -> FastAPI:
             saved = await _save_uploads(photos, Path(tmp), "upload")
             try:
                 clean = gallery.check_name(name)
-                count = gallery.register(clean, [p for p, _ in saved])
+                count = await run_in_threadpool(gallery.register, clean, [p for p, _ in saved])
             except (ImageLoadError, ValueError) as err:
                 raise _bad_input(err, tmp) from err
         return RegisterResponse(name=clean, added=len(saved), photos=count)
@@ -289,7 +292,9 @@ def create_api(services: Services) -> FastAPI:
         text = _require(services.text, services.text_unavailable, "Text search")
         try:
             database = text.engine.database_or_raise()
-            scores, labels, _ = database.search(text.engine.encode_query(request.text), k=request.top_k)
+            with text.lock:  # see app.loading.TextSearch
+                query = text.engine.encode_query(request.text)
+            scores, labels, _ = database.search(query, k=request.top_k)
         except (ValueError, RuntimeError) as err:
             raise _bad_input(err) from err
         ids = photo_ids(database)

@@ -13,8 +13,11 @@
 
 The same program serves a plain JSON REST API under `/api/v1` (`app/api.py`; OpenAPI schema at `/docs`).
 
-Flags and environment variables: see `app/loading.py`. A missing model disables only its tab, with the
-reason shown there. Missing or outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
+Flags and environment variables: see `app/loading.py`, plus `--concurrency` / `PETMATCH_CONCURRENCY` (requests
+of one kind answered at once; default 8) and `--max-batch-size` / `PETMATCH_MAX_BATCH_SIZE` (photos of
+concurrent requests embedded in one backbone pass, `model_pkg.batching`; default 32, 0 = no batching: each
+request runs its own pass). A missing model disables only its tab, with the reason shown there. Missing or
+outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
 Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine`); this file is the UI.
 """
 
@@ -36,6 +39,7 @@ import numpy as np  # noqa: E402
 from app.api import Services, create_api  # noqa: E402
 from app.build_demo_assets import ensure_demo_gallery, ensure_text_index  # noqa: E402
 from app.loading import load_embedder, load_pair_model, load_text_search, model_flags  # noqa: E402
+from model_pkg.batching import batch_concurrent_calls  # noqa: E402
 from model_pkg.data import ImageLoadError  # noqa: E402
 from model_pkg.gallery_store import PhotoGallery  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
@@ -51,7 +55,26 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     # a Space sets GRADIO_SERVER_NAME=0.0.0.0; elsewhere the app listens on this machine only
     parser.add_argument("--host", default=os.environ.get("PETMATCH_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PETMATCH_PORT", "7860")))
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("PETMATCH_CONCURRENCY", "8")),
+        help="requests of each kind (compare, identify, register, search) run at once; more wait in Gradio's queue "
+        "(env PETMATCH_CONCURRENCY; default 8)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=int(os.environ.get("PETMATCH_MAX_BATCH_SIZE", "32")),
+        help="photos of concurrent requests embedded in one backbone pass at most; 0 = each request runs its own "
+        "pass (env PETMATCH_MAX_BATCH_SIZE; default 32)",
+    )
+    settings = parser.parse_args(argv)
+    if settings.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, got {settings.concurrency}")
+    if settings.max_batch_size < 0:
+        parser.error(f"--max-batch-size must be 0 (no batching) or more, got {settings.max_batch_size}")
+    return settings
 
 
 def log(message: str) -> None:
@@ -115,6 +138,13 @@ text_search_state, text_unavailable = load_text(SETTINGS)
 for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable), ("text search", text_unavailable)):
     if why:
         log(f"{tab} unavailable: {why}")
+if SETTINGS.max_batch_size > 0:
+    # Concurrent requests share one backbone pass instead of each running its own, several at once, on the same
+    # cores; a lone request runs at once (bench/README.md, "App under load" compares the options).
+    if pair_model is not None:
+        batch_concurrent_calls(pair_model, "embed_photos", SETTINGS.max_batch_size)
+    if gallery is not None:
+        batch_concurrent_calls(gallery.embedder, "get_image_features", SETTINGS.max_batch_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +245,8 @@ def search_text(query, top_k=8):
         raise gr.Error("Type a description, e.g. 'a brown dog running on the grass'.")
     if len(query) > MAX_QUERY_LENGTH:
         raise gr.Error(f"The description has {len(query):,} characters; use at most {MAX_QUERY_LENGTH:,} (a sentence or two).")
-    hits = text_search_state.engine.search_database(query.strip(), top_k=int(top_k))
+    with text_search_state.lock:
+        hits = text_search_state.engine.search_database(query.strip(), top_k=int(top_k))
     return [(hit.path, f"{hit.score:.3f}") for hit in hits]
 
 
@@ -319,7 +350,9 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-demo = build_demo()
+# Requests of each kind run SETTINGS.concurrency at a time (Gradio's default is 1: every user waits for the one
+# before); the models are shared read-only between the threads, the gallery has its own lock.
+demo = build_demo().queue(default_concurrency_limit=SETTINGS.concurrency)
 # folders whose photos the app shows (thumbnails, examples, search results)
 ALLOWED_PATHS = [str(Path(p).expanduser().resolve()) for p in (SETTINGS.assets_dir, SETTINGS.data, SETTINGS.gallery_dir)]
 # the same for `gradio app/app.py` and Spaces, which launch `demo` themselves (gradio reads this at launch)

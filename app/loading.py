@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,10 +96,15 @@ def load_embedder(ref: str):
 
 @dataclass
 class TextSearch:
-    """The dual encoder and its `ImageSearchEngine` (model_pkg.dual_encoder.search)."""
+    """The dual encoder and its `ImageSearchEngine` (model_pkg.dual_encoder.search).
+
+    Hold `lock` while encoding a query: a transformers fast tokenizer shared by threads fails with
+    "RuntimeError: Already borrowed" when two calls overlap (huggingface/transformers#47085), and the app
+    answers requests in several threads. A query takes milliseconds, so waiting for one costs nothing."""
 
     model: torch.nn.Module
     engine: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def load_text_search(ref: str):

@@ -6,9 +6,11 @@ Starts `python app/app.py` on a free loopback port (its own temporary gallery fo
 `--app-args`), waits until it answers, warms it up with 2 queries, then runs `--clients` threads, each with
 its own `gradio_client.Client`, sending `--queries` `/compare_sets` calls of 1-3 demo photos per side (half
 the pairs the same dog; photos from app/assets/demo_photos, seeded). Reports the latency distribution seen by
-the clients, the throughput, and the app's resident memory (RSS, app process and children, sampled every
-0.2 s): after warm-up, peak, and at the end. Exits 1 when any call fails or RSS grows more than
-`--max-rss-growth-mb` over its after-warm-up value.
+the clients, the throughput, the time from launch to the first answer, the CPU time per call of the app and
+of the clients, and the app's resident memory (RSS, app process and children, sampled every
+0.2 s): after warm-up, peak, and at the end. Exits 1 when any call fails, RSS grows more than
+`--max-rss-growth-mb` over its after-warm-up value, or the latency misses `--max-p50-s` / `--max-p99-s` (when given).
+`--app` starts another checkout's app (the same demo photos and client), for before/after comparisons.
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def rss_mb(process: psutil.Process) -> float:
     return total / 2**20
 
 
+def cpu_s(process: psutil.Process) -> float:
+    """CPU seconds (user + system) used so far by `process` and its children."""
+    total = 0.0
+    for p in [process] + process.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def dog_photos() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for folder in ("gallery", "queries", "unknown", "new"):
@@ -84,7 +98,8 @@ def queries(seed: int, n: int, photos: dict[str, list[str]]) -> list[tuple[list[
     return out
 
 
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> float:
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float, poll_s: float = 1.0) -> float:
+    """Seconds until `url` answers HTTP 200 (polled every `poll_s`); raises if the app exits or times out."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if process.poll() is not None:
@@ -94,7 +109,7 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> float:
                 if response.status == 200:
                     return time.perf_counter() - start
         except OSError:
-            time.sleep(1.0)
+            time.sleep(poll_s)
     raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
 
 
@@ -108,8 +123,19 @@ def main(argv: list[str] | None = None) -> dict:
         default=300.0,
         help="fail when the app's RSS grows more than this over its after-warm-up value",
     )
+    parser.add_argument("--max-p50-s", type=float, help="also fail when the median latency is above this")
+    parser.add_argument("--max-p99-s", type=float, help="also fail when the 99th percentile latency is above this")
+    parser.add_argument("--app", default=str(ROOT / "app" / "app.py"), help="the app to start (e.g. an older checkout's)")
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. which commit or setting)")
+    parser.add_argument(
+        "--ssl-verify",
+        action="store_true",
+        help="gradio_client's default, used by the issue-5 runs: every HTTP request it makes (upload, queue, result "
+        "stream, downloads) builds a new TLS context with the CA bundle, ~20-50 ms of CPU each, even for this "
+        "plain-http loopback URL; off by default so the clients, on the same cores as the app, cost less",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra flags for app/app.py")
     args = parser.parse_args(argv)
@@ -123,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="petmatch-load-") as gallery_dir:
         command = [
             sys.executable,
-            str(ROOT / "app" / "app.py"),
+            args.app,
             "--host",
             "127.0.0.1",
             "--port",
@@ -132,14 +158,18 @@ def main(argv: list[str] | None = None) -> dict:
             gallery_dir,
             *args.app_args,
         ]
+        launched = time.perf_counter()
         app = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            start_s = wait_until_up(url, app, args.start_timeout)
+            start_s = wait_until_up(url, app, args.start_timeout, poll_s=0.2)
             process = psutil.Process(app.pid)
-            warm = Client(url, verbose=False)
-            for a, b in queries(args.seed + 10_000, 2, photos):
+            warm = Client(url, verbose=False, ssl_verify=args.ssl_verify)
+            for i, (a, b) in enumerate(queries(args.seed + 10_000, 2, photos)):
                 warm.predict([handle_file(p) for p in a], [handle_file(p) for p in b], api_name="/compare_sets")
+                if i == 0:
+                    first_answer_s = time.perf_counter() - launched
             rss_warm = rss_mb(process)
+            cpu_app_start, cpu_clients_start = cpu_s(process), cpu_s(psutil.Process())
             samples, stop = [rss_warm], threading.Event()
 
             def sample():
@@ -151,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
             lock = threading.Lock()
 
             def client(index: int):
-                c = Client(url, verbose=False)
+                c = Client(url, verbose=False, ssl_verify=args.ssl_verify)
                 for a, b in queries(args.seed + index, args.queries, photos):
                     t = time.perf_counter()
                     try:
@@ -176,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
             stop.set()
             sampler.join()
             rss_end = rss_mb(process)
+            cpu_app, cpu_clients = cpu_s(process) - cpu_app_start, cpu_s(psutil.Process()) - cpu_clients_start
         finally:
             app.terminate()
             try:
@@ -191,7 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
         "errors": len(errors),
         "error_examples": errors[:5],
         "photos_per_side": "1-3",
+        "label": args.label,
+        "app_args": args.app_args,
+        "client_ssl_verify": args.ssl_verify,
         "app_start_s": round(start_s, 1),
+        "first_answer_s": round(first_answer_s, 1),
         "wall_s": round(wall, 1),
         "throughput_calls_per_s": round(len(latencies) / wall, 2),
         "latency_ms": {
@@ -205,6 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
                 ("max", lat.max()),
             )
         },
+        # where the machine's CPU went, per call: the app (HTTP, queue, decoding, models) and the 8 clients (this process)
+        "cpu_ms_per_call": {
+            "app": round(1000 * cpu_app / len(latencies), 1),
+            "clients": round(1000 * cpu_clients / len(latencies), 1),
+        },
         "rss_mb": {
             "after_warmup": round(rss_warm, 1),
             "peak": round(max(samples), 1),
@@ -212,7 +252,13 @@ def main(argv: list[str] | None = None) -> dict:
             "growth": round(growth, 1),
             "bound": args.max_rss_growth_mb,
         },
-        "passed": not errors and growth <= args.max_rss_growth_mb,
+        "latency_goal_s": {"p50": args.max_p50_s, "p99": args.max_p99_s},
+        "passed": bool(
+            not errors
+            and growth <= args.max_rss_growth_mb
+            and (args.max_p50_s is None or np.percentile(lat, 50) <= 1000 * args.max_p50_s)
+            and (args.max_p99_s is None or np.percentile(lat, 99) <= 1000 * args.max_p99_s)
+        ),
         "cpu_count": os.cpu_count(),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }

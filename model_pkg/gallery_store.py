@@ -18,6 +18,11 @@ Several processes may share one gallery folder (two app workers, a Space restart
 drains): every change happens under a file lock (`<directory>/.gallery.lock`, `filelock`), on the index as
 it is on disk at that moment, and each process reloads the index when another one has saved it, so no
 registration is lost or overwritten.
+
+Threads of one process (an app answering requests concurrently) share one `PhotoGallery`: reads and changes
+of the in-memory index happen under a threading lock, while the slow parts (decoding and embedding photos,
+copying them into the folder) run outside it, so identifications go on while an animal is being registered
+or removed. An identification sees the gallery as it was before or after a change, never half of it.
 """
 
 from __future__ import annotations
@@ -218,13 +223,15 @@ class PhotoGallery:
         return str(self.directory / self.index.metadata[i]["photo"])
 
     def __len__(self) -> int:
-        self.refresh()
-        return len(self.index)
+        with self._lock:
+            self.refresh()
+            return len(self.index)
 
     @property
     def names(self) -> list[str]:
-        self.refresh()
-        return self.index.identities
+        with self._lock:
+            self.refresh()
+            return self.index.identities
 
     def photo_counts(self) -> dict[str, int]:
         """{name: number of photos}, in registration order."""
@@ -282,6 +289,31 @@ class PhotoGallery:
                 (self.directory / p).unlink(missing_ok=True)
             raise
 
+    def remove(self, name: str) -> int:
+        """Forget the animal `name`: its photos leave the index (saved before this returns) and their stored
+        copies are deleted. Returns how many photos were removed; a name that is not registered raises a
+        `ValueError` listing some registered ones.
+
+        An identification answered just before may still name one of the deleted photos as its thumbnail."""
+        name = self.check_name(name)
+        with self._locked():
+            self.refresh()  # another process may have registered or removed animals since this one last looked
+            photos = [m["photo"] for label, m in zip(self.index.labels, self.index.metadata) if label == name]
+            if not photos:
+                known = self.index.identities
+                listed = ", ".join(repr(n) for n in known[:10]) + (", ..." if len(known) > 10 else "")
+                raise ValueError(f"No animal named {name!r} is registered (registered: {listed or 'none'}).")
+            removed = self.index.remove(name)
+            try:
+                self.index.save(self.index_dir)
+            except BaseException:
+                self._stamp = ("unsaved",)  # the in-memory index is ahead of the disk: reload it on next use
+                raise
+            self._stamp = self._disk_stamp()
+        for photo in photos:  # unreachable through the saved index now
+            (self.directory / photo).unlink(missing_ok=True)
+        return removed
+
     def add_gallery(self, other: GalleryIndex, photos_root: str | os.PathLike) -> None:
         """Copy every animal of `other` (a gallery made by the same embedder, whose metadata `photo` paths
         are relative to `photos_root`) into this gallery, photos included, and save it."""
@@ -307,11 +339,14 @@ class PhotoGallery:
     def identify(self, photo, top: int = 5) -> Identification:
         """The registered animal on `photo` (a file path), or a rejection with its reason, plus the
         `top` best-matching animals with their best photo."""
+        empty = "The gallery is empty: register an animal (a name and some photos) first."
         if len(self) == 0:
-            raise ValueError("The gallery is empty: register an animal (a name and some photos) first.")
+            raise ValueError(empty)
         query = embed_photos(self.embedder, [photo])
         with self._lock:  # a registration may be changing the index in another thread
             self.refresh()
+            if len(self.index) == 0:  # the last animal was removed while the photo was being embedded
+                raise ValueError(empty)
             prediction = self.index.classify(query, k=self.k)[0]
             scores, labels, ids = self.index.search(query, k=min(len(self.index), max(self.k, 50)))
             position = {id_: i for i, id_ in enumerate(self.index.ids)}

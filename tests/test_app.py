@@ -127,3 +127,31 @@ def test_hostile_names_are_shown_as_text_and_long_queries_refused(app, shared_da
     assert hostile in app.gallery.names  # stored as typed; only its display is escaped
     with pytest.raises(gr.Error, match="at most 1,000"):
         app.search_text("a dog " * 20_000, 3)
+
+
+def test_concurrent_requests_run_together_with_the_same_answers(app, shared_data):
+    """Issue 14: requests run `--concurrency` at a time and share backbone passes; each gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model_pkg.batching import BatchedForward
+
+    assert app.SETTINGS.concurrency == 8 and app.demo._queue.default_concurrency_limit == 8
+    assert isinstance(app.pair_model.embed_photos, BatchedForward)
+    assert isinstance(app.gallery.embedder.get_image_features, BatchedForward)
+    dogs = [photos(shared_data, d) for d in ("0", "5", "11")]
+    pairs = [(dogs[i % 3][: 1 + i % 2], dogs[(i + i % 2) % 3][2:4]) for i in range(6)]
+    alone = [app.compare_sets(a, b) for a, b in pairs]
+    batcher = app.pair_model.embed_photos
+    calls_before = batcher.calls
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda ab: app.compare_sets(*ab), pairs))
+        identified = list(pool.map(app.identify, [dogs[0][4]] * 3))
+    assert [t[0].split(":")[0] for t in together] == [t[0].split(":")[0] for t in alone]  # same verdicts
+    for (_, p_alone, _, table_alone), (_, p_together, _, table_together) in zip(alone, together):
+        assert abs(p_alone["same animal"] - p_together["same animal"]) < 1e-4
+        assert [row[:4] for row in table_alone] == [row[:4] for row in table_together]
+    assert batcher.calls - calls_before <= 12  # 2 passes per request at most (one per set), fewer when batched
+    assert len({answer for answer, _, _ in identified}) == 1  # the same photo gets the same answer
+    assert app.parse_settings(["--concurrency", "2", "--max-batch-size", "0"]).max_batch_size == 0
+    with pytest.raises(SystemExit):
+        app.parse_settings(["--concurrency", "0"])

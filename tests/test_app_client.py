@@ -69,3 +69,12 @@ def test_text_query(client):
     assert app_module().text_search_state is not None, app_module().text_unavailable
     results = client.predict("a dog running on the grass", 4, api_name="/search_text")
     assert len(results) == 4 and all(os.path.isfile(item["image"]) for item in results)
+
+
+def test_clients_at_the_same_time(shared_data):
+    """Four clients call at once (the app answers them together): every call gets its own, right answer."""
+    dog0, dog5 = photos(shared_data, "0"), photos(shared_data, "5")
+    clients = [Client(app_url(), verbose=False) for _ in range(4)]
+    jobs = [c.submit(dog0[:2], (dog0 if i % 2 == 0 else dog5)[2:4], api_name="/compare_sets") for i, c in enumerate(clients)]
+    verdicts = [job.result(timeout=120)[0] for job in jobs]
+    assert [v.split(":")[0] for v in verdicts] == ["Same animal", "Different animals"] * 2

@@ -71,3 +71,54 @@ def test_another_embedder_re_embeds_the_stored_photos(tmp_path, photos):
     assert second.index.labels == ["Bella"] * 3 and not np.allclose(second.index.vectors, first.index.vectors)
     with pytest.raises(GalleryMismatchError, match="rebuild"):
         second.add_gallery(first.index, tmp_path / "g")
+
+
+def test_remove_an_animal(tmp_path, photos):
+    gallery = PhotoGallery(tmp_path / "g", tiny(0))
+    gallery.register("Bella", photos["a"][:2])
+    gallery.register("Max", photos["b"][:1])
+    bella_files = [tmp_path / "g" / m["photo"] for m in gallery.index.metadata[:2]]
+    assert gallery.remove(" Bella ") == 2
+    assert not any(f.exists() for f in bella_files) and len(list((tmp_path / "g" / "photos").rglob("*.jpg"))) == 1
+    assert PhotoGallery(tmp_path / "g", tiny(0)).index.labels == ["Max"]  # saved before remove returned
+    with pytest.raises(ValueError, match="No animal named 'Bella'.*'Max'"):
+        gallery.remove("Bella")
+
+
+def test_threads_identify_while_others_register_and_remove(tmp_path, photos):
+    """An app answers requests in several threads: no call fails, no registration is lost, disk and memory agree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gallery = PhotoGallery(tmp_path / "g", tiny(0), score_threshold=None, margin_threshold=0.0)
+    gallery.register("Bella", photos["a"][:1])
+    seen: list[set[str]] = []
+
+    def identify(_):
+        for _ in range(6):
+            result = gallery.identify(photos["a"][2])
+            seen.append({m.label for m in result.matches})
+
+    def register(worker):
+        for i in range(3):
+            gallery.register(f"dog {worker}-{i}", photos["b"][i : i + 1])
+
+    def register_and_remove(_):
+        for i in range(3):
+            gallery.register(f"visitor {i}", photos["b"][:2])
+            assert gallery.remove(f"visitor {i}") == 2
+
+    with ThreadPoolExecutor(6) as pool:
+        jobs = [pool.submit(identify, 0), pool.submit(identify, 1), pool.submit(register, 0), pool.submit(register, 1)]
+        jobs.append(pool.submit(register_and_remove, 0))
+        for job in jobs:
+            job.result(timeout=120)  # re-raises any error of the thread
+
+    expected = ["Bella"] + [f"dog {w}-{i}" for w in range(2) for i in range(3)]
+    assert sorted(gallery.index.labels) == sorted(expected)
+    reopened = PhotoGallery(tmp_path / "g", tiny(0))
+    assert sorted(reopened.index.labels) == sorted(expected) and np.allclose(
+        reopened.index.vectors[np.argsort(reopened.index.ids)], gallery.index.vectors[np.argsort(gallery.index.ids)]
+    )
+    stored = {str(p.relative_to(tmp_path / "g")) for p in (tmp_path / "g" / "photos").rglob("*.jpg")}
+    assert stored == {m["photo"] for m in reopened.index.metadata}  # no photo lost, none left behind by a removal
+    assert len(seen) == 12 and all("Bella" in labels for labels in seen)
