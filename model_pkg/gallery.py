@@ -19,11 +19,14 @@ Rules
   ``score_threshold`` means "at least this similar" for both metrics.
 * **Index.**  Exact search (``IndexFlatIP`` / ``IndexFlatL2``) by default.  Once the gallery
   holds more than ``approximate_above`` vectors, the next ``search``/``classify``/``save``
-  builds an HNSW index (``IndexHNSWFlat``, M=32, ``ef_search`` configurable) and uses it;
-  :meth:`GalleryIndex.build_approximate` builds it now whatever the size.  The exact vectors
-  are always kept (in the flat index, and in ``vectors.npy`` on disk) so the HNSW graph can
-  be rebuilt, e.g. after :meth:`GalleryIndex.remove`.  If HNSW ever returns fewer than ``k``
-  neighbours for a query, that query is answered by the exact index instead.
+  builds an approximate index and uses it; :meth:`GalleryIndex.build_approximate` builds it now
+  whatever the size.  Which one (``approximate_index="auto"``) depends on the size
+  (:func:`model_pkg.vector_index.choose_spec`, numbers in bench/README.md "Gallery at scale"):
+  HNSW (``IndexHNSWFlat``, M=32, ``ef_search`` configurable) below ``vector_index.IVF_MIN``
+  vectors, above it IVF-PQ whose candidates are re-scored exactly against the kept vectors.
+  The exact vectors are always kept (in the flat index, and in ``vectors.npy`` on disk) so the
+  approximate index can be rebuilt, e.g. after :meth:`GalleryIndex.remove`.  If it ever returns
+  fewer than ``k`` neighbours for a query, that query is answered by the exact index instead.
 * **Voting.**  ``classify`` takes the top-``k`` neighbours, weights each by ``1/d`` where
   ``d`` is its distance (``"ip"``: ``d = 1 - cosine``; ``"l2"``: the Euclidean distance),
   clamped below at ``1e-6``, and sums the weights per identity.  ``confidence`` is the winning
@@ -64,6 +67,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from . import vector_index as vi
 from .metrics import choose_threshold, open_set_metrics, retrieval_metrics
 
 __all__ = [
@@ -80,7 +84,7 @@ __all__ = [
 ]
 
 FORMAT = "petmatch-gallery"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: IVF indexes; flat and HNSW galleries are still written as version 1
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"
 META_FILE = "gallery.json"
@@ -269,7 +273,9 @@ class GalleryIndex:
     Args:
         dim: embedding dimension.
         metric: ``"ip"`` (cosine similarity on L2-normalised vectors) or ``"l2"``.
-        approximate_above: switch to HNSW when the gallery holds more than this many vectors.
+        approximate_above: switch to the approximate index when the gallery holds more than this
+            many vectors (default ``vector_index.IVF_MIN``, 100,000: up to there an exact search takes
+            milliseconds; bench/README.md, "Gallery at scale").
         model_id: which embedder made the vectors (e.g. model folder + config hash); recorded
             in ``gallery.json`` so ``load(expected_model_id=...)`` can refuse a gallery made by
             another model.
@@ -277,19 +283,23 @@ class GalleryIndex:
         margin_threshold: minimum vote-share margin to accept (else "reshoot").
         ef_search: HNSW search breadth (higher = better recall, slower).
         ef_construction: HNSW build breadth.
+        approximate_index: ``"auto"`` (by size, :func:`model_pkg.vector_index.choose_spec`), ``"hnsw"``,
+            ``"ivf_flat"`` or ``"ivf_pq"`` (IVF needs ``vector_index.IVF_MIN_TRAIN`` vectors; a smaller
+            gallery uses HNSW).
     """
 
     def __init__(
         self,
         dim: int,
         metric: str = "ip",
-        approximate_above: int = 200_000,
+        approximate_above: int = vi.IVF_MIN,
         model_id: str | None = None,
         *,
         score_threshold: float | None = None,
         margin_threshold: float = DEFAULT_MARGIN_THRESHOLD,
         ef_search: int = 64,
         ef_construction: int = 40,
+        approximate_index: str = "auto",
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer (embedding size), got {dim!r}")
@@ -299,6 +309,8 @@ class GalleryIndex:
             raise ValueError(f"approximate_above must be an integer >= 0, got {approximate_above!r}")
         if model_id is not None and not isinstance(model_id, str):
             raise ValueError(f"model_id must be a string or None, got {type(model_id).__name__}")
+        if approximate_index not in ("auto", "hnsw", "ivf_flat", "ivf_pq"):
+            raise ValueError(f"approximate_index must be 'auto', 'hnsw', 'ivf_flat' or 'ivf_pq', got {approximate_index!r}")
         for name, v in (("ef_search", ef_search), ("ef_construction", ef_construction)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -316,7 +328,9 @@ class GalleryIndex:
         self._ef_search = int(ef_search)
         self.calibration: dict[str, Any] | None = None
         self._flat = self._new_flat()
-        self._hnsw: faiss.IndexHNSWFlat | None = None
+        self.approximate_index = approximate_index
+        self._approx: faiss.Index | None = None
+        self._approx_spec: vi.IndexSpec | None = None
         self._force_approximate = False
         self._labels: list[str] = []
         self._ids: list[str] = []
@@ -329,7 +343,7 @@ class GalleryIndex:
         return int(self._flat.ntotal)
 
     def __repr__(self) -> str:
-        kind = "hnsw" if self.is_approximate else "exact"
+        kind = self._approx_spec.kind if self.is_approximate and self._approx_spec else "exact"
         return (
             f"GalleryIndex(dim={self.dim}, metric={self.metric!r}, vectors={len(self)}, "
             f"identities={len(set(self._labels))}, index={kind}, model_id={self.model_id!r})"
@@ -360,8 +374,13 @@ class GalleryIndex:
 
     @property
     def is_approximate(self) -> bool:
-        """True when searches go to the HNSW index."""
-        return self._hnsw is not None and self._want_approximate()
+        """True when searches go to the approximate (HNSW or IVF) index."""
+        return self._approx is not None and self._want_approximate()
+
+    @property
+    def approximate_spec(self) -> vi.IndexSpec | None:
+        """Kind and parameters of the approximate index built (``None`` before one is built)."""
+        return self._approx_spec
 
     @property
     def ef_search(self) -> int:
@@ -372,8 +391,9 @@ class GalleryIndex:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"ef_search must be an integer >= 1, got {value!r}")
         self._ef_search = int(value)
-        if self._hnsw is not None:
-            self._hnsw.hnsw.efSearch = self._ef_search
+        if self._approx is not None and self._approx_spec is not None and self._approx_spec.kind == "hnsw":
+            self._approx_spec.ef_search = self._ef_search
+            vi.apply_search_params(self._approx, self._approx_spec)
 
     # --------------------------------------------------------------- internals
     def _faiss_metric(self) -> int:
@@ -392,20 +412,32 @@ class GalleryIndex:
     def _want_approximate(self) -> bool:
         return self._force_approximate or len(self) > self.approximate_above
 
-    def _build_hnsw(self) -> None:
-        index = faiss.IndexHNSWFlat(self.dim, HNSW_M, self._faiss_metric())
-        index.hnsw.efConstruction = self.ef_construction
-        index.hnsw.efSearch = self._ef_search
-        if len(self):
-            index.add(self._vectors_view())
-        self._hnsw = index
+    def _approximate_spec_for_size(self) -> vi.IndexSpec:
+        n, kind = len(self), self.approximate_index
+        if kind == "auto":
+            kind = vi.choose_spec(n, self.dim, exact_vectors_kept=True).kind
+        if kind in ("flat", "hnsw") or n < vi.IVF_MIN_TRAIN:  # approximate wanted where exact would do, or too few to train IVF
+            return vi.IndexSpec("hnsw", hnsw_m=HNSW_M, ef_search=self._ef_search, ef_construction=self.ef_construction)
+        ivf = vi.choose_spec(max(n, vi.IVF_MIN), self.dim, exact_vectors_kept=True)
+        return vi.IndexSpec(
+            kind,
+            nlist=min(int(ivf.nlist or 1), n // vi.TRAIN_POINTS_PER_CELL),
+            nprobe=ivf.nprobe,
+            pq_m=ivf.pq_m if kind == "ivf_pq" else None,
+            rerank=ivf.rerank if kind == "ivf_pq" else 1,  # IVF-Flat scores exactly already
+        )
+
+    def _build_approximate(self) -> None:
+        spec = self._approximate_spec_for_size()
+        self._approx = vi.build_index(self._vectors_view(), spec, self.metric)
+        self._approx_spec = spec
 
     def _active_index(self) -> faiss.Index:
         if self._want_approximate():
-            if self._hnsw is None:
-                self._build_hnsw()
-            assert self._hnsw is not None  # _build_hnsw sets it
-            return self._hnsw
+            if self._approx is None:
+                self._build_approximate()
+            assert self._approx is not None  # _build_approximate sets it
+            return self._approx
         return self._flat
 
     def _prepare(self, x: Any, what: str) -> np.ndarray:
@@ -455,10 +487,15 @@ class GalleryIndex:
             raise EmptyGalleryError("the gallery is empty: register animals with add(...) first")
         k_eff = min(k, n)
         index = self._flat if exact else self._active_index()
-        dist, pos = index.search(vecs, k_eff)
+        rerank = 1 if index is self._flat or self._approx_spec is None else self._approx_spec.rerank
+        if rerank > 1:  # IVF-PQ candidates re-scored exactly against the kept vectors
+            _, cand = index.search(vecs, min(n, k_eff * rerank))
+            dist, pos = vi.rerank(self._vectors_view(), vecs, cand, k_eff, self.metric)
+        else:
+            dist, pos = index.search(vecs, k_eff)
         if index is not self._flat:
             short = (pos < 0).any(axis=1)
-            if short.any():  # HNSW found fewer than k neighbours: answer those queries exactly
+            if short.any():  # the approximate index found fewer than k neighbours: answer those queries exactly
                 d2, p2 = self._flat.search(np.ascontiguousarray(vecs[short]), k_eff)
                 dist[short], pos[short] = d2, p2
         if self.metric == "ip":
@@ -558,8 +595,8 @@ class GalleryIndex:
             meta = [dict(m) for m in meta]
 
         self._flat.add(vecs)
-        if self._hnsw is not None:
-            self._hnsw.add(vecs)
+        if self._approx is not None:
+            self._approx.add(vecs)
         self._labels.extend(labels)
         self._ids.extend(new_ids)
         self._id_set.update(new_ids)
@@ -582,7 +619,7 @@ class GalleryIndex:
         if len(vecs):
             flat.add(np.ascontiguousarray(vecs))
         self._flat = flat
-        self._hnsw = None  # rebuilt from the exact vectors on the next search/save if still needed
+        self._approx = self._approx_spec = None  # rebuilt from the exact vectors on the next search/save if still needed
         idx = np.flatnonzero(keep)
         self._labels = [self._labels[i] for i in idx]
         self._ids = [self._ids[i] for i in idx]
@@ -591,11 +628,11 @@ class GalleryIndex:
         return int((~keep).sum())
 
     def build_approximate(self, ef_search: int | None = None) -> None:
-        """Build the HNSW index now (whatever the size) and use it for searches from now on."""
+        """Build the approximate index now (whatever the size; rebuilt if there is one) and use it from now on."""
         if ef_search is not None:
             self.ef_search = ef_search
         self._force_approximate = True
-        self._build_hnsw()
+        self._build_approximate()
 
     # ------------------------------------------------------------------ search
     def search(
@@ -605,7 +642,7 @@ class GalleryIndex:
 
         Returns ``(scores, labels, ids)``: ``scores`` float32 of shape (Q, min(k, len(self)))
         best first (cosine similarity for "ip", negated L2 distance for "l2"), and the matching
-        labels and ids as lists of lists.  ``exact=True`` bypasses HNSW.
+        labels and ids as lists of lists.  ``exact=True`` bypasses the approximate index.
         """
         scores, pos = self._search_raw(self._prepare(queries, "queries"), k, exact=exact)
         labels = [[self._labels[p] for p in row] for row in pos]
@@ -843,14 +880,17 @@ class GalleryIndex:
 
     # ------------------------------------------------------------- persistence
     def _meta(self) -> dict[str, Any]:
+        index_type = self._approx_spec.kind if self.is_approximate and self._approx_spec else "flat"
         return {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "version": 1 if index_type in ("flat", "hnsw") else FORMAT_VERSION,  # older code still reads these
             "dim": self.dim,
             "metric": self.metric,
             "model_id": self.model_id,
             "num_vectors": len(self),
-            "index_type": "hnsw" if self.is_approximate else "flat",
+            "index_type": index_type,
+            "approximate_index": self.approximate_index,
+            "vector_index": self._approx_spec.to_dict() if index_type != "flat" and self._approx_spec else None,
             "approximate_above": self.approximate_above,
             "force_approximate": self._force_approximate,
             "hnsw": {"M": HNSW_M, "ef_search": self._ef_search, "ef_construction": self.ef_construction},
@@ -867,7 +907,7 @@ class GalleryIndex:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the gallery to ``directory`` atomically; returns the folder path.
 
-        Files: ``index.faiss`` (the active index: HNSW when approximate, else the flat one),
+        Files: ``index.faiss`` (the active index: HNSW/IVF when approximate, else the flat one),
         ``vectors.npy`` (the exact vectors), ``gallery.json`` (settings, labels, ids, metadata,
         thresholds, model_id, format version, sha256 of the two binary files).  Everything is
         written and fsynced in a temporary sibling folder, then swapped with ``directory`` in
@@ -886,7 +926,7 @@ class GalleryIndex:
                     "is saved into its own folder and replaced as a whole, so use an empty or gallery-only folder"
                 )
         target.parent.mkdir(parents=True, exist_ok=True)
-        index = self._active_index()  # builds HNSW here if the gallery crossed approximate_above
+        index = self._active_index()  # builds the approximate index here if the gallery crossed approximate_above
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
         os.mkdir(tmp)
         try:
@@ -1027,9 +1067,14 @@ class GalleryIndex:
             problems.append(f"index.faiss holds {index.ntotal} vectors of dim {index.d}, expected {n} of dim {dim}")
         if len(meta["ids"]) != n or len(meta["metadata"]) != n:
             problems.append("labels, ids and metadata have different lengths")
-        hnsw = isinstance(index, faiss.IndexHNSW)
-        if (meta.get("index_type") == "hnsw") != hnsw:
-            problems.append(f"index.faiss is a {type(index).__name__}, gallery.json says {meta.get('index_type')!r}")
+        try:
+            kind = vi.kind_of(index)
+        except vi.VectorIndexError:
+            kind = type(faiss.downcast_index(index)).__name__
+        if meta.get("index_type", "flat") != kind:
+            problems.append(
+                f"index.faiss is a {type(faiss.downcast_index(index)).__name__}, gallery.json says {meta.get('index_type')!r}"
+            )
         expected_metric = faiss.METRIC_INNER_PRODUCT if meta["metric"] == "ip" else faiss.METRIC_L2
         if index.metric_type != expected_metric:
             problems.append(f"index.faiss uses faiss metric {index.metric_type}, gallery.json says {meta['metric']!r}")
@@ -1046,13 +1091,16 @@ class GalleryIndex:
             margin_threshold=float(meta.get("margin_threshold", DEFAULT_MARGIN_THRESHOLD)),
             ef_search=int(hp.get("ef_search", 64)),
             ef_construction=int(hp.get("ef_construction", 40)),
+            approximate_index=meta.get("approximate_index", "auto"),
         )
         g.calibration = meta.get("calibration")
-        if hnsw:
+        if kind != "flat":
             if n:
                 g._flat.add(np.ascontiguousarray(vectors))
-            index.hnsw.efSearch = g._ef_search  # type: ignore[attr-defined]  # read_index returns the base Index type
-            g._hnsw = index  # type: ignore[assignment]
+            spec = meta.get("vector_index") or {"kind": "hnsw", "hnsw_m": HNSW_M, "ef_construction": g.ef_construction}
+            g._approx_spec = vi.IndexSpec.from_dict({**spec, "ef_search": g._ef_search} if kind == "hnsw" else spec)
+            g._approx = index  # read_index returns the owning object, of the concrete type
+            vi.apply_search_params(g._approx, g._approx_spec)
         else:
             g._flat = index  # type: ignore[assignment]
         del vectors
@@ -1103,3 +1151,7 @@ def evaluate_gallery(
     )
     g.add(g_emb, gallery_labels)
     return g.evaluate(query_embeddings, query_labels, unknown_labels, k=k)
+
+
+if __name__ == "__main__":  # `python -m model_pkg.gallery build --embeddings DIR --out DIR` (vector_index.main)
+    vi.main()

@@ -251,6 +251,81 @@ def test_build_approximate_explicit(world):
 
 
 # --------------------------------------------------------------------------- #
+# IVF (large galleries): chosen by size, exact re-ranking, saved and loaded
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def ivf_world():
+    centres = make_centres(2400, seed=40)
+    x, xidx = noisy(centres, 5, noise=0.45, seed=41)  # 12,000 vectors: enough to train IVF cells and PQ codebooks
+    q, _ = noisy(centres[:150], 1, noise=0.45, seed=42)
+    return x, names(xidx), q
+
+
+def test_auto_index_choice_follows_size(monkeypatch, ivf_world):
+    x, labels, q = ivf_world
+    g = GalleryIndex(DIM, approximate_above=1000)
+    g.add(x, labels)
+    g.search(q[:1])
+    assert g.approximate_spec.kind == "hnsw"  # below vector_index.IVF_MIN
+    monkeypatch.setattr(gallery_mod.vi, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
+    monkeypatch.setattr(gallery_mod.vi, "IVF_MIN", 10_000)
+    g.build_approximate()
+    spec = g.approximate_spec
+    assert spec.kind == "ivf_pq" and spec.rerank > 1 and "index=ivf_pq" in repr(g)
+
+
+@pytest.mark.parametrize("kind", ["ivf_pq", "ivf_flat"])
+def test_ivf_gallery_recall_and_round_trip(ivf_world, tmp_path, kind):
+    x, labels, q = ivf_world
+    g = GalleryIndex(DIM, approximate_above=1000, approximate_index=kind, score_threshold=0.3)
+    g.add(x, labels)
+    _, _, ids = g.search(q, k=10)
+    assert g.is_approximate and g.approximate_spec.kind == kind
+    _, _, ids_exact = g.search(q, k=10, exact=True)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ids_exact)])
+    assert recall > 0.85  # 32 of ~190 cells scanned, on hard random 32-d clusters
+    if kind == "ivf_pq":  # the 4-byte codes alone lose neighbours: re-scoring the candidates exactly wins them back
+        g.approximate_spec.rerank = 1
+        codes_only = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.search(q, k=10)[2], ids_exact)])
+        assert codes_only < recall - 0.1
+        g.approximate_spec.rerank = gallery_mod.vi.RERANK
+    g.save(tmp_path / "g")
+    meta = json.loads((tmp_path / "g" / "gallery.json").read_text())
+    assert meta["index_type"] == kind and meta["version"] == 2 and meta["vector_index"]["kind"] == kind
+    h = GalleryIndex.load(tmp_path / "g")
+    assert h.approximate_spec == g.approximate_spec
+    a, b = g.search(q, k=10), h.search(q, k=10)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[2] == b[2]
+    assert [p.to_dict() for p in g.classify(q[:5])] == [p.to_dict() for p in h.classify(q[:5])]
+    h.remove(labels[0])  # the IVF index is rebuilt from the kept vectors on the next search
+    assert all(labels[0] not in row for row in h.search(q[:3], k=10)[1]) and h.approximate_spec.kind == kind
+
+
+def test_small_gallery_asking_for_ivf_uses_hnsw(world):
+    g = build(world, approximate_index="ivf_pq")
+    g.build_approximate()
+    assert g.approximate_spec.kind == "hnsw"  # 150 vectors cannot train IVF cells and PQ codebooks
+    with pytest.raises(ValueError, match="approximate_index"):
+        GalleryIndex(DIM, approximate_index="lsh")
+
+
+def test_gallery_saved_before_ivf_support_still_loads(world, tmp_path):
+    g = build(world, ef_search=40)
+    g.build_approximate()
+    g.save(tmp_path / "g")
+    meta_file = tmp_path / "g" / "gallery.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["version"] == 1 and meta["index_type"] == "hnsw"  # HNSW and flat galleries keep format 1
+    for key in ("approximate_index", "vector_index"):  # what a gallery written by the older code lacks
+        del meta[key]
+    meta_file.write_text(json.dumps(meta))
+    h = GalleryIndex.load(tmp_path / "g")
+    assert h.is_approximate and h.approximate_spec.kind == "hnsw" and h.ef_search == 40
+    assert h.search(world[1][:3], k=5)[2] == g.search(world[1][:3], k=5)[2]
+
+
+# --------------------------------------------------------------------------- #
 # save / load
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("approximate", [False, True])
