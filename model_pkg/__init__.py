@@ -9,7 +9,7 @@ rebuilds a saved petmatch model) at the first of:
 
 * a model or config class taken from this package (`from model_pkg import DualEncoderModel`);
 * transformers' auto classes being imported after `import model_pkg` (`from transformers import AutoModel`):
-  a one-shot import hook registers them right after `transformers.models.auto.modeling_auto` has loaded;
+  an import hook registers them right after transformers' `configuration_auto` or `modeling_auto` has loaded;
 * `import model_pkg` when transformers' auto classes are already imported (registered at once);
 * an explicit `model_pkg.register_auto_classes()`.
 
@@ -64,8 +64,11 @@ __all__ = [  # _EXPORTS and register_auto_classes, spelled out for linters and `
     "register_auto_classes",
 ]
 
-# transformers' module that defines AutoModel; it imports configuration_auto (AutoConfig) first
-_AUTO_MODULE = "transformers.models.auto.modeling_auto"
+# transformers' modules that define AutoConfig and AutoModel: registration follows whichever is imported first
+# (`from transformers import AutoConfig` alone never imports modeling_auto). When modeling_auto is the one
+# imported, it imports configuration_auto first; registering then fails on the half-imported modeling_auto and
+# happens when modeling_auto itself has loaded.
+_AUTO_MODULES = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
 _lock = threading.RLock()
 _registered = False
 
@@ -103,10 +106,11 @@ def register_auto_classes() -> None:
 class _AfterAutoImport(importlib.abc.MetaPathFinder):
     """One-shot import hook: when transformers' auto classes are first imported, register ours right after,
     so `import model_pkg` (lazy) followed by `AutoModel.from_pretrained(...)` works as it did when the
-    registration happened at import. It only wraps the loader of that one module, then removes itself."""
+    registration happened at import. It only wraps the loaders of those two modules, and removes itself once
+    registered."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _AUTO_MODULE:
+        if fullname not in _AUTO_MODULES:
             return None
         for finder in sys.meta_path:  # the spec the import system would have found without us
             if finder is self or not hasattr(finder, "find_spec"):
@@ -151,7 +155,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if _AUTO_MODULE in sys.modules:
+if any(name in sys.modules for name in _AUTO_MODULES):
     register_auto_classes()  # transformers' auto classes are loaded already: registering costs little now
 elif not any(isinstance(f, _AfterAutoImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _AfterAutoImport())

@@ -28,17 +28,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 from .fileio import atomic_write
 
@@ -61,6 +50,16 @@ PathLike = str | os.PathLike
 # --------------------------------------------------------------------------- #
 # Input validation helpers
 # --------------------------------------------------------------------------- #
+
+
+def _sklearn_metrics() -> Any:
+    """`sklearn.metrics`, imported on first use: its ~1 s import is not paid by every process that imports
+    `model_pkg.metrics` (the app's cold start: the gallery and the models import this module)."""
+    import sklearn.metrics
+
+    return sklearn.metrics
+
+
 def _as_scores(scores: Any, name: str = "scores") -> np.ndarray:
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim != 1:
@@ -234,16 +233,17 @@ def verification_metrics(
         source = "given"
     pred = (s >= thr).astype(np.int64)
     best_pred = (s >= oracle).astype(np.int64)
+    skm = _sklearn_metrics()
     return {
-        "accuracy": float(accuracy_score(y, pred)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
         "threshold": float(thr),
         "threshold_source": source,
-        "roc_auc": float(roc_auc_score(y, s)),
-        "pr_auc": float(average_precision_score(y, s)),
-        "best_accuracy": float(accuracy_score(y, best_pred)),
+        "roc_auc": float(skm.roc_auc_score(y, s)),
+        "pr_auc": float(skm.average_precision_score(y, s)),
+        "best_accuracy": float(skm.accuracy_score(y, best_pred)),
         "num_pairs": int(y.size),
         "num_positive": int(y.sum()),
         "num_negative": int(y.size - y.sum()),
@@ -265,9 +265,9 @@ def roc_pr_curves(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
     s = _as_scores(scores)
     y = _as_binary_labels(labels, s.size)
     top = _above(float(s.max()))
-    fpr, tpr, roc_thr = roc_curve(y, s)
+    fpr, tpr, roc_thr = _sklearn_metrics().roc_curve(y, s)
     roc_thr = np.where(np.isfinite(roc_thr), roc_thr, top)
-    precision, recall, pr_thr = precision_recall_curve(y, s)
+    precision, recall, pr_thr = _sklearn_metrics().precision_recall_curve(y, s)
     pr_thr = np.where(np.isfinite(pr_thr), pr_thr, top)
     return {
         "fpr": [float(v) for v in fpr],
@@ -409,7 +409,7 @@ def open_set_metrics(
     u = _as_scores(unknown_scores, "unknown_scores")
     y = np.concatenate([np.ones(k.size, dtype=np.int64), np.zeros(u.size, dtype=np.int64)])
     out: dict[str, Any] = {
-        "open_set_auroc": float(roc_auc_score(y, np.concatenate([k, u]))),
+        "open_set_auroc": float(_sklearn_metrics().roc_auc_score(y, np.concatenate([k, u]))),
         "num_known": int(k.size),
         "num_unknown": int(u.size),
     }
@@ -491,7 +491,7 @@ def confusion(labels_true: Sequence[Any], labels_pred: Sequence[Any], labels: li
         raise ValueError("labels must list at least one class")
     if len(set(labels)) != len(labels):
         raise ValueError("labels contains duplicates")
-    return confusion_matrix(list(labels_true), list(labels_pred), labels=list(labels))
+    return _sklearn_metrics().confusion_matrix(list(labels_true), list(labels_pred), labels=list(labels))
 
 
 def save_confusion(

@@ -41,8 +41,6 @@ import numpy as np
 import torch
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
-from scipy.optimize import quadratic_assignment
-from sklearn.cluster import KMeans, kmeans_plusplus
 from tqdm.auto import trange
 
 from ..fileio import atomic_write, atomic_write_json
@@ -240,6 +238,10 @@ class MiniVec2VecAligner:
         k-means++ seeding matters here: with random seeds the two sides' partitions differ far more
         often and the centroid matching fails (measured on the tests' data: anchor cosine .12 -> .43).
         """
+        # imported here, not at module level: scikit-learn takes ~3 s to import and `model_pkg` registers this
+        # family's config with AutoConfig whenever any model loads (the app's cold start)
+        from sklearn.cluster import KMeans, kmeans_plusplus
+
         seed = int(rng.integers(2**31 - 1))
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.config.kmeans_backend == "faiss":
@@ -261,6 +263,8 @@ class MiniVec2VecAligner:
 
     def _match_centroids(self, ca: np.ndarray, cb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
         """Permutation of `cb`'s rows onto `ca`'s that best agrees on their centred kernels; its score."""
+        from scipy.optimize import quadratic_assignment  # see _kmeans: kept off the import path of every model
+
         ka, kb = _centred_kernel(ca), _centred_kernel(cb)
         options: dict[str, Any] = {"maximize": True}
         if self.config.qap_method == "faq":
