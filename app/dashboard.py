@@ -15,6 +15,7 @@ data folder when it is there. What is read, and the formats: `app/dashboard_data
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -604,7 +605,10 @@ def main() -> None:
     args = parse_args()
     root, data_root = Path(args.root), Path(args.data)
     st.title("petmatch dashboard")
-    st.caption(f"Results from {root}; photos from {data_root}{'' if data_root.is_dir() else ' (not there)'}.")
+    # paths relative to where the dashboard was started: what a user typed, and no machine paths in screenshots
+    folders = ", ".join(os.path.relpath(root / d) for d in data.RESULT_DIRS if (root / d).is_dir()) or "nowhere yet"
+    missing = "" if data_root.is_dir() else " (not there)"
+    st.caption(f"Results from {folders}; photos from {os.path.relpath(data_root)}{missing}.")
     tabs = st.tabs(list(data.TABS))
     with tabs[0]:
         overview_tab(root)
