@@ -113,6 +113,15 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float, poll_s: f
     raise TimeoutError(f"the app did not answer on {url} within {timeout:.0f} s")
 
 
+def stop_app(process: subprocess.Popen) -> None:
+    """Terminate the app; kill it if it has not exited within 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -208,11 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             rss_end = rss_mb(process)
             cpu_app, cpu_clients = cpu_s(process) - cpu_app_start, cpu_s(psutil.Process()) - cpu_clients_start
         finally:
-            app.terminate()
-            try:
-                app.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                app.kill()
+            stop_app(app)
     lat = np.array(latencies) * 1000
     growth = rss_end - rss_warm
     result = {

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_app_load import dog_photos, free_port, wait_until_up  # noqa: E402
+from bench_app_load import dog_photos, free_port, stop_app, wait_until_up  # noqa: E402
 
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 
@@ -75,11 +75,7 @@ def time_app_start(repo: Path, app_args: list[str], timeout: float) -> dict[str,
             if not text.startswith(("Same animal", "Different animals")):
                 raise RuntimeError(f"unexpected first answer: {text!r}")
         finally:
-            app.terminate()
-            try:
-                app.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                app.kill()
+            stop_app(app)
     return {"ui_up_s": up_s, "first_answer_s": answered - launched, "first_call_s": answered - call}
 
 

@@ -49,7 +49,7 @@ import torch
 from .data import load_image
 from .data.folders import IMAGE_EXTENSIONS
 from .data.images import ImageLoadError
-from .fileio import atomic_write, atomic_write_json
+from .fileio import atomic_write, atomic_write_json, sha256_file
 from .modeling_utils import model_identity
 from .transforms import create_transform
 
@@ -175,14 +175,6 @@ def _write_shard(path: Path, ids: list[str], labels: list[str], vectors: np.ndar
     atomic_write(path, lambda fh: pq.write_table(table, fh), binary=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
     """The manifest of an embeddings folder (raises :class:`EmbeddingsError` when missing or not one)."""
     path = Path(out) / MANIFEST_FILE
@@ -219,7 +211,7 @@ def _finalise(out: Path, base: dict[str, Any], total: int | None) -> dict[str, A
                 continue
         seen.update(ids)
         failed.extend(b for b in bad if b not in seen)
-        shards.append({"file": path.name, "rows": len(ids), "failed": len(bad), "sha256": _sha256(path)})
+        shards.append({"file": path.name, "rows": len(ids), "failed": len(bad), "sha256": sha256_file(path)})
     manifest = dict(base)
     manifest.update(
         shards=shards,
@@ -393,7 +385,7 @@ def iter_embeddings(
         path = out_dir / entry["file"]
         if not path.is_file():
             raise EmbeddingsError(f"shard {str(path)!r} listed in the manifest is missing: run the embedding command again")
-        if verify and _sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             raise EmbeddingsError(f"shard {str(path)!r} does not match its manifest checksum: run the embedding command again")
         table = pq.read_table(path)
         ids = [str(v) for v in table.column("id").to_pylist()]

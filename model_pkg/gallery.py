@@ -50,13 +50,10 @@ gallery/embedder mismatch); problems with the gallery's state or files are ``Run
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -68,6 +65,7 @@ import faiss
 import numpy as np
 
 from . import vector_index as vi
+from .fileio import backup_path, sha256_file, swap_folder
 from .metrics import choose_threshold, open_set_metrics, retrieval_metrics
 
 __all__ = [
@@ -171,14 +169,6 @@ def _check_strings(values: Any, n: int, name: str, what: str = "embeddings") -> 
     return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -198,37 +188,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _rename_exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    Returns False when the platform or file system does not support it (the caller then
-    falls back to two renames); raises ``OSError`` on any other failure.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
-        return False
-    raise OSError(err, f"could not swap {a} and {b}: {os.strerror(err)}")
-
-
-def _backup_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.old"
 
 
 def _above(x: float) -> float:
@@ -937,38 +896,18 @@ class GalleryIndex:
                 os.fsync(fh.fileno())
             _fsync_file(tmp / INDEX_FILE)
             meta = self._meta()
-            meta["sha256"] = {INDEX_FILE: _sha256_file(tmp / INDEX_FILE), VECTORS_FILE: _sha256_file(tmp / VECTORS_FILE)}
+            meta["sha256"] = {INDEX_FILE: sha256_file(tmp / INDEX_FILE), VECTORS_FILE: sha256_file(tmp / VECTORS_FILE)}
             with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
                 json.dump(meta, fh, allow_nan=False)
                 fh.flush()
                 os.fsync(fh.fileno())
             _fsync_dir(tmp)
-            self._swap_into_place(tmp, target)
+            swap_folder(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(target.parent)
         return target
-
-    @staticmethod
-    def _swap_into_place(tmp: Path, target: Path) -> None:
-        if not target.exists():
-            os.rename(tmp, target)
-            return
-        if _rename_exchange(tmp, target):  # target is now the new gallery, tmp the old one
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        backup = _backup_path(target)
-        if backup.exists():  # left by an earlier interrupted save while target exists: stale
-            shutil.rmtree(backup)
-        os.rename(target, backup)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            if not target.exists():
-                os.rename(backup, target)  # roll back; if this fails too, load() recovers the backup
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
 
     @classmethod
     def load(
@@ -988,7 +927,7 @@ class GalleryIndex:
         """
         d = Path(os.path.abspath(os.fspath(directory)))
         if not d.exists():
-            backup = _backup_path(d)
+            backup = backup_path(d)
             if backup.is_dir():
                 warnings.warn(
                     f"gallery folder {d} is missing but {backup} (left by an interrupted save) exists: restoring it",
@@ -1043,7 +982,7 @@ class GalleryIndex:
                 "(add(...) + save(...)) or use the model that built it"
             )
         for name, what in ((INDEX_FILE, "index"), (VECTORS_FILE, "vectors")):
-            if _sha256_file(d / name) != meta["sha256"].get(name):
+            if sha256_file(d / name) != meta["sha256"].get(name):
                 raise GalleryFileError(
                     f"gallery {what} file {d / name} is corrupt (checksum mismatch): restore it or rebuild the gallery"
                 )

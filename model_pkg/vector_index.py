@@ -26,7 +26,6 @@ inverted lists are merged into one ``lists.ivfdata`` file that is memory-mapped 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+
+from .fileio import sha256_file, swap_folder
 
 __all__ = [
     "KINDS",
@@ -289,27 +289,6 @@ def rerank(
 # --------------------------------------------------------------------------- #
 # A standalone index folder built from sharded embeddings
 # --------------------------------------------------------------------------- #
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _swap_folder(tmp: Path, target: Path) -> None:
-    """Replace ``target`` by the finished folder ``tmp`` (old one removed only after the new one is in place)."""
-    if target.exists():
-        if not (target / META_FILE).is_file():
-            raise VectorIndexError(f"{str(target)!r} exists and is not a vector index folder: choose another --out")
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
-
-
 class VectorIndex:
     """A faiss index over embeddings with string ids and labels, saved as a folder.
 
@@ -375,7 +354,7 @@ class VectorIndex:
         if meta.get("format") != FORMAT:
             raise VectorIndexError(f"{str(meta_path)!r} is not a petmatch vector index file")
         for name in (INDEX_FILE, IDS_FILE):
-            if not (d / name).is_file() or _sha256(d / name) != meta["sha256"][name]:
+            if not (d / name).is_file() or sha256_file(d / name) != meta["sha256"][name]:
                 raise VectorIndexError(f"{str(d / name)!r} is missing or corrupt (checksum mismatch): rebuild the index")
         flags = 0
         if meta.get("on_disk"):
@@ -496,6 +475,8 @@ def build_from_embeddings(
         raise VectorIndexError(f"on-disk inverted lists need an IVF index, not {spec.kind}")
     log(f"{n:,} vectors of dim {dim}: {spec.factory_string()} (nprobe {spec.nprobe}), on_disk={on_disk}")
 
+    if target.exists() and not (target / META_FILE).is_file():  # checked before the build, not after it
+        raise VectorIndexError(f"{str(target)!r} exists and is not a vector index folder: choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -554,10 +535,10 @@ def build_from_embeddings(
             "index_bytes": (tmp / INDEX_FILE).stat().st_size,
             "build_seconds": round(time.perf_counter() - start_time, 3),
             "faiss_version": getattr(faiss, "__version__", None),
-            "sha256": {INDEX_FILE: _sha256(tmp / INDEX_FILE), IDS_FILE: _sha256(tmp / IDS_FILE)},
+            "sha256": {INDEX_FILE: sha256_file(tmp / INDEX_FILE), IDS_FILE: sha256_file(tmp / IDS_FILE)},
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _swap_folder(tmp, target)
+        swap_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import pytest
 
+from model_pkg import fileio
 from model_pkg import gallery as gallery_mod
 from model_pkg.gallery import (
     EmptyGalleryError,
@@ -421,7 +422,7 @@ def test_crash_during_swap_rolls_back_or_recovers(world, tmp_path, monkeypatch):
     before = files_bytes(out)
     other = GalleryIndex(DIM)
     other.add(world[1][:2], ["x", "y"])
-    monkeypatch.setattr(gallery_mod, "_rename_exchange", lambda a, b: False)
+    monkeypatch.setattr(fileio, "_rename_exchange", lambda a, b: False)
     real_rename = os.rename
 
     # 1) the second rename fails once: rolled back at once
