@@ -47,6 +47,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--summary", default=None, help="the run's summary.json, for the model card (default: beside the model)")
     parser.add_argument("--out", default=None, help="save the chosen model here (fp16 weights, model card)")
     parser.add_argument("--tta-flip", action="store_true", help="ship with flip test-time augmentation (`tta_flip`)")
+    parser.add_argument(
+        "--recipe", default="train/configs/arcface_embedder_cpu.yaml", help="how the model was trained, for the card"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -89,7 +92,7 @@ def main(argv=None) -> dict:
     if args.out:
         summary_file = args.summary or os.path.join(os.path.dirname(os.path.normpath(args.model)), "summary.json")
         training = {
-            "recipe": "train/configs/arcface_embedder_cpu.yaml",
+            "recipe": args.recipe,
             "image_size_chosen_on_val": row["image_size"],
             "tta_flip": args.tta_flip,
         }

@@ -25,7 +25,19 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlobalBatchNorm1d", "check_options", "log_cache", "main_process_first", "process_state", "save_atomically"]
+__all__ = [
+    "MIXED_PRECISION",
+    "GlobalBatchNorm1d",
+    "check_options",
+    "last_checkpoint",
+    "log_cache",
+    "main_process_first",
+    "process_state",
+    "resolve_mixed_precision",
+    "save_atomically",
+]
+
+MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 
 
 def check_options(config_cls: type, values: Mapping[str, Any], what: str) -> None:
@@ -154,3 +166,28 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint (Trainer writes trainer_state.json last), for auto-resume."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and os.path.isfile(os.path.join(path, "trainer_state.json")):
+            found.append((int(name.split("-")[-1]), path))
+    return max(found)[1] if found else None
+
+
+def resolve_mixed_precision(option: str = "auto") -> str:
+    """ "bf16" on Ampere or newer GPUs, "fp16" on older GPUs, "no" on CPU (`option` forces one on a GPU)."""
+    if option not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={option!r} is not one of {MIXED_PRECISION}.")
+    if not torch.cuda.is_available():
+        if option in ("bf16", "fp16"):
+            logger.warning("mixed_precision=%s asked for, but there is no GPU: training in float32", option)
+        return "no"
+    if option == "auto":
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    return option

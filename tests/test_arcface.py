@@ -23,9 +23,10 @@ from transformers import AutoConfig, AutoModel
 import model_pkg  # noqa: F401  (registers the Auto classes)
 from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, ArcFaceOutput
 from model_pkg.arcface import training as arc_training
-from model_pkg.arcface.training import MarginScheduleCallback, phase_cosine_schedule, resolve_mixed_precision
+from model_pkg.arcface.training import MarginScheduleCallback, phase_cosine_schedule
 from model_pkg.data.samplers import PKBatchSampler, split_gallery_queries
 from model_pkg.losses import ArcFaceHead, arcface_margin_logits
+from model_pkg.training_utils import resolve_mixed_precision
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

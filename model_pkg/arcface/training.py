@@ -48,8 +48,18 @@ from ..fileio import atomic_save_npy, atomic_write_json
 from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
-from ..pair_matcher.training import Collator, PhaseAwareEarlyStopping, PhaseCollator, _last_checkpoint
-from ..training_utils import GlobalBatchNorm1d, check_options, log_cache, main_process_first, process_state, save_atomically
+from ..pair_matcher.training import Collator, PhaseAwareEarlyStopping, PhaseCollator
+from ..training_utils import (
+    MIXED_PRECISION,
+    GlobalBatchNorm1d,
+    check_options,
+    last_checkpoint,
+    log_cache,
+    main_process_first,
+    process_state,
+    resolve_mixed_precision,
+    save_atomically,
+)
 from ..transforms import create_transform
 from .configuration_arcface import ArcFaceEmbedderConfig
 from .modeling_arcface import ArcFaceEmbedderModel
@@ -66,13 +76,11 @@ __all__ = [
     "calibrate_gallery_thresholds",
     "embed_paths",
     "pooled_features",
-    "resolve_mixed_precision",
     "save_with_card",
     "train_arcface",
 ]
 
 LR_SCHEDULERS = ("cosine_restarts", "reduce_on_plateau")
-MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 HEAD_INITS = ("random", "pca")
 _FEATURE_CHUNK = 512  # photos per compute_tokens call, so token memory stays bounded
 
@@ -406,19 +414,6 @@ def compute_recall_metrics(eval_pred) -> dict[str, float]:
     return {**recall_metrics(predictions, eval_pred.label_ids), "unix_time": time.time()}
 
 
-def resolve_mixed_precision(option: str = "auto") -> str:
-    """ "bf16" on Ampere or newer GPUs, "fp16" on older GPUs, "no" on CPU (`option` forces one on a GPU)."""
-    if option not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision={option!r} is not one of {MIXED_PRECISION}.")
-    if not torch.cuda.is_available():
-        if option in ("bf16", "fp16"):
-            logger.warning("mixed_precision=%s asked for, but there is no GPU: training in float32", option)
-        return "no"
-    if option == "auto":
-        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
-    return option
-
-
 def _training_arguments(cfg: ArcFaceTrainingConfig, total_steps: int, precision: str) -> TrainingArguments:
     return TrainingArguments(
         output_dir=os.path.join(cfg.output_dir, "checkpoints"),
@@ -665,7 +660,7 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
             PhaseAwareEarlyStopping(cfg.early_stopping_patience, frozen_steps, finetune_steps),
         ],
     )
-    last = None if cfg.fresh else _last_checkpoint(checkpoints)
+    last = None if cfg.fresh else last_checkpoint(checkpoints)
     # DDP all-reduces only the parameters that require grad when `train` wraps the model, before the callbacks
     # set the phase: what fine-tuning trains must require grad then, or its copies would drift apart per process.
     model.set_backbone_frozen(finetune_steps == 0)

@@ -31,14 +31,19 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup
 
-from ..arcface.training import resolve_mixed_precision
 from ..data import load_image
 from ..features import compute_tokens
 from ..fileio import atomic_write_json
 from ..hub import write_model_card
 from ..metrics import text_image_retrieval_metrics
-from ..pair_matcher.training import _last_checkpoint
-from ..training_utils import check_options, main_process_first, process_state, save_atomically
+from ..training_utils import (
+    check_options,
+    last_checkpoint,
+    main_process_first,
+    process_state,
+    resolve_mixed_precision,
+    save_atomically,
+)
 from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
@@ -433,7 +438,7 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
             "text_features": dev_text,
         },
     )
-    trainer.train(resume_from_checkpoint=None if cfg.fresh else _last_checkpoint(checkpoints))
+    trainer.train(resume_from_checkpoint=None if cfg.fresh else last_checkpoint(checkpoints))
     if not trainer.is_world_process_zero():  # of several processes, the main one evaluates and saves
         return {"best_global_step": trainer.state.best_global_step, "process_index": state.process_index}
 

@@ -33,7 +33,7 @@ from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..metrics import choose_guarded_threshold, choose_threshold, verification_metrics
 from ..modeling_utils import model_identity
-from ..training_utils import check_options, log_cache, main_process_first, process_state, save_atomically
+from ..training_utils import check_options, last_checkpoint, log_cache, main_process_first, process_state, save_atomically
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel, SiameseHead
@@ -354,18 +354,6 @@ def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingAr
     )
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint (Trainer writes trainer_state.json last), for auto-resume."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith("checkpoint-") and os.path.isfile(os.path.join(path, "trainer_state.json")):
-            found.append((int(name.split("-")[-1]), path))
-    return max(found)[1] if found else None
-
-
 def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     """Train, pick the validation threshold, save `<output_dir>/model` (and `frozen_phase`); return a summary."""
     os.makedirs(cfg.output_dir, exist_ok=True)
@@ -479,7 +467,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
             PhaseAwareEarlyStopping(cfg.early_stopping_patience, cfg.frozen_steps, cfg.finetune_steps),
         ],
     )
-    last = None if cfg.fresh else _last_checkpoint(os.path.join(cfg.output_dir, "checkpoints"))
+    last = None if cfg.fresh else last_checkpoint(os.path.join(cfg.output_dir, "checkpoints"))
     # DDP all-reduces only the parameters that require grad when `train` wraps the model, before the callbacks
     # set the phase: what fine-tuning trains must require grad then, or its copies would drift apart per process.
     model.set_backbone_frozen(cfg.finetune_steps == 0)
