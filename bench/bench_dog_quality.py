@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import model_pkg  # noqa: E402,F401
 from model_pkg.data import load_image  # noqa: E402
 from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
-from model_pkg.evaluate import _draw_pairs, _load_groups  # noqa: E402
+from model_pkg.evaluation import draw_pairs, load_groups  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 from model_pkg.metrics import retrieval_metrics, verification_metrics  # noqa: E402
 from model_pkg.transforms import create_transform  # noqa: E402
@@ -88,7 +88,7 @@ def pair_rows(emb, groups, cohort, top, seed, pairs, snorm) -> list[dict]:
     rows = []
     for negatives in ("random", "hard"):
         for k in (1, 3):
-            drawn, _ = _draw_pairs(groups, pairs, k, seed, negatives, 32, "bench")
+            drawn, _ = draw_pairs(groups, pairs, k, seed, negatives, 32, "bench")
             a = unit(np.stack([np.mean([emb[p] for p in pr.paths_a], 0) for pr in drawn]))
             b = unit(np.stack([np.mean([emb[p] for p in pr.paths_b], 0) for pr in drawn]))
             scores = (a * b).sum(1)
@@ -141,8 +141,8 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    groups, _ = _load_groups(args.data, args.splits, args.split, None)
-    train_groups, _ = _load_groups(args.data, args.splits, "train", None)
+    groups, _ = load_groups(args.data, args.splits, args.split, None)
+    train_groups, _ = load_groups(args.data, args.splits, "train", None)
     rng = np.random.default_rng(0)
     cohort_dogs = sorted(rng.choice(sorted(train_groups), size=min(args.cohort_dogs, len(train_groups)), replace=False))
     cohort_paths = [p for d in cohort_dogs for p in train_groups[d][:2]]

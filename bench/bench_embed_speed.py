@@ -186,7 +186,7 @@ def speed(args, work: str) -> dict:
 
 
 def quality(args, work: str) -> dict:
-    from model_pkg.evaluate import evaluate_gallery_protocol
+    from model_pkg.evaluation import evaluate_gallery_protocol
 
     folder = os.path.join(work, "arcface-embedder")
     shutil.copytree(args.shipped, folder, ignore=shutil.ignore_patterns("onnx"))

@@ -36,7 +36,7 @@ import model_pkg  # noqa: E402,F401
 from model_pkg.dual_encoder.data import caption_pairs, load_flickr8k_splits  # noqa: E402
 from model_pkg.dual_encoder.search import ImageSearchEngine  # noqa: E402
 from model_pkg.dual_encoder.training import evaluate_retrieval, flat_metrics  # noqa: E402
-from model_pkg.evaluate import load_dual_model  # noqa: E402
+from model_pkg.evaluation import load_dual_model  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 
 QUERIES = [

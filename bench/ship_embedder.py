@@ -32,7 +32,7 @@ from model_pkg.arcface.training import (  # noqa: E402
     recall_metrics,
     save_with_card,
 )
-from model_pkg.evaluate import _load_groups  # noqa: E402
+from model_pkg.evaluation import load_groups  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    groups, _ = _load_groups(args.data, args.splits, "val", None)
+    groups, _ = load_groups(args.data, args.splits, "val", None)
     paths = [p for dog in sorted(groups) for p in groups[dog]]
     identities = np.array([i for i, dog in enumerate(sorted(groups)) for _ in groups[dog]])
     rows, chosen = [], None

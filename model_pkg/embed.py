@@ -275,7 +275,7 @@ def _embed_shard(model, photos: Sequence[Photo], device, batch_size: int, num_wo
 
 
 def _load_model(path: str | os.PathLike):
-    from .evaluate import EvaluationError, load_arcface_model  # the shared loading rules (safetensors only, clear errors)
+    from .evaluation import EvaluationError, load_arcface_model  # the shared loading rules (safetensors only, clear errors)
 
     try:
         return load_arcface_model(path)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from model_pkg import PairMatcherConfig, PairMatcherModel, evaluate
+from model_pkg import PairMatcherConfig, PairMatcherModel, evaluate, evaluation
 from model_pkg.data import as_dataset, save_splits, subset_by_identities
+from model_pkg.evaluation import common as evaluation_common
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 REQUIRED_KEYS = METRIC_KEYS + (
@@ -159,7 +160,7 @@ def test_pair_hard_saved_model_is_deterministic_and_cached(dogs, model_dir, spli
     def no_recompute(*args, **kwargs):
         raise AssertionError("reference features recomputed despite the cache")
 
-    monkeypatch.setattr(evaluate, "compute_pooled", no_recompute)
+    monkeypatch.setattr(evaluation_common, "compute_pooled", no_recompute)
     second = run(argv)
     assert without_time(second) == without_time(first)
     assert sorted(cache.glob("reference-tf_efficientnet_lite0-*.npy")) == files
@@ -167,11 +168,11 @@ def test_pair_hard_saved_model_is_deterministic_and_cached(dogs, model_dir, spli
 
 def test_hard_negatives_pair_each_dog_with_its_nearest_dog(dogs, splits_file, cache):
     root, _ = dogs
-    groups, _ = evaluate._load_groups(str(root), str(splits_file), "test", None)
+    groups, _ = evaluation.load_groups(str(root), str(splits_file), "test", None)
     assert len(groups) == 6
-    neighbours, feats = evaluate.hard_neighbours(groups, k=1)
+    neighbours, feats = evaluation.hard_neighbours(groups, k=1)
     assert set(feats) == {p for ps in groups.values() for p in ps}
-    pairs, _ = evaluate._draw_pairs(groups, 30, 2, 5, "hard", 32, "data")
+    pairs, _ = evaluation.draw_pairs(groups, 30, 2, 5, "hard", 32, "data")
     negatives = [p for p in pairs if p.label == 0]
     assert len(negatives) == 15
     for pair in negatives:
@@ -229,7 +230,7 @@ def test_baseline_without_splits_uses_oracle_threshold(dogs, cache):
     root, ids = dogs
     # A Dataset of the six test dogs (as_dataset input): the same photos, so the cached reference is reused.
     table = subset_by_identities(as_dataset(str(root)), ids[:6])
-    result = evaluate.evaluate_pair("imagenet-cosine", table, set_size=2, pairs=20, seed=1, negatives="hard")
+    result = evaluation.evaluate_pair("imagenet-cosine", table, set_size=2, pairs=20, seed=1, negatives="hard")
     check_result(result, 20)
     assert result["split"] == "all" and result["num_identities"] == 6
     assert result["threshold_source"] == "oracle"
@@ -239,7 +240,7 @@ def test_baseline_without_splits_uses_oracle_threshold(dogs, cache):
 
 def test_baseline_threshold_on_the_evaluated_split_is_oracle(dogs, splits_file, cache):
     root, _ = dogs
-    result = evaluate.evaluate_pair(
+    result = evaluation.evaluate_pair(
         "imagenet-cosine",
         str(root),
         set_size=2,
@@ -256,14 +257,16 @@ def test_baseline_threshold_on_the_evaluated_split_is_oracle(dogs, splits_file, 
 def test_evaluate_pair_with_loaded_model_and_split(dogs, model_dir, splits_file, cache):
     root, ids = dogs
     model = PairMatcherModel.from_pretrained(model_dir, dtype=torch.float32)
-    result = evaluate.evaluate_pair(
+    result = evaluation.evaluate_pair(
         model, str(root), set_size=2, pairs=10, seed=0, negatives="random", splits=str(splits_file), split="val"
     )
     check_result(result, 10)
     assert result["threshold_source"] == "stored"
     assert result["split"] == "val" and result["num_identities"] == 4
     # Same pairs and scores as the CLI path that loads the folder itself.
-    again = evaluate.evaluate_pair(str(model_dir), str(root), set_size=2, pairs=10, seed=0, splits=str(splits_file), split="val")
+    again = evaluation.evaluate_pair(
+        str(model_dir), str(root), set_size=2, pairs=10, seed=0, splits=str(splits_file), split="val"
+    )
     for key in METRIC_KEYS:
         assert again[key] == pytest.approx(result[key])
 
@@ -280,7 +283,7 @@ def test_missing_model_dir(dogs, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         evaluate.main(pair_args(tmp_path / "nope", root))
     with pytest.raises(ValueError, match="does not exist"):
-        evaluate.evaluate_pair(str(tmp_path / "nope"), str(root), 2, 10)
+        evaluation.evaluate_pair(str(tmp_path / "nope"), str(root), 2, 10)
 
 
 def test_not_a_pair_matcher(dogs, tmp_path):
@@ -306,7 +309,7 @@ def test_unknown_split(dogs, model_dir, splits_file):
     with pytest.raises(SystemExit, match="'holdout' is not in"):
         evaluate.main(pair_args(model_dir, root, "--splits", str(splits_file), "--split", "holdout"))
     with pytest.raises(ValueError, match="'holdout' is not in"):
-        evaluate.evaluate_pair("imagenet-cosine", str(root), 2, 10, splits=str(splits_file), threshold_split="holdout")
+        evaluation.evaluate_pair("imagenet-cosine", str(root), 2, 10, splits=str(splits_file), threshold_split="holdout")
 
 
 def test_too_few_identities(dogs, model_dir, tmp_path):

@@ -109,7 +109,7 @@ def test_model_folders_from_strangers_are_refused_before_loading(tmp_path):
         check_model_folder(cut)
 
     from app.loading import load_embedder
-    from model_pkg.evaluate import EvaluationError, load_pair_model
+    from model_pkg.evaluation import EvaluationError, load_pair_model
 
     loaded, why = load_embedder(str(pickled))
     assert loaded is None and "pickle" in why

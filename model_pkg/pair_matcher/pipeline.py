@@ -125,7 +125,7 @@ class PairMatchingTrainer:
         return self.model
 
     def evaluate(self, data, set_size: int = 1, pairs: int = 500, seed: int = 0, negatives: str = "random") -> dict:
-        from ..evaluate import evaluate_pair
+        from ..evaluation import evaluate_pair
 
         return evaluate_pair(self._require_model(), data, set_size=set_size, pairs=pairs, seed=seed, negatives=negatives)
 

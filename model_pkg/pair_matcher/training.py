@@ -398,7 +398,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
 
     # 3. Hard negatives: nearest other dogs under the untrained backbone's mean pooled feature.
     if cfg.embedder:  # the backbone is trained: take the untrained ImageNet reference, as evaluation does
-        from ..evaluate import hard_neighbours
+        from ..evaluation import hard_neighbours
 
         val_nn, _ = hard_neighbours(val_groups, k=1)  # the pairs `evaluate pair --negatives hard` draws
         train_nn = None

@@ -1,0 +1,37 @@
+"""Evaluation per task: `pair` (set-vs-set verification), `gallery` (identification with open-set rejection),
+`text_search` (image-text retrieval), on `common` (reference features, data, model loading). The command line
+is `python -m model_pkg.evaluate <task> ...` (`model_pkg/evaluate.py`)."""
+
+from .common import (
+    BASELINE,
+    GALLERY_BASELINE,
+    REFERENCE_BACKBONE,
+    EvaluationError,
+    cache_dir,
+    hard_neighbours,
+    load_groups,
+    reference_features,
+)
+from .gallery import evaluate_gallery_protocol, load_arcface_model
+from .pair import NEGATIVE_MODES, draw_pairs, evaluate_pair, load_pair_model, save_pair_scores
+from .text_search import evaluate_text_search, load_dual_model
+
+__all__ = [
+    "BASELINE",
+    "GALLERY_BASELINE",
+    "NEGATIVE_MODES",
+    "REFERENCE_BACKBONE",
+    "EvaluationError",
+    "cache_dir",
+    "draw_pairs",
+    "evaluate_gallery_protocol",
+    "evaluate_pair",
+    "evaluate_text_search",
+    "hard_neighbours",
+    "load_arcface_model",
+    "load_dual_model",
+    "load_groups",
+    "load_pair_model",
+    "reference_features",
+    "save_pair_scores",
+]
