@@ -13,17 +13,16 @@ import faiss
 import numpy as np
 import pytest
 
-from model_pkg import fileio
-from model_pkg import gallery as gallery_mod
+from model_pkg import fileio, vector_index
 from model_pkg.gallery import (
     EmptyGalleryError,
     GalleryFileError,
     GalleryIndex,
     GalleryMismatchError,
     Prediction,
-    _weighted_threshold,
     evaluate_gallery,
 )
+from model_pkg.gallery.identify import _weighted_threshold
 from model_pkg.metrics import choose_threshold
 
 DIM = 32
@@ -268,8 +267,8 @@ def test_auto_index_choice_follows_size(monkeypatch, ivf_world):
     g.add(x, labels)
     g.search(q[:1])
     assert g.approximate_spec.kind == "hnsw"  # below vector_index.IVF_MIN
-    monkeypatch.setattr(gallery_mod.vi, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
-    monkeypatch.setattr(gallery_mod.vi, "IVF_MIN", 10_000)
+    monkeypatch.setattr(vector_index, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
+    monkeypatch.setattr(vector_index, "IVF_MIN", 10_000)
     g.build_approximate()
     spec = g.approximate_spec
     assert spec.kind == "ivf_pq" and spec.rerank > 1 and "index=ivf_pq" in repr(g)
@@ -289,7 +288,7 @@ def test_ivf_gallery_recall_and_round_trip(ivf_world, tmp_path, kind):
         g.approximate_spec.rerank = 1
         codes_only = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.search(q, k=10)[2], ids_exact)])
         assert codes_only < recall - 0.1
-        g.approximate_spec.rerank = gallery_mod.vi.RERANK
+        g.approximate_spec.rerank = vector_index.RERANK
     g.save(tmp_path / "g")
     meta = json.loads((tmp_path / "g" / "gallery.json").read_text())
     assert meta["index_type"] == kind and meta["version"] == 2 and meta["vector_index"]["kind"] == kind
@@ -405,7 +404,7 @@ def test_crash_while_writing_keeps_previous_gallery(world, tmp_path, monkeypatch
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(gallery_mod.faiss, "write_index", boom)
+    monkeypatch.setattr(faiss, "write_index", boom)
     with pytest.raises(OSError, match="simulated"):
         other.save(out)
     monkeypatch.undo()
@@ -434,10 +433,10 @@ def test_crash_during_swap_rolls_back_or_recovers(world, tmp_path, monkeypatch):
             raise OSError("crash between renames (simulated)")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(gallery_mod.os, "rename", fail_second)
+    monkeypatch.setattr(os, "rename", fail_second)
     with pytest.raises(OSError, match="simulated"):
         other.save(out)
-    monkeypatch.setattr(gallery_mod.os, "rename", real_rename)
+    monkeypatch.setattr(os, "rename", real_rename)
     assert files_bytes(out) == before and sorted(os.listdir(tmp_path)) == ["g"]
 
     # 2) hard crash after moving the old gallery aside (no rollback possible): load() restores it
@@ -449,10 +448,10 @@ def test_crash_during_swap_rolls_back_or_recovers(world, tmp_path, monkeypatch):
             raise OSError("process killed (simulated)")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(gallery_mod.os, "rename", die_after_first)
+    monkeypatch.setattr(os, "rename", die_after_first)
     with pytest.raises(OSError, match="simulated"):
         other.save(out)
-    monkeypatch.setattr(gallery_mod.os, "rename", real_rename)
+    monkeypatch.setattr(os, "rename", real_rename)
     assert not out.exists()
     with pytest.warns(RuntimeWarning, match="interrupted save"):
         h = GalleryIndex.load(out)

@@ -1,0 +1,376 @@
+"""The gallery's vectors: the exact faiss index and the approximate one it switches to above a size (HNSW,
+IVF-Flat, IVF-PQ with exact re-scoring: `model_pkg.vector_index`), labels, ids and metadata, add / remove /
+search."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .. import vector_index as vi
+from .common import (
+    _ZERO_NORM,
+    DEFAULT_MARGIN_THRESHOLD,
+    HNSW_M,
+    MIN_DISTANCE,
+    EmptyGalleryError,
+    GalleryMismatchError,
+    _check_k,
+    _check_strings,
+)
+
+__all__ = ["VectorStore"]
+
+
+class VectorStore:
+    """The vector half of :class:`~model_pkg.gallery.GalleryIndex` (its constructor arguments are documented there)."""
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "ip",
+        approximate_above: int = vi.IVF_MIN,
+        model_id: str | None = None,
+        *,
+        score_threshold: float | None = None,
+        margin_threshold: float = DEFAULT_MARGIN_THRESHOLD,
+        ef_search: int = 64,
+        ef_construction: int = 40,
+        approximate_index: str = "auto",
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer (embedding size), got {dim!r}")
+        if metric not in ("ip", "l2"):
+            raise ValueError(f"metric must be 'ip' (cosine) or 'l2', got {metric!r}")
+        if isinstance(approximate_above, bool) or not isinstance(approximate_above, (int, np.integer)) or approximate_above < 0:
+            raise ValueError(f"approximate_above must be an integer >= 0, got {approximate_above!r}")
+        if model_id is not None and not isinstance(model_id, str):
+            raise ValueError(f"model_id must be a string or None, got {type(model_id).__name__}")
+        if approximate_index not in ("auto", "hnsw", "ivf_flat", "ivf_pq"):
+            raise ValueError(f"approximate_index must be 'auto', 'hnsw', 'ivf_flat' or 'ivf_pq', got {approximate_index!r}")
+        for name, v in (("ef_search", ef_search), ("ef_construction", ef_construction)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.dim = int(dim)
+        self.metric = metric
+        self.approximate_above = int(approximate_above)
+        self.model_id = model_id
+        if score_threshold is not None and math.isnan(float(score_threshold)):
+            raise ValueError("score_threshold is NaN: pass a number, or None to never reject as unknown")
+        if math.isnan(float(margin_threshold)):
+            raise ValueError("margin_threshold is NaN: pass a number in [0, 1]")
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.margin_threshold = float(margin_threshold)
+        self.ef_construction = int(ef_construction)
+        self._ef_search = int(ef_search)
+        self.calibration: dict[str, Any] | None = None
+        self._flat = self._new_flat()
+        self.approximate_index = approximate_index
+        self._approx: faiss.Index | None = None
+        self._approx_spec: vi.IndexSpec | None = None
+        self._force_approximate = False
+        self._labels: list[str] = []
+        self._ids: list[str] = []
+        self._id_set: set[str] = set()
+        self._metadata: list[dict] = []
+        self._next_id = 0
+
+    # ----------------------------------------------------------------- basics
+    def __len__(self) -> int:
+        return int(self._flat.ntotal)
+
+    def __repr__(self) -> str:
+        kind = self._approx_spec.kind if self.is_approximate and self._approx_spec else "exact"
+        return (
+            f"GalleryIndex(dim={self.dim}, metric={self.metric!r}, vectors={len(self)}, "
+            f"identities={len(set(self._labels))}, index={kind}, model_id={self.model_id!r})"
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        """Identity label of every stored vector, in insertion order (a copy)."""
+        return list(self._labels)
+
+    @property
+    def identities(self) -> list[str]:
+        """Sorted distinct labels."""
+        return sorted(set(self._labels))
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def metadata(self) -> list[dict]:
+        return list(self._metadata)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Copy of the stored (normalised for "ip") vectors, shape (N, dim)."""
+        return np.array(self._vectors_view(), copy=True)
+
+    @property
+    def is_approximate(self) -> bool:
+        """True when searches go to the approximate (HNSW or IVF) index."""
+        return self._approx is not None and self._want_approximate()
+
+    @property
+    def approximate_spec(self) -> vi.IndexSpec | None:
+        """Kind and parameters of the approximate index built (``None`` before one is built)."""
+        return self._approx_spec
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"ef_search must be an integer >= 1, got {value!r}")
+        self._ef_search = int(value)
+        if self._approx is not None and self._approx_spec is not None and self._approx_spec.kind == "hnsw":
+            self._approx_spec.ef_search = self._ef_search
+            vi.apply_search_params(self._approx, self._approx_spec)
+
+    # --------------------------------------------------------------- internals
+    def _faiss_metric(self) -> int:
+        return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+
+    def _new_flat(self) -> faiss.IndexFlat:
+        return faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+
+    def _vectors_view(self) -> np.ndarray:
+        """Zero-copy view of the flat index's storage; only valid while ``self._flat`` lives."""
+        n = len(self)
+        if n == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return faiss.rev_swig_ptr(self._flat.get_xb(), n * self.dim).reshape(n, self.dim)
+
+    def _want_approximate(self) -> bool:
+        return self._force_approximate or len(self) > self.approximate_above
+
+    def _approximate_spec_for_size(self) -> vi.IndexSpec:
+        n, kind = len(self), self.approximate_index
+        if kind == "auto":
+            kind = vi.choose_spec(n, self.dim, exact_vectors_kept=True).kind
+        if kind in ("flat", "hnsw") or n < vi.IVF_MIN_TRAIN:  # approximate wanted where exact would do, or too few to train IVF
+            return vi.IndexSpec("hnsw", hnsw_m=HNSW_M, ef_search=self._ef_search, ef_construction=self.ef_construction)
+        ivf = vi.choose_spec(max(n, vi.IVF_MIN), self.dim, exact_vectors_kept=True)
+        return vi.IndexSpec(
+            kind,
+            nlist=min(int(ivf.nlist or 1), n // vi.TRAIN_POINTS_PER_CELL),
+            nprobe=ivf.nprobe,
+            pq_m=ivf.pq_m if kind == "ivf_pq" else None,
+            rerank=ivf.rerank if kind == "ivf_pq" else 1,  # IVF-Flat scores exactly already
+        )
+
+    def _build_approximate(self) -> None:
+        spec = self._approximate_spec_for_size()
+        self._approx = vi.build_index(self._vectors_view(), spec, self.metric)
+        self._approx_spec = spec
+
+    def _active_index(self) -> faiss.Index:
+        if self._want_approximate():
+            if self._approx is None:
+                self._build_approximate()
+            assert self._approx is not None  # _build_approximate sets it
+            return self._approx
+        return self._flat
+
+    def _prepare(self, x: Any, what: str) -> np.ndarray:
+        """float32, 2-D, C-contiguous, finite, non-zero; L2-normalised for "ip" (never in place)."""
+        try:
+            arr = np.array(x, dtype=np.float32, copy=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what} must be a numeric array of shape (N, {self.dim}): {exc}") from exc
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2:
+            raise ValueError(f"{what} must be a 2-D array of shape (N, {self.dim}), got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{what} has no rows: pass at least one vector of dimension {self.dim}")
+        if arr.shape[1] != self.dim:
+            raise GalleryMismatchError(
+                f"{what} have dimension {arr.shape[1]} but this gallery holds {self.dim}-dimensional vectors "
+                f"(model_id={self.model_id!r}): the gallery was built with another embedder. "
+                "Rebuild the gallery with this model, or use the model that built the gallery."
+            )
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise ValueError(
+                f"{what} row(s) {rows[:10].tolist()}{' ...' if rows.size > 10 else ''} contain NaN or infinite "
+                "values: the embedder produced invalid output for those photos; check the photos/model and "
+                "embed them again (nothing was changed)"
+            )
+        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
+        zero = norms <= _ZERO_NORM
+        if zero.any():
+            rows = np.flatnonzero(zero)
+            raise ValueError(
+                f"{what} row(s) {rows[:10].tolist()}{' ...' if rows.size > 10 else ''} are zero vectors, "
+                "which carry no identity and cannot be normalised: embed those photos again or drop them "
+                "(nothing was changed)"
+            )
+        if self.metric == "ip":
+            arr /= norms[:, None].astype(np.float32)
+        return np.ascontiguousarray(arr)
+
+    def _search_raw(self, vecs: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities (Q, k') float32 best first, and row positions (Q, k') int64; k' = min(k, N)."""
+        k = _check_k(k)
+        n = len(self)
+        if n == 0:
+            raise EmptyGalleryError("the gallery is empty: register animals with add(...) first")
+        k_eff = min(k, n)
+        index = self._flat if exact else self._active_index()
+        rerank = 1 if index is self._flat or self._approx_spec is None else self._approx_spec.rerank
+        if rerank > 1:  # IVF-PQ candidates re-scored exactly against the kept vectors
+            _, cand = index.search(vecs, min(n, k_eff * rerank))
+            dist, pos = vi.rerank(self._vectors_view(), vecs, cand, k_eff, self.metric)
+        else:
+            dist, pos = index.search(vecs, k_eff)
+        if index is not self._flat:
+            short = (pos < 0).any(axis=1)
+            if short.any():  # the approximate index found fewer than k neighbours: answer those queries exactly
+                d2, p2 = self._flat.search(np.ascontiguousarray(vecs[short]), k_eff)
+                dist[short], pos[short] = d2, p2
+        if self.metric == "ip":
+            scores = dist.astype(np.float32)
+        else:  # faiss returns squared L2 distances
+            scores = -np.sqrt(np.maximum(dist, 0.0)).astype(np.float32)
+        return scores, pos.astype(np.int64)
+
+    def _distances(self, scores: np.ndarray) -> np.ndarray:
+        d = (1.0 - scores.astype(np.float64)) if self.metric == "ip" else -scores.astype(np.float64)
+        return np.maximum(d, MIN_DISTANCE)
+
+    # ----------------------------------------------------------------- editing
+    def add(
+        self,
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[dict] | None = None,
+    ) -> list[str]:
+        """Register photos: ``embeddings`` (N, dim) with one identity ``label`` each.
+
+        ``ids`` (unique strings; default: running numbers) and ``metadata`` (JSON-serialisable
+        dicts, e.g. photo path) are optional.  Everything is validated before anything is
+        stored, so a failed call leaves the gallery unchanged.  Returns the ids of the new rows.
+        """
+        vecs = self._prepare(embeddings, "embeddings")
+        n = vecs.shape[0]
+        labels = _check_strings(labels, n, "labels")
+        if ids is None:
+            new_ids, nxt = [], self._next_id
+            for _ in range(n):
+                while str(nxt) in self._id_set:
+                    nxt += 1
+                new_ids.append(str(nxt))
+                nxt += 1
+        else:
+            new_ids = _check_strings(ids, n, "ids")
+            dup = len(set(new_ids)) != n
+            clash = sorted(set(new_ids) & self._id_set)
+            if dup or clash:
+                seen, repeated = set(), []
+                for v in new_ids:
+                    if v in seen:
+                        repeated.append(v)
+                    seen.add(v)
+                raise ValueError(
+                    "ids must be unique: "
+                    + (f"repeated in this call: {repeated[:5]}; " if repeated else "")
+                    + (f"already in the gallery: {clash[:5]}" if clash else "")
+                )
+            nxt = self._next_id
+        meta: list[dict]
+        if metadata is None:
+            meta = [{} for _ in range(n)]
+        else:
+            if isinstance(metadata, dict):
+                raise ValueError("metadata must be a list of dicts (one per row), got a single dict")
+            meta = list(metadata)
+            if len(meta) != n:
+                raise ValueError(f"metadata has {len(meta)} entries but embeddings has {n} rows: pass exactly one per row")
+            for i, m in enumerate(meta):
+                if not isinstance(m, dict):
+                    raise ValueError(f"metadata[{i}] must be a dict, got {type(m).__name__}")
+                try:
+                    json.dumps(m, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(
+                        f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/list/dict values"
+                    ) from exc
+            meta = [dict(m) for m in meta]
+
+        self._flat.add(vecs)
+        if self._approx is not None:
+            self._approx.add(vecs)
+        self._labels.extend(labels)
+        self._ids.extend(new_ids)
+        self._id_set.update(new_ids)
+        self._metadata.extend(meta)
+        self._next_id = nxt
+        return new_ids
+
+    def remove(self, label: str) -> int:
+        """Delete every vector of identity ``label`` and rebuild the index; returns how many."""
+        keep = np.fromiter((lab != label for lab in self._labels), dtype=bool, count=len(self._labels))
+        if keep.all():
+            known = self.identities
+            raise ValueError(
+                f"no vectors with label {label!r} in the gallery ({len(known)} identities registered"
+                + (f", e.g. {known[:5]}" if known else "")
+                + ")"
+            )
+        vecs = self._vectors_view()[keep]  # fancy indexing copies before the old index goes away
+        flat = self._new_flat()
+        if len(vecs):
+            flat.add(np.ascontiguousarray(vecs))
+        self._flat = flat
+        self._approx = self._approx_spec = None  # rebuilt from the exact vectors on the next search/save if still needed
+        idx = np.flatnonzero(keep)
+        self._labels = [self._labels[i] for i in idx]
+        self._ids = [self._ids[i] for i in idx]
+        self._id_set = set(self._ids)
+        self._metadata = [self._metadata[i] for i in idx]
+        return int((~keep).sum())
+
+    def build_approximate(self, ef_search: int | None = None) -> None:
+        """Build the approximate index now (whatever the size; rebuilt if there is one) and use it from now on."""
+        if ef_search is not None:
+            self.ef_search = ef_search
+        self._force_approximate = True
+        self._build_approximate()
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, queries: np.ndarray, k: int = 20, *, exact: bool = False
+    ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+        """Nearest gallery photos of each query.
+
+        Returns ``(scores, labels, ids)``: ``scores`` float32 of shape (Q, min(k, len(self)))
+        best first (cosine similarity for "ip", negated L2 distance for "l2"), and the matching
+        labels and ids as lists of lists.  ``exact=True`` bypasses the approximate index.
+        """
+        scores, pos = self._search_raw(self._prepare(queries, "queries"), k, exact=exact)
+        labels = [[self._labels[p] for p in row] for row in pos]
+        ids = [[self._ids[p] for p in row] for row in pos]
+        return scores, labels, ids
+
+    # --------------------------------------------------------------- evaluation
+    def _exact_similarity(self, q: np.ndarray) -> np.ndarray:
+        """Exact similarity (Q, N) of prepared queries to every stored vector (float32 maths)."""
+        v = self._vectors_view()
+        dots = q @ v.T
+        if self.metric == "ip":
+            return dots.astype(np.float64)
+        d2 = np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", v, v)[None, :] - 2.0 * dots
+        return -np.sqrt(np.maximum(d2.astype(np.float64), 0.0))
