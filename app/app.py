@@ -14,7 +14,7 @@
 The same program serves a plain JSON REST API under `/api/v1` (`app/api.py`; OpenAPI schema at `/docs`).
 
 Flags and environment variables: see `app/loading.py`, plus `--concurrency` / `PETMATCH_CONCURRENCY` (requests
-of one kind answered at once; default 8) and `--max-batch-size` / `PETMATCH_MAX_BATCH_SIZE` (photos of
+of one kind answered at once; default 4) and `--max-batch-size` / `PETMATCH_MAX_BATCH_SIZE` (photos of
 concurrent requests embedded in one backbone pass, `model_pkg.batching`; default 32, 0 = no batching: each
 request runs its own pass). A missing model disables only its tab, with the reason shown there. Missing or
 outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
@@ -58,9 +58,12 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=int(os.environ.get("PETMATCH_CONCURRENCY", "8")),
+        # 4, not 8: concurrent requests share backbone passes anyway, and with the 224 px embedder 8 threads
+        # grew the process by 430-470 MB under load (glibc heaps per thread) where 4 stay within the bound
+        # (bench/README.md, "App under load")
+        default=int(os.environ.get("PETMATCH_CONCURRENCY", "4")),
         help="requests of each kind (compare, identify, register, search) run at once; more wait in Gradio's queue "
-        "(env PETMATCH_CONCURRENCY; default 8)",
+        "(env PETMATCH_CONCURRENCY; default 4)",
     )
     parser.add_argument(
         "--max-batch-size",

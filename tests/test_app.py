@@ -135,7 +135,7 @@ def test_concurrent_requests_run_together_with_the_same_answers(app, shared_data
 
     from model_pkg.batching import BatchedForward
 
-    assert app.SETTINGS.concurrency == 8 and app.demo._queue.default_concurrency_limit == 8
+    assert app.SETTINGS.concurrency == 4 and app.demo._queue.default_concurrency_limit == 4
     assert isinstance(app.pair_model.embed_photos, BatchedForward)
     assert isinstance(app.gallery.embedder.get_image_features, BatchedForward)
     dogs = [photos(shared_data, d) for d in ("0", "5", "11")]
