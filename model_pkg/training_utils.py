@@ -5,6 +5,10 @@ training function. `process_state` says which one this is before the Trainer exi
 `main_process_first` lets the main process of each machine build the feature caches that the
 others then read, and `GlobalBatchNorm1d` normalises over the global batch so N processes train
 like one process with N times the batch.
+
+Also shared by the families: checkpoint discovery for auto-resume (`last_checkpoint`), the mixed-precision
+choice, atomic saving, and the two-phase pieces (`PhaseCollator`: cached features while the backbone is frozen,
+pixels once it trains; `PhaseAwareEarlyStopping`).
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import EarlyStoppingCallback
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIXED_PRECISION",
+    "Collator",
+    "PhaseAwareEarlyStopping",
+    "PhaseCollator",
     "GlobalBatchNorm1d",
     "check_options",
     "last_checkpoint",
@@ -191,3 +199,68 @@ def resolve_mixed_precision(option: str = "auto") -> str:
     if option == "auto":
         return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
     return option
+
+
+Collator = Callable[[Sequence[dict]], dict]  # rows -> a batch of tensors
+
+
+class PhaseCollator:
+    """Cached tokens while the backbone is frozen, pixels once it trains (augmented for train rows).
+
+    Training batches (rows with `augment`) take their phase from their own index when `frozen_steps` is given:
+    the first `frozen_steps` are cached tokens, the rest pixels. The data loader collates one batch ahead of the
+    step that uses it, so a flag flipped at the phase switch would reach the training batches one batch late, and
+    not at all for the first batch after a resume; counting batches (`train_batches`, set to the global step when
+    training starts or resumes) gives an interrupted run the same batches as an uninterrupted one. For the same
+    reason their random augmentation is drawn from a generator seeded by `seed` and the batch index, not from the
+    global RNG: the look-ahead batch would otherwise draw before the checkpoint stores the RNG state, and a resumed
+    run would see other crops. Evaluation batches follow `use_tokens`. Of several training processes, each one
+    (`process_index`) draws augmentations of its own; process 0 draws exactly what a single process would."""
+
+    def __init__(
+        self,
+        cached: Collator,
+        train_pixels: Collator,
+        eval_pixels: Collator,
+        frozen_steps: int | None = None,
+        seed: int = 0,
+        process_index: int = 0,
+    ):
+        self.cached = cached
+        self.train_pixels = train_pixels
+        self.eval_pixels = eval_pixels
+        self.use_tokens = True
+        self.frozen_steps = frozen_steps
+        self.seed = seed
+        self.process_index = process_index
+        self.train_batches = 0
+
+    def __call__(self, features):
+        augment = all(f.get("augment", False) for f in features)
+        if augment and self.frozen_steps is not None:
+            index = self.train_batches
+            self.train_batches += 1
+            if index < self.frozen_steps:
+                return self.cached(features)
+            with torch.random.fork_rng(devices=[]):  # the global RNG (dropout, ...) is left as it was
+                torch.manual_seed(self.seed * 1_000_003 + index + (self.process_index << 32))
+                return self.train_pixels(features)
+        if self.use_tokens:
+            return self.cached(features)
+        return (self.train_pixels if augment else self.eval_pixels)(features)
+
+
+class PhaseAwareEarlyStopping(EarlyStoppingCallback):
+    """Early stopping on the validation metric that never ends the frozen phase before fine-tuning has run."""
+
+    def __init__(self, patience: int, frozen_steps: int, finetune_steps: int):
+        super().__init__(early_stopping_patience=patience)
+        self.frozen_steps = frozen_steps
+        self.finetune_steps = finetune_steps
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if self.finetune_steps and state.global_step <= self.frozen_steps:
+            control.should_training_stop = False
+            if state.global_step == self.frozen_steps:
+                self.early_stopping_patience_counter = 0  # fine-tuning gets its full patience

@@ -48,10 +48,12 @@ from ..fileio import atomic_save_npy, atomic_write_json
 from ..gallery import GalleryIndex
 from ..hub import write_model_card
 from ..metrics import retrieval_metrics
-from ..pair_matcher.training import Collator, PhaseAwareEarlyStopping, PhaseCollator
 from ..training_utils import (
     MIXED_PRECISION,
+    Collator,
     GlobalBatchNorm1d,
+    PhaseAwareEarlyStopping,
+    PhaseCollator,
     check_options,
     last_checkpoint,
     log_cache,

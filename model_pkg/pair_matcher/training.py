@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data import (
     CachedSetPairCollator,
@@ -33,7 +32,16 @@ from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
 from ..metrics import choose_guarded_threshold, choose_threshold, verification_metrics
 from ..modeling_utils import model_identity
-from ..training_utils import check_options, last_checkpoint, log_cache, main_process_first, process_state, save_atomically
+from ..training_utils import (
+    PhaseAwareEarlyStopping,
+    PhaseCollator,
+    check_options,
+    last_checkpoint,
+    log_cache,
+    main_process_first,
+    process_state,
+    save_atomically,
+)
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel, SiameseHead
@@ -141,55 +149,6 @@ def mixed_pairs(groups, num_pairs, set_size, seed, hard_fraction, neighbours) ->
     return [pairs[i] for i in rng.permutation(len(pairs))]
 
 
-Collator = Callable[[Sequence[dict]], dict]  # rows -> a batch of tensors
-
-
-class PhaseCollator:
-    """Cached tokens while the backbone is frozen, pixels once it trains (augmented for train rows).
-
-    Training batches (rows with `augment`) take their phase from their own index when `frozen_steps` is given:
-    the first `frozen_steps` are cached tokens, the rest pixels. The data loader collates one batch ahead of the
-    step that uses it, so a flag flipped at the phase switch would reach the training batches one batch late, and
-    not at all for the first batch after a resume; counting batches (`train_batches`, set to the global step when
-    training starts or resumes) gives an interrupted run the same batches as an uninterrupted one. For the same
-    reason their random augmentation is drawn from a generator seeded by `seed` and the batch index, not from the
-    global RNG: the look-ahead batch would otherwise draw before the checkpoint stores the RNG state, and a resumed
-    run would see other crops. Evaluation batches follow `use_tokens`. Of several training processes, each one
-    (`process_index`) draws augmentations of its own; process 0 draws exactly what a single process would."""
-
-    def __init__(
-        self,
-        cached: Collator,
-        train_pixels: Collator,
-        eval_pixels: Collator,
-        frozen_steps: int | None = None,
-        seed: int = 0,
-        process_index: int = 0,
-    ):
-        self.cached = cached
-        self.train_pixels = train_pixels
-        self.eval_pixels = eval_pixels
-        self.use_tokens = True
-        self.frozen_steps = frozen_steps
-        self.seed = seed
-        self.process_index = process_index
-        self.train_batches = 0
-
-    def __call__(self, features):
-        augment = all(f.get("augment", False) for f in features)
-        if augment and self.frozen_steps is not None:
-            index = self.train_batches
-            self.train_batches += 1
-            if index < self.frozen_steps:
-                return self.cached(features)
-            with torch.random.fork_rng(devices=[]):  # the global RNG (dropout, ...) is left as it was
-                torch.manual_seed(self.seed * 1_000_003 + index + (self.process_index << 32))
-                return self.train_pixels(features)
-        if self.use_tokens:
-            return self.cached(features)
-        return (self.train_pixels if augment else self.eval_pixels)(features)
-
-
 class BackbonePhaseCallback(TrainerCallback):
     """At step `frozen_steps`: save the frozen-phase model, unfreeze the backbone, switch to pixels."""
 
@@ -215,22 +174,6 @@ class BackbonePhaseCallback(TrainerCallback):
             # whole or absent: a run killed while writing it must not leave a folder that no longer loads
             save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
         self._apply(state.global_step)
-
-
-class PhaseAwareEarlyStopping(EarlyStoppingCallback):
-    """Early stopping on validation ROC-AUC that never ends the frozen phase before fine-tuning has run."""
-
-    def __init__(self, patience: int, frozen_steps: int, finetune_steps: int):
-        super().__init__(early_stopping_patience=patience)
-        self.frozen_steps = frozen_steps
-        self.finetune_steps = finetune_steps
-
-    def on_evaluate(self, args, state, control, metrics, **kwargs):
-        super().on_evaluate(args, state, control, metrics, **kwargs)
-        if self.finetune_steps and state.global_step <= self.frozen_steps:
-            control.should_training_stop = False
-            if state.global_step == self.frozen_steps:
-                self.early_stopping_patience_counter = 0  # fine-tuning gets its full patience
 
 
 def compute_pair_metrics(eval_pred) -> dict:
