@@ -351,7 +351,7 @@ def test_shipped_model_loads_offline(hub_offline):
         pytest.skip("models/dual-encoder is not shipped in this checkout")
     model = AutoModel.from_pretrained(folder).eval()
     assert isinstance(model, DualEncoderModel)
-    # The frozen word embeddings are referenced from their PyPI package, not copied into the folder.
+    # The frozen image tower is referenced from its PyPI package, not copied into the folder.
     assert (folder / "model.safetensors").stat().st_size < 40e6
     emb = model.encode_text(["a black dog running on the beach", "a girl in a pink dress"])
     assert emb.shape == (2, model.config.projection_dim) and torch.isfinite(emb).all()
