@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from model_pkg.align import MiniVec2VecAligner, MiniVec2VecConfig  # noqa: E402
-from model_pkg.align.modeling_mini_vec2vec import _centred_kernel  # noqa: E402
+from model_pkg.align.steps import centre_and_normalize, centred_kernel, procrustes  # noqa: E402
 from model_pkg.metrics import alignment_metrics  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     r = np.random.default_rng(1)
     for run in range(args.runs):
         ca, cb = aligner._kmeans(xa, 20, r), aligner._kmeans(xb, 20, r)
-        ka, kb = _centred_kernel(ca), _centred_kernel(cb)
+        ka, kb = centred_kernel(ca), centred_kernel(cb)
         _, truth = linear_sum_assignment(-(unit(ca @ w) @ unit(cb).T))
 
         def objective(perm: np.ndarray, ka=ka, kb=kb) -> float:  # bound now: the loop rebinds ka, kb
@@ -106,17 +106,15 @@ def fixed_point(cache_dir: str) -> None:
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from bench_alignment import split_by_group
 
-    from model_pkg.align.modeling_mini_vec2vec import _centre_and_normalize, _procrustes
-
     za = np.load(os.path.join(cache_dir, "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz"))
     zb = np.load(os.path.join(cache_dir, "flickr8k__paraphrase-MiniLM-L3-v2__0__meanpool.npz"))
     a_all, b_all = za["features"].astype(np.float32), zb["features"].astype(np.float32)
     groups = np.array([p.split("#")[0] for p in za["paths"].astype(str)])
     held, half_a, half_b = split_by_group(groups, 8192, 0)
     mean_a, mean_b = a_all[half_a].mean(0), b_all[half_b].mean(0)
-    a, b = _centre_and_normalize(a_all, mean_a, "A"), _centre_and_normalize(b_all, mean_b, "B")
+    a, b = centre_and_normalize(a_all, mean_a, "A"), centre_and_normalize(b_all, mean_b, "B")
     fit = np.concatenate([half_a, half_b])
-    w_star = _procrustes(a[fit], b[fit])  # uses the pairs: the start, never a method
+    w_star = procrustes(a[fit], b[fit])  # uses the pairs: the start, never a method
     top1 = lambda w: alignment_metrics(a[held] @ w, b[held])["top1"]  # noqa: E731
     print(f"paired optimum (start): top-1 {top1(w_star):.3f}")
     # the aligner's own stages, from the paired optimum (defaults: k = 10; Refine-1 1,000 points, k = 50, alpha 0.5)

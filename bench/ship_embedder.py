@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import model_pkg  # noqa: E402,F401
 from model_pkg import ArcFaceEmbedderModel  # noqa: E402
 from model_pkg.arcface.training import (  # noqa: E402
-    _card_metrics,
     calibrate_gallery_thresholds,
     embed_paths,
+    model_card_metrics,
     recall_metrics,
     save_with_card,
 )
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
         if name.startswith("checkpoint-"):  # a checkpoint other than the run's best-by-Recall@1-at-training-size
             training["shipped_step"] = int(name.split("-")[-1])
             training.pop("best_global_step", None)
-        save_with_card(model, args.out, metrics=_card_metrics(row), training=training, weights_dtype=torch.float16)
+        save_with_card(model, args.out, metrics=model_card_metrics(row), training=training, weights_dtype=torch.float16)
     return result
 
 

@@ -18,6 +18,7 @@ tower (QDQ, per-channel 7-bit int8 weights, uint8 activations, MinMax ranges fro
 of the `--calibration-split` dogs) and makes it the one inference uses; its agreement with PyTorch (cosine of pooled
 features) is recorded, its accuracy is for `python -m model_pkg.evaluate` on the exported folder to judge.
 Exporting needs the `onnx` and `onnxscript` packages (requirements.txt); running needs only `onnxruntime`.
+The comparison with PyTorch is `model_pkg.onnx_check`, the int8 step `model_pkg.onnx_quantization`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +43,8 @@ from .backbones import Backbone
 from .data import IMAGE_EXTENSIONS, load_image, load_splits
 from .fileio import atomic_write, atomic_write_json
 from .modeling_utils import UntrustedModelError, check_model_folder
+from .onnx_check import check_image_graph, relative_error
+from .onnx_quantization import quantize_image_tower
 from .onnx_runtime import MANIFEST_FILE, MANIFEST_FORMAT, ONNX_SUBDIR, create_session, exportable_towers, tower_checksum
 from .transforms import create_transform
 
@@ -161,32 +163,6 @@ def _export(graph: nn.Module, args: tuple, names: tuple[list[str], list[str]], d
         os.replace(os.path.join(tmp, path.name), path)
 
 
-def _relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
-    return float(np.abs(reference - actual).max() / max(float(np.abs(reference).max()), 1e-12))
-
-
-def _pooled_cosines(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Cosine per row of the mean over tokens (the pooled feature): how the float error shows downstream."""
-    a = reference.reshape(len(reference), -1, reference.shape[-1]).mean(1)
-    b = actual.reshape(len(actual), -1, actual.shape[-1]).mean(1)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-
-
-def check_image_graph(path: Path, graph: ImageTowerGraph, pixels: torch.Tensor) -> dict[str, float]:
-    """Run `path` with onnxruntime on `pixels` at batch 1 and the whole batch; -> agreement with PyTorch."""
-    session = create_session(path)
-    with torch.no_grad():
-        reference = graph(pixels).numpy()
-    outputs = [session.run(None, {"pixel_values": pixels[:1].numpy()})[0], session.run(None, {"pixel_values": pixels.numpy()})[0]]
-    cosines = np.concatenate([_pooled_cosines(reference[:1], outputs[0]), _pooled_cosines(reference, outputs[1])])
-    return {
-        "max_abs_diff": float(max(np.abs(reference[: len(o)] - o).max() for o in outputs)),
-        "relative_error": max(_relative_error(reference[: len(o)], o) for o in outputs),
-        "min_pooled_cosine": float(cosines.min()),
-        "mean_pooled_cosine": float(cosines.mean()),
-    }
-
-
 def export_image_tower(backbone: Backbone, layer: str | None, path: Path, pixels: torch.Tensor, opset: int) -> dict[str, Any]:
     graph = ImageTowerGraph(backbone, layer)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -217,7 +193,7 @@ def export_text_tower(model: Any, path: Path, opset: int) -> dict[str, Any]:
     for rows in (slice(0, 1), slice(None)):  # one sentence, and the padded batch
         width = int(mask[rows].sum(1).max())  # a batch of one carries no padding
         feeds = {"input_ids": ids[rows, :width].numpy(), "attention_mask": mask[rows, :width].numpy()}
-        diffs.append(_relative_error(reference[rows], session.run(None, feeds)[0]))
+        diffs.append(relative_error(reference[rows], session.run(None, feeds)[0]))
     return {
         "file": path.name,
         "inputs": ["input_ids", "attention_mask"],
@@ -226,51 +202,6 @@ def export_text_tower(model: Any, path: Path, opset: int) -> dict[str, Any]:
         "precision": "fp32",
         "check": {"sentences": len(CHECK_SENTENCES), "relative_error": max(diffs)},
     }
-
-
-# -- int8 ----------------------------------------------------------------------------------------------
-def quantize_image_tower(
-    fp32_path: str | os.PathLike,
-    int8_path: str | os.PathLike,
-    calibration: torch.Tensor,
-    batch_size: int = 16,
-    reduce_range: bool = True,
-) -> dict[str, Any]:
-    """Static QDQ quantisation of an image graph: per-channel int8 weights, uint8 activations whose ranges
-    (MinMax) come from `calibration` pixels (N, 3, S, S), photos of training identities.
-
-    `reduce_range` keeps the weights to 7 bits. CPUs without VNNI (AVX2 / AVX-512 only, like our 2-core machine)
-    multiply uint8 x int8 with an instruction whose 16-bit sums saturate: with full 8-bit weights the shipped
-    embedder lost 8.2 points of gallery rank-1, with 7-bit weights none (bench/README.md, issue 14)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches: Iterator[torch.Tensor] = iter(calibration.split(batch_size))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {"pixel_values": batch.numpy()}
-
-    target = Path(int8_path)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        prepared = os.path.join(tmp, "prepared.onnx")
-        quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=False)
-        quantized = os.path.join(tmp, target.name)
-        quantize_static(
-            prepared,
-            quantized,
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,  # keeps only each tensor's min / max per batch: small
-        )
-        os.replace(quantized, target)
-    return {"photos": len(calibration), "method": "MinMax", "format": "QDQ", "per_channel": True, "reduce_range": reduce_range}
 
 
 # -- the whole export ---------------------------------------------------------------------------------

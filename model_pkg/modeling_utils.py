@@ -146,6 +146,19 @@ else:
     _MixinBase = object
 
 
+def load_pretrained_backbone(backbone: Backbone, config: Any) -> None:
+    """Copy the pretrained weights of `config.backbone` (offline package, `config.backbone_checkpoint_path` or the
+    Hub) into `backbone`, built from the same config, and record where they came from in the config."""
+    source = create_backbone(
+        config.backbone,
+        pretrained=True,
+        image_size=config.image_size,
+        checkpoint_path=config.backbone_checkpoint_path,
+    )
+    backbone.load_state_dict(source.state_dict())
+    config.backbone_weights_source = source.weights_source
+
+
 class BackboneModelMixin(_MixinBase):
     backbone: Backbone
 
@@ -170,14 +183,7 @@ class BackboneModelMixin(_MixinBase):
 
     def load_backbone_weights(self) -> None:
         """Load the backbone's pretrained weights (offline package, checkpoint file or Hub)."""
-        source = create_backbone(
-            self.config.backbone,
-            pretrained=True,
-            image_size=self.config.image_size,
-            checkpoint_path=self.config.backbone_checkpoint_path,
-        )
-        self.backbone.load_state_dict(source.state_dict())
-        self.config.backbone_weights_source = source.weights_source
+        load_pretrained_backbone(self.backbone, self.config)
 
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Frozen: no gradients to the backbone and it runs in eval mode. Unfrozen: the last

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, embed
+from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, embed, embedding_store
 from model_pkg.gallery_store import embed_photos
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -82,7 +82,7 @@ def test_resume_after_a_kill_embeds_only_what_is_missing(collection, tmp_path):
     assert len(shards) == 4
     # what a run killed while writing its last shard leaves: that shard is missing, a temporary file is left over
     victim = shards[1]
-    lost = set(embed._read_shard_ids(victim)[0])
+    lost = set(embedding_store.read_shard_ids(victim)[0])
     victim.unlink()
     (out / f".{victim.name}.abc123.tmp").write_bytes(b"half a parquet file")
     kept = {p.name: p.stat().st_mtime_ns for p in shards if p != victim}
@@ -90,7 +90,7 @@ def test_resume_after_a_kill_embeds_only_what_is_missing(collection, tmp_path):
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
     assert all(after[name] == t for name, t in kept.items())  # finished shards were not touched
     new = [name for name in after if name not in kept]
-    assert len(new) == 1 and set(embed._read_shard_ids(out / new[0])[0]) == lost  # only the lost photos again
+    assert len(new) == 1 and set(embedding_store.read_shard_ids(out / new[0])[0]) == lost  # only the lost photos again
     check_result(out, ids, reference(model_dir, photos, ids))
 
 
@@ -99,10 +99,10 @@ def test_a_second_shard_with_the_same_photos_is_dropped(collection, tmp_path):
     out = tmp_path / "emb"
     embed.embed_collection(model_dir, photos, out, shard_size=8, batch_size=8)
     first = sorted(out.glob("shard-*.parquet"))[0]
-    ids_first, _ = embed._read_shard_ids(first)
+    ids_first, _ = embedding_store.read_shard_ids(first)
     # a second, concurrent run into the same folder wrote some of the same photos again
     dup_ids = ids_first[:3]
-    embed._write_shard(out / "shard-zzzzzzzzzzzzzzzz.parquet", dup_ids, ["x"] * 3, np.ones((3, 16), np.float32), [])
+    embedding_store.write_shard(out / "shard-zzzzzzzzzzzzzzzz.parquet", dup_ids, ["x"] * 3, np.ones((3, 16), np.float32), [])
     manifest = embed.embed_collection(model_dir, photos, out, shard_size=8, batch_size=8)
     assert manifest["num_embeddings"] == len(ids)
     got_ids, _, _ = embed.load_embeddings(out)

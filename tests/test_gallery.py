@@ -1,78 +1,31 @@
-"""GalleryIndex: exact/HNSW search, voting, rejection, calibration, atomic save/load, errors.
+"""GalleryIndex: exact/HNSW/IVF search, voting, rejection, calibration, input errors, evaluate_gallery.
 
-Synthetic clustered vectors only (numpy RNG), single faiss thread: fast on a busy CPU.
+Synthetic clustered vectors only (tests/gallery_helpers.py), single faiss thread: fast on a busy CPU.
+Saving and loading: tests/test_gallery_files.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
+from gallery_helpers import DIM, build, make_centres, names, noisy, one_faiss_thread, registered_world, unit
 
-from model_pkg import fileio, vector_index
+from model_pkg import vector_index
 from model_pkg.gallery import (
     EmptyGalleryError,
-    GalleryFileError,
     GalleryIndex,
     GalleryMismatchError,
     Prediction,
     evaluate_gallery,
 )
-from model_pkg.gallery.identify import _weighted_threshold
+from model_pkg.gallery.identify import weighted_threshold
 from model_pkg.metrics import choose_threshold
+from model_pkg.vector_index import spec as vector_index_spec
 
-DIM = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def make_centres(n_ids: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    return unit(np.random.default_rng(seed).standard_normal((n_ids, dim)))
-
-
-def noisy(centres: np.ndarray, per_id: int, noise: float = 0.3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """per_id noisy unit copies of each centre; returns (vectors, centre index per row)."""
-    rng = np.random.default_rng(seed)
-    idx = np.repeat(np.arange(len(centres)), per_id)
-    x = centres[idx] + noise / np.sqrt(centres.shape[1]) * rng.standard_normal((idx.size, centres.shape[1]))
-    return unit(x), idx
-
-
-def names(idx) -> list[str]:
-    return [f"dog{i:03d}" for i in idx]
-
-
-@pytest.fixture(scope="module")
-def world():
-    """45 identities: 0-29 registered (5 photos each), 30-44 never registered."""
-    centres = make_centres(45)
-    gal, gidx = noisy(centres[:30], 5, seed=1)
-    return centres, gal, names(gidx)
-
-
-def build(world, **kw) -> GalleryIndex:
-    _, gal, glab = world
-    g = GalleryIndex(DIM, model_id="test-embedder@abc", **kw)
-    g.add(gal, glab, metadata=[{"photo": f"p{i}.jpg"} for i in range(len(glab))])
-    return g
-
-
-def files_bytes(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+_one_faiss_thread = pytest.fixture(autouse=True, scope="module")(one_faiss_thread)
+world = pytest.fixture(scope="module", name="world")(registered_world)
 
 
 # --------------------------------------------------------------------------- #
@@ -203,7 +156,7 @@ def test_weighted_threshold_matches_choose_threshold():
         pos = rng.integers(0, 12, size=rng.integers(1, 15)).astype(float)
         neg = rng.integers(0, 12, size=rng.integers(1, 15)).astype(float)
         labels = np.r_[np.ones(pos.size, int), np.zeros(neg.size, int)]
-        assert _weighted_threshold(pos, neg, 1, 1) == choose_threshold(labels, np.r_[pos, neg])
+        assert weighted_threshold(pos, neg, 1, 1) == choose_threshold(labels, np.r_[pos, neg])
 
 
 # --------------------------------------------------------------------------- #
@@ -267,8 +220,8 @@ def test_auto_index_choice_follows_size(monkeypatch, ivf_world):
     g.add(x, labels)
     g.search(q[:1])
     assert g.approximate_spec.kind == "hnsw"  # below vector_index.IVF_MIN
-    monkeypatch.setattr(vector_index, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
-    monkeypatch.setattr(vector_index, "IVF_MIN", 10_000)
+    monkeypatch.setattr(vector_index_spec, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
+    monkeypatch.setattr(vector_index_spec, "IVF_MIN", 10_000)
     g.build_approximate()
     spec = g.approximate_spec
     assert spec.kind == "ivf_pq" and spec.rerank > 1 and "index=ivf_pq" in repr(g)
@@ -323,154 +276,6 @@ def test_gallery_saved_before_ivf_support_still_loads(world, tmp_path):
     h = GalleryIndex.load(tmp_path / "g")
     assert h.is_approximate and h.approximate_spec.kind == "hnsw" and h.ef_search == 40
     assert h.search(world[1][:3], k=5)[2] == g.search(world[1][:3], k=5)[2]
-
-
-# --------------------------------------------------------------------------- #
-# save / load
-# --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("approximate", [False, True])
-def test_save_load_round_trip(world, tmp_path, approximate):
-    g = build(world, score_threshold=0.5, margin_threshold=0.1, ef_search=50)
-    if approximate:
-        g.build_approximate()
-    out = tmp_path / "gallery"
-    g.save(out)
-    assert sorted(os.listdir(out)) == ["gallery.json", "index.faiss", "vectors.npy"]
-    meta = json.loads((out / "gallery.json").read_text())
-    assert set(meta["sha256"]) == {"index.faiss", "vectors.npy"} and meta["model_id"] == "test-embedder@abc"
-    h = GalleryIndex.load(out, expected_dim=DIM, expected_model_id="test-embedder@abc")
-    assert h.is_approximate == approximate and h.ef_search == 50
-    assert (h.labels, h.ids, h.metadata, h.score_threshold, h.margin_threshold) == (g.labels, g.ids, g.metadata, 0.5, 0.1)
-    q = np.random.default_rng(2).standard_normal((6, DIM)).astype(np.float32)
-    a, b = g.search(q, k=8), h.search(q, k=8)
-    np.testing.assert_array_equal(a[0], b[0])
-    assert a[1:] == b[1:]
-    assert [p.to_dict() for p in g.classify(q)] == [p.to_dict() for p in h.classify(q)]
-    np.testing.assert_array_equal(h.vectors, g.vectors)
-    assert h.add(world[1][:1], ["new"]) == ["150"]  # running ids continue after load
-
-
-def test_save_replaces_existing_gallery_atomically(world, tmp_path):
-    out = tmp_path / "g"
-    build(world).save(out)
-    g2 = GalleryIndex(DIM, model_id="v2")
-    g2.add(world[1][:3], ["a", "b", "c"])
-    g2.save(out)
-    assert GalleryIndex.load(out).labels == ["a", "b", "c"]
-    assert sorted(os.listdir(tmp_path)) == ["g"]  # no temporary or backup folder left
-
-
-def test_save_refuses_folder_with_other_files(world, tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="own folder"):
-        build(world).save(tmp_path)
-    assert os.listdir(tmp_path) == ["config.json"]
-
-
-def test_corrupt_index_file_clear_error_files_untouched(world, tmp_path):
-    out = tmp_path / "g"
-    build(world).save(out)
-    raw = bytearray((out / "index.faiss").read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    (out / "index.faiss").write_bytes(bytes(raw))
-    before = files_bytes(out)
-    with pytest.raises(GalleryFileError, match=r"index file .* is corrupt \(checksum mismatch\): restore it or rebuild"):
-        GalleryIndex.load(out)
-    assert files_bytes(out) == before
-
-
-def test_truncated_vectors_and_missing_files(world, tmp_path):
-    out = tmp_path / "g"
-    build(world).save(out)
-    data = (out / "vectors.npy").read_bytes()
-    (out / "vectors.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(GalleryFileError, match="vectors file .* corrupt"):
-        GalleryIndex.load(out)
-    (out / "vectors.npy").unlink()
-    with pytest.raises(GalleryFileError, match="missing vectors.npy"):
-        GalleryIndex.load(out)
-    with pytest.raises(GalleryFileError, match="does not exist"):
-        GalleryIndex.load(tmp_path / "nowhere")
-
-
-def test_crash_while_writing_keeps_previous_gallery(world, tmp_path, monkeypatch):
-    out = tmp_path / "g"
-    good = build(world)
-    good.save(out)
-    before = files_bytes(out)
-    other = GalleryIndex(DIM, model_id="test-embedder@abc")
-    other.add(world[1][:2], ["x", "y"])
-
-    def boom(*args, **kwargs):
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(faiss, "write_index", boom)
-    with pytest.raises(OSError, match="simulated"):
-        other.save(out)
-    monkeypatch.undo()
-    assert files_bytes(out) == before
-    assert sorted(os.listdir(tmp_path)) == ["g"]
-    assert GalleryIndex.load(out).labels == good.labels
-
-
-def test_crash_during_swap_rolls_back_or_recovers(world, tmp_path, monkeypatch):
-    """Platforms without an atomic exchange: two renames; a failure between them never loses the gallery."""
-    out = tmp_path / "g"
-    good = build(world)
-    good.save(out)
-    before = files_bytes(out)
-    other = GalleryIndex(DIM)
-    other.add(world[1][:2], ["x", "y"])
-    monkeypatch.setattr(fileio, "_rename_exchange", lambda a, b: False)
-    real_rename = os.rename
-
-    # 1) the second rename fails once: rolled back at once
-    calls = []
-
-    def fail_second(src, dst):
-        calls.append(src)
-        if len(calls) == 2:
-            raise OSError("crash between renames (simulated)")
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", fail_second)
-    with pytest.raises(OSError, match="simulated"):
-        other.save(out)
-    monkeypatch.setattr(os, "rename", real_rename)
-    assert files_bytes(out) == before and sorted(os.listdir(tmp_path)) == ["g"]
-
-    # 2) hard crash after moving the old gallery aside (no rollback possible): load() restores it
-    calls.clear()
-
-    def die_after_first(src, dst):
-        calls.append(src)
-        if len(calls) >= 2:
-            raise OSError("process killed (simulated)")
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", die_after_first)
-    with pytest.raises(OSError, match="simulated"):
-        other.save(out)
-    monkeypatch.setattr(os, "rename", real_rename)
-    assert not out.exists()
-    with pytest.warns(RuntimeWarning, match="interrupted save"):
-        h = GalleryIndex.load(out)
-    assert h.labels == good.labels and files_bytes(out) == before
-
-    # 3) the fallback path itself works
-    other.save(out)
-    assert GalleryIndex.load(out).labels == ["x", "y"] and sorted(os.listdir(tmp_path)) == ["g"]
-
-
-def test_load_dim_and_model_id_mismatch(world, tmp_path):
-    out = tmp_path / "g"
-    build(world).save(out)
-    with pytest.raises(GalleryMismatchError, match=r"32-dimensional.*768-dimensional.*another embedder"):
-        GalleryIndex.load(out, expected_dim=768)
-    with pytest.raises(GalleryMismatchError, match=r"'test-embedder@abc'.*'other-model@123'.*rebuild"):
-        GalleryIndex.load(out, expected_model_id="other-model@123")
-    with pytest.raises(ValueError):  # GalleryMismatchError is a ValueError
-        GalleryIndex.load(out, expected_model_id="other-model@123")
 
 
 # --------------------------------------------------------------------------- #

@@ -1,4 +1,4 @@
-"""The GPU recipes' own pieces (model_pkg/gpu_training.py, train/arcface_gpu.py, train/dual_image_gpu.py), checked on the CPU: the batch
+"""The GPU recipes' own pieces (model_pkg/training/gpu_recipes.py, train/arcface_gpu.py, train/dual_image_gpu.py), checked on the CPU: the batch
 augmentation, the P x K sampler, the validation metrics on cases whose answer is known, and that a saved best
 checkpoint is a `from_pretrained` folder."""
 
@@ -18,7 +18,7 @@ from arcface_gpu import one_shot_recall, pk_batches, save_best  # noqa: E402
 from dual_image_gpu import recalls  # noqa: E402
 
 from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.gpu_training import augment, cosine_factor  # noqa: E402
+from model_pkg.training.gpu_recipes import augment, cosine_factor  # noqa: E402
 
 
 def test_augment_keeps_shape_and_range_and_follows_its_generator():

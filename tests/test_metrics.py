@@ -367,7 +367,7 @@ def test_save_confusion_is_atomic(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(M.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         M.save_confusion(np.eye(2, dtype=int), ["a", "b"], path)
     assert path.read_text() == "old contents"

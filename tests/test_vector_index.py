@@ -1,6 +1,6 @@
 """vector_index: the size-based index choice, exact re-ranking, and `gallery build` from sharded embeddings.
 
-Synthetic clustered vectors, one faiss thread; the embeddings folders are written with model_pkg.embed's
+Synthetic clustered vectors, one faiss thread; the embeddings folders are written with model_pkg.embedding_store's
 shard writer, so no model runs here (tests/test_embed.py covers embedding photos).
 """
 
@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 import pytest
 
-from model_pkg import embed
+from model_pkg import embedding_store
 from model_pkg import vector_index as vi
 
 DIM = 32
@@ -45,15 +45,22 @@ def write_embeddings(folder: Path, x: np.ndarray, labels: np.ndarray, shard: int
     ids = [f"photo{i:06d}.jpg" for i in range(len(x))]
     for start in range(0, len(x), shard):
         part = ids[start : start + shard]
-        embed._write_shard(
-            folder / embed._shard_name(part),
+        embedding_store.write_shard(
+            folder / embedding_store.shard_name(part),
             part,
             [f"dog{v}" for v in labels[start : start + shard]],
             x[start : start + shard],
             [],
         )
-    base = {"format": embed.FORMAT, "version": 1, "model_id": "test:0123", "model": "tiny", "dim": DIM, "source": "synthetic"}
-    embed._finalise(folder, base, len(x))
+    base = {
+        "format": embedding_store.FORMAT,
+        "version": 1,
+        "model_id": "test:0123",
+        "model": "tiny",
+        "dim": DIM,
+        "source": "synthetic",
+    }
+    embedding_store.write_manifest(folder, base, len(x))
     return ids
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.gpu_training import (  # noqa: E402
+from model_pkg.training.gpu_recipes import (  # noqa: E402
     Normalizer,
     add_run_arguments,
     augment,

@@ -7,7 +7,7 @@
 
 The CPU recipe (`train/configs/dual_encoder.yaml`) keeps the image tower frozen and cached, and its curve says the
 frozen ImageNet features are the limit. With a GPU the tower itself can learn: every Flickr8k photo is decoded
-once into GPU memory and augmented there (`gpu_training.augment`), and the whole EfficientNet-Lite2 plus the
+once into GPU memory and augmented there (`training.gpu_recipes.augment`), and the whole EfficientNet-Lite2 plus the
 image projection train against the captions' embeddings from the shipped, already fine-tuned text tower, which
 stay fixed (`--targets`: every caption's L2-normalised 256-d embedding, computed once with
 `DualEncoderModel.encode_text`), so the new image tower slots in beside that text tower unchanged. Each step
@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 from model_pkg.backbones import create_backbone  # noqa: E402
-from model_pkg.gpu_training import Normalizer, add_run_arguments, augment, setup_device, train_for, write_record  # noqa: E402
+from model_pkg.training.gpu_recipes import Normalizer, add_run_arguments, augment, setup_device, train_for, write_record  # noqa: E402
 
 DUAL_CURVE = {k: k for k in ("recall_mean", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")}
 

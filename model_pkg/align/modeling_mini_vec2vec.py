@@ -25,6 +25,9 @@ defaults of `MiniVec2VecConfig`:
 A vector x of A maps to `normalize(normalize(x - mean_A) @ W)` in B's centred, normalised space, and
 from there back to B's raw space as `mean_B + scale_B * that` (`scale_B`: the mean norm of B's
 centred training vectors), which is what a gallery of raw B vectors is searched with.
+
+The numerical steps (k-means, centroid matching, Procrustes, CSLS, ...) are functions in `steps.py`; this
+file runs them in the order above and holds the fitted map.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from safetensors.numpy import load as load_safetensors
@@ -46,12 +48,12 @@ from tqdm.auto import trange
 from ..fileio import atomic_write, atomic_write_json
 from ..metrics import alignment_metrics
 from .configuration_mini_vec2vec import MiniVec2VecConfig
+from .steps import centre_and_normalize, csls_dictionary, kmeans, match_centroids, mean_of_nearest, normalize, procrustes
 
 __all__ = ["MiniVec2VecAligner", "AlignerNotFittedError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-_EPS = 1e-8
 _OUTPUTS = ("target", "normalized")
 
 
@@ -93,70 +95,19 @@ def _as_matrix(x: Any, name: str, dim: int | None = None, dim_name: str = "") ->
     return arr
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
-
-
-def _centre_and_normalize(x: np.ndarray, mean: np.ndarray, name: str) -> np.ndarray:
-    centred = x - mean
-    norms = np.linalg.norm(centred, axis=1)
-    flat = norms <= 1e-6 * max(float(np.linalg.norm(mean)), 1.0)
-    if flat.any():
-        rows = np.flatnonzero(flat)
-        raise ValueError(
-            f"{name} row(s) {rows[:10].tolist()} equal the mean embedding, so they have no direction once centred: "
-            "drop these duplicates of the mean"
-        )
-    return centred / norms[:, None]
-
-
-def _procrustes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The (semi-)orthogonal W (Dx, Dy) minimising ||x W - y||: U V^T from the SVD of x^T y (for unequal
-    dimensions the semi-orthogonal optimum, what zero-padding to a square problem gives). float32
-    throughout, by torch: 3x faster than scipy's float64 `orthogonal_procrustes` on 1280-d features
-    (Refine-1 runs one per iteration), the same map to 1e-6."""
-    cross = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).T @ torch.from_numpy(
-        np.ascontiguousarray(y, dtype=np.float32)
-    )
-    u, _, vt = torch.linalg.svd(cross, full_matrices=False)
-    return (u @ vt).numpy()
-
-
-def _centred_kernel(c: np.ndarray) -> np.ndarray:
-    """H C C^T H with H = I - 11^T / k: the centroids' Gram matrix, centred."""
-    h = np.eye(len(c)) - 1.0 / len(c)
-    return h @ (c.astype(np.float64) @ c.T.astype(np.float64)) @ h
-
-
-def _mean_of_nearest(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, k: int, chunk_size: int = 2048) -> np.ndarray:
-    """For each query row, the mean of `values` at its k most cosine-similar `keys` rows."""
-    q = torch.from_numpy(_normalize(queries))
-    kt = torch.from_numpy(_normalize(keys)).T.contiguous()
-    v = torch.from_numpy(values)
-    out = []
-    for i in range(0, len(q), chunk_size):
-        top = (q[i : i + chunk_size] @ kt).topk(k, dim=1).indices  # (chunk, k)
-        out.append(v[top].mean(dim=1))
-    return torch.cat(out).numpy()
-
-
-def _csls_dictionary(mapped_a: np.ndarray, xb: np.ndarray, k: int, chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (into A, into B) of a dictionary built in both directions by CSLS.
-
-    CSLS(a, b) = 2 cos(a, b) - r_B(a) - r_A(b), where r_B(a) is the mean cosine of a to its k nearest B
-    points (and r_A(b) likewise): it penalises hubs, points that are everybody's nearest neighbour, which
-    plain nearest neighbours pair with far too many points.
-    """
-    a = torch.from_numpy(_normalize(mapped_a))
-    b = torch.from_numpy(xb)
-    k_a, k_b = min(k, len(b)), min(k, len(a))
-    r_a = torch.cat([(a[i : i + chunk_size] @ b.T).topk(k_a, dim=1).values.mean(1) for i in range(0, len(a), chunk_size)])
-    r_b = torch.cat([(b[i : i + chunk_size] @ a.T).topk(k_b, dim=1).values.mean(1) for i in range(0, len(b), chunk_size)])
-    best_b = torch.cat([(2 * (a[i : i + chunk_size] @ b.T) - r_b[None, :]).argmax(1) for i in range(0, len(a), chunk_size)])
-    best_a = torch.cat([(2 * (b[i : i + chunk_size] @ a.T) - r_a[None, :]).argmax(1) for i in range(0, len(b), chunk_size)])
-    rows_a = torch.cat([torch.arange(len(a)), best_a])
-    rows_b = torch.cat([best_b, torch.arange(len(b))])
-    return rows_a.numpy(), rows_b.numpy()
+def _check_fit_inputs(xa: Any, xb: Any, cfg: MiniVec2VecConfig) -> tuple[np.ndarray, np.ndarray]:
+    """XA and XB as float32 matrices of the config's dimensions, each with enough points for its settings."""
+    xa = _as_matrix(xa, "XA (space-A embeddings)", cfg.source_dim, "space-A vectors")
+    xb = _as_matrix(xb, "XB (space-B embeddings)", cfg.target_dim, "into space-B vectors")
+    for name, x in (("XA", xa), ("XB", xb)):
+        if len(x) < cfg.min_points:
+            raise ValueError(
+                f"{name} has {len(x)} vectors, fewer than the {cfg.min_points} this configuration needs "
+                f"(anchor_clusters={cfg.anchor_clusters}, match_k={cfg.match_k}, refine1_k={cfg.refine1_k}, "
+                f"refine2_clusters={cfg.refine2_clusters}): give more vectors (the method is meant for thousands "
+                "per side) or lower those settings in MiniVec2VecConfig"
+            )
+    return xa, xb
 
 
 class MiniVec2VecAligner:
@@ -201,14 +152,14 @@ class MiniVec2VecAligner:
     def normalize_source(self, x: Any) -> np.ndarray:
         """Space-A vectors (N, source_dim) -> centred, L2-normalised, as the map expects them."""
         _, source_mean, _, _ = self._fitted()
-        return _centre_and_normalize(
+        return centre_and_normalize(
             _as_matrix(x, "source vectors", self.config.source_dim, "space-A vectors"), source_mean, "source vectors"
         )
 
     def normalize_target(self, y: Any) -> np.ndarray:
         """Space-B vectors (N, target_dim) -> centred, L2-normalised: the space `output="normalized"` maps into."""
         _, _, target_mean, _ = self._fitted()
-        return _centre_and_normalize(
+        return centre_and_normalize(
             _as_matrix(y, "target vectors", self.config.target_dim, "into space-B vectors"), target_mean, "target vectors"
         )
 
@@ -223,7 +174,7 @@ class MiniVec2VecAligner:
         if output not in _OUTPUTS:
             raise ValueError(f"output={output!r} must be one of {_OUTPUTS}")
         weight, _, target_mean, target_scale = self._fitted()
-        mapped = _normalize(self.normalize_source(x) @ weight)  # (N, target_dim)
+        mapped = normalize(self.normalize_source(x) @ weight)  # (N, target_dim)
         if output == "target":
             mapped = target_mean + target_scale * mapped
         mapped = mapped.astype(np.float32)
@@ -233,52 +184,14 @@ class MiniVec2VecAligner:
 
     # ------------------------------------------------------------------ fitting
     def _kmeans(self, x: np.ndarray, k: int, rng: np.random.Generator, init: np.ndarray | None = None) -> np.ndarray:
-        """Centroids (k, D) of `x`, from `init` or k-means++ seeds: Lloyd's iterations by faiss or scikit-learn.
-
-        k-means++ seeding matters here: with random seeds the two sides' partitions differ far more
-        often and the centroid matching fails (measured on the tests' data: anchor cosine .12 -> .43).
-        """
-        # imported here, not at module level: scikit-learn takes ~3 s to import and `model_pkg` registers this
-        # family's config with AutoConfig whenever any model loads (the app's cold start)
-        from sklearn.cluster import KMeans, kmeans_plusplus
-
-        seed = int(rng.integers(2**31 - 1))
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.config.kmeans_backend == "faiss":
-            if init is None:
-                init, _ = kmeans_plusplus(x, k, random_state=seed)
-            kmeans = faiss.Kmeans(x.shape[1], k, niter=self.config.kmeans_max_iter, seed=seed)
-            kmeans.cp.min_points_per_centroid = 1  # small samples are fine here; silences faiss's warning
-            kmeans.cp.max_points_per_centroid = max(len(x) // k + 1, 256)  # never subsample
-            kmeans.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
-            return np.array(kmeans.centroids, copy=True)
-        kmeans = KMeans(
-            n_clusters=k,
-            init="k-means++" if init is None else init,
-            n_init=1,
-            max_iter=self.config.kmeans_max_iter,
-            random_state=seed,
-        )
-        return kmeans.fit(x).cluster_centers_.astype(np.float32)
-
-    def _match_centroids(self, ca: np.ndarray, cb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        """Permutation of `cb`'s rows onto `ca`'s that best agrees on their centred kernels; its score."""
-        from scipy.optimize import quadratic_assignment  # see _kmeans: kept off the import path of every model
-
-        ka, kb = _centred_kernel(ca), _centred_kernel(cb)
-        options: dict[str, Any] = {"maximize": True}
-        if self.config.qap_method == "faq":
-            options["P0"] = "randomized"
-        best: Any = None
-        for _ in range(self.config.qap_restarts):
-            res = quadratic_assignment(ka, kb, method=self.config.qap_method, options={**options, "rng": rng})
-            if best is None or res.fun > best.fun:
-                best = res
-        return best.col_ind, float(best.fun) / float(np.sum(ka * ka))
+        """`steps.kmeans` with this config's backend and iteration cap."""
+        return kmeans(x, k, rng, backend=self.config.kmeans_backend, max_iter=self.config.kmeans_max_iter, init=init)
 
     def _anchors(
         self, xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator, progress: bool
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Anchors (runs * k, Da), (runs * k, Db): each run's k-means centroids of a sample per side, B's
+        permuted onto A's by `match_centroids`; and each run's matching score."""
         cfg = self.config
         anchors_a, anchors_b, scores = [], [], []
         for _ in trange(cfg.anchor_runs, desc="mini-vec2vec anchors", disable=not progress):
@@ -286,7 +199,7 @@ class MiniVec2VecAligner:
             sb = xb[rng.choice(len(xb), min(cfg.anchor_sample, len(xb)), replace=False)]
             ca = self._kmeans(sa, cfg.anchor_clusters, rng)  # (k, Da)
             cb = self._kmeans(sb, cfg.anchor_clusters, rng)  # (k, Db)
-            perm, score = self._match_centroids(ca, cb, rng)
+            perm, score = match_centroids(ca, cb, rng, method=cfg.qap_method, restarts=cfg.qap_restarts)
             anchors_a.append(ca)
             anchors_b.append(cb[perm])
             scores.append(score)
@@ -300,8 +213,8 @@ class MiniVec2VecAligner:
         cfg = self.config
         for _ in trange(cfg.refine1_iterations, desc="mini-vec2vec refine-1", disable=not progress):
             sample = xa[rng.choice(len(xa), min(cfg.refine1_sample, len(xa)), replace=False)]
-            matched = _mean_of_nearest(sample @ w, xb, xb, cfg.refine1_k)
-            w = cfg.refine1_alpha * w + (1.0 - cfg.refine1_alpha) * _procrustes(sample, matched)
+            matched = mean_of_nearest(sample @ w, xb, xb, cfg.refine1_k)
+            w = cfg.refine1_alpha * w + (1.0 - cfg.refine1_alpha) * procrustes(sample, matched)
         return w
 
     def _csls_self_learning(
@@ -312,23 +225,9 @@ class MiniVec2VecAligner:
         for _ in trange(cfg.csls_iterations, desc="mini-vec2vec CSLS self-learning", disable=not progress):
             sa = xa if len(xa) <= cfg.csls_sample else xa[rng.choice(len(xa), cfg.csls_sample, replace=False)]
             sb = xb if len(xb) <= cfg.csls_sample else xb[rng.choice(len(xb), cfg.csls_sample, replace=False)]
-            rows_a, rows_b = _csls_dictionary(sa @ w, sb, cfg.csls_k)
-            w = _procrustes(sa[rows_a], sb[rows_b])
+            rows_a, rows_b = csls_dictionary(sa @ w, sb, cfg.csls_k)
+            w = procrustes(sa[rows_a], sb[rows_b])
         return w
-
-    def _check_fit_inputs(self, xa: Any, xb: Any) -> tuple[np.ndarray, np.ndarray]:
-        cfg = self.config
-        xa = _as_matrix(xa, "XA (space-A embeddings)", cfg.source_dim, "space-A vectors")
-        xb = _as_matrix(xb, "XB (space-B embeddings)", cfg.target_dim, "into space-B vectors")
-        for name, x in (("XA", xa), ("XB", xb)):
-            if len(x) < cfg.min_points:
-                raise ValueError(
-                    f"{name} has {len(x)} vectors, fewer than the {cfg.min_points} this configuration needs "
-                    f"(anchor_clusters={cfg.anchor_clusters}, match_k={cfg.match_k}, refine1_k={cfg.refine1_k}, "
-                    f"refine2_clusters={cfg.refine2_clusters}): give more vectors (the method is meant for thousands "
-                    "per side) or lower those settings in MiniVec2VecConfig"
-                )
-        return xa, xb
 
     def align(
         self,
@@ -349,7 +248,7 @@ class MiniVec2VecAligner:
         Returns the history: one dict per stage (`stage`, `seconds`, stage statistics, eval metrics).
         """
         cfg = self.config
-        xa, xb = self._check_fit_inputs(xa, xb)
+        xa, xb = _check_fit_inputs(xa, xb, cfg)
         if eval_pairs is not None:
             eval_a = _as_matrix(eval_pairs[0], "eval_pairs[0]", xa.shape[1], "space-A vectors")
             eval_b = _as_matrix(eval_pairs[1], "eval_pairs[1]", xb.shape[1], "into space-B vectors")
@@ -358,11 +257,11 @@ class MiniVec2VecAligner:
         rng = np.random.default_rng(cfg.seed)
         source_mean, target_mean = xa.mean(axis=0), xb.mean(axis=0)
         target_scale = float(np.linalg.norm(xb - target_mean, axis=1).mean())
-        xa = _centre_and_normalize(xa, source_mean, "XA")  # (Na, Da)
-        xb = _centre_and_normalize(xb, target_mean, "XB")  # (Nb, Db)
+        xa = centre_and_normalize(xa, source_mean, "XA")  # (Na, Da)
+        xb = centre_and_normalize(xb, target_mean, "XB")  # (Nb, Db)
         if eval_pairs is not None:
-            eval_a = _centre_and_normalize(eval_a, source_mean, "eval_pairs[0]")
-            eval_b = _centre_and_normalize(eval_b, target_mean, "eval_pairs[1]")
+            eval_a = centre_and_normalize(eval_a, source_mean, "eval_pairs[0]")
+            eval_b = centre_and_normalize(eval_b, target_mean, "eval_pairs[1]")
         history: list[dict[str, Any]] = []
 
         def record(stage: str, start: float, w: np.ndarray, **stats) -> None:
@@ -373,10 +272,10 @@ class MiniVec2VecAligner:
 
         start = time.perf_counter()
         anchors_a, anchors_b, qap_scores = self._anchors(xa, xb, rng, progress)
-        relative_a = xa @ _normalize(anchors_a).T  # (Na, runs * k) cosine to the anchors
-        relative_b = xb @ _normalize(anchors_b).T  # (Nb, runs * k)
-        matched = _mean_of_nearest(relative_a, relative_b, xb, min(cfg.match_k, len(xb)))  # (Na, Db)
-        w = _procrustes(xa, matched)
+        relative_a = xa @ normalize(anchors_a).T  # (Na, runs * k) cosine to the anchors
+        relative_b = xb @ normalize(anchors_b).T  # (Nb, runs * k)
+        matched = mean_of_nearest(relative_a, relative_b, xb, min(cfg.match_k, len(xb)))  # (Na, Db)
+        w = procrustes(xa, matched)
         record("anchors+procrustes", start, w, anchors=len(anchors_a), qap_score_mean=float(np.mean(qap_scores)))
 
         start = time.perf_counter()
@@ -388,7 +287,7 @@ class MiniVec2VecAligner:
         for _ in trange(cfg.refine2_iterations, desc="mini-vec2vec refine-2", disable=not progress):
             centres_a = self._kmeans(xa, cfg.refine2_clusters, rng)
             centres_b = self._kmeans(xb, cfg.refine2_clusters, rng, init=centres_a @ w)
-            w = cfg.refine2_alpha * w + (1.0 - cfg.refine2_alpha) * _procrustes(centres_a, centres_b)
+            w = cfg.refine2_alpha * w + (1.0 - cfg.refine2_alpha) * procrustes(centres_a, centres_b)
         if cfg.refine2_iterations:
             record("refine2", start, w, iterations=cfg.refine2_iterations)
 

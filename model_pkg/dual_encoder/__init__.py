@@ -1,12 +1,7 @@
 from .configuration_dual_encoder import DualEncoderConfig, DualEncoderTextConfig, DualEncoderVisionConfig
-from .modeling_dual_encoder import (
-    DualEncoderModel,
-    DualEncoderOutput,
-    DualEncoderPreTrainedModel,
-    TextTowerError,
-    WordTokenizer,
-    build_vocab,
-)
+from .modeling_dual_encoder import DualEncoderModel, DualEncoderOutput, DualEncoderPreTrainedModel
+from .tokenization import WordTokenizer, build_vocab
+from .towers import TextTowerError
 
 __all__ = [
     "DualEncoderConfig",

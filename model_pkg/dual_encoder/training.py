@@ -7,21 +7,19 @@
   with `features.compute_tokens`, or read from `image_features_file`); a frozen text tower likewise on
   cached mean-pooled sentence features. The LiT recipe: frozen EfficientNet-Lite0, MiniLM's top
   layers trained, MLP projections.
-* `DualEncoderTrainer.evaluate` embeds every dev image and every dev caption and reports text->image
-  and image->text R@1/5/10 and MRR (`metrics.text_image_retrieval_metrics`) at each evaluation; the
-  mean of the six recalls selects the best checkpoint. Checkpoints and auto-resume as the other tasks.
+* `DualEncoderTrainer.evaluate` (`evaluation.py`) embeds every dev image and every dev caption and reports
+  text->image and image->text R@1/5/10 and MRR (`metrics.text_image_retrieval_metrics`) at each evaluation;
+  the mean of the six recalls selects the best checkpoint. Checkpoints, auto-resume, mixed precision and
+  atomic saving as the other tasks (`model_pkg.training`).
 * `report_to: [mlflow]` logs params and metrics to `file:./mlruns` (unless `MLFLOW_TRACKING_URI` is set);
   `tensorboard` works the same way once the tensorboard package is installed.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -29,33 +27,34 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from ..data import load_image
 from ..features import compute_tokens
 from ..fileio import atomic_write_json
-from ..hub import write_model_card
-from ..metrics import text_image_retrieval_metrics
-from ..training_utils import (
+from ..training import (
     check_options,
     last_checkpoint,
     main_process_first,
     process_state,
+    remove_previous_run,
     resolve_mixed_precision,
-    save_atomically,
+    save_with_model_card,
+    trainer_arguments,
 )
 from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
+from .evaluation import DualEncoderTrainer, evaluate_retrieval, flat_metrics
 from .modeling_dual_encoder import DualEncoderModel, build_vocab
 
-logger = logging.getLogger(__name__)
-
+# `evaluate_retrieval` and `flat_metrics` live in `evaluation.py`; they are importable from here too, where
+# `model_pkg.evaluation` and the benchmarks import them
 __all__ = [
     "CaptionBatchCollator",
-    "DualEncoderTrainer",
     "DualTrainingConfig",
     "evaluate_retrieval",
+    "flat_metrics",
     "image_tower_outputs",
     "save_with_card",
     "train_dual_encoder",
@@ -187,78 +186,6 @@ class CaptionBatchCollator:
         return batch
 
 
-# -- evaluation --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_retrieval(
-    model: DualEncoderModel,
-    image_paths: Sequence[str],
-    captions: Sequence[str],
-    caption_image: Sequence[int],
-    image_features: torch.Tensor | None = None,
-    text_features: torch.Tensor | None = None,
-    batch_size: int = 256,
-) -> dict[str, dict[str, float]]:
-    """Every image against all captions: text->image and image->text R@1/5/10 (percent) and MRR.
-    `image_features` / `text_features`: cached outputs of frozen towers, used instead of pixels / text."""
-    from .search import embed_images
-
-    was_training = model.training
-    model.eval()
-    try:
-        if image_features is not None:
-            device = model.logit_scale.device
-            img = torch.cat(
-                [
-                    model.get_image_features(image_features=image_features[i : i + batch_size].to(device)).float().cpu()
-                    for i in range(0, len(image_features), batch_size)
-                ]
-            ).numpy()
-        else:
-            img, kept, skipped = embed_images(model, image_paths, batch_size=min(batch_size, 64))
-            if skipped:
-                raise ValueError(f"{len(skipped)} evaluation image(s) could not be read, e.g. {skipped[0]}")
-        if text_features is not None:
-            txt = torch.cat(
-                [
-                    model.get_text_features(text_features=text_features[i : i + batch_size].to(model.logit_scale.device))
-                    .float()
-                    .cpu()
-                    for i in range(0, len(text_features), batch_size)
-                ]
-            ).numpy()
-        else:
-            txt = model.encode_text(list(captions), batch_size=batch_size).numpy()
-    finally:
-        model.train(was_training)
-    return text_image_retrieval_metrics(img, txt, caption_image)
-
-
-def flat_metrics(result: dict[str, dict[str, float]]) -> dict[str, float]:
-    """{"text_to_image": {"r1", ...}, ...} -> {"t2i_r1", ..., "i2t_mrr", "recall_mean"}."""
-    short = {"text_to_image": "t2i", "image_to_text": "i2t"}
-    out = {f"{short[d]}_{k}": v for d, values in result.items() for k, v in values.items()}
-    out["recall_mean"] = float(np.mean([v for k, v in out.items() if "_r" in k]))
-    return out
-
-
-class DualEncoderTrainer(Trainer):
-    """HF Trainer whose evaluation is cross-modal retrieval on the whole dev split (not a loss)."""
-
-    def __init__(self, *args, retrieval_eval: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.retrieval_eval = retrieval_eval
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        result = evaluate_retrieval(
-            cast(DualEncoderModel, self.model), **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size
-        )
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(result).items()}
-        metrics[f"{metric_key_prefix}_unix_time"] = time.time()  # wall-clock for learning curves (bench/learning_curve.py)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-
 # -- saving ---------------------------------------------------------------------------------------------------
 def save_with_card(
     model: DualEncoderModel,
@@ -279,37 +206,33 @@ def save_with_card(
     else:
         text = f"word embeddings + LSTM ({len(tc.vocab)} words)"
     layer = f", `{vc.feature_layer}` features" if getattr(vc, "feature_layer", None) else ""
-
-    def write(directory: str):
-        model.save_pretrained(directory, weights_dtype=weights_dtype)
-        write_model_card(
-            directory,
-            model_name=os.path.basename(os.path.normpath(save_directory)),
-            model_type=model.config.model_type,
-            description=(
-                f"Image-text dual encoder for text-to-image search: image tower `{vc.backbone}` ({vc.image_size}px{layer}, "
-                f"{vc.pooling} pooling{', frozen' if vc.freeze else ''}), text tower {text}, {model.config.projection} "
-                f"projections into a {model.config.projection_dim}-d L2-normalised space, learned temperature. "
-                "Frozen parts of towers from installed PyPI packages are referenced, not copied: loading needs no network."
-            ),
-            metrics=metrics,
-            data="Flickr8k (Hodosh, Young, Hockenmaier 2013): 4,000 official training images x 5 captions; "
-            "metrics on the 1,000 official dev images against all their 5,000 captions.",
-            intended_use="Find photos by describing them in English; rank a set of photos against a sentence.",
-            limitations="Trained on 4,000 Flickr photos of people and dogs in everyday scenes, English captions only: "
-            "other domains, languages and fine-grained attributes (counts, colours of small objects) are weak.",
-            training=training,
-            base_model=f"timm/{vc.backbone}",
-            usage=(
-                "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.dual_encoder.search import ImageSearchEngine\n"
-                f"engine = ImageSearchEngine(AutoModel.from_pretrained('{save_directory}'))\n"
-                "engine.build_image_database(['photo1.jpg', 'photo2.jpg'])\n"
-                "print(engine.search_database('a black dog running on the beach', top_k=5))"
-            ),
-            tags=["text-to-image-retrieval", "dual-encoder", "zero-shot-image-classification"],
-        )
-
-    save_atomically(save_directory, write)
+    save_with_model_card(
+        model,
+        save_directory,
+        weights_dtype,
+        model_type=model.config.model_type,
+        description=(
+            f"Image-text dual encoder for text-to-image search: image tower `{vc.backbone}` ({vc.image_size}px{layer}, "
+            f"{vc.pooling} pooling{', frozen' if vc.freeze else ''}), text tower {text}, {model.config.projection} "
+            f"projections into a {model.config.projection_dim}-d L2-normalised space, learned temperature. "
+            "Frozen parts of towers from installed PyPI packages are referenced, not copied: loading needs no network."
+        ),
+        metrics=metrics,
+        data="Flickr8k (Hodosh, Young, Hockenmaier 2013): 4,000 official training images x 5 captions; "
+        "metrics on the 1,000 official dev images against all their 5,000 captions.",
+        intended_use="Find photos by describing them in English; rank a set of photos against a sentence.",
+        limitations="Trained on 4,000 Flickr photos of people and dogs in everyday scenes, English captions only: "
+        "other domains, languages and fine-grained attributes (counts, colours of small objects) are weak.",
+        training=training,
+        base_model=f"timm/{vc.backbone}",
+        usage=(
+            "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.dual_encoder.search import ImageSearchEngine\n"
+            f"engine = ImageSearchEngine(AutoModel.from_pretrained('{save_directory}'))\n"
+            "engine.build_image_database(['photo1.jpg', 'photo2.jpg'])\n"
+            "print(engine.search_database('a black dog running on the beach', top_k=5))"
+        ),
+        tags=["text-to-image-retrieval", "dual-encoder", "zero-shot-image-classification"],
+    )
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -343,8 +266,8 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     torch.manual_seed(cfg.seed)
     state = process_state()  # one of `state.num_processes` processes under `accelerate launch`, or the only one
     checkpoints = os.path.join(cfg.output_dir, "checkpoints")
-    if cfg.fresh and state.is_main_process and os.path.isdir(checkpoints):
-        shutil.rmtree(checkpoints)
+    if cfg.fresh and state.is_main_process:
+        remove_previous_run(checkpoints)
 
     splits = load_flickr8k_splits(cfg.data_dir, cfg.token_file, {"train": cfg.train_list, "dev": cfg.eval_list})
     train_paths, train_captions, _ = caption_pairs(splits["train"])
@@ -399,29 +322,21 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     optimizer = _optimizer(model, cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     precision = resolve_mixed_precision(cfg.mixed_precision)
-    args = TrainingArguments(
-        output_dir=checkpoints,
+    args = trainer_arguments(
+        checkpoints,
         max_steps=total_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        eval_strategy="steps",
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
         eval_steps=cfg.eval_steps,
-        eval_on_start=cfg.eval_on_start,
-        save_strategy="steps",
         save_steps=cfg.eval_steps,
         save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=True,
         metric_for_best_model="recall_mean",
-        greater_is_better=True,
         logging_steps=cfg.logging_steps,
         report_to=_report_to(cfg),
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_drop_last=True,  # a last batch of a few pairs would give an easy, noisy loss
         seed=cfg.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        precision=precision,
+        eval_on_start=cfg.eval_on_start,
+        dataloader_drop_last=True,  # a last batch of a few pairs would give an easy, noisy loss
     )
     trainer = DualEncoderTrainer(
         model=model,

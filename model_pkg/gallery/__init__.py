@@ -47,10 +47,10 @@ Errors that are the caller's input are ``ValueError`` (:class:`GalleryMismatchEr
 gallery/embedder mismatch); problems with the gallery's state or files are ``RuntimeError``
 (:class:`EmptyGalleryError`, :class:`GalleryFileError`).
 
-The parts: `common` (constants, errors, `Prediction`), `index` (the vectors and faiss indexes), `identify`
-(voting, rejection, calibration, metrics), `storage` (files, checksums, atomic swaps); :class:`GalleryIndex`
-joins them. `python -m model_pkg.gallery build` builds a vector index from sharded embeddings
-(`model_pkg.vector_index`).
+The parts: `common` (constants, errors, `Prediction`), `inputs` (checks of settings, vectors, ids and
+metadata), `index` (the vectors and faiss indexes), `identify` (voting, rejection, calibration, metrics),
+`storage` (files, checksums, atomic swaps); :class:`GalleryIndex` joins them. `python -m model_pkg.gallery build`
+builds a vector index from sharded embeddings (`model_pkg.vector_index`).
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ GALLERY_FILES = (INDEX_FILE, VECTORS_FILE, META_FILE)
 HNSW_M = 32
 MIN_DISTANCE = 1e-6  # clamp for the 1/d vote weight (an exact duplicate gets weight 1e6)
 DEFAULT_MARGIN_THRESHOLD = 0.05
-_MIN_MARGIN_CANDIDATE = 1e-6  # calibrate never goes below this: exact ties stay "reshoot"
-_MAX_MARGIN_CANDIDATES = 64
-_MAX_CANDIDATES = 5  # classes listed in Prediction.candidates
-_ZERO_NORM = 1e-12
+MIN_MARGIN_CANDIDATE = 1e-6  # calibrate never goes below this: exact ties stay "reshoot"
+MAX_MARGIN_CANDIDATES = 64
+MAX_CANDIDATES = 5  # classes listed in Prediction.candidates
+ZERO_NORM = 1e-12
 
 
 # --------------------------------------------------------------------------- #
@@ -72,7 +72,7 @@ class Prediction:
         return out
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k must be an integer >= 1 (number of neighbours), got {k!r}")
     if k < 1:
@@ -80,7 +80,7 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _check_strings(values: Any, n: int, name: str, what: str = "embeddings") -> list[str]:
+def check_strings(values: Any, n: int, name: str, what: str = "embeddings") -> list[str]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ValueError(f"{name} must be a list of strings (one per row of {what}), got {type(values).__name__}")
     out = list(values)

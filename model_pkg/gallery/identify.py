@@ -11,13 +11,13 @@ import numpy as np
 
 from ..metrics import choose_threshold, open_set_metrics, retrieval_metrics
 from .common import (
-    _MAX_CANDIDATES,
-    _MAX_MARGIN_CANDIDATES,
-    _MIN_MARGIN_CANDIDATE,
+    MAX_CANDIDATES,
+    MAX_MARGIN_CANDIDATES,
+    MIN_MARGIN_CANDIDATE,
     EmptyGalleryError,
     Prediction,
-    _check_k,
-    _check_strings,
+    check_k,
+    check_strings,
 )
 from .index import VectorStore
 
@@ -34,7 +34,7 @@ def _midpoint(a: float, b: float) -> float:
     return float(mid) if a < mid <= b else float(b)
 
 
-def _weighted_threshold(pos: np.ndarray, neg: np.ndarray, w_pos: float, w_neg: float) -> float | None:
+def weighted_threshold(pos: np.ndarray, neg: np.ndarray, w_pos: float, w_neg: float) -> float | None:
     """Threshold t maximising ``w_pos * #(pos >= t) + w_neg * #(neg < t)``.
 
     Same candidates and tie rule as :func:`model_pkg.metrics.choose_threshold` (smallest
@@ -102,7 +102,7 @@ class Identification(VectorStore):
                     margin=float(margin[i]),
                     accepted=reason is None,
                     reason=reason,
-                    candidates=[(lab, float(w)) for lab, w in shares[i][:_MAX_CANDIDATES]],
+                    candidates=[(lab, float(w)) for lab, w in shares[i][:MAX_CANDIDATES]],
                 )
             )
         return out
@@ -148,9 +148,9 @@ class Identification(VectorStore):
         """
         if target not in ("balanced", "accuracy"):
             raise ValueError(f"target must be 'balanced' or 'accuracy', got {target!r}")
-        k = _check_k(k)
+        k = check_k(k)
         kq = self._prepare(known_queries, "known_queries")
-        kl = _check_strings(known_labels, kq.shape[0], "known_labels", "known_queries")
+        kl = check_strings(known_labels, kq.shape[0], "known_labels", "known_queries")
         uq = self._prepare(unknown_queries, "unknown_queries")
         if len(self) == 0:
             raise EmptyGalleryError("the gallery is empty: register animals with add(...) first")
@@ -168,10 +168,10 @@ class Identification(VectorStore):
 
         uniq = np.unique(np.concatenate([margin_k, margin_u]))
         mids = (uniq[:-1] + uniq[1:]) / 2.0
-        mids = mids[mids > _MIN_MARGIN_CANDIDATE]
-        if mids.size > _MAX_MARGIN_CANDIDATES:
-            mids = np.unique(np.quantile(mids, np.linspace(0.0, 1.0, _MAX_MARGIN_CANDIDATES)))
-        margin_cands = np.concatenate([[_MIN_MARGIN_CANDIDATE], mids]) if fit_margin else np.array([self.margin_threshold])
+        mids = mids[mids > MIN_MARGIN_CANDIDATE]
+        if mids.size > MAX_MARGIN_CANDIDATES:
+            mids = np.unique(np.quantile(mids, np.linspace(0.0, 1.0, MAX_MARGIN_CANDIDATES)))
+        margin_cands = np.concatenate([[MIN_MARGIN_CANDIDATE], mids]) if fit_margin else np.array([self.margin_threshold])
 
         # integer weights make the objective exact: balanced = (n_u*known_right + n_k*unknown_right) / (2 n_k n_u)
         w_k, w_u = (n_u, n_k) if target == "balanced" else (1, 1)
@@ -186,7 +186,7 @@ class Identification(VectorStore):
                     np.concatenate([np.ones(pos.size, int), np.zeros(neg.size, int)]), np.concatenate([pos, neg])
                 )
             else:
-                thr = _weighted_threshold(pos, neg, w_k, w_u)
+                thr = weighted_threshold(pos, neg, w_k, w_u)
             known_right = int((pos >= thr).sum()) if thr is not None else int(pos.size)
             unknown_right = int(blocked.sum()) + (int((neg < thr).sum()) if thr is not None else 0)
             value = w_k * known_right + w_u * unknown_right
@@ -243,9 +243,9 @@ class Identification(VectorStore):
         * ``unknown_rejection``, ``balanced_accuracy``, ``open_set_auroc`` are ``None`` without
           unknown queries.  Plus counts and ``k``.
         """
-        k = _check_k(k)
+        k = check_k(k)
         q = self._prepare(query_embeddings, "query_embeddings")
-        ql = _check_strings(query_labels, q.shape[0], "query_labels", "query_embeddings")
+        ql = check_strings(query_labels, q.shape[0], "query_labels", "query_embeddings")
         if len(self) == 0:
             raise EmptyGalleryError("the gallery is empty: register animals with add(...) first")
         unknown = set(unknown_labels)

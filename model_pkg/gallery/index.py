@@ -1,11 +1,9 @@
 """The gallery's vectors: the exact faiss index and the approximate one it switches to above a size (HNSW,
 IVF-Flat, IVF-PQ with exact re-scoring: `model_pkg.vector_index`), labels, ids and metadata, add / remove /
-search."""
+search.  What callers pass in is checked first, in ``inputs``."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,16 +11,9 @@ import faiss
 import numpy as np
 
 from .. import vector_index as vi
-from .common import (
-    _ZERO_NORM,
-    DEFAULT_MARGIN_THRESHOLD,
-    HNSW_M,
-    MIN_DISTANCE,
-    EmptyGalleryError,
-    GalleryMismatchError,
-    _check_k,
-    _check_strings,
-)
+from ..vector_index import spec as index_spec  # the size thresholds, read at call time (tests scale them down)
+from .common import DEFAULT_MARGIN_THRESHOLD, HNSW_M, MIN_DISTANCE, EmptyGalleryError, check_k, check_strings
+from .inputs import check_metadata, check_settings, new_row_ids, prepare_vectors
 
 __all__ = ["VectorStore"]
 
@@ -34,7 +25,7 @@ class VectorStore:
         self,
         dim: int,
         metric: str = "ip",
-        approximate_above: int = vi.IVF_MIN,
+        approximate_above: int = index_spec.IVF_MIN,
         model_id: str | None = None,
         *,
         score_threshold: float | None = None,
@@ -43,27 +34,21 @@ class VectorStore:
         ef_construction: int = 40,
         approximate_index: str = "auto",
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be a positive integer (embedding size), got {dim!r}")
-        if metric not in ("ip", "l2"):
-            raise ValueError(f"metric must be 'ip' (cosine) or 'l2', got {metric!r}")
-        if isinstance(approximate_above, bool) or not isinstance(approximate_above, (int, np.integer)) or approximate_above < 0:
-            raise ValueError(f"approximate_above must be an integer >= 0, got {approximate_above!r}")
-        if model_id is not None and not isinstance(model_id, str):
-            raise ValueError(f"model_id must be a string or None, got {type(model_id).__name__}")
-        if approximate_index not in ("auto", "hnsw", "ivf_flat", "ivf_pq"):
-            raise ValueError(f"approximate_index must be 'auto', 'hnsw', 'ivf_flat' or 'ivf_pq', got {approximate_index!r}")
-        for name, v in (("ef_search", ef_search), ("ef_construction", ef_construction)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        check_settings(
+            dim,
+            metric,
+            approximate_above,
+            model_id,
+            approximate_index,
+            ef_search,
+            ef_construction,
+            score_threshold,
+            margin_threshold,
+        )
         self.dim = int(dim)
         self.metric = metric
         self.approximate_above = int(approximate_above)
         self.model_id = model_id
-        if score_threshold is not None and math.isnan(float(score_threshold)):
-            raise ValueError("score_threshold is NaN: pass a number, or None to never reject as unknown")
-        if math.isnan(float(margin_threshold)):
-            raise ValueError("margin_threshold is NaN: pass a number in [0, 1]")
         self.score_threshold = None if score_threshold is None else float(score_threshold)
         self.margin_threshold = float(margin_threshold)
         self.ef_construction = int(ef_construction)
@@ -157,13 +142,14 @@ class VectorStore:
     def _approximate_spec_for_size(self) -> vi.IndexSpec:
         n, kind = len(self), self.approximate_index
         if kind == "auto":
-            kind = vi.choose_spec(n, self.dim, exact_vectors_kept=True).kind
-        if kind in ("flat", "hnsw") or n < vi.IVF_MIN_TRAIN:  # approximate wanted where exact would do, or too few to train IVF
+            kind = index_spec.choose_spec(n, self.dim, exact_vectors_kept=True).kind
+        # approximate wanted where exact would do, or too few vectors to train IVF cells: HNSW
+        if kind in ("flat", "hnsw") or n < index_spec.IVF_MIN_TRAIN:
             return vi.IndexSpec("hnsw", hnsw_m=HNSW_M, ef_search=self._ef_search, ef_construction=self.ef_construction)
-        ivf = vi.choose_spec(max(n, vi.IVF_MIN), self.dim, exact_vectors_kept=True)
+        ivf = index_spec.choose_spec(max(n, index_spec.IVF_MIN), self.dim, exact_vectors_kept=True)
         return vi.IndexSpec(
             kind,
-            nlist=min(int(ivf.nlist or 1), n // vi.TRAIN_POINTS_PER_CELL),
+            nlist=min(int(ivf.nlist or 1), n // index_spec.TRAIN_POINTS_PER_CELL),
             nprobe=ivf.nprobe,
             pq_m=ivf.pq_m if kind == "ivf_pq" else None,
             rerank=ivf.rerank if kind == "ivf_pq" else 1,  # IVF-Flat scores exactly already
@@ -183,47 +169,12 @@ class VectorStore:
         return self._flat
 
     def _prepare(self, x: Any, what: str) -> np.ndarray:
-        """float32, 2-D, C-contiguous, finite, non-zero; L2-normalised for "ip" (never in place)."""
-        try:
-            arr = np.array(x, dtype=np.float32, copy=True)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{what} must be a numeric array of shape (N, {self.dim}): {exc}") from exc
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2:
-            raise ValueError(f"{what} must be a 2-D array of shape (N, {self.dim}), got shape {arr.shape}")
-        if arr.shape[0] == 0:
-            raise ValueError(f"{what} has no rows: pass at least one vector of dimension {self.dim}")
-        if arr.shape[1] != self.dim:
-            raise GalleryMismatchError(
-                f"{what} have dimension {arr.shape[1]} but this gallery holds {self.dim}-dimensional vectors "
-                f"(model_id={self.model_id!r}): the gallery was built with another embedder. "
-                "Rebuild the gallery with this model, or use the model that built the gallery."
-            )
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            rows = np.flatnonzero(~finite)
-            raise ValueError(
-                f"{what} row(s) {rows[:10].tolist()}{' ...' if rows.size > 10 else ''} contain NaN or infinite "
-                "values: the embedder produced invalid output for those photos; check the photos/model and "
-                "embed them again (nothing was changed)"
-            )
-        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
-        zero = norms <= _ZERO_NORM
-        if zero.any():
-            rows = np.flatnonzero(zero)
-            raise ValueError(
-                f"{what} row(s) {rows[:10].tolist()}{' ...' if rows.size > 10 else ''} are zero vectors, "
-                "which carry no identity and cannot be normalised: embed those photos again or drop them "
-                "(nothing was changed)"
-            )
-        if self.metric == "ip":
-            arr /= norms[:, None].astype(np.float32)
-        return np.ascontiguousarray(arr)
+        """``x`` checked and made ready to store or search (:func:`~.inputs.prepare_vectors`)."""
+        return prepare_vectors(x, self.dim, self.metric, self.model_id, what)
 
     def _search_raw(self, vecs: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Similarities (Q, k') float32 best first, and row positions (Q, k') int64; k' = min(k, N)."""
-        k = _check_k(k)
+        k = check_k(k)
         n = len(self)
         if n == 0:
             raise EmptyGalleryError("the gallery is empty: register animals with add(...) first")
@@ -266,49 +217,9 @@ class VectorStore:
         """
         vecs = self._prepare(embeddings, "embeddings")
         n = vecs.shape[0]
-        labels = _check_strings(labels, n, "labels")
-        if ids is None:
-            new_ids, nxt = [], self._next_id
-            for _ in range(n):
-                while str(nxt) in self._id_set:
-                    nxt += 1
-                new_ids.append(str(nxt))
-                nxt += 1
-        else:
-            new_ids = _check_strings(ids, n, "ids")
-            dup = len(set(new_ids)) != n
-            clash = sorted(set(new_ids) & self._id_set)
-            if dup or clash:
-                seen, repeated = set(), []
-                for v in new_ids:
-                    if v in seen:
-                        repeated.append(v)
-                    seen.add(v)
-                raise ValueError(
-                    "ids must be unique: "
-                    + (f"repeated in this call: {repeated[:5]}; " if repeated else "")
-                    + (f"already in the gallery: {clash[:5]}" if clash else "")
-                )
-            nxt = self._next_id
-        meta: list[dict]
-        if metadata is None:
-            meta = [{} for _ in range(n)]
-        else:
-            if isinstance(metadata, dict):
-                raise ValueError("metadata must be a list of dicts (one per row), got a single dict")
-            meta = list(metadata)
-            if len(meta) != n:
-                raise ValueError(f"metadata has {len(meta)} entries but embeddings has {n} rows: pass exactly one per row")
-            for i, m in enumerate(meta):
-                if not isinstance(m, dict):
-                    raise ValueError(f"metadata[{i}] must be a dict, got {type(m).__name__}")
-                try:
-                    json.dumps(m, allow_nan=False)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(
-                        f"metadata[{i}] is not JSON-serialisable ({exc}): use str/int/float/bool/list/dict values"
-                    ) from exc
-            meta = [dict(m) for m in meta]
+        labels = check_strings(labels, n, "labels")
+        new_ids, nxt = new_row_ids(ids, n, self._id_set, self._next_id)
+        meta = check_metadata(metadata, n)
 
         self._flat.add(vecs)
         if self._approx is not None:

@@ -222,7 +222,7 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         projection with its (eval-mode) BatchNorm folded in, L2-normalised photo embeddings, the mean of a
         set's photo embeddings, and a scaled cosine between the two set vectors (`head="siamese"`).
         The probability is monotone in that cosine; `scale`/`bias` and the thresholds are then chosen on
-        validation pairs (`pair_matcher.training.calibrate_embedder_matcher`). With `cohort` (C, E), one
+        validation pairs (`pair_matcher.calibration.calibrate_embedder_matcher`). With `cohort` (C, E), one
         embedding per cohort identity (e.g. training dogs), the cosine is s-normed against it (`score_norm`)."""
         ecfg = embedder.config
         if cohort is not None:

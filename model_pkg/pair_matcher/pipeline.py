@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import load_image, pad_sets
-from ..hub import write_model_card
+from ..training.checkpoints import save_with_model_card
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel
@@ -70,12 +70,12 @@ def save_with_card(
     data: str | None = None,
     weights_dtype: torch.dtype | None = None,
 ) -> None:
-    """save_pretrained + a model card (README.md) ready for `push_folder_to_hub`."""
-    model.save_pretrained(save_directory, weights_dtype=weights_dtype)
+    """save_pretrained + a model card (README.md) ready for `push_folder_to_hub`, swapped into place atomically."""
     cfg = model.config
-    write_model_card(
+    save_with_model_card(
+        model,
         save_directory,
-        model_name=os.path.basename(os.path.normpath(save_directory)),
+        weights_dtype=weights_dtype,
         model_type=cfg.model_type,
         description=(
             f"Set-vs-set pair matcher: two sets of photos -> probability that they show the same individual animal. "

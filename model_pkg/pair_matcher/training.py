@@ -5,18 +5,19 @@ for every step (`frozen_steps + finetune_steps` batches, no pair repeated). `Bac
 switches phases at step `frozen_steps`: it unfreezes the backbone and tells `PhaseCollator` to hand
 the model pixels (with augmentation) instead of cached tokens. The optimizer is built up front with
 all parameters, the backbone at its own (lower) learning rate, so the switch needs no new optimizer
-and a resumed run restores it exactly.
+and a resumed run restores it exactly (`phase_optimizer`; these phase pieces, shared with the ArcFace
+embedder, are in `model_pkg.training`). After training, the decision thresholds are chosen on validation
+pairs (`calibration.py`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
 from ..data import (
     CachedSetPairCollator,
@@ -30,25 +31,46 @@ from ..data import (
 )
 from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_write_json
-from ..metrics import choose_guarded_threshold, choose_threshold, verification_metrics
+from ..metrics import verification_metrics
 from ..modeling_utils import model_identity
-from ..training_utils import (
+from ..training import (
+    BackbonePhaseCallback,
     PhaseAwareEarlyStopping,
     PhaseCollator,
     check_options,
+    data_description,
     last_checkpoint,
     log_cache,
     main_process_first,
+    phase_optimizer,
     process_state,
     save_atomically,
+    trainer_arguments,
 )
 from ..transforms import create_transform
+from .calibration import (
+    accuracy_by_size,
+    calibrate_embedder_matcher,
+    calibrate_thresholds,
+    calibrate_trained_matcher,
+    decision_accuracy,
+    predict_pair_scores,
+    snorm_cohort,
+    validation_pairs_by_size,
+)
 from .configuration_pair_matcher import PairMatcherConfig
-from .modeling_pair_matcher import PairMatcherModel, SiameseHead
+from .modeling_pair_matcher import PairMatcherModel
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["PairTrainingConfig", "calibrate_embedder_matcher", "train_pair_matcher", "pair_records", "predict_pair_scores"]
+# `calibrate_thresholds`, `calibrate_embedder_matcher` and `predict_pair_scores` live in `calibration.py`; they are
+# importable from here too, where evaluation and the tests import them
+__all__ = [
+    "PairTrainingConfig",
+    "calibrate_embedder_matcher",
+    "calibrate_thresholds",
+    "pair_records",
+    "predict_pair_scores",
+    "train_pair_matcher",
+]
 
 CALIBRATION_NEGATIVES = ("mixed", "random")
 
@@ -149,152 +171,11 @@ def mixed_pairs(groups, num_pairs, set_size, seed, hard_fraction, neighbours) ->
     return [pairs[i] for i in rng.permutation(len(pairs))]
 
 
-class BackbonePhaseCallback(TrainerCallback):
-    """At step `frozen_steps`: save the frozen-phase model, unfreeze the backbone, switch to pixels."""
-
-    def __init__(self, model: PairMatcherModel, collator: PhaseCollator, frozen_steps: int, frozen_dir: str):
-        self.model = model
-        self.collator = collator
-        self.frozen_steps = frozen_steps
-        self.frozen_dir = frozen_dir
-
-    def _apply(self, step: int):
-        finetuning = step >= self.frozen_steps
-        if finetuning and self.model.config.freeze_backbone:
-            logger.info("step %d: backbone unfrozen, training on pixels", step)
-        self.model.set_backbone_frozen(not finetuning)
-        self.collator.use_tokens = not finetuning
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._apply(state.global_step)  # also right after a resume
-        self.collator.train_batches = state.global_step  # the batches already trained on (no gradient accumulation here)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.frozen_steps and process_state().is_main_process and not os.path.isdir(self.frozen_dir):
-            # whole or absent: a run killed while writing it must not leave a folder that no longer loads
-            save_atomically(self.frozen_dir, lambda tmp: self.model.save_pretrained(tmp))
-        self._apply(state.global_step)
-
-
 def compute_pair_metrics(eval_pred) -> dict:
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
     metrics = verification_metrics(np.asarray(eval_pred.label_ids).astype(int), scores)
     return {k: metrics[k] for k in ("roc_auc", "pr_auc", "best_accuracy")}
-
-
-@torch.no_grad()
-def predict_pair_logits(model: PairMatcherModel, records: list[dict], collator, batch_size: int = 32) -> np.ndarray:
-    """Same-animal logits (float64) for collated pair rows."""
-    model.eval()
-    out = []
-    for i in range(0, len(records), batch_size):
-        batch = collator(records[i : i + batch_size])
-        batch.pop("labels", None)
-        out.append(model(**batch).logits.double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def predict_pair_scores(model: PairMatcherModel, records: list[dict], collator, batch_size: int = 32) -> np.ndarray:
-    """Same-animal probabilities for collated pair rows."""
-    return 1 / (1 + np.exp(-predict_pair_logits(model, records, collator, batch_size)))
-
-
-def _sizes(records: list[dict]) -> np.ndarray:
-    return np.array([min(len(r["paths_a"]), len(r["paths_b"])) for r in records])
-
-
-def calibrate_thresholds(
-    model: PairMatcherModel,
-    records: list[dict],
-    scores: np.ndarray,
-    guard: tuple[list[dict], np.ndarray] | None = None,
-    tolerance: float | None = None,
-) -> None:
-    """Store the validation-chosen threshold, overall and per size of the smaller set, in `model.config`.
-    With `guard` (records, scores), e.g. hard-negative pairs, and `tolerance`: per size, the threshold
-    within `tolerance` of the best accuracy on `records` that decides best on the guard pairs
-    (`metrics.choose_guarded_threshold`)."""
-    labels, sizes = np.array([r["label"] for r in records]), _sizes(records)
-    g_labels, g_sizes = (np.array([r["label"] for r in guard[0]]), _sizes(guard[0])) if guard else (None, None)
-
-    def choose(chosen: np.ndarray, guard_chosen: np.ndarray | None) -> float:
-        if guard is None or tolerance is None or guard_chosen is None or g_labels is None:
-            return float(choose_threshold(labels[chosen], scores[chosen]))
-        if len(set(g_labels[guard_chosen].tolist())) < 2:  # no guard pairs of both kinds for this size
-            return float(choose_threshold(labels[chosen], scores[chosen]))
-        return choose_guarded_threshold(labels[chosen], scores[chosen], g_labels[guard_chosen], guard[1][guard_chosen], tolerance)
-
-    model.config.threshold = choose(np.ones(len(labels), bool), None if g_sizes is None else np.ones(len(g_sizes), bool))
-    by_size = {}
-    for size in np.unique(sizes):
-        chosen = sizes == size
-        if len(set(labels[chosen].tolist())) == 2:  # both classes needed to choose a threshold
-            by_size[str(int(size))] = choose(chosen, None if g_sizes is None else g_sizes == size)
-    model.config.set_size_thresholds = by_size or None
-
-
-def _val_pairs_by_size(groups, sizes, num_pairs: int, seed: int, negatives: str, neighbours=None) -> list:
-    pairs = []
-    for size in sizes:
-        try:
-            pairs += sample_pairs(groups, num_pairs, set_size=size, seed=seed + size, negatives=negatives, neighbours=neighbours)
-        except ValueError as err:
-            logger.warning("no %dv%d %s-negative validation pairs: %s", size, size, negatives, err)
-    return pairs
-
-
-@torch.no_grad()
-def calibrate_embedder_matcher(
-    model: PairMatcherModel, records: list[dict], collator, guard_records: list[dict] | None = None, tolerance=None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Fit the siamese cosine head's `scale`/`bias` by logistic regression on validation pairs, so its
-    probabilities mean what they say, then store a threshold per set size (`calibrate_thresholds`, guarded
-    by `guard_records` within `tolerance` when given). Returns the calibrated probabilities of `records` and
-    of `guard_records` (None without them)."""
-    from sklearn.linear_model import LogisticRegression
-
-    head = model.head
-    if not (isinstance(head, SiameseHead) and head.distance == "cosine"):
-        raise ValueError("calibrate_embedder_matcher needs head='siamese' with siamese_distance='cosine'.")
-    # the raw score (cosine, or its s-normed value) as logits: probabilities would round to 1.0 in float32
-    head.scale.fill_(1.0)
-    head.bias.fill_(0.0)
-    cosine = predict_pair_logits(model, records, collator)
-    labels = np.array([r["label"] for r in records])
-    fit = LogisticRegression(C=1e4, max_iter=1000).fit(cosine[:, None], labels)
-    head.scale.fill_(float(fit.coef_[0, 0]))
-    head.bias.fill_(float(fit.intercept_[0]))
-    probs = 1 / (1 + np.exp(-(float(head.scale) * cosine + float(head.bias))))
-    guard = (guard_records, predict_pair_scores(model, guard_records, collator)) if guard_records else None
-    calibrate_thresholds(model, records, probs, guard, tolerance)
-    return probs, None if guard is None else guard[1]
-
-
-def _training_arguments(cfg: PairTrainingConfig, total_steps: int) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=os.path.join(cfg.output_dir, "checkpoints"),
-        max_steps=total_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size * 2,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=int(cfg.warmup_ratio * total_steps),
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
-        save_strategy="steps",
-        save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model="roc_auc",
-        greater_is_better=True,
-        logging_steps=cfg.logging_steps,
-        report_to=cfg.report_to,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,  # the collator's phase flag must be seen by the loader
-        seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),
-    )
 
 
 def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
@@ -321,7 +202,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
         if cfg.score_norm != "none":
             normed = PairMatcherModel.from_embedder(
                 embedder,
-                cohort=_cohort(embedder, train_groups, cfg.cohort_dogs, cfg.seed),
+                cohort=snorm_cohort(embedder, train_groups, cfg.cohort_dogs, cfg.seed),
                 cohort_top_k=cfg.cohort_top_k,
                 **cfg.model,
             )
@@ -381,22 +262,28 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
     )
 
     # 4. One optimizer for both phases: the head at `learning_rate`, the backbone at `backbone_learning_rate`.
-    backbone_params = list(model.backbone.parameters())
-    backbone_ids = {id(p) for p in backbone_params}
-    head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": head_params, "lr": cfg.learning_rate},
-            {"params": backbone_params, "lr": cfg.backbone_learning_rate},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = phase_optimizer(model, model.backbone, cfg.learning_rate, cfg.backbone_learning_rate, cfg.weight_decay)
 
     frozen_dir = os.path.join(cfg.output_dir, "frozen_phase")
     if total_steps == 0:  # a matcher built from an embedder: nothing to train, only thresholds to choose
         collator.use_tokens = True
         return _finish(cfg, model, collator, val_rows, val_groups, val_nn, None, frozen_dir, table, splits_file, normed)
-    args = _training_arguments(cfg, total_steps)
+    args = trainer_arguments(
+        os.path.join(cfg.output_dir, "checkpoints"),
+        max_steps=total_steps,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.batch_size * 2,
+        eval_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        metric_for_best_model="roc_auc",
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        seed=cfg.seed,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+    )
     trainer = Trainer(
         model=model,
         args=args,
@@ -433,15 +320,18 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         normed.set_backbone_frozen(True)
     if cfg.calibration_negatives == "random":
         calib_rows = pair_records(
-            _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 200, "random"), False
+            validation_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 200, "random"),
+            False,
         )
         hard_rows = pair_records(
-            _val_pairs_by_size(val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 300, "hard", val_nn),
+            validation_pairs_by_size(
+                val_groups, cfg.calibration_set_sizes, cfg.calibration_pairs, cfg.seed + 300, "hard", val_nn
+            ),
             False,
         )
     else:
         calib_rows, hard_rows = val_rows, []
-    calibrate = calibrate_embedder_matcher if cfg.embedder else _calibrate_trained
+    calibrate = calibrate_embedder_matcher if cfg.embedder else calibrate_trained_matcher
     guard = hard_rows if cfg.calibration_hard_tolerance is not None and hard_rows else None
     calib_scores, guard_scores = calibrate(model, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
     score_norm_choice = None
@@ -449,9 +339,9 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         normed_scores, normed_guard_scores = calibrate(normed, calib_rows, collator, guard, cfg.calibration_hard_tolerance)
 
         def decisions(m: PairMatcherModel, scores: np.ndarray, g_scores: np.ndarray | None) -> float:
-            acc = _decision_accuracy(m, calib_rows, scores)
+            acc = decision_accuracy(m, calib_rows, scores)
             if guard and g_scores is not None:  # the guarded thresholds serve both kinds of negatives: judge them on both
-                acc = (acc + _decision_accuracy(m, guard, g_scores)) / 2
+                acc = (acc + decision_accuracy(m, guard, g_scores)) / 2
             return acc
 
         plain_acc = decisions(model, calib_scores, guard_scores)
@@ -471,9 +361,9 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         "score_norm": score_norm_choice,
     }
     if hard_rows:  # the thresholds' accuracy per set size, on the pairs they were chosen on and on hard pairs
-        summary["val_by_size"] = _by_size(model, calib_rows, calib_scores, "random")
+        summary["val_by_size"] = accuracy_by_size(model, calib_rows, calib_scores, "random")
         hard_scores = guard_scores if guard_scores is not None else predict_pair_scores(model, hard_rows, collator)
-        summary["val_by_size"].update(_by_size(model, hard_rows, hard_scores, "hard"))
+        summary["val_by_size"].update(accuracy_by_size(model, hard_rows, hard_scores, "hard"))
     model.set_backbone_frozen(False)
     model.config.freeze_backbone = False
     final_dir = os.path.join(cfg.output_dir, "model")
@@ -487,53 +377,7 @@ def _finish(cfg, model, collator, val_rows, val_groups, val_nn, best, frozen_dir
         save_atomically(frozen_dir, lambda tmp: frozen.save_pretrained(tmp))
         summary["frozen_phase_val"] = verification_metrics(val_labels, frozen_scores, frozen.config.threshold)
     summary["training"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    if not isinstance(cfg.data_dir, (str, os.PathLike)):  # a DataFrame or Dataset: record what it was
-        summary["training"]["data_dir"] = f"<{type(cfg.data_dir).__name__} with {len(table)} photos>"
-    else:
-        summary["training"]["data_dir"] = str(cfg.data_dir)
+    summary["training"]["data_dir"] = data_description(cfg.data_dir, len(table))  # a DataFrame or Dataset: what it was
     summary["best_global_step"] = best
     atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
-
-
-def _cohort(embedder, groups: dict[str, list[str]], num_dogs: int, seed: int) -> torch.Tensor:
-    """One unit mean embedding per cohort dog (`num_dogs` training dogs, 2 photos each): the impostor
-    population adaptive s-norm measures each side against."""
-    from ..arcface.training import embed_paths
-
-    rng = np.random.default_rng(seed)
-    dogs = sorted(groups)
-    dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), size=min(num_dogs, len(dogs)), replace=False))]
-    paths = [p for d in dogs for p in groups[d][:2]]
-    emb = torch.from_numpy(embed_paths(embedder, paths))
-    owner = torch.tensor([i for i, d in enumerate(dogs) for _ in groups[d][:2]])
-    sums = torch.zeros(len(dogs), emb.shape[1]).index_add_(0, owner, emb)
-    return torch.nn.functional.normalize(sums, dim=-1)
-
-
-def _decision_accuracy(model: PairMatcherModel, records: list[dict], scores: np.ndarray) -> float:
-    """Accuracy of the stored per-size thresholds on `records`."""
-    labels = np.array([r["label"] for r in records])
-    sizes = [min(len(r["paths_a"]), len(r["paths_b"])) for r in records]
-    thresholds = np.array([model.decision_threshold(s, s) for s in sizes])
-    return float(((scores >= thresholds) == labels).mean())
-
-
-def _calibrate_trained(
-    model: PairMatcherModel, records: list[dict], collator, guard_records: list[dict] | None = None, tolerance=None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    scores = predict_pair_scores(model, records, collator)
-    guard = (guard_records, predict_pair_scores(model, guard_records, collator)) if guard_records else None
-    calibrate_thresholds(model, records, scores, guard, tolerance)
-    return scores, None if guard is None else guard[1]
-
-
-def _by_size(model: PairMatcherModel, records: list[dict], scores: np.ndarray, negatives: str) -> dict:
-    labels = np.array([r["label"] for r in records])
-    sizes = np.array([min(len(r["paths_a"]), len(r["paths_b"])) for r in records])
-    out = {}
-    for size in np.unique(sizes):
-        chosen = sizes == size
-        m = verification_metrics(labels[chosen], scores[chosen], model.decision_threshold(int(size), int(size)))
-        out[f"{int(size)}v{int(size)}_{negatives}"] = {k: m[k] for k in ("accuracy", "roc_auc", "threshold", "num_pairs")}
-    return out

@@ -6,6 +6,7 @@ decoding on the CPU, not the network, would set the pace of a small backbone on 
 wall-clock time rather than a step count, so a run of any length ends annealed and fits a lent machine's
 minutes. Each evaluation writes `run.json` (arguments, curve, best point) and the same curve as HF Trainer's
 `trainer_state.json`, so `bench/learning_curve.py` and the dashboard read a GPU run like a Trainer run.
+Apart from the rest of the package because none of it touches HF Trainer: these recipes run their own loop.
 """
 
 from __future__ import annotations

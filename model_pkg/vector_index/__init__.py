@@ -1,0 +1,110 @@
+"""Which faiss index a gallery of a given size uses, how it is built, and `python -m model_pkg.gallery build`.
+
+Kinds (:class:`IndexSpec`, faiss ``index_factory`` strings):
+
+* ``flat`` -- exact search (``Flat``); every query scans every vector.
+* ``hnsw`` -- ``HNSW<M>`` graph; no training, slow to build (about 20 min per million 512-d vectors on
+  one core), memory = vectors + graph.
+* ``ivf_flat`` -- ``IVF<nlist>,Flat``: k-means cells, a query scans ``nprobe`` cells; memory = vectors.
+* ``ivf_pq`` -- ``IVF<nlist>,PQ<m>``: the same cells holding ``m``-byte product-quantised codes (64 bytes
+  instead of 2048 for a 512-d vector); with ``rerank`` > 1 the ``k * rerank`` best candidates are
+  re-scored exactly against the float vectors when they are at hand (a :class:`~model_pkg.gallery.GalleryIndex`
+  keeps them), which brings recall back to that of IVF-Flat at a fraction of its memory.
+
+:func:`choose_spec` picks the kind and its parameters from the number of vectors; the thresholds and
+numbers come from ``bench/bench_gallery_scale.py`` (``bench/README.md``, "Gallery at scale"). IVF
+indexes are trained on a random sample (:func:`train_sample_size`), never on all vectors.
+
+``python -m model_pkg.gallery build --embeddings DIR --out DIR`` reads the shards written by
+``python -m model_pkg.embed`` one at a time, trains an IVF index on a sample, adds the shards, and saves a
+:class:`VectorIndex` folder atomically. With ``--on-disk`` (or automatically when the codes would not fit
+in ``--max-memory-gb``) every shard is added to its own copy of the trained index, written out, and the
+inverted lists are merged into one ``lists.ivfdata`` file that is memory-mapped when searching
+(faiss ``OnDiskInvertedLists``), so the index can exceed the machine's memory.
+
+The parts: ``spec`` (:class:`IndexSpec`, :func:`choose_spec`, :func:`spec_for_build` and the numbers behind
+them), ``faiss_index`` (making, training, tuning and building faiss indexes; :func:`rerank`), ``index_folder``
+(the saved folder: :class:`VectorIndex`, :func:`search_parts`), ``build`` (:func:`build_from_embeddings` and
+the CLI).  Everything is importable from ``model_pkg.vector_index``; the size thresholds are read from
+``model_pkg.vector_index.spec`` when a spec is chosen, so that is where to change them.
+"""
+
+from __future__ import annotations
+
+from .build import build_from_embeddings, main
+from .faiss_index import (
+    apply_search_params,
+    build_index,
+    configure_pq_training,
+    faiss_metric,
+    kind_of,
+    make_index,
+    rerank,
+    train,
+)
+from .index_folder import FORMAT, IDS_FILE, INDEX_FILE, LISTS_FILE, META_FILE, VECTORS_FILE, VectorIndex, search_parts
+from .spec import (
+    EXACT_MAX,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    IVF_MIN,
+    IVF_MIN_TRAIN,
+    IVF_NPROBE,
+    KINDS,
+    MAX_TRAIN,
+    PQ_BYTES_PER_DIM,
+    PQ_BYTES_PER_DIM_STANDALONE,
+    RERANK,
+    RERANK_FROM_DISK,
+    TRAIN_POINTS_PER_CELL,
+    IndexSpec,
+    VectorIndexError,
+    choose_spec,
+    nlist_for,
+    pq_m_for,
+    spec_for_build,
+    train_sample_size,
+)
+
+__all__ = [
+    "EXACT_MAX",
+    "FORMAT",
+    "HNSW_EF_CONSTRUCTION",
+    "HNSW_EF_SEARCH",
+    "HNSW_M",
+    "IDS_FILE",
+    "INDEX_FILE",
+    "IVF_MIN",
+    "IVF_MIN_TRAIN",
+    "IVF_NPROBE",
+    "KINDS",
+    "LISTS_FILE",
+    "MAX_TRAIN",
+    "META_FILE",
+    "PQ_BYTES_PER_DIM",
+    "PQ_BYTES_PER_DIM_STANDALONE",
+    "RERANK",
+    "RERANK_FROM_DISK",
+    "TRAIN_POINTS_PER_CELL",
+    "VECTORS_FILE",
+    "IndexSpec",
+    "VectorIndex",
+    "VectorIndexError",
+    "apply_search_params",
+    "build_from_embeddings",
+    "build_index",
+    "choose_spec",
+    "configure_pq_training",
+    "faiss_metric",
+    "kind_of",
+    "main",
+    "make_index",
+    "nlist_for",
+    "pq_m_for",
+    "rerank",
+    "search_parts",
+    "spec_for_build",
+    "train",
+    "train_sample_size",
+]
