@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ MAX_PHOTOS = 20  # per set or registration, as in the UI
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per photo
 MAX_TOP_K = 50
 MAX_QUERY_LENGTH = 1000  # characters of a description
+TEXT_LOAD_WAIT_S = 120.0  # a search right after start waits this long for the text model (app.loading.BackgroundLoad)
 
 
 @dataclass
@@ -51,6 +53,16 @@ class Services:
     gallery_unavailable: str | None = None
     text: Any = None  # app.loading.TextSearch (model + ImageSearchEngine)
     text_unavailable: str | None = None
+    text_loaded: threading.Event | None = None  # set once a text model loading in the background is done (or failed)
+
+    def text_still_loading(self) -> bool:
+        return self.text_loaded is not None and not self.text_loaded.is_set()
+
+    def text_search(self) -> Any:
+        """The text search, after waiting (up to TEXT_LOAD_WAIT_S) for a background load; 503 with the reason if none."""
+        if self.text_loaded is not None:
+            self.text_loaded.wait(TEXT_LOAD_WAIT_S)
+        return _require(self.text, self.text_unavailable, "Text search")
 
 
 # -- response models (the OpenAPI schema at /docs) -------------------------------------------------
@@ -125,7 +137,9 @@ class SearchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="'ok' when every model is loaded, else 'degraded'")
+    status: str = Field(
+        description="'ok' when every model is loaded, 'loading' while one still loads after start, else 'degraded'"
+    )
     models: dict[str, bool]
     unavailable: dict[str, str] = Field(description="why a model is not loaded")
     gallery_size: int = Field(description="registered photos")
@@ -289,7 +303,7 @@ def create_api(services: Services) -> FastAPI:
     @api.post(f"{API_PREFIX}/search", response_model=SearchResponse, tags=["text search"])
     def search(request: SearchRequest) -> SearchResponse:
         """The photos of the index that best match a description."""
-        text = _require(services.text, services.text_unavailable, "Text search")
+        text = services.text_search()
         try:
             database = text.engine.database_or_raise()
             with text.lock:  # see app.loading.TextSearch
@@ -314,7 +328,7 @@ def create_api(services: Services) -> FastAPI:
     @api.get(f"{API_PREFIX}/photos/{{photo_id}}", tags=["text search"], response_class=FileResponse)
     def photo(photo_id: int) -> FileResponse:
         """A photo of the text-search index, by the id `/search` gave (no other file is served)."""
-        text = _require(services.text, services.text_unavailable, "Text search")
+        text = services.text_search()
         labels = text.engine.database_or_raise().labels
         if not 0 <= photo_id < len(labels):
             raise HTTPException(
@@ -344,7 +358,7 @@ def create_api(services: Services) -> FastAPI:
         }
         text_size = len(services.text.engine.database) if services.text is not None and services.text.engine.database else 0
         return HealthResponse(
-            status="ok" if all(loaded.values()) else "degraded",
+            status="ok" if all(loaded.values()) else "loading" if services.text_still_loading() else "degraded",
             models=loaded,
             unavailable=reasons,
             gallery_size=len(services.gallery) if services.gallery is not None else 0,

@@ -1,4 +1,5 @@
-"""petmatch Gradio app: is this the same animal? Three tabs, one per task, models loaded once at start.
+"""petmatch Gradio app: is this the same animal? Three tabs, one per task, models loaded once at start (the
+text-search model in the background once the UI is up, so the other tabs answer sooner).
 
     python app/app.py                 # http://127.0.0.1:7860, offline, the models in models/
     python app/app.py --embedder-model runs/arcface-embedder/model --gallery-dir /tmp/my-gallery --port 7861
@@ -28,6 +29,7 @@ import html
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +38,8 @@ sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run a
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from app.api import Services, create_api  # noqa: E402
-from app.build_demo_assets import ensure_demo_gallery, ensure_text_index  # noqa: E402
-from app.loading import load_embedder, load_pair_model, load_text_search, model_flags  # noqa: E402
+from app.api import TEXT_LOAD_WAIT_S, Services, create_api  # noqa: E402
+from app.loading import BackgroundLoad, load_gallery, load_pair_model, load_text, missing_model, model_flags  # noqa: E402
 from model_pkg.batching import batch_concurrent_calls  # noqa: E402
 from model_pkg.data import ImageLoadError  # noqa: E402
 from model_pkg.gallery_store import PhotoGallery  # noqa: E402
@@ -102,45 +103,22 @@ def _check_count(photos: list[str], what: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Models and galleries, loaded once
 # --------------------------------------------------------------------------------------------------
-def load_gallery(settings: argparse.Namespace):
-    """-> (PhotoGallery, None) or (None, why): the user gallery, seeded with the demo dogs on first start."""
-    embedder, why = load_embedder(settings.embedder_model)
-    if embedder is None:
-        return None, why
-    try:
-        demo_gallery = ensure_demo_gallery(embedder, Path(settings.assets_dir), Path(settings.data), log)
-        gallery = PhotoGallery(
-            settings.gallery_dir,
-            embedder,
-            score_threshold=demo_gallery.score_threshold,
-            margin_threshold=demo_gallery.margin_threshold,
-        )
-        if len(gallery) == 0:
-            gallery.add_gallery(demo_gallery, Path(settings.assets_dir) / "demo_photos")
-            log(f"new gallery in {gallery.directory}, seeded with {len(demo_gallery.identities)} demo dogs")
-    except (OSError, ValueError, RuntimeError) as err:
-        return None, f"the gallery could not be prepared: {err}"
-    return gallery, None
-
-
-def load_text(settings: argparse.Namespace):
-    text, why = load_text_search(settings.dual_model)
-    if text is None:
-        return None, why
-    try:
-        ensure_text_index(text.engine, text.model, Path(settings.assets_dir), Path(settings.data), log)
-    except Exception as err:  # the other helper's engine: any failure disables only this tab
-        return None, f"the text index could not be built: {type(err).__name__}: {err}"
-    return text, None
-
-
 log("loading models ...")
 pair_model, pair_unavailable = load_pair_model(SETTINGS.pair_model)
-gallery, gallery_unavailable = load_gallery(SETTINGS)
-text_search_state, text_unavailable = load_text(SETTINGS)
-for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable), ("text search", text_unavailable)):
+gallery, gallery_unavailable = load_gallery(SETTINGS, log)
+for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable)):
     if why:
         log(f"{tab} unavailable: {why}")
+# The text-search model loads in the background once the UI is built (started at the end of this file): the other
+# tabs answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
+text_search_state = None
+text_unavailable = missing_model(SETTINGS.dual_model, "dual encoder", "--dual-model")
+text_loaded = threading.Event()
+if text_unavailable:
+    log(f"text search unavailable: {text_unavailable}")
+    text_loaded.set()
+else:
+    text_unavailable = "the text-search model is still loading; try again in a few seconds"
 if SETTINGS.max_batch_size > 0:
     # Concurrent requests share one backbone pass instead of each running its own, several at once, on the same
     # cores; a lone request runs at once (bench/README.md, "App under load" compares the options).
@@ -240,21 +218,35 @@ def register(name, files, progress=gr.Progress()):
 # --------------------------------------------------------------------------------------------------
 # Text search (written against model_pkg.dual_encoder.search.ImageSearchEngine; kept small and separate)
 # --------------------------------------------------------------------------------------------------
+def wait_for_text_search(timeout: float = TEXT_LOAD_WAIT_S):
+    """-> (TextSearch, None) or (None, why), once the background load is done (or `timeout` s have passed)."""
+    text_loaded.wait(timeout)
+    return text_search_state, text_unavailable
+
+
+def _text_search_loaded(text, why: str | None) -> None:
+    global text_search_state, text_unavailable
+    text_search_state, text_unavailable = text, why
+    services.text, services.text_unavailable = text, why
+    log("text search ready" if text is not None else f"text search unavailable: {why}")
+
+
 def search_text(query, top_k=8):
     """A description -> the best photos of the index with their scores."""
-    if text_search_state is None:
-        raise gr.Error(f"Text search unavailable: {text_unavailable}")
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("Type a description, e.g. 'a brown dog running on the grass'.")
     if len(query) > MAX_QUERY_LENGTH:
         raise gr.Error(f"The description has {len(query):,} characters; use at most {MAX_QUERY_LENGTH:,} (a sentence or two).")
-    with text_search_state.lock:
-        hits = text_search_state.engine.search_database(query.strip(), top_k=int(top_k))
+    text, why = wait_for_text_search()
+    if text is None:
+        raise gr.Error(f"Text search unavailable: {why}")
+    with text.lock:
+        hits = text.engine.search_database(query.strip(), top_k=int(top_k))
     return [(hit.path, f"{hit.score:.3f}") for hit in hits]
 
 
 def build_text_search_tab() -> None:
-    if text_search_state is None:
+    if text_loaded.is_set() and text_search_state is None:  # known at start: no model there to load
         gr.Markdown(f"**Text search unavailable:** {text_unavailable}")
     query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass", elem_id="text-query")
     top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
@@ -363,8 +355,11 @@ os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
 
 # One FastAPI application: the JSON REST API under /api/v1 (`app/api.py`, schema at /docs) and the UI at /,
 # both on the models loaded above. `uvicorn app.app:app` serves the same program.
-api = create_api(Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_search_state, text_unavailable))
+services = Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_search_state, text_unavailable, text_loaded)
+api = create_api(services)
 app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD_BYTES)
+if not text_loaded.is_set():
+    BackgroundLoad("the text-search model", lambda: load_text(SETTINGS, log), _text_search_loaded, text_loaded).start()
 
 if __name__ == "__main__":
     import uvicorn

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -11,6 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
+    app_module().wait_for_text_search()  # loaded in the background after start: the tests below want every model
     return TestClient(app_module().app)
 
 
@@ -106,3 +109,29 @@ def test_missing_model_answers_503_with_the_reason():
     assert bare.post("/api/v1/search", json={"text": "a dog"}).status_code == 503
     health = bare.get("/api/v1/health").json()
     assert health["status"] == "degraded" and health["unavailable"]["embedder"] == "no embedder"
+
+
+def test_a_search_waits_for_the_text_model_loading_in_the_background():
+    """The app loads the text model after start (app.loading.BackgroundLoad): an early search waits for the load,
+    then answers, or says why it cannot; a loader's exception disables only text search."""
+    from app.api import Services, create_api
+    from app.loading import BackgroundLoad
+
+    services = Services(text_unavailable="the text-search model is still loading", text_loaded=threading.Event())
+    release = threading.Event()
+
+    def load():
+        release.wait(10)
+        raise OSError("index file unreadable")
+
+    def loaded(text, why):
+        services.text, services.text_unavailable = text, why
+
+    client = TestClient(create_api(services))
+    BackgroundLoad("the text-search model", load, loaded, services.text_loaded).start()
+    health = client.get("/api/v1/health").json()
+    assert health["status"] == "loading" and "still loading" in health["unavailable"]["dual_encoder"]
+    release.set()
+    out = client.post("/api/v1/search", json={"text": "a dog"})
+    assert out.status_code == 503
+    assert "the text-search model could not be loaded: OSError: index file unreadable" in out.json()["detail"]

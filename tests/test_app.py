@@ -89,7 +89,7 @@ def test_register_then_identify(app, shared_data):
 
 
 def test_text_search_tab_says_why_it_is_unavailable(app):
-    if app.text_search_state is not None:
+    if app.wait_for_text_search()[0] is not None:
         hits = app.search_text("a dog running on the grass", 3)
         assert len(hits) == 3 and all(os.path.isfile(path) for path, _ in hits)
         return

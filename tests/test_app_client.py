@@ -66,7 +66,8 @@ def test_text_query(client):
     if not (REPO_ROOT / "models" / "dual-encoder" / "config.json").is_file():
         pytest.skip("no shipped dual encoder in this checkout")
     # a shipped dual encoder must give a working tab: a skip here hid issue 11 (a dead tab on fresh installs)
-    assert app_module().text_search_state is not None, app_module().text_unavailable
+    text, why = app_module().wait_for_text_search()
+    assert text is not None, why
     results = client.predict("a dog running on the grass", 4, api_name="/search_text")
     assert len(results) == 4 and all(os.path.isfile(item["image"]) for item in results)
 

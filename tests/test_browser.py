@@ -69,7 +69,7 @@ def test_gallery_in_the_browser(page):
 
 def test_text_search_tab_in_the_browser(page):
     page.get_by_role("tab", name="Text search").click()
-    if app_module().text_search_state is None:
+    if app_module().wait_for_text_search()[0] is None:
         playwright.expect(page.get_by_text("Text search unavailable:")).to_be_visible()
     else:
         page.locator("#text-query textarea").fill("a dog running on the grass")
