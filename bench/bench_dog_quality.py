@@ -43,8 +43,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_encoder(name: str):
-    """`imagenet` or a saved embedder folder, optionally `@SIZE` and `+tta` (the model's flip TTA, which averages
-    backbone tokens rather than embeddings) -> (encode(pixels) -> (B, D) features, data_config)."""
+    """`imagenet` or a saved embedder folder, optionally `@SIZE` and `+tta` / `-tta` (the model's flip TTA, which
+    averages backbone tokens rather than embeddings, switched on / off whatever its config says) ->
+    (encode(pixels) -> (B, D) features, data_config)."""
     if name == "imagenet":
         from model_pkg.backbones import create_backbone
 
@@ -52,9 +53,11 @@ def load_encoder(name: str):
         return (lambda x: backbone(x).pooled), backbone.data_config
     from model_pkg import ArcFaceEmbedderModel
 
-    name, tta = name.removesuffix("+tta"), name.endswith("+tta")  # the model's own flip TTA (`tta_flip`)
+    overrides = {}
+    for suffix, tta in (("+tta", True), ("-tta", False)):  # the model's own flip TTA (`tta_flip`)
+        if name.endswith(suffix):
+            name, overrides["tta_flip"] = name.removesuffix(suffix), tta
     path, _, size = name.partition("@")  # runs/x/model@192: evaluate at another resolution (FixRes)
-    overrides = {"tta_flip": True} if tta else {}
     if size:
         overrides["image_size"] = int(size)
     model = ArcFaceEmbedderModel.from_pretrained(path, **overrides).float().eval()

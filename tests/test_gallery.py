@@ -219,9 +219,17 @@ def test_auto_index_choice_follows_size(monkeypatch, ivf_world):
     g = GalleryIndex(DIM, approximate_above=1000)
     g.add(x, labels)
     g.search(q[:1])
-    assert g.approximate_spec.kind == "hnsw"  # below vector_index.IVF_MIN
+    assert g.approximate_spec.kind == "hnsw" and g.approximate_spec.storage == "fp16"  # below HNSW_MAX_KEPT
+    scores, _, ids = g.search(q, k=10)
+    exact_scores, _, ids_exact = g.search(q, k=10, exact=True)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ids_exact)]) > 0.95
+    # float16 inside the graph, but the candidates are re-scored against the float32 vectors: exact scores
+    same = [i for i in range(len(q)) if ids[i][0] == ids_exact[i][0]]
+    assert len(same) > 0.9 * len(q)
+    np.testing.assert_allclose(scores[same, 0], exact_scores[same, 0], rtol=1e-6)
     monkeypatch.setattr(vector_index_spec, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
     monkeypatch.setattr(vector_index_spec, "IVF_MIN", 10_000)
+    monkeypatch.setattr(vector_index_spec, "HNSW_MAX_KEPT", 10_000)
     g.build_approximate()
     spec = g.approximate_spec
     assert spec.kind == "ivf_pq" and spec.rerank > 1 and "index=ivf_pq" in repr(g)

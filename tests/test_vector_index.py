@@ -72,11 +72,14 @@ def test_choose_spec_by_size():
     assert vi.choose_spec(vi.EXACT_MAX + 1, 512).kind == "hnsw"
     big = vi.choose_spec(1_000_000, 512)
     assert big.kind == "ivf_flat" and big.nlist == 4096 and big.nprobe == vi.IVF_NPROBE  # 2 GB of floats fits 2 GiB
-    kept = vi.choose_spec(1_000_000, 512, exact_vectors_kept=True)
-    assert kept.kind == "ivf_pq" and kept.pq_m == 64 and kept.rerank == vi.RERANK
+    kept = vi.choose_spec(1_000_000, 512, exact_vectors_kept=True)  # a gallery keeps its float vectors: HNSW-fp16
+    assert kept.kind == "hnsw" and kept.factory_string() == "HNSW32,SQfp16" and kept.rerank == vi.HNSW_RERANK
+    assert vi.choose_spec(100_000, 512).rerank == 1  # nothing to re-score from without the float vectors
+    beyond = vi.choose_spec(vi.HNSW_MAX_KEPT, 512, exact_vectors_kept=True)
+    assert beyond.kind == "ivf_pq" and beyond.pq_m == 64 and beyond.rerank == vi.RERANK
     huge = vi.choose_spec(10_000_000, 512)
     assert huge.kind == "ivf_pq" and huge.nlist == 16384 and huge.factory_string() == "IVF16384,PQ128"
-    assert vi.choose_spec(1_000_000, 100, exact_vectors_kept=True).pq_m == 10  # a divisor of the dimension
+    assert vi.choose_spec(vi.HNSW_MAX_KEPT, 100, exact_vectors_kept=True).pq_m == 10  # a divisor of the dimension
     assert vi.train_sample_size(big, 1_000_000) == 4096 * vi.TRAIN_POINTS_PER_CELL
     assert vi.train_sample_size(vi.choose_spec(100_000_000, 512), 100_000_000) == 32768 * 40  # >= 39 per cell
 

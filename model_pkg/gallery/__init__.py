@@ -22,8 +22,9 @@ Rules
   builds an approximate index and uses it; :meth:`GalleryIndex.build_approximate` builds it now
   whatever the size.  Which one (``approximate_index="auto"``) depends on the size
   (:func:`model_pkg.vector_index.choose_spec`, numbers in bench/README.md "Gallery at scale"):
-  HNSW (``IndexHNSWFlat``, M=32, ``ef_search`` configurable) below ``vector_index.IVF_MIN``
-  vectors, above it IVF-PQ whose candidates are re-scored exactly against the kept vectors.
+  HNSW (M=32, float16 vectors inside the graph, ``ef_search`` configurable) below
+  ``vector_index.HNSW_MAX_KEPT`` vectors (2M), above it IVF-PQ; either way the candidates are re-scored
+  exactly against the kept vectors, so every score is exact.
   The exact vectors are always kept (in the flat index, and in ``vectors.npy`` on disk) so the
   approximate index can be rebuilt, e.g. after :meth:`GalleryIndex.remove`.  If it ever returns
   fewer than ``k`` neighbours for a query, that query is answered by the exact index instead.
@@ -106,8 +107,9 @@ class GalleryIndex(GalleryStorage, Identification):
             another model.
         score_threshold: minimum ``top_score`` to accept (``None``: never reject as unknown).
         margin_threshold: minimum vote-share margin to accept (else "reshoot").
-        ef_search: HNSW search breadth (higher = better recall, slower).
-        ef_construction: HNSW build breadth.
+        ef_search: HNSW search breadth (higher = better recall, slower; default ``vector_index.HNSW_EF_SEARCH``,
+            chosen at 1M vectors: bench/README.md, "Gallery at scale").
+        ef_construction: HNSW build breadth (default ``vector_index.HNSW_EF_CONSTRUCTION``).
         approximate_index: ``"auto"`` (by size, :func:`model_pkg.vector_index.choose_spec`), ``"hnsw"``,
             ``"ivf_flat"`` or ``"ivf_pq"`` (IVF needs ``vector_index.IVF_MIN_TRAIN`` vectors; a smaller
             gallery uses HNSW).

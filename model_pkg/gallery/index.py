@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import vector_index as vi
 from ..vector_index import spec as index_spec  # the size thresholds, read at call time (tests scale them down)
-from .common import DEFAULT_MARGIN_THRESHOLD, HNSW_M, MIN_DISTANCE, EmptyGalleryError, check_k, check_strings
+from .common import DEFAULT_MARGIN_THRESHOLD, MIN_DISTANCE, EmptyGalleryError, check_k, check_strings
 from .inputs import check_metadata, check_settings, new_row_ids, prepare_vectors
 
 __all__ = ["VectorStore"]
@@ -30,8 +30,8 @@ class VectorStore:
         *,
         score_threshold: float | None = None,
         margin_threshold: float = DEFAULT_MARGIN_THRESHOLD,
-        ef_search: int = 64,
-        ef_construction: int = 40,
+        ef_search: int = index_spec.HNSW_EF_SEARCH,
+        ef_construction: int = index_spec.HNSW_EF_CONSTRUCTION,
         approximate_index: str = "auto",
     ) -> None:
         check_settings(
@@ -145,14 +145,13 @@ class VectorStore:
             kind = index_spec.choose_spec(n, self.dim, exact_vectors_kept=True).kind
         # approximate wanted where exact would do, or too few vectors to train IVF cells: HNSW
         if kind in ("flat", "hnsw") or n < index_spec.IVF_MIN_TRAIN:
-            return vi.IndexSpec("hnsw", hnsw_m=HNSW_M, ef_search=self._ef_search, ef_construction=self.ef_construction)
-        ivf = index_spec.choose_spec(max(n, index_spec.IVF_MIN), self.dim, exact_vectors_kept=True)
+            return index_spec.hnsw_spec(self._ef_search, self.ef_construction, rerank=index_spec.HNSW_RERANK)
         return vi.IndexSpec(
             kind,
-            nlist=min(int(ivf.nlist or 1), n // index_spec.TRAIN_POINTS_PER_CELL),
-            nprobe=ivf.nprobe,
-            pq_m=ivf.pq_m if kind == "ivf_pq" else None,
-            rerank=ivf.rerank if kind == "ivf_pq" else 1,  # IVF-Flat scores exactly already
+            nlist=min(index_spec.nlist_for(max(n, index_spec.IVF_MIN)), n // index_spec.TRAIN_POINTS_PER_CELL),
+            nprobe=index_spec.IVF_NPROBE,
+            pq_m=index_spec.pq_m_for(self.dim) if kind == "ivf_pq" else None,
+            rerank=index_spec.RERANK if kind == "ivf_pq" else 1,  # IVF-Flat scores exactly already
         )
 
     def _build_approximate(self) -> None:
@@ -181,7 +180,7 @@ class VectorStore:
         k_eff = min(k, n)
         index = self._flat if exact else self._active_index()
         rerank = 1 if index is self._flat or self._approx_spec is None else self._approx_spec.rerank
-        if rerank > 1:  # IVF-PQ candidates re-scored exactly against the kept vectors
+        if rerank > 1:  # IVF-PQ / HNSW-fp16 candidates re-scored exactly against the kept vectors
             _, cand = index.search(vecs, min(n, k_eff * rerank))
             dist, pos = vi.rerank(self._vectors_view(), vecs, cand, k_eff, self.metric)
         else:

@@ -20,6 +20,7 @@ __all__ = [
     "IndexSpec",
     "VectorIndexError",
     "choose_spec",
+    "hnsw_spec",
     "nlist_for",
     "pq_m_for",
     "spec_for_build",
@@ -30,10 +31,16 @@ KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 
 # Chosen from bench/bench_gallery_scale.py (bench/README.md, "Gallery at scale"); see choose_spec.
 EXACT_MAX = 20_000  # exact scan: 18 ms per query at 100k, 233 ms at 1M on 2 cores (about 4 ms here)
-IVF_MIN = 100_000  # from here IVF-PQ + exact re-ranking is faster to build than HNSW and as accurate
+IVF_MIN = 100_000  # `gallery build` (no float vectors in memory): IVF from here, HNSW below
 HNSW_M = 32
-HNSW_EF_SEARCH = 64
-HNSW_EF_CONSTRUCTION = 40
+# 1M realistic vectors, 2 cores (bench/README.md, "Gallery at scale"): HNSW32 with float16 storage, efSearch 224:
+# recall@10 0.959 at p50 1.89 ms (192: 0.947 at 1.63 ms); efConstruction 80 builds it in 8 minutes
+HNSW_EF_SEARCH = 224
+HNSW_EF_CONSTRUCTION = 80
+HNSW_STORAGE = "fp16"  # the graph's copy of the vectors: half the bytes per distance, same recall as float32
+HNSW_STORAGES = ("flat", "fp16")
+HNSW_RERANK = 2  # a gallery re-scores its HNSW-fp16 candidates exactly: exact scores, a little more recall
+HNSW_MAX_KEPT = 2_000_000  # a GalleryIndex (float vectors kept) uses HNSW up to here; IVF-PQ builds faster beyond
 IVF_MIN_TRAIN = 10_000  # fewer vectors cannot train IVF cells and PQ codebooks well: such a gallery uses HNSW
 IVF_NPROBE = 64  # 1M realistic vectors: recall@10 0.66 at p50 1.7 ms with re-ranking (bench/README.md)
 RERANK_FROM_DISK = 10  # `gallery build` IVF-PQ: candidates re-scored from the float16 copy on disk
@@ -60,6 +67,7 @@ class IndexSpec:
     ef_search: int | None = None
     ef_construction: int | None = None
     rerank: int = 1
+    storage: str = "flat"  # hnsw: the vectors inside the graph, "flat" (float32) or "fp16"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -72,6 +80,8 @@ class IndexSpec:
             raise VectorIndexError(f"an {self.kind} index needs nlist (the number of k-means cells)")
         if self.kind == "ivf_pq" and self.pq_m is None:
             raise VectorIndexError("an ivf_pq index needs pq_m (bytes per vector)")
+        if self.storage not in HNSW_STORAGES:
+            raise VectorIndexError(f"storage must be one of {', '.join(HNSW_STORAGES)}, got {self.storage!r}")
         if isinstance(self.rerank, bool) or not isinstance(self.rerank, (int, np.integer)) or self.rerank < 1:
             raise VectorIndexError(f"rerank must be an integer >= 1 (1 = no exact re-ranking), got {self.rerank!r}")
 
@@ -79,7 +89,7 @@ class IndexSpec:
         if self.kind == "flat":
             return "Flat"
         if self.kind == "hnsw":
-            return f"HNSW{self.hnsw_m or HNSW_M}"
+            return f"HNSW{self.hnsw_m or HNSW_M}" + (",SQfp16" if self.storage == "fp16" else "")
         if self.kind == "ivf_flat":
             return f"IVF{self.nlist},Flat"
         return f"IVF{self.nlist},PQ{self.pq_m}"
@@ -110,20 +120,34 @@ def nlist_for(n: int) -> int:
     return int(2 ** round(math.log2(max(16.0, 4.0 * math.sqrt(n)))))
 
 
+def hnsw_spec(ef_search: int | None = None, ef_construction: int | None = None, rerank: int = 1) -> IndexSpec:
+    """The HNSW index every path builds: M = ``HNSW_M``, float16 storage, the measured search breadths."""
+    return IndexSpec(
+        "hnsw",
+        hnsw_m=HNSW_M,
+        ef_search=ef_search or HNSW_EF_SEARCH,
+        ef_construction=ef_construction or HNSW_EF_CONSTRUCTION,
+        storage=HNSW_STORAGE,
+        rerank=rerank,
+    )
+
+
 def choose_spec(n: int, dim: int, exact_vectors_kept: bool = False, memory_bytes: int | None = None) -> IndexSpec:
     """The index for ``n`` vectors of dimension ``dim``.
 
     * ``n <= EXACT_MAX``: exact (fast enough, nothing to build);
-    * ``n < IVF_MIN``: HNSW (no training; builds in seconds at this size);
-    * larger: IVF with about ``4 sqrt(n)`` cells.  With ``exact_vectors_kept`` (a GalleryIndex holds the
-      float vectors anyway) IVF-PQ codes plus exact re-ranking of ``RERANK * k`` candidates; otherwise
-      IVF-Flat when the float vectors fit in ``memory_bytes`` (default 2 GiB), else IVF-PQ with dim/4-byte
-      codes (re-ranked from a float16 copy on disk by ``gallery build``).
+    * ``n < IVF_MIN``, or with ``exact_vectors_kept`` (a GalleryIndex holds the float vectors anyway)
+      ``n < HNSW_MAX_KEPT``: HNSW with float16 storage (no training; at 1M the best recall under 2 ms), its
+      ``HNSW_RERANK * k`` candidates re-scored exactly when the float vectors are kept;
+    * larger: IVF with about ``4 sqrt(n)`` cells.  With ``exact_vectors_kept``, IVF-PQ codes plus exact
+      re-ranking of ``RERANK * k`` candidates; otherwise IVF-Flat when the float vectors fit in
+      ``memory_bytes`` (default 2 GiB), else IVF-PQ with dim/4-byte codes (re-ranked from a float16 copy on
+      disk by ``gallery build``).
     """
     if n <= EXACT_MAX:
         return IndexSpec("flat")
-    if n < IVF_MIN:
-        return IndexSpec("hnsw", hnsw_m=HNSW_M, ef_search=HNSW_EF_SEARCH, ef_construction=HNSW_EF_CONSTRUCTION)
+    if n < IVF_MIN or (exact_vectors_kept and n < HNSW_MAX_KEPT):
+        return hnsw_spec(rerank=HNSW_RERANK if exact_vectors_kept else 1)
     nlist = nlist_for(n)
     budget = memory_bytes if memory_bytes is not None else 2 * 2**30
     if exact_vectors_kept:
@@ -155,7 +179,7 @@ def spec_for_build(
     elif kind == "flat":
         spec = IndexSpec("flat")
     elif kind == "hnsw":
-        spec = IndexSpec("hnsw", hnsw_m=HNSW_M, ef_search=HNSW_EF_SEARCH, ef_construction=HNSW_EF_CONSTRUCTION)
+        spec = hnsw_spec()
     elif kind in ("ivf_flat", "ivf_pq"):
         code_size = pq_m_for(dim, PQ_BYTES_PER_DIM_STANDALONE) if kind == "ivf_pq" else None
         spec = IndexSpec(kind, nlist=nlist_for(n), nprobe=IVF_NPROBE, pq_m=code_size)
