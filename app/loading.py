@@ -162,7 +162,7 @@ def load_text(settings: argparse.Namespace, log: Callable[[str], None]):
         return None, why
     try:
         ensure_text_index(text.engine, text.model, Path(settings.assets_dir), Path(settings.data), log)
-    except Exception as err:  # the other helper's engine: any failure disables only this tab
+    except Exception as err:  # whatever the index build raises disables only this tab, with the reason
         return None, f"the text index could not be built: {type(err).__name__}: {err}"
     return text, None
 

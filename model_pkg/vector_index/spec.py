@@ -31,7 +31,8 @@ KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 
 # Chosen from bench/bench_gallery_scale.py (bench/README.md, "Gallery at scale"); see choose_spec.
 EXACT_MAX = 20_000  # exact scan: 18 ms per query at 100k, 233 ms at 1M on 2 cores (about 4 ms here)
-IVF_MIN = 100_000  # `gallery build` (no float vectors in memory): IVF from here, HNSW below
+IVF_MIN = 100_000  # `gallery build` (no float vectors in memory): IVF from here, HNSW below; also the size
+# from which a GalleryIndex goes approximate (`approximate_above`: exact search takes 18 ms per query at 100k)
 HNSW_M = 32
 # 1M realistic vectors, 2 cores (bench/README.md, "Gallery at scale"): HNSW32 with float16 storage, efSearch 224:
 # recall@10 0.959 at p50 1.89 ms (192: 0.947 at 1.63 ms); efConstruction 80 builds it in 8 minutes
