@@ -12,7 +12,7 @@ Speed (default): JPEG files of test dogs (DogFaceNet) -> decode, resize, normali
 * `ours onnx fp32` / `ours onnx int8`: the same model with its `python -m model_pkg.export onnx` export
   (`--int8` for the latter) in `<model>/onnx/`, served by onnxruntime (`model_pkg.onnx_runtime`);
 * `+ decode threads`: the ONNX paths with JPEG decoding on `--decode-threads` threads, one batch ahead;
-* `shipped ...`: models/arcface-embedder (160 px, flip TTA: two backbone passes per photo), whole embedding.
+* `shipped ...`: models/arcface-embedder (its image size; flip TTA = two backbone passes per photo), whole embedding.
 `model only` is the same forward pass on pixels decoded beforehand.
 
 Dual encoder (`--dual models/dual-encoder --json bench/results/embed_speed_dual.json`): `encode_text` on Flickr8k
@@ -147,6 +147,8 @@ def speed(args, work: str) -> dict:
     def shipped(model):
         return lambda x: model.get_image_features(pixel_values=x.contiguous(memory_format=torch.channels_last))
 
+    cfg = shipped_pt.config
+    what = f"{cfg.image_size} px, flip TTA" if getattr(cfg, "tta_flip", False) else f"{cfg.image_size} px"
     variants = {  # name: (encode, transform, decode threads)
         "timm eager": (timm_model, timm_transform, 0),
         "ours pytorch": (ours(ours_pt), ours_tf, 0),
@@ -155,9 +157,9 @@ def speed(args, work: str) -> dict:
         f"ours onnx fp32, spinning {'off' if SPINNING else 'on'}": (ours(ours_fp32_other), ours_tf, 0),
         "ours onnx fp32 + decode threads": (ours(ours_fp32), ours_tf, args.decode_threads),
         "ours onnx int8 + decode threads": (ours(ours_int8), ours_tf, args.decode_threads),
-        "shipped pytorch (160 px, flip TTA)": (shipped(shipped_pt), shipped_tf, 0),
-        "shipped onnx fp32 (160 px, flip TTA)": (shipped(shipped_fp32), shipped_tf, 0),
-        "shipped onnx int8 (160 px, flip TTA)": (shipped(shipped_int8), shipped_tf, 0),
+        f"shipped pytorch ({what})": (shipped(shipped_pt), shipped_tf, 0),
+        f"shipped onnx fp32 ({what})": (shipped(shipped_fp32), shipped_tf, 0),
+        f"shipped onnx int8 ({what})": (shipped(shipped_int8), shipped_tf, 0),
     }
     rows = []
     for batch in args.batch_sizes:
