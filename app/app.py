@@ -111,14 +111,14 @@ for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailab
         log(f"{tab} unavailable: {why}")
 # The text-search model loads in the background once the UI is built (started at the end of this file): the other
 # tabs answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
-text_search_state = None
-text_unavailable = missing_model(SETTINGS.dual_model, "dual encoder", "--dual-model")
-text_loaded = threading.Event()
-if text_unavailable:
-    log(f"text search unavailable: {text_unavailable}")
-    text_loaded.set()
+# What the UI and the REST API answer with (`app.api.Services`): one place, which the background load fills in.
+services = Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_loaded=threading.Event())
+services.text_unavailable = missing_model(SETTINGS.dual_model, "dual encoder", "--dual-model")
+if services.text_unavailable:
+    log(f"text search unavailable: {services.text_unavailable}")
+    services.text_loaded.set()
 else:
-    text_unavailable = "the text-search model is still loading; try again in a few seconds"
+    services.text_unavailable = "the text-search model is still loading; try again in a few seconds"
 if SETTINGS.max_batch_size > 0:
     # Concurrent requests share one backbone pass instead of each running its own, several at once, on the same
     # cores; a lone request runs at once (bench/README.md, "App under load" compares the options).
@@ -220,13 +220,11 @@ def register(name, files, progress=gr.Progress()):
 # --------------------------------------------------------------------------------------------------
 def wait_for_text_search(timeout: float = TEXT_LOAD_WAIT_S):
     """-> (TextSearch, None) or (None, why), once the background load is done (or `timeout` s have passed)."""
-    text_loaded.wait(timeout)
-    return text_search_state, text_unavailable
+    services.text_loaded.wait(timeout)
+    return services.text, services.text_unavailable
 
 
 def _text_search_loaded(text, why: str | None) -> None:
-    global text_search_state, text_unavailable
-    text_search_state, text_unavailable = text, why
     services.text, services.text_unavailable = text, why
     log("text search ready" if text is not None else f"text search unavailable: {why}")
 
@@ -246,8 +244,8 @@ def search_text(query, top_k=8):
 
 
 def build_text_search_tab() -> None:
-    if text_loaded.is_set() and text_search_state is None:  # known at start: no model there to load
-        gr.Markdown(f"**Text search unavailable:** {text_unavailable}")
+    if services.text_loaded.is_set() and services.text is None:  # known at start: no model there to load
+        gr.Markdown(f"**Text search unavailable:** {services.text_unavailable}")
     query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass", elem_id="text-query")
     top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
     button = gr.Button("Search", variant="primary")
@@ -355,11 +353,10 @@ os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
 
 # One FastAPI application: the JSON REST API under /api/v1 (`app/api.py`, schema at /docs) and the UI at /,
 # both on the models loaded above. `uvicorn app.app:app` serves the same program.
-services = Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_search_state, text_unavailable, text_loaded)
 api = create_api(services)
 app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD_BYTES)
-if not text_loaded.is_set():
-    BackgroundLoad("the text-search model", lambda: load_text(SETTINGS, log), _text_search_loaded, text_loaded).start()
+if not services.text_loaded.is_set():
+    BackgroundLoad("the text-search model", lambda: load_text(SETTINGS, log), _text_search_loaded, services.text_loaded).start()
 
 if __name__ == "__main__":
     import uvicorn

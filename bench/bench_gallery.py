@@ -26,7 +26,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gallery_measure as measure  # noqa: E402  (a sibling of this script)
 
 from model_pkg.gallery import HNSW_M  # noqa: E402
 
@@ -199,14 +200,7 @@ def main(argv=None) -> dict:
         rows.extend(run_size(size, args))
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "faiss_threads": faiss.omp_get_max_threads(),
-            "platform": platform.platform(),
-            "faiss_version": getattr(faiss, "__version__", None),
-            "numpy_version": np.__version__,
-            "total_memory_bytes": psutil.virtual_memory().total,
-        },
+        "machine": measure.machine_info(),
         "results": rows,
     }
     if args.json:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..vector_index.spec import HNSW_M as HNSW_M  # re-exported: the one HNSW degree, for galleries and `gallery build`
+
 FORMAT = "petmatch-gallery"
 FORMAT_VERSION = 2  # 2: IVF indexes; flat and HNSW galleries are still written as version 1
 INDEX_FILE = "index.faiss"
@@ -15,7 +17,6 @@ VECTORS_FILE = "vectors.npy"
 META_FILE = "gallery.json"
 GALLERY_FILES = (INDEX_FILE, VECTORS_FILE, META_FILE)
 
-HNSW_M = 32
 MIN_DISTANCE = 1e-6  # clamp for the 1/d vote weight (an exact duplicate gets weight 1e6)
 DEFAULT_MARGIN_THRESHOLD = 0.05
 MIN_MARGIN_CANDIDATE = 1e-6  # calibrate never goes below this: exact ties stay "reshoot"
