@@ -46,7 +46,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import gallery_measure as measure  # noqa: E402
-from gallery_scale_sim import cmd_sim  # noqa: E402
+from gallery_scale_sim import cmd_sim, ivf_pq  # noqa: E402
 from gallery_vectors import DogEmbeddingGenerator, cmd_fit, load_stats  # noqa: E402
 
 from model_pkg import vector_index as vi  # noqa: E402
@@ -89,9 +89,7 @@ def cmd_speed(args) -> dict:
             "recall_at_10": 1.0,
         }
     )
-    del exact
-    gc.collect()
-
+    # `exact` stays: the IVF-PQ candidates are re-scored against it, as a GalleryIndex re-scores against its flat index
     rng = np.random.default_rng(args.seed)
     for nlist in args.nlist:
         train_n = min(args.size, nlist * vi.TRAIN_POINTS_PER_CELL)
@@ -130,23 +128,28 @@ def cmd_speed(args) -> dict:
         for m in args.pq_m:
             before = measure.rss_bytes()
             t = time.perf_counter()
-            pq = faiss.IndexIVFPQ(quantizer, gen.dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-            pq.do_polysemous_training = False
-            vi.configure_pq_training(pq)
+            pq = ivf_pq(quantizer, gen.dim, nlist, m, args.pq_bits)
             pq.train(sample)  # the cells are trained already: this trains the codebooks only
             pq_train_s = time.perf_counter() - t
             t = time.perf_counter()
-            pq.add_core(args.size, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
+            if args.pq_bits == 4:  # add_core with precomputed cells crashes fast-scan indexes (faiss 1.15)
+                pq.add(x)
+                pq.implem = vi.FASTSCAN_IMPLEM
+            else:
+                pq.add_core(args.size, faiss.swig_ptr(x), None, faiss.swig_ptr(assign))
             pq_add_s = time.perf_counter() - t
             pq_bytes, delta = measure.index_file_bytes(pq), measure.rss_bytes() - before
             for nprobe in args.nprobe:
                 pq.nprobe = nprobe
                 for factor in args.rerank:
-                    search = measure.faiss_search(pq, k) if factor == 1 else measure.reranked_search(pq, x, k, factor)
+                    search = measure.faiss_search(pq, k) if factor == 1 else measure.reranked_search(pq, exact, k, factor)
                     lat, ids = measure.timed_search(search, q, args.single)
                     emit(
                         {
-                            "index": f"IVF{nlist},PQ{m}" + (f" + exact re-rank of {factor * k}" if factor > 1 else ""),
+                            "index": f"IVF{nlist},PQ{m}"
+                            + ("x4fs" if args.pq_bits == 4 else "")
+                            + (f" + exact re-rank of {factor * k}" if factor > 1 else ""),
+                            "pq_bits": args.pq_bits,
                             "nlist": nlist,
                             "nprobe": nprobe,
                             "pq_m": m,
@@ -166,27 +169,32 @@ def cmd_speed(args) -> dict:
     if args.gallery:  # the GalleryIndex path itself: auto index choice, search() end to end
         from model_pkg.gallery import GalleryIndex
 
-        g = GalleryIndex(gen.dim, "ip", approximate_above=vi.EXACT_MAX)
+        g = GalleryIndex(gen.dim, "ip")
         g.add(x, ["d"] * args.size, ids=[str(i) for i in range(args.size)])
         t = time.perf_counter()
-        g.search(q[:1], k=k)  # builds the approximate index chosen for this size
+        g.build_approximate()  # the index chosen for this size (also below the gallery's own threshold)
         build = time.perf_counter() - t
-        lat, ids = measure.timed_search(lambda qq: np.array([[int(v) for v in g.search(qq, k=k)[2][0]]]), q, args.single)
-        # the same faiss index without the gallery around it (candidates as the gallery asks for them): what the
-        # gallery's own work (query checks, exact re-scoring, ids) adds
-        index, candidates = g._active_index(), k * g.approximate_spec.rerank
-        raw_lat, _ = measure.timed_search(measure.faiss_search(index, candidates), q, args.single)
-        emit(
-            {
-                "index": f"GalleryIndex auto ({g.approximate_spec.factory_string()})",
-                "spec": g.approximate_spec.to_dict(),
-                "build_s": round(build, 2),
-                "index_bytes": measure.index_file_bytes(index),
-                "batch1": lat,
-                "index_alone_batch1": raw_lat,
-                "recall_at_10": measure.recall_at_k(ids, truth),
-            }
-        )
+        index, spec = g._active_index(), g.approximate_spec
+        knob = "nprobe" if spec.kind.startswith("ivf") else "ef_search"
+        for value in args.gallery_knob or [getattr(spec, knob)]:  # the default, or the values asked for
+            setattr(spec, knob, value)
+            vi.apply_search_params(index, spec)
+            lat, ids = measure.timed_search(lambda qq: np.array([[int(v) for v in g.search(qq, k=k)[2][0]]]), q, args.single)
+            # the same faiss index without the gallery around it (candidates as the gallery asks for them): what the
+            # gallery's own work (query checks, exact re-scoring, ids) adds
+            raw_lat, _ = measure.timed_search(measure.faiss_search(index, k * spec.rerank), q, args.single)
+            emit(
+                {
+                    "index": f"GalleryIndex auto ({spec.factory_string()}, {knob} {value}, {k * spec.rerank} re-scored)",
+                    "spec": spec.to_dict(),
+                    knob: value,
+                    "build_s": round(build, 2),
+                    "index_bytes": measure.index_file_bytes(index),
+                    "batch1": lat,
+                    "index_alone_batch1": raw_lat,
+                    "recall_at_10": measure.recall_at_k(ids, truth),
+                }
+            )
         del g
         gc.collect()
 
@@ -259,6 +267,12 @@ def main(argv=None) -> dict:
         help="vectors inside the HNSW graph: flat (float32), fp16 (comma-separated for both)",
     )
     speed.add_argument("--gallery", action="store_true", help="also time GalleryIndex.search with its automatic index")
+    speed.add_argument("--gallery-knob", type=ints, default=[], help="--gallery: nprobe (IVF) or efSearch (HNSW) values to sweep")
+    for name in ("speed", "sim"):
+        sub.choices[name].add_argument("--pq-bits", type=int, choices=(4, 8), default=8, help="4: fast-scan PQ")
+    sub.choices["sim"].add_argument(
+        "--implem", type=int, default=15, help="fast-scan search implementation (faiss; 15: one query over both cores)"
+    )
     sub.choices["sim"].add_argument("--rerank-store", default=None, help="float16 vectors file for re-ranking (outside the repo)")
     args = parser.parse_args(argv)
     return args.func(args)

@@ -219,7 +219,7 @@ def test_auto_index_choice_follows_size(monkeypatch, ivf_world):
     g = GalleryIndex(DIM, approximate_above=1000)
     g.add(x, labels)
     g.search(q[:1])
-    assert g.approximate_spec.kind == "hnsw" and g.approximate_spec.storage == "fp16"  # below HNSW_MAX_KEPT
+    assert g.approximate_spec.kind == "hnsw" and g.approximate_spec.storage == "fp16"  # below IVF_MIN
     scores, _, ids = g.search(q, k=10)
     exact_scores, _, ids_exact = g.search(q, k=10, exact=True)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ids_exact)]) > 0.95
@@ -229,10 +229,9 @@ def test_auto_index_choice_follows_size(monkeypatch, ivf_world):
     np.testing.assert_allclose(scores[same, 0], exact_scores[same, 0], rtol=1e-6)
     monkeypatch.setattr(vector_index_spec, "EXACT_MAX", 1_000)  # the 1M-scale thresholds, scaled down
     monkeypatch.setattr(vector_index_spec, "IVF_MIN", 10_000)
-    monkeypatch.setattr(vector_index_spec, "HNSW_MAX_KEPT", 10_000)
     g.build_approximate()
     spec = g.approximate_spec
-    assert spec.kind == "ivf_pq" and spec.rerank > 1 and "index=ivf_pq" in repr(g)
+    assert spec.fast_scan and spec.rerank == vector_index.GALLERY_RERANK and "index=ivf_pq" in repr(g)
 
 
 @pytest.mark.parametrize("kind", ["ivf_pq", "ivf_flat"])
@@ -249,7 +248,7 @@ def test_ivf_gallery_recall_and_round_trip(ivf_world, tmp_path, kind):
         g.approximate_spec.rerank = 1
         codes_only = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.search(q, k=10)[2], ids_exact)])
         assert codes_only < recall - 0.1
-        g.approximate_spec.rerank = vector_index.RERANK
+        g.approximate_spec.rerank = vector_index.GALLERY_RERANK
     g.save(tmp_path / "g")
     meta = json.loads((tmp_path / "g" / "gallery.json").read_text())
     assert meta["index_type"] == kind and meta["version"] == 2 and meta["vector_index"]["kind"] == kind
@@ -259,8 +258,11 @@ def test_ivf_gallery_recall_and_round_trip(ivf_world, tmp_path, kind):
     np.testing.assert_array_equal(a[0], b[0])
     assert a[2] == b[2]
     assert [p.to_dict() for p in g.classify(q[:5])] == [p.to_dict() for p in h.classify(q[:5])]
-    h.remove(labels[0])  # the IVF index is rebuilt from the kept vectors on the next search
+    trained = h._approx
+    h.remove(labels[0])  # the IVF index keeps its cells (no retraining) and takes the remaining vectors again
+    assert h._approx is trained and h._approx.ntotal == len(h) and h.is_approximate
     assert all(labels[0] not in row for row in h.search(q[:3], k=10)[1]) and h.approximate_spec.kind == kind
+    assert h.search(q[3:4], k=1)[2] == h.search(q[3:4], k=1, exact=True)[2]  # positions still match the rows
 
 
 def test_small_gallery_asking_for_ivf_uses_hnsw(world):

@@ -70,18 +70,32 @@ def write_embeddings(folder: Path, x: np.ndarray, labels: np.ndarray, shard: int
 def test_choose_spec_by_size():
     assert vi.choose_spec(vi.EXACT_MAX, 512).kind == "flat"
     assert vi.choose_spec(vi.EXACT_MAX + 1, 512).kind == "hnsw"
-    big = vi.choose_spec(1_000_000, 512)
-    assert big.kind == "ivf_flat" and big.nlist == 4096 and big.nprobe == vi.IVF_NPROBE  # 2 GB of floats fits 2 GiB
-    kept = vi.choose_spec(1_000_000, 512, exact_vectors_kept=True)  # a gallery keeps its float vectors: HNSW-fp16
-    assert kept.kind == "hnsw" and kept.factory_string() == "HNSW32,SQfp16" and kept.rerank == vi.HNSW_RERANK
-    assert vi.choose_spec(100_000, 512).rerank == 1  # nothing to re-score from without the float vectors
-    beyond = vi.choose_spec(vi.HNSW_MAX_KEPT, 512, exact_vectors_kept=True)
-    assert beyond.kind == "ivf_pq" and beyond.pq_m == 64 and beyond.rerank == vi.RERANK
-    huge = vi.choose_spec(10_000_000, 512)
-    assert huge.kind == "ivf_pq" and huge.nlist == 16384 and huge.factory_string() == "IVF16384,PQ128"
-    assert vi.choose_spec(vi.HNSW_MAX_KEPT, 100, exact_vectors_kept=True).pq_m == 10  # a divisor of the dimension
-    assert vi.train_sample_size(big, 1_000_000) == 4096 * vi.TRAIN_POINTS_PER_CELL
-    assert vi.train_sample_size(vi.choose_spec(100_000_000, 512), 100_000_000) == 32768 * 40  # >= 39 per cell
+    assert vi.choose_spec(vi.IVF_MIN - 1, 512).rerank == 1  # nothing to re-score from without the float vectors
+    small = vi.choose_spec(vi.IVF_MIN - 1, 512, exact_vectors_kept=True)  # a gallery keeps its float vectors
+    assert small.factory_string() == "HNSW32,SQfp16" and small.rerank == vi.HNSW_RERANK
+    # from IVF_MIN: fast-scan IVF-PQ, dim/2 4-bit codes; a gallery (float vectors in RAM) scans more cells of
+    # finer cells and re-scores fewer candidates than `gallery build` (a float16 copy on disk)
+    kept = vi.choose_spec(1_000_000, 512, exact_vectors_kept=True)
+    assert kept.factory_string() == "IVF2048,PQ256x4fs" and kept.nprobe == 192 and kept.rerank == vi.GALLERY_RERANK
+    built = vi.choose_spec(10_000_000, 512)
+    assert built.factory_string() == "IVF4096,PQ256x4fs" and built.nprobe == 256 and built.rerank == vi.BUILD_RERANK
+    assert built.code_bytes(512) == 128  # 10M vectors: 1.3 GB of codes
+    assert vi.choose_spec(1_000_000, 100).pq_m == 50  # a divisor of the dimension
+    # never more cells than the vectors can train
+    assert vi.choose_spec(vi.IVF_MIN, 512).nlist * vi.TRAIN_POINTS_PER_CELL <= vi.IVF_MIN
+    assert vi.train_sample_size(kept, 1_000_000) == 2048 * vi.TRAIN_POINTS_PER_CELL
+    assert vi.train_sample_size(vi.IndexSpec("ivf_pq", nlist=32768, pq_m=64), 100_000_000) == 32768 * 40  # >= 39 per cell
+
+
+def test_spec_for_build_named_kinds_and_on_disk():
+    assert vi.spec_for_build("ivf_pq", 50_000, 512).fast_scan  # asked for by name: whatever the size
+    flat = vi.spec_for_build("ivf_flat", 1_000_000, 512)
+    assert flat.factory_string() == "IVF4096,Flat" and flat.rerank == 1
+    # on-disk inverted lists hold plain codes, not fast-scan blocks: 8-bit PQ, dim/4 bytes
+    disk = vi.spec_for_build("auto", 10_000_000, 512, on_disk=True)
+    assert disk.factory_string() == "IVF16384,PQ128" and disk.rerank == vi.RERANK_FROM_DISK
+    custom = vi.spec_for_build("auto", 10_000_000, 512, nlist=1024, nprobe=8, pq_m=64, rerank_factor=3)
+    assert (custom.nlist, custom.nprobe, custom.pq_m, custom.rerank, custom.pq_bits) == (1024, 8, 64, 3, 4)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +106,7 @@ def test_choose_spec_by_size():
         ({"kind": "ivf_pq", "nlist": 16}, "needs pq_m"),
         ({"kind": "hnsw", "hnsw_m": 0}, "hnsw_m must be"),
         ({"kind": "flat", "rerank": 0}, "rerank must be"),
+        ({"kind": "ivf_pq", "nlist": 16, "pq_m": 8, "pq_bits": 6}, "pq_bits must be"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, message):
@@ -99,14 +114,14 @@ def test_bad_specs_are_refused(kwargs, message):
         vi.IndexSpec(**kwargs)
 
 
-@pytest.mark.parametrize("kind", vi.KINDS)
-def test_build_index_kinds_find_the_vectors_themselves(kind):
+@pytest.mark.parametrize(("kind", "bits"), [(kind, 8) for kind in vi.KINDS] + [("ivf_pq", 4)])
+def test_build_index_kinds_find_the_vectors_themselves(kind, bits):
     x, _ = clustered(300, 4, seed=1)
-    spec = vi.IndexSpec(kind, nlist=16, nprobe=16, pq_m=8, hnsw_m=16, ef_search=64, ef_construction=40)
+    spec = vi.IndexSpec(kind, nlist=16, nprobe=16, pq_m=8, hnsw_m=16, ef_search=64, ef_construction=40, pq_bits=bits)
     index = vi.build_index(x, spec)
     assert vi.kind_of(index) == kind and index.ntotal == len(x)
     _, pos = index.search(x[:50], 10)
-    if kind == "ivf_pq":  # lossy 8-byte codes: the vector itself is among the first 10, not always first
+    if kind == "ivf_pq":  # lossy 8-byte (4-byte) codes: the vector itself is among the first 10, not always first
         assert (pos == np.arange(50)[:, None]).any(axis=1).mean() >= 0.9
     else:
         assert (pos[:, 0] == np.arange(50)).all()
@@ -135,6 +150,14 @@ def test_rerank_is_exact_on_its_candidates():
     l2 = faiss.IndexFlatL2(DIM)
     l2.add(x)
     np.testing.assert_array_equal(i2, l2.search(q, 5)[1])
+    # the same from the faiss index holding the vectors (a gallery's), and from a float16 copy (gallery build's)
+    for vectors, metric, index in ((flat, "ip", flat), (l2, "l2", l2), (x.astype(np.float16), "ip", flat)):
+        d3, i3 = vi.rerank(vectors, q, missing, 2, metric=metric)
+        assert (i3[:, 0] == 7).all() and (i3[:, 1] == -1).all()
+        d3, i3 = vi.rerank(vectors, q, everyone, 5, metric=metric)
+        want_d, want_i = index.search(q, 5)
+        assert (i3 == want_i).mean() > 0.97  # float16 may swap near-ties
+        np.testing.assert_allclose(d3, want_d, rtol=1e-2 if vectors.__class__ is np.ndarray else 1e-5, atol=1e-3)
 
 
 def test_pq_with_rerank_beats_pq_alone():
@@ -180,7 +203,9 @@ def test_build_from_embeddings_and_search(embeddings, tmp_path, on_disk):
     assert len(index) == len(x) and index.nprobe == 64
     scores, found, labels = index.search(x[:100], k=5)
     assert [row[0] for row in found] == ids[:100]  # PQ candidates re-scored with the float16 copy: itself first
-    assert index.spec.rerank == vi.RERANK_FROM_DISK
+    # in memory: fast-scan codes; on disk (faiss's on-disk lists hold plain codes): 8-bit codes
+    assert index.spec.fast_scan != on_disk
+    assert index.spec.rerank == (vi.RERANK_FROM_DISK if on_disk else vi.BUILD_RERANK)
     assert labels[0][0] == "dog0" and scores.shape == (100, 5) and (np.diff(scores, axis=1) <= 1e-6).all()
 
 

@@ -22,9 +22,9 @@ Rules
   builds an approximate index and uses it; :meth:`GalleryIndex.build_approximate` builds it now
   whatever the size.  Which one (``approximate_index="auto"``) depends on the size
   (:func:`model_pkg.vector_index.choose_spec`, numbers in bench/README.md "Gallery at scale"):
-  HNSW (M=32, float16 vectors inside the graph, ``ef_search`` configurable) below
-  ``vector_index.HNSW_MAX_KEPT`` vectors (2M), above it IVF-PQ; either way the candidates are re-scored
-  exactly against the kept vectors, so every score is exact.
+  fast-scan IVF-PQ (4-bit codes, about ``2 sqrt(n)`` cells of which 3/32 are scanned); ``"hnsw"`` (M=32,
+  float16 vectors inside the graph, ``ef_search`` configurable) when asked for; either way the candidates are
+  re-scored exactly against the kept vectors, so every score is exact.
   The exact vectors are always kept (in the flat index, and in ``vectors.npy`` on disk) so the
   approximate index can be rebuilt, e.g. after :meth:`GalleryIndex.remove`.  If it ever returns
   fewer than ``k`` neighbours for a query, that query is answered by the exact index instead.

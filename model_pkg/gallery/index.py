@@ -146,13 +146,11 @@ class VectorStore:
         # approximate wanted where exact would do, or too few vectors to train IVF cells: HNSW
         if kind in ("flat", "hnsw") or n < index_spec.IVF_MIN_TRAIN:
             return index_spec.hnsw_spec(self._ef_search, self.ef_construction, rerank=index_spec.HNSW_RERANK)
-        return vi.IndexSpec(
-            kind,
-            nlist=min(index_spec.nlist_for(max(n, index_spec.IVF_MIN)), n // index_spec.TRAIN_POINTS_PER_CELL),
-            nprobe=index_spec.IVF_NPROBE,
-            pq_m=index_spec.pq_m_for(self.dim) if kind == "ivf_pq" else None,
-            rerank=index_spec.RERANK if kind == "ivf_pq" else 1,  # IVF-Flat scores exactly already
-        )
+        spec = index_spec.fast_scan_spec(max(n, index_spec.IVF_MIN), self.dim, exact_vectors_kept=True)
+        nlist = min(spec.nlist or 1, n // index_spec.TRAIN_POINTS_PER_CELL)  # cells the vectors can train
+        if kind == "ivf_flat":  # scores exactly already: nothing to re-rank
+            return vi.IndexSpec("ivf_flat", nlist=nlist, nprobe=index_spec.IVF_NPROBE)
+        return vi.IndexSpec(**{**spec.to_dict(), "nlist": nlist, "nprobe": min(spec.nprobe or 1, nlist)})
 
     def _build_approximate(self) -> None:
         spec = self._approximate_spec_for_size()
@@ -182,7 +180,7 @@ class VectorStore:
         rerank = 1 if index is self._flat or self._approx_spec is None else self._approx_spec.rerank
         if rerank > 1:  # IVF-PQ / HNSW-fp16 candidates re-scored exactly against the kept vectors
             _, cand = index.search(vecs, min(n, k_eff * rerank))
-            dist, pos = vi.rerank(self._vectors_view(), vecs, cand, k_eff, self.metric)
+            dist, pos = vi.rerank(self._flat, vecs, cand, k_eff, self.metric)
         else:
             dist, pos = index.search(vecs, k_eff)
         if index is not self._flat:
@@ -231,7 +229,8 @@ class VectorStore:
         return new_ids
 
     def remove(self, label: str) -> int:
-        """Delete every vector of identity ``label`` and rebuild the index; returns how many."""
+        """Delete every vector of identity ``label``; returns how many. An IVF index keeps its training and takes the
+        remaining vectors again at once; an HNSW graph is rebuilt on the next search."""
         keep = np.fromiter((lab != label for lab in self._labels), dtype=bool, count=len(self._labels))
         if keep.all():
             known = self.identities
@@ -245,7 +244,13 @@ class VectorStore:
         if len(vecs):
             flat.add(np.ascontiguousarray(vecs))
         self._flat = flat
-        self._approx = self._approx_spec = None  # rebuilt from the exact vectors on the next search/save if still needed
+        if self._approx is not None and self._approx_spec is not None and self._approx_spec.needs_training:
+            # IVF: the trained cells and codes stay good for what is left; re-adding is a third of a rebuild's time
+            self._approx.reset()
+            if len(vecs):
+                self._approx.add(np.ascontiguousarray(vecs))
+        else:  # HNSW cannot delete: rebuilt from the exact vectors on the next search/save if still needed
+            self._approx = self._approx_spec = None
         idx = np.flatnonzero(keep)
         self._labels = [self._labels[i] for i in idx]
         self._ids = [self._ids[i] for i in idx]

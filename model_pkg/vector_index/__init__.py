@@ -9,9 +9,12 @@ Kinds (:class:`IndexSpec`, faiss ``index_factory`` strings):
   memory = vectors (float16) + graph; ``rerank`` > 1 re-scores the candidates exactly, as below.
 * ``ivf_flat`` -- ``IVF<nlist>,Flat``: k-means cells, a query scans ``nprobe`` cells; memory = vectors.
 * ``ivf_pq`` -- ``IVF<nlist>,PQ<m>``: the same cells holding ``m``-byte product-quantised codes (64 bytes
-  instead of 2048 for a 512-d vector); with ``rerank`` > 1 the ``k * rerank`` best candidates are
-  re-scored exactly against the float vectors when they are at hand (a :class:`~model_pkg.gallery.GalleryIndex`
-  keeps them), which brings recall back to that of IVF-Flat at a fraction of its memory.
+  instead of 2048 for a 512-d vector), or with ``pq_bits=4`` ``IVF<nlist>,PQ<m>x4fs``: ``m`` 4-bit codes in
+  faiss's fast-scan layout (blocks of 32 vectors scanned with SIMD table lookups, several times faster per
+  vector; the automatic choice from 100,000 vectors); with ``rerank`` > 1 the ``k * rerank`` best candidates
+  are re-scored exactly against the float vectors when they are at hand (a
+  :class:`~model_pkg.gallery.GalleryIndex` keeps them; ``gallery build`` writes a float16 copy), which brings
+  recall back to that of IVF-Flat at a fraction of its memory.
 
 :func:`choose_spec` picks the kind and its parameters from the number of vectors; the thresholds and
 numbers come from ``bench/bench_gallery_scale.py`` (``bench/README.md``, "Gallery at scale"). IVF
@@ -46,11 +49,13 @@ from .faiss_index import (
 )
 from .index_folder import FORMAT, IDS_FILE, INDEX_FILE, LISTS_FILE, META_FILE, VECTORS_FILE, VectorIndex, search_parts
 from .spec import (
+    BUILD_RERANK,
     EXACT_MAX,
+    FASTSCAN_IMPLEM,
+    GALLERY_RERANK,
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
     HNSW_M,
-    HNSW_MAX_KEPT,
     HNSW_RERANK,
     HNSW_STORAGE,
     IVF_MIN,
@@ -66,6 +71,7 @@ from .spec import (
     IndexSpec,
     VectorIndexError,
     choose_spec,
+    fast_scan_spec,
     hnsw_spec,
     nlist_for,
     pq_m_for,
@@ -74,12 +80,14 @@ from .spec import (
 )
 
 __all__ = [
+    "BUILD_RERANK",
     "EXACT_MAX",
+    "FASTSCAN_IMPLEM",
+    "GALLERY_RERANK",
     "FORMAT",
     "HNSW_EF_CONSTRUCTION",
     "HNSW_EF_SEARCH",
     "HNSW_M",
-    "HNSW_MAX_KEPT",
     "HNSW_RERANK",
     "HNSW_STORAGE",
     "IDS_FILE",
@@ -104,6 +112,7 @@ __all__ = [
     "build_from_embeddings",
     "build_index",
     "choose_spec",
+    "fast_scan_spec",
     "hnsw_spec",
     "configure_pq_training",
     "faiss_metric",

@@ -25,7 +25,7 @@ import numpy as np
 from ..fileio import sha256_file, swap_folder
 from .faiss_index import make_index, train
 from .index_folder import FORMAT, IDS_FILE, INDEX_FILE, LISTS_FILE, META_FILE, VECTORS_FILE
-from .spec import IVF_NPROBE, KINDS, RERANK_FROM_DISK, VectorIndexError, spec_for_build, train_sample_size
+from .spec import BUILD_RERANK, KINDS, RERANK_FROM_DISK, VectorIndexError, spec_for_build, train_sample_size
 
 __all__ = ["build_from_embeddings", "main"]
 
@@ -59,7 +59,7 @@ def build_from_embeddings(
     """Build a :class:`VectorIndex` folder from an embeddings folder (``model_pkg.embed``); returns its metadata.
 
     ``kind``, ``nlist``, ``nprobe``, ``pq_m``, ``rerank_factor``: see :func:`~.spec.spec_for_build` (``"auto"``:
-    IVF-Flat while the float vectors fit ``max_memory_gb``, else IVF-PQ).  ``on_disk=None``: on-disk inverted
+    fast-scan IVF-PQ from 100,000 vectors, re-ranked from a float16 copy).  ``on_disk=None``: on-disk inverted
     lists when the index would not fit ``max_memory_gb`` (default: half the machine's memory).  With a
     ``rerank_factor`` > 1 a float16 copy of the vectors is written next to the index to re-score the PQ
     candidates with.  ``part`` = (i, S): index only every S-th shard starting at the i-th, one of S parts
@@ -77,10 +77,11 @@ def build_from_embeddings(
     if n == 0:
         raise VectorIndexError(f"{str(emb_dir)!r} holds no embeddings: nothing to index")
     budget = int((max_memory_gb * 2**30) if max_memory_gb else psutil.virtual_memory().total // 2)
-    spec = spec_for_build(kind, n, dim, budget, nlist, nprobe, pq_m, rerank_factor)
-    code_bytes = n * ((spec.pq_m or 0) if spec.kind == "ivf_pq" else dim * 4) + n * 8
+    spec = spec_for_build(kind, n, dim, nlist, nprobe, pq_m, rerank_factor)
     if on_disk is None:
-        on_disk = spec.needs_training and code_bytes > budget
+        on_disk = spec.needs_training and n * (spec.code_bytes(dim) + 8) > budget
+    if on_disk:
+        spec = spec_for_build(kind, n, dim, nlist, nprobe, pq_m, rerank_factor, on_disk=True)
     if on_disk and not spec.needs_training:
         raise VectorIndexError(f"on-disk inverted lists need an IVF index, not {spec.kind}")
     log(f"{n:,} vectors of dim {dim}: {spec.factory_string()} (nprobe {spec.nprobe}), on_disk={on_disk}")
@@ -169,8 +170,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     b.add_argument("--out", required=True, help="the index folder to write (replaced atomically if it exists)")
     b.add_argument("--index", default="auto", choices=("auto", *KINDS), help="index kind (auto: by size, see choose_spec)")
     b.add_argument("--nlist", type=int, default=None, help="IVF cells (default: about 4 sqrt(N), a power of two)")
-    b.add_argument("--nprobe", type=int, default=None, help=f"IVF cells scanned per query (default {IVF_NPROBE})")
-    b.add_argument("--pq-m", type=int, default=None, help="IVF-PQ bytes per vector (default dim/4)")
+    b.add_argument(
+        "--nprobe", type=int, default=None, help="IVF cells scanned per query (default: a 16th of the cells for IVF-PQ)"
+    )
+    b.add_argument(
+        "--pq-m", type=int, default=None, help="IVF-PQ sub-quantizers (default dim/2 codes of 4 bits; dim/4 bytes on disk)"
+    )
     disk = b.add_mutually_exclusive_group()
     disk.add_argument(
         "--on-disk", dest="on_disk", action="store_true", default=None, help="inverted lists in a memory-mapped file"
@@ -180,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--rerank",
         type=int,
         default=None,
-        help=f"IVF-PQ: re-score k x this many candidates from a float16 copy (default {RERANK_FROM_DISK}; 1: none)",
+        help=f"IVF-PQ: re-score k x this many candidates from a float16 copy (default {BUILD_RERANK}, on disk "
+        f"{RERANK_FROM_DISK}; 1: none)",
     )
     b.add_argument("--max-memory-gb", type=float, default=None, help="memory the index may use (default: half the machine's)")
     b.add_argument("--part", default=None, help="I/S: index only every S-th embeddings shard from the I-th (one of S parts)")
