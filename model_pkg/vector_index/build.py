@@ -169,7 +169,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     b.add_argument("--embeddings", required=True, help="an embeddings folder written by python -m model_pkg.embed")
     b.add_argument("--out", required=True, help="the index folder to write (replaced atomically if it exists)")
     b.add_argument("--index", default="auto", choices=("auto", *KINDS), help="index kind (auto: by size, see choose_spec)")
-    b.add_argument("--nlist", type=int, default=None, help="IVF cells (default: about 4 sqrt(N), a power of two)")
+    b.add_argument(
+        "--nlist",
+        type=int,
+        default=None,
+        help="IVF cells (default: a power of two near sqrt(N) for IVF-PQ, 4 sqrt(N) for IVF-Flat and on-disk lists)",
+    )
     b.add_argument(
         "--nprobe", type=int, default=None, help="IVF cells scanned per query (default: a 16th of the cells for IVF-PQ)"
     )
