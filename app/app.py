@@ -35,6 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run as `python app/app.py`
 
+from app.gradio_import import skip_stub_regeneration  # noqa: E402
+
+skip_stub_regeneration()  # before gradio's first import: 1.5-3 s of the cold start (app/gradio_import.py)
+
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -6,8 +6,9 @@
 Each measurement runs in a fresh Python process (`--repeats` times; the median is reported):
 
 * imports: wall time of `import model_pkg`, of `from model_pkg import PairMatcherModel` (the model classes, torch
-  and transformers included) and of `import torch` for reference, timed inside the process with
-  `time.perf_counter()` around the import statement;
+  and transformers included), of `import torch` for reference, and of `import gradio` plain and as the app does it
+  (its component-stub step skipped, `app/gradio_import.py`), timed inside the process with `time.perf_counter()`
+  around the import statement;
 * app: `python app/app.py` on a free 127.0.0.1 port with a new, empty gallery folder (the demo dogs are
   copied into it at start, as on a first start), timed from launch to (1) the UI answering HTTP 200 and
   (2) the first `/compare_sets` answer (2 demo photos vs 2, through `gradio_client`), that first call's own
@@ -42,15 +43,24 @@ IMPORTS = {
     "import model_pkg": "import model_pkg",
     "from model_pkg import PairMatcherModel": "from model_pkg import PairMatcherModel",
     "import torch": "import torch",
+    "import gradio": "import gradio",
+    # what app/app.py does (app/gradio_import.py); a checkout without it reports the row as unavailable
+    "import gradio, stub step skipped": "from app.gradio_import import skip_stub_regeneration\n"
+    "skip_stub_regeneration()\nimport gradio",
 }
 
 
-def time_import(repo: Path, statement: str) -> float:
-    """Seconds for `statement` in a fresh interpreter whose working directory and sys.path start at `repo`."""
+def time_import(repo: Path, statement: str) -> float | None:
+    """Seconds for `statement` in a fresh interpreter whose working directory and sys.path start at `repo`; None
+    when it fails there with an ImportError (a module that checkout does not have)."""
     code = f"import time\nt = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""}
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}
     )
+    if out.returncode != 0:
+        if "ImportError" in out.stderr or "ModuleNotFoundError" in out.stderr:
+            return None
+        raise RuntimeError(f"{statement!r} failed in {repo}:\n{out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{repo} is not a petmatch checkout (no model_pkg/__init__.py)")
     result: dict = {"label": args.label, "repeats": args.repeats, "imports_s": {}, "cpu_count": os.cpu_count()}
     for name, statement in IMPORTS.items():
-        result["imports_s"][name] = summary([time_import(repo, statement) for _ in range(args.repeats)])
+        times = [time_import(repo, statement) for _ in range(args.repeats)]
+        result["imports_s"][name] = summary([t for t in times if t is not None]) if None not in times else "unavailable"
         print(name, result["imports_s"][name], flush=True)
     if not args.skip_app:
         runs = [time_app_start(repo, args.app_args, args.start_timeout) for _ in range(args.repeats)]

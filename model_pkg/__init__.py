@@ -22,11 +22,11 @@ So the usage in every model card keeps working unchanged:
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import AfterImport, lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .align import MiniVec2VecAligner, MiniVec2VecConfig
@@ -100,62 +100,25 @@ def register_auto_classes() -> None:
             if model is not None:
                 AutoModel.register(config, model, exist_ok=True)
         _registered = True
-        _AfterAutoImport.uninstall()
+        _AFTER_AUTO_IMPORT.uninstall()
 
 
-class _AfterAutoImport(importlib.abc.MetaPathFinder):
-    """One-shot import hook: when transformers' auto classes are first imported, register ours right after,
-    so `import model_pkg` (lazy) followed by `AutoModel.from_pretrained(...)` works as it did when the
-    registration happened at import. It only wraps the loaders of those two modules, and removes itself once
-    registered."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in _AUTO_MODULES:
-            return None
-        for finder in sys.meta_path:  # the spec the import system would have found without us
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        execute = loader.exec_module
-
-        def exec_module(module):
-            execute(module)
-            try:
-                register_auto_classes()
-            except ImportError:
-                # Our own model modules triggered this import and are half-imported, so registering now
-                # fails; they register when a name of this package is used or register_auto_classes() is called.
-                return
-
-        loader.exec_module = exec_module  # this module's own loader instance: other modules keep theirs
-        return spec
-
-    @classmethod
-    def uninstall(cls) -> None:
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, cls)]
+def _register_after_auto_import(module: object) -> None:
+    try:
+        register_auto_classes()
+    except ImportError:
+        # Our own model modules triggered this import and are half-imported, so registering now fails; they
+        # register when a name of this package is used or register_auto_classes() is called.
+        return
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    register_auto_classes()
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+# One-shot: when transformers' auto classes are first imported, register ours right after, so `import model_pkg`
+# (lazy) followed by `AutoModel.from_pretrained(...)` works as it did when the registration happened at import.
+_AFTER_AUTO_IMPORT = AfterImport(_AUTO_MODULES, _register_after_auto_import)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), on_load=register_auto_classes)
 
 
 if any(name in sys.modules for name in _AUTO_MODULES):
     register_auto_classes()  # transformers' auto classes are loaded already: registering costs little now
-elif not any(isinstance(f, _AfterAutoImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _AfterAutoImport())
+else:
+    _AFTER_AUTO_IMPORT.install()

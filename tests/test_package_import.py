@@ -4,33 +4,12 @@ Each check runs in a fresh interpreter: in this one, model_pkg and transformers 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from fresh_interpreter import run_fresh
 
 import model_pkg
 from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, PairMatcherConfig, PairMatcherModel
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_fresh(code: str) -> dict:
-    """Run `code` in a new interpreter at the repository root; it prints one JSON object as its last line."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +53,29 @@ def test_import_is_lazy_and_auto_model_still_loads_our_models(saved):
 
 
 def test_names_import_on_use_and_register_whatever_the_import_order(saved):
+    """...and inference (loading, `match_sets`, the gallery) leaves `datasets` out: it cost the app's cold start."""
     out = run_fresh(f"""
-        import json
+        import json, sys
         from transformers import AutoModel   # transformers first: `import model_pkg` registers at once
         import model_pkg
         first = type(AutoModel.from_pretrained({str(saved / "embedder")!r})).__name__
         from model_pkg import DualEncoderConfig, MiniVec2VecConfig, PairMatcherOutput
         from model_pkg.pair_matcher.pipeline import match_sets
-        print(json.dumps({{"first": first, "dual": DualEncoderConfig.model_type, "aligner": MiniVec2VecConfig.model_type}}))
+        from model_pkg.gallery_store import PhotoGallery
+        from model_pkg.training import save_with_model_card
+        print(json.dumps({{
+            "first": first,
+            "dual": DualEncoderConfig.model_type,
+            "aligner": MiniVec2VecConfig.model_type,
+            "datasets": "datasets" in sys.modules,
+        }}))
     """)
-    assert out == {"first": "ArcFaceEmbedderModel", "dual": "petmatch_dual_encoder", "aligner": "petmatch_mini_vec2vec"}
+    assert out == {
+        "first": "ArcFaceEmbedderModel",
+        "dual": "petmatch_dual_encoder",
+        "aligner": "petmatch_mini_vec2vec",
+        "datasets": False,
+    }
 
 
 def test_public_names_and_errors():

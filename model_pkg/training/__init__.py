@@ -11,20 +11,43 @@ from here:
 * `cached_features`: batches from a frozen backbone's cached outputs (pooled features, stem-activation views).
 * `gpu_recipes`: what the GPU recipes (`train/arcface_gpu.py`, `train/dual_image_gpu.py`) share; not
   re-exported here, as they import it by its module name.
+
+Names load on first use (PEP 562), as in ``model_pkg.data``: inference imports ``checkpoints`` (atomic saving)
+without the cached-feature datasets behind ``cached_features``, which cost the app's cold start (bench/README.md).
 """
 
-from .arguments import MIXED_PRECISION, check_options, data_description, resolve_mixed_precision, trainer_arguments
-from .cached_features import (
-    ActivationViewCollator,
-    PhotoCollator,
-    PooledFeatureCollator,
-    activation_view_collators,
-    backbone_cache_key,
-    pooled_features,
-)
-from .checkpoints import last_checkpoint, remove_previous_run, save_atomically, save_with_model_card
-from .distributed import GlobalBatchNorm1d, log_cache, main_process_first, process_state
-from .phases import BackbonePhaseCallback, Collator, PhaseAwareEarlyStopping, PhaseCollator, phase_optimizer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "MIXED_PRECISION": "arguments",
+    "check_options": "arguments",
+    "data_description": "arguments",
+    "resolve_mixed_precision": "arguments",
+    "trainer_arguments": "arguments",
+    "ActivationViewCollator": "cached_features",
+    "PhotoCollator": "cached_features",
+    "PooledFeatureCollator": "cached_features",
+    "activation_view_collators": "cached_features",
+    "backbone_cache_key": "cached_features",
+    "pooled_features": "cached_features",
+    "last_checkpoint": "checkpoints",
+    "remove_previous_run": "checkpoints",
+    "save_atomically": "checkpoints",
+    "save_with_model_card": "checkpoints",
+    "GlobalBatchNorm1d": "distributed",
+    "log_cache": "distributed",
+    "main_process_first": "distributed",
+    "process_state": "distributed",
+    "BackbonePhaseCallback": "phases",
+    "Collator": "phases",
+    "PhaseAwareEarlyStopping": "phases",
+    "PhaseCollator": "phases",
+    "phase_optimizer": "phases",
+}
 
 __all__ = [
     "MIXED_PRECISION",
@@ -52,3 +75,20 @@ __all__ = [
     "save_with_model_card",
     "trainer_arguments",
 ]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
+    from .arguments import MIXED_PRECISION, check_options, data_description, resolve_mixed_precision, trainer_arguments
+    from .cached_features import (
+        ActivationViewCollator,
+        PhotoCollator,
+        PooledFeatureCollator,
+        activation_view_collators,
+        backbone_cache_key,
+        pooled_features,
+    )
+    from .checkpoints import last_checkpoint, remove_previous_run, save_atomically, save_with_model_card
+    from .distributed import GlobalBatchNorm1d, log_cache, main_process_first, process_state
+    from .phases import BackbonePhaseCallback, Collator, PhaseAwareEarlyStopping, PhaseCollator, phase_optimizer
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
