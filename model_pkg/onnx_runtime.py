@@ -23,13 +23,17 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from .fileio import sha256_file
 
 __all__ = [
     "MANIFEST_FILE",
@@ -39,6 +43,7 @@ __all__ = [
     "attach_exported",
     "create_session",
     "detach_onnx",
+    "shared_session",
     "exportable_towers",
     "tower_checksum",
 ]
@@ -68,14 +73,36 @@ def create_session(path: str | os.PathLike, threads: int | None = None, spinning
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
+# One session per exported graph and session settings in a process: the shipped pair matcher and ArcFace embedder
+# carry the same backbone export, and each session holds its own copy of the graph's weights and its own memory
+# arena. A session may run calls from several threads at once. Weak values: a session goes away with the last
+# tower that uses it.
+_SESSIONS: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def shared_session(path: str | os.PathLike, spinning: bool = SPINNING):
+    """`create_session(path)`, or the session already open in this process for a file of the same content (sha256:
+    12 ms for Lite0's 13 MB) with the same thread settings."""
+    threads = torch.get_num_threads()
+    key = (sha256_file(path), threads, spinning)
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = create_session(path, threads, spinning)
+            _SESSIONS[key] = session
+        return session
+
+
 class OnnxTower:
-    """One exported tower's session plus the manifest entry that says what it computes."""
+    """One exported tower's session (shared with other towers of the same export, `shared_session`) plus the manifest
+    entry that says what it computes."""
 
     def __init__(self, path: str | os.PathLike, entry: dict[str, Any], spinning: bool = SPINNING):
         self.path = os.fspath(path)
         self.entry = dict(entry)
         self.spinning = spinning
-        self.session = create_session(self.path, spinning=spinning)
+        self.session = shared_session(self.path, spinning=spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle: deepcopy / pickle reopen the file

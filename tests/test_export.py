@@ -167,6 +167,30 @@ def test_int8_export_is_used_and_follows_pytorch(exported, photos, dogs, tmp_pat
     assert float((int8 * reference).sum(-1).mean()) > 0.8  # and still the same embedding
 
 
+def test_models_with_the_same_export_share_one_session(exported, photos, dogs, tmp_path):
+    """The shipped pair matcher and embedder carry the same backbone export: one session (and arena) for both."""
+    folder, _ = exported
+    shutil.copytree(folder, tmp_path / "copy")
+    first = ArcFaceEmbedderModel.from_pretrained(folder).eval()
+    second = ArcFaceEmbedderModel.from_pretrained(tmp_path / "copy").eval()
+    assert first.backbone.onnx_runner is not second.backbone.onnx_runner  # each module its own tower ...
+    assert first.backbone.onnx_runner.session is second.backbone.onnx_runner.session  # ... on one session
+    with torch.no_grad():
+        torch.testing.assert_close(first.get_image_features(pixel_values=photos), second.get_image_features(pixel_values=photos))
+    other = tmp_path / "other"  # other weights, so another graph: never the same session
+    save_tiny_embedder(other, seed=1)
+    export_onnx(other, photos=dogs, check_photos=2)
+    third = ArcFaceEmbedderModel.from_pretrained(other).eval()
+    assert third.backbone.onnx_runner is not None and third.backbone.onnx_runner.session is not first.backbone.onnx_runner.session
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # other thread settings: another session
+    try:
+        fourth = ArcFaceEmbedderModel.from_pretrained(folder).eval()
+    finally:
+        torch.set_num_threads(threads)
+    assert fourth.backbone.onnx_runner.session is not first.backbone.onnx_runner.session
+
+
 def test_dual_encoder_text_and_image_towers(tmp_path, dogs, monkeypatch):
     torch.manual_seed(0)
     config = DualEncoderConfig(vision_config=TINY_VISION, text_config=TINY_TEXT, projection_dim=16)
