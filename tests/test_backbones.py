@@ -137,6 +137,24 @@ def test_cnn_tokens_are_the_flattened_feature_map():
     torch.testing.assert_close(backbone.pool(out.tokens), ref_pooled)
 
 
+def test_feature_shape_is_measured_once_per_name_and_size(monkeypatch):
+    """Inside `from_pretrained` the shape probe runs on the meta device (0.24 s for Lite0), and the app builds the
+    same Lite0 at 224 px twice at start: the second build reuses the shape."""
+    monkeypatch.setattr(backbones, "_FEATURE_SHAPES", {})
+    probed: list[tuple[int, ...]] = []
+    efficientnet = timm.models.efficientnet.EfficientNet
+    original = efficientnet.forward_features
+    monkeypatch.setattr(efficientnet, "forward_features", lambda self, x: probed.append(tuple(x.shape)) or original(self, x))
+    first = create_backbone("test_efficientnet", pretrained=False, image_size=64)
+    second = create_backbone("test_efficientnet", pretrained=False, image_size=64)
+    larger = create_backbone("test_efficientnet", pretrained=False, image_size=96)
+    assert probed == [(1, 3, 64, 64), (1, 3, 96, 96)]
+    assert (second.grid_size, second.token_dim, second.num_tokens) == (first.grid_size, first.token_dim, first.num_tokens)
+    assert first.grid_size == (2, 2) and larger.grid_size == (3, 3) and larger.num_tokens == 9
+    with torch.no_grad():  # the reused shape is the real one
+        assert second.eval()(torch.randn(1, 3, 64, 64)).tokens.shape == (1, second.num_tokens, second.token_dim)
+
+
 def test_vit_tokens_are_cls_plus_patches():
     torch.manual_seed(0)
     backbone = create_backbone("test_vit", pretrained=False, image_size=64).eval()
