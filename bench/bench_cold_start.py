@@ -9,6 +9,7 @@ Each measurement runs in a fresh Python process (`--repeats` times; the median i
   and transformers included), of `import torch` for reference, and of `import gradio` plain and as the app does it
   (its component-stub step skipped, `app/gradio_import.py`), timed inside the process with `time.perf_counter()`
   around the import statement;
+* loads: the pair matcher, then the embedder, loaded as the app does (`app.loading`), their imports done first;
 * app: `python app/app.py` on a free 127.0.0.1 port with a new, empty gallery folder (the demo dogs are
   copied into it at start, as on a first start), timed from launch to (1) the UI answering HTTP 200 and
   (2) the first `/compare_sets` answer (2 demo photos vs 2, through `gradio_client`), that first call's own
@@ -50,10 +51,25 @@ IMPORTS = {
 }
 
 
-def time_import(repo: Path, statement: str) -> float | None:
-    """Seconds for `statement` in a fresh interpreter whose working directory and sys.path start at `repo`; None
-    when it fails there with an ImportError (a module that checkout does not have)."""
-    code = f"import time\nt = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
+# the app's two dog models, loaded as app/app.py does, after their imports (not timed): the second one builds the
+# same backbone as the first (the shape-probe reuse of model_pkg.backbones)
+_LOAD_SETUP = (
+    "import sys\nsys.path.insert(0, '.')\nfrom app.loading import load_embedder, load_pair_model\n"
+    "import model_pkg.arcface, model_pkg.pair_matcher, onnxruntime"
+)
+LOADS = {
+    "load the pair matcher": (_LOAD_SETUP, "load_pair_model('models/pair-matcher')"),
+    "then load the embedder": (
+        f"{_LOAD_SETUP}\nload_pair_model('models/pair-matcher')",
+        "load_embedder('models/arcface-embedder')",
+    ),
+}
+
+
+def time_import(repo: Path, statement: str, setup: str = "") -> float | None:
+    """Seconds for `statement` (after `setup`, not timed) in a fresh interpreter whose working directory and
+    sys.path start at `repo`; None when it fails there with an ImportError (a module that checkout does not have)."""
+    code = f"import time\n{setup}\nt = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}
     )
@@ -122,6 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
         times = [time_import(repo, statement) for _ in range(args.repeats)]
         result["imports_s"][name] = summary([t for t in times if t is not None]) if None not in times else "unavailable"
         print(name, result["imports_s"][name], flush=True)
+    result["loads_s"] = {}
+    for name, (setup, statement) in LOADS.items():
+        times = [time_import(repo, statement, setup) for _ in range(args.repeats)]
+        result["loads_s"][name] = summary([t for t in times if t is not None]) if None not in times else "unavailable"
+        print(name, result["loads_s"][name], flush=True)
     if not args.skip_app:
         runs = [time_app_start(repo, args.app_args, args.start_timeout) for _ in range(args.repeats)]
         result["app"] = {key: summary([r[key] for r in runs]) for key in runs[0]}
