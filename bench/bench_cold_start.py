@@ -134,15 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not (repo / "model_pkg" / "__init__.py").is_file():
         raise SystemExit(f"{repo} is not a petmatch checkout (no model_pkg/__init__.py)")
     result: dict = {"label": args.label, "repeats": args.repeats, "imports_s": {}, "cpu_count": os.cpu_count()}
-    for name, statement in IMPORTS.items():
-        times = [time_import(repo, statement) for _ in range(args.repeats)]
-        result["imports_s"][name] = summary([t for t in times if t is not None]) if None not in times else "unavailable"
-        print(name, result["imports_s"][name], flush=True)
-    result["loads_s"] = {}
-    for name, (setup, statement) in LOADS.items():
+    rows = [("imports_s", name, "", statement) for name, statement in IMPORTS.items()]
+    rows += [("loads_s", name, setup, statement) for name, (setup, statement) in LOADS.items()]
+    for section, name, setup, statement in rows:
         times = [time_import(repo, statement, setup) for _ in range(args.repeats)]
-        result["loads_s"][name] = summary([t for t in times if t is not None]) if None not in times else "unavailable"
-        print(name, result["loads_s"][name], flush=True)
+        timed = [t for t in times if t is not None]
+        result.setdefault(section, {})[name] = summary(timed) if len(timed) == len(times) else "unavailable"
+        print(name, result[section][name], flush=True)
     if not args.skip_app:
         runs = [time_app_start(repo, args.app_args, args.start_timeout) for _ in range(args.repeats)]
         result["app"] = {key: summary([r[key] for r in runs]) for key in runs[0]}
