@@ -127,7 +127,10 @@ class SearchRequest(BaseModel):
 class SearchHitOut(BaseModel):
     photo_id: int = Field(description="the photo's id in the index")
     filename: str
-    score: float
+    score: float = Field(
+        description="how well the photo matches the text, higher is better: the cosine of their embeddings, plus "
+        "the photo's query-bank offset when the model has a bank (a penalty for photos that match every text a little)"
+    )
     url: str = Field(description="where to GET the photo")
 
 
@@ -308,7 +311,7 @@ def create_api(services: Services) -> FastAPI:
             database = text.engine.database_or_raise()
             with text.lock:  # see app.loading.TextSearch
                 query = text.engine.encode_query(request.text)
-            scores, labels, _ = database.search(query, k=request.top_k)
+            scores, labels = text.engine.search_encoded(query, request.top_k)
         except (ValueError, RuntimeError) as err:
             raise _bad_input(err) from err
         ids = photo_ids(database)
@@ -321,7 +324,7 @@ def create_api(services: Services) -> FastAPI:
                     score=float(score),
                     url=f"{API_PREFIX}/photos/{ids[label]}",
                 )
-                for label, score in zip(labels[0], scores[0])
+                for label, score in zip(labels, scores)
             ],
         )
 

@@ -170,14 +170,19 @@ class Backbone(OnnxRunnableModule):
         runner = self.onnx_ready()
         if runner is not None and runner.serves_image(pixel_values, None, self.tta_flip):
             return runner.run(pixel_values)
+        return self._tokens(self._with_mirror(self.model.forward_features, pixel_values))
+
+    def _with_mirror(self, features, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`features(pixel_values)`, averaged with the mirror image's (its feature maps flipped back) under
+        `tta_flip` with gradients off."""
         if not (self.tta_flip and not torch.is_grad_enabled()):
-            return self._tokens(self.model.forward_features(pixel_values))
+            return features(pixel_values)
         b = pixel_values.shape[0]
-        feats = self.model.forward_features(torch.cat([pixel_values, pixel_values.flip(-1)]))
+        feats = features(torch.cat([pixel_values, pixel_values.flip(-1)]))
         own, mirror = feats[:b], feats[b:]
-        if self.is_feature_map:
+        if feats.ndim == 4:
             mirror = mirror.flip(-1)
-        return self._tokens(0.5 * (own + mirror))
+        return 0.5 * (own + mirror)
 
     def _tokens(self, feats: torch.Tensor) -> torch.Tensor:
         return feats.flatten(2).transpose(1, 2) if self.is_feature_map else feats  # (B, C, H, W) -> (B, H*W, C)
@@ -240,7 +245,8 @@ class Backbone(OnnxRunnableModule):
 
     def forward_tokens(self, pixel_values: torch.Tensor, layer: str | None = None) -> torch.Tensor:
         """(B, 3, H, W) -> tokens (B, T, C) of the final feature map (`layer=None`, = `forward_features`) or of
-        an intermediate one (`stage<N>`, see `layer_names`), positions flattened row by row."""
+        an intermediate one (`stage<N>`, see `layer_names`), positions flattened row by row; with `tta_flip`, as in
+        `forward_features`, averaged with the mirror image's."""
         if layer is None:
             return self.forward_features(pixel_values)
         runner = self.onnx_ready()
@@ -251,9 +257,11 @@ class Backbone(OnnxRunnableModule):
             raise ValueError(f"Backbone '{self.model_name}' has no token layer {layer!r}; its stages are {sorted(stages)}.")
         if not hasattr(self.model, "forward_intermediates"):
             raise ValueError(f"timm's '{self.model_name}' has no forward_intermediates: only the final tokens are available.")
-        (feats,) = self.model.forward_intermediates(
-            pixel_values, indices=[stages[layer]], intermediates_only=True, stop_early=True
-        )
+
+        def stage(pixels: torch.Tensor) -> torch.Tensor:
+            return self.model.forward_intermediates(pixels, indices=[stages[layer]], intermediates_only=True, stop_early=True)[0]
+
+        feats = self._with_mirror(stage, pixel_values)
         return feats.flatten(2).transpose(1, 2) if feats.ndim == 4 else feats
 
     def token_shape(self, layer: str | None = None) -> tuple[int, int]:

@@ -173,7 +173,7 @@ def export_image_tower(backbone: Backbone, layer: str | None, path: Path, pixels
         "output": "tokens",
         "input_size": [3, backbone.image_size, backbone.image_size],
         "layer": layer,
-        "tta_flip": bool(backbone.tta_flip) if layer is None else False,
+        "tta_flip": bool(backbone.tta_flip),
         "precision": "fp32",
         "check": check_image_graph(path, graph, pixels),
     }

@@ -125,7 +125,7 @@ class OnnxTower:
             and pixel_values.dtype == torch.float32
             and pixel_values.device.type == "cpu"
             and layer == self.entry["layer"]
-            and (layer is not None or tta_flip == self.entry["tta_flip"])  # forward_tokens(layer) never flips
+            and tta_flip == self.entry["tta_flip"]
         )
 
 

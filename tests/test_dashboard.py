@@ -120,22 +120,23 @@ def test_evaluations_grouped_by_kind_each_with_its_own_columns(shipped_app):
 
 def test_learning_curves_of_the_shipped_runs(shipped_app):
     training = tab(shipped_app, "Training curves")
-    assert [s.value for s in training.subheader][:4] == [
+    assert [s.value for s in training.subheader][:5] == [
         "arcface-cpu  (bench/results/runs/arcface-cpu/trainer_state.json)",
         "arcface-gpu  (bench/results/runs/arcface-gpu/trainer_state.json)",  # train/arcface_gpu.py's run.json, as HF's state
         "dual-encoder  (bench/results/runs/dual-encoder/trainer_state.json)",
         "dual-image-gpu  (bench/results/runs/dual-image-gpu/trainer_state.json)",
+        "dual-tuned  (bench/results/runs/dual-tuned/trainer_state.json)",  # the text side retrained on the tuned tower
     ]
     drawn = charts(training)
     titles = [spec["layer"][0].get("title") or spec.get("title") for spec, _ in drawn]
-    assert titles.count("loss") == 4 and "validation metrics (percent)" in titles
+    assert titles.count("loss") == 5 and "validation metrics (percent)" in titles
     spec, frames = drawn[titles.index("validation metrics (percent)")]
     curve = frames[spec["layer"][0]["data"]["name"]]
     assert {"recall_at_1", "recall_at_5"} <= set(curve["series"])  # the ArcFace run's one-shot rank-1
     assert curve[curve.series == "recall_at_1"]["step"].min() == 0
     runs = training.dataframe[0].value
     assert runs.loc["arcface-cpu", "steps"] == 3600 and runs.loc["dual-encoder", "best step"] == 210
-    assert runs.loc["arcface-gpu", "best step"] == 1151
+    assert runs.loc["arcface-gpu", "best step"] == 1151 and runs.loc["dual-tuned", "best step"] == 300
 
 
 def test_roc_pr_with_the_stored_threshold_and_a_slider(shipped_app, shipped_root):

@@ -253,6 +253,66 @@ def test_search_database_with_root_survives_a_move(mini_flickr, tmp_path):
     assert all(os.path.isfile(h.path) for h in hits)
 
 
+def test_query_bank_offsets_search_scores_and_round_trip(mini_flickr, tmp_path, hub_offline):
+    from model_pkg.data import load_image
+    from model_pkg.transforms import create_transform
+
+    images = sorted(str(p) for p in (mini_flickr / "images").iterdir())
+    query = "a black dog on the beach"
+    model = tiny_model(text="transformers").eval()
+    plain_engine = ImageSearchEngine(model, batch_size=4)
+    plain_engine.build_image_database(images)
+    plain_engine.save_database(tmp_path / "plain-db")
+
+    model.set_query_bank(CAPTIONS, temperature=0.05)
+    assert model.config.query_bank_size == len(CAPTIONS) and model.query_bank.shape == (len(CAPTIONS), 16)
+    emb = model.get_image_features(torch.randn(3, 3, 32, 32))
+    expected = -0.05 * torch.log(torch.exp(model.encode_text(CAPTIONS) @ emb.T / 0.05).mean(0))
+    assert torch.allclose(model.image_score_offsets(emb), expected, atol=1e-5)
+
+    engine = ImageSearchEngine(model, batch_size=4)
+    with pytest.raises(GalleryMismatchError):  # built without the bank's offsets: refused, not mis-ranked
+        engine.load_database(tmp_path / "plain-db")
+    engine.build_image_database(images)
+    hits = engine.search_database(query, top_k=6)
+    # the search ranks every photo by cosine + its offset, exactly
+    transform = create_transform(model.vision_model.backbone.data_config, train=False)
+    text = model.encode_text([query])[0]
+    expected_scores = {}
+    for path in images:
+        with torch.no_grad():
+            e = model.get_image_features(transform(load_image(path))[None])
+        expected_scores[path] = float(e[0] @ text + model.image_score_offsets(e)[0])
+    assert [h.path for h in hits] == sorted(expected_scores, key=expected_scores.get, reverse=True)
+    assert [round(h.score, 4) for h in hits] == [round(expected_scores[h.path], 4) for h in hits], (hits, expected_scores)
+    assert [h.path for h in engine.rank_images(query, images, top_k=6)] == [h.path for h in hits]
+
+    model.save_pretrained(tmp_path / "banked")
+    again = AutoModel.from_pretrained(tmp_path / "banked")
+    assert again.config.query_bank_size == len(CAPTIONS) and again.config.query_bank_temperature == 0.05
+    assert torch.allclose(again.query_bank, model.query_bank)
+    engine.save_database(tmp_path / "db")
+    reloaded = ImageSearchEngine(again)
+    reloaded.load_database(tmp_path / "db")
+    assert [h.path for h in reloaded.search_database(query, top_k=6)] == [h.path for h in hits]
+    with pytest.raises(ValueError, match="at least one caption"):
+        model.set_query_bank([])
+    with pytest.raises(ValueError, match="query_bank_temperature"):
+        DualEncoderConfig(query_bank_temperature=0.0)
+
+
+def test_query_bank_captions_one_per_photo(mini_flickr):
+    from model_pkg.dual_encoder.training import query_bank_captions
+
+    split = load_flickr8k_splits(mini_flickr)["train"]
+    first_captions = [caps[0] for caps in split["captions"]]
+    some = query_bank_captions(split, 2, seed=0)
+    assert len(some) == 2 and set(some) <= set(first_captions) and some == query_bank_captions(split, 2, seed=0)
+    assert sorted(query_bank_captions(split, 1000)) == sorted(first_captions)  # capped at one per photo
+    with pytest.raises(ValueError, match="at least 1 caption"):
+        query_bank_captions(split, 0)
+
+
 # -- CLI and training -------------------------------------------------------------------------------------------
 def test_train_tiny_run_and_text_search_cli(mini_flickr, tmp_path):
     from model_pkg.evaluate import main as evaluate_main
@@ -351,8 +411,9 @@ def test_shipped_model_loads_offline(hub_offline):
         pytest.skip("models/dual-encoder is not shipped in this checkout")
     model = AutoModel.from_pretrained(folder).eval()
     assert isinstance(model, DualEncoderModel)
-    # The frozen image tower is referenced from its PyPI package, not copied into the folder.
-    assert (folder / "model.safetensors").stat().st_size < 40e6
+    # MiniLM's frozen bottom layers and word embeddings are referenced from the PyPI package, not copied.
+    assert (folder / "model.safetensors").stat().st_size < 25 * 2**20
+    assert model.query_bank is not None and model.query_bank.shape == (model.config.query_bank_size, 256)
     emb = model.encode_text(["a black dog running on the beach", "a girl in a pink dress"])
     assert emb.shape == (2, model.config.projection_dim) and torch.isfinite(emb).all()
     assert float(F.cosine_similarity(emb[0], emb[1], dim=0)) < 0.99
@@ -382,3 +443,47 @@ def test_earlier_feature_layer_cached_outputs_match_pixels_and_round_trip(tmp_pa
         torch.testing.assert_close(loaded.get_image_features(pixels), emb)
     with pytest.raises(ValueError, match="no token layer 'stage9'"):
         tiny_model(vision_config={"feature_layer": "stage9"})
+
+
+def test_flip_tta_of_an_earlier_feature_layer_round_trips(tmp_path):
+    """`vision_config.tta_flip`: at inference a photo's stage tokens are the mean of its own and its mirror image's
+    (the mirror's map flipped back); training with gradients sees the single view; a saved model keeps it."""
+    model = tiny_model(vision_config={"feature_layer": "stage3", "freeze": True}).eval()
+    backbone = model.vision_model.backbone
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        own, mirror = backbone.forward_tokens(pixels, "stage3"), backbone.forward_tokens(pixels.flip(-1), "stage3")
+        single = model.get_image_features(pixels)
+        model.set_tta_flip(True)
+        t, c = backbone.token_shape("stage3")
+        side = int(t**0.5)
+        mirror_back = mirror.transpose(1, 2).reshape(2, c, side, side).flip(-1).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(backbone.forward_tokens(pixels, "stage3"), 0.5 * (own + mirror_back))
+        flipped = model.get_image_features(pixels)
+    assert not torch.allclose(flipped, single)
+    with torch.enable_grad():
+        torch.testing.assert_close(backbone.forward_tokens(pixels, "stage3"), own)  # training: one view
+    model.save_pretrained(tmp_path / "m")
+    loaded = DualEncoderModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.vision_config.tta_flip and loaded.vision_model.backbone.tta_flip
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_image_features(pixels), flipped)
+
+
+def test_image_tower_cache_is_keyed_by_the_weights(mini_flickr, tmp_path):
+    """A frozen tower's cached outputs are reused on resume, and never read back for other weights under the same
+    timm name and size (a tower tuned on a GPU, then frozen for the text side's training)."""
+    from model_pkg.dual_encoder.training import image_tower_outputs
+
+    paths = sorted(str(p) for p in (mini_flickr / "images").iterdir())[:2]
+    first = tiny_model(vision_config={"freeze": True})
+    second = tiny_model(vision_config={"freeze": True})
+    with torch.no_grad():
+        for p in second.vision_model.backbone.parameters():
+            p.add_(0.5)
+    a = image_tower_outputs(first, paths, str(tmp_path))
+    b = image_tower_outputs(second, paths, str(tmp_path))
+    assert not torch.allclose(a, b)
+    assert len(list(tmp_path.glob("tokens-*.arrow"))) == 2
+    torch.testing.assert_close(image_tower_outputs(first, paths, str(tmp_path)), a)  # read back: same outputs
+    assert len(list(tmp_path.glob("tokens-*.arrow"))) == 2

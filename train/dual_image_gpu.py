@@ -113,9 +113,10 @@ def save_vision(model: ImageSide, folder: str) -> None:
 
 
 def merge(run_dir: str, model_dir: str, out_dir: str, image_size: int | None, metrics_json: str | None = None) -> None:
-    """The shipped dual encoder with the run's image tower in place of the frozen one -> a model folder. The card
-    gets the run's best dev recalls (at its training size), or those of `metrics_json` (`evaluate text-search`)."""
-    from safetensors.torch import load_file
+    """The shipped dual encoder with the run's image tower in place of the frozen one -> a model folder (and its
+    tuned backbone alone in `backbone.safetensors`). The card gets the run's best dev recalls (at its training
+    size), or those of `metrics_json` (`evaluate text-search`)."""
+    from safetensors.torch import load_file, save_file
 
     from model_pkg import DualEncoderModel
     from model_pkg.dual_encoder.training import save_with_card
@@ -153,6 +154,11 @@ def merge(run_dir: str, model_dir: str, out_dir: str, image_size: int | None, me
         "train_image_size": record["args"]["image_size"],
     }
     save_with_card(model, out_dir, metrics=metrics, training=training, weights_dtype=torch.float16)
+    # The tuned backbone alone, as a timm checkpoint: `vision_config.backbone_checkpoint_path` of a CPU recipe that
+    # trains the text side against it (train/configs/dual_encoder_tuned_image.yaml).
+    backbone = {k: v.contiguous() for k, v in model.vision_model.backbone.model.state_dict().items()}
+    save_file(backbone, os.path.join(out_dir, "backbone.safetensors.tmp"), metadata={"format": "pt"})
+    os.replace(os.path.join(out_dir, "backbone.safetensors.tmp"), os.path.join(out_dir, "backbone.safetensors"))
 
 
 def prepare(data: str, model_dir: str, out: str, size: int, quality: int) -> None:

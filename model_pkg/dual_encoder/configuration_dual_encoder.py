@@ -35,6 +35,8 @@ class DualEncoderVisionConfig(PretrainedConfig):
             the 320/352-d output of the last block stage, before the head conv, which was trained for
             ImageNet classes); `timm` pooling then averages its positions.
         freeze (`bool`): no gradients to the backbone (LiT); it then runs in eval mode.
+        tta_flip (`bool`): flip test-time augmentation: at inference each photo's features are the mean of its own
+            and its mirror image's (`Backbone.tta_flip`); training with gradients sees single views.
     """
 
     model_type = "petmatch_dual_encoder_vision"
@@ -51,6 +53,7 @@ class DualEncoderVisionConfig(PretrainedConfig):
         attention_heads: int = 8,
         freeze: bool = True,
         feature_layer: str | None = None,
+        tta_flip: bool = False,
         **kwargs,
     ):
         if pooling not in VISION_POOLING:
@@ -66,6 +69,7 @@ class DualEncoderVisionConfig(PretrainedConfig):
         self.attention_heads = attention_heads
         self.feature_layer = feature_layer
         self.freeze = freeze
+        self.tta_flip = tta_flip
         super().__init__(**kwargs)
 
 
@@ -152,6 +156,12 @@ class DualEncoderConfig(PretrainedConfig):
         loss (`str`): `infonce` (CLIP's symmetric contrastive loss with the learned temperature) or
             `max_violation` (VSE++: a hinge on the hardest in-batch negative of each text and image).
         loss_margin (`float`): the `max_violation` margin on cosine similarities.
+        query_bank_size (`int`): how many training-caption embeddings the model stores as a query bank for
+            text-to-image search (0: none; set by `DualEncoderModel.set_query_bank`). A photo's search score is its
+            cosine minus `T * log(mean(exp(bank cosines / T)))` with T = `query_bank_temperature`: a photo that
+            matches every caption a little (a hub) loses to one that matches this caption in particular (the
+            inverted softmax of QB-Norm, Bogolin et al., CVPR 2022).
+        query_bank_temperature (`float`): the temperature of that log-sum-exp.
     """
 
     model_type = "petmatch_dual_encoder"
@@ -170,6 +180,8 @@ class DualEncoderConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         loss: str = "infonce",
         loss_margin: float = 0.2,
+        query_bank_size: int = 0,
+        query_bank_temperature: float = 1 / 15,
         **kwargs,
     ):
         if loss not in LOSSES:
@@ -182,6 +194,10 @@ class DualEncoderConfig(PretrainedConfig):
             raise ValueError(f"temperature_init={temperature_init} must lie in (0, 1).")
         if not max_logit_scale >= 1.0 / temperature_init:
             raise ValueError(f"max_logit_scale={max_logit_scale} must be >= 1 / temperature_init = {1 / temperature_init:.1f}.")
+        if query_bank_size < 0:
+            raise ValueError(f"query_bank_size={query_bank_size} must be >= 0 (0: no query bank).")
+        if not 0.0 < query_bank_temperature < 1.0:
+            raise ValueError(f"query_bank_temperature={query_bank_temperature} must lie in (0, 1).")
         if isinstance(vision_config, dict) or vision_config is None:
             vision_config = DualEncoderVisionConfig(**(vision_config or {}))
         if isinstance(text_config, dict) or text_config is None:
@@ -197,6 +213,8 @@ class DualEncoderConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.loss = loss
         self.loss_margin = loss_margin
+        self.query_bank_size = query_bank_size
+        self.query_bank_temperature = query_bank_temperature
         super().__init__(**kwargs)
 
     @property

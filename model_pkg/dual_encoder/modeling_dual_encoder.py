@@ -16,6 +16,7 @@ The towers are in `towers.py`, the LSTM tower's word tokenizer in `tokenization.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -120,6 +121,10 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         self.visual_projection = _projection(config, self.vision_model.dim)
         self.text_projection = _projection(config, self.text_model.dim)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
+        # Training captions' embeddings (N, P) for search-score normalisation (`image_score_offsets`), saved with
+        # the weights; None until `set_query_bank`.
+        bank = torch.zeros(config.query_bank_size, config.projection_dim) if config.query_bank_size else None
+        self.register_buffer("query_bank", bank)
         self.tokenizer = self._build_tokenizer()
         self._keys_to_ignore_on_load_missing = [re.escape(k) for k in sorted(self.referenced_keys())]
         self.post_init()
@@ -284,6 +289,42 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         elif text_features.ndim != 2 or text_features.shape[-1] != self.text_model.dim:
             raise ValueError(f"text_features must be (batch, {self.text_model.dim}); got {tuple(text_features.shape)}.")
         return F.normalize(self.text_projection(text_features.to(self.logit_scale.dtype)), dim=-1)
+
+    def set_tta_flip(self, enabled: bool) -> None:
+        """Flip test-time augmentation of the image tower (`DualEncoderVisionConfig.tta_flip`), kept in the config."""
+        self.config.vision_config.tta_flip = bool(enabled)
+        self.vision_model.backbone.tta_flip = bool(enabled)
+
+    # -- query bank (search-score normalisation) ------------------------------------------------------------
+    @torch.no_grad()
+    def set_query_bank(self, texts: Sequence[str], temperature: float | None = None, batch_size: int = 256) -> None:
+        """Store the embeddings of `texts` (captions like the queries users type: the training captions, one per
+        photo) as the query bank that `image_score_offsets` normalises search scores with."""
+        texts = list(texts)
+        if not texts:
+            raise ValueError("set_query_bank needs at least one caption.")
+        bank = self.encode_text(texts, batch_size=batch_size).to(self.logit_scale.device)
+        if temperature is not None:
+            if not 0.0 < temperature < 1.0:
+                raise ValueError(f"temperature={temperature} must lie in (0, 1).")
+            self.config.query_bank_temperature = temperature
+        self.config.query_bank_size = len(texts)
+        self.query_bank = bank
+
+    @torch.no_grad()
+    def image_score_offsets(self, image_embeds: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """(N, P) image embeddings -> (N,) offsets added to their cosine with any query: minus the soft maximum of
+        their cosines with the query bank's captions, `T * log(mean(exp(cos / T)))` at the bank's temperature T
+        (zeros without a bank). A photo close to many bank captions is a hub that would top many searches it does
+        not answer; the offset takes that back. A score is then how much better the photo matches the query than
+        it matches captions in general: positive for a photo the query singles out. Each offset lies in [-1, 1]."""
+        if self.query_bank is None:
+            return torch.zeros(len(image_embeds))
+        t = self.config.query_bank_temperature
+        bank = self.query_bank.float().cpu()
+        log_n = math.log(len(bank))
+        parts = [-t * (torch.logsumexp(bank @ part.float().cpu().T / t, dim=0) - log_n) for part in image_embeds.split(chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0)
 
     @torch.no_grad()
     def encode_text(self, texts: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:

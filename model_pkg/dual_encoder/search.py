@@ -6,9 +6,11 @@
     engine.search_database("a black dog running on the beach", top_k=10)   # -> [SearchHit(path, score)]
     engine.rank_images("two children playing", some_paths, top_k=3)       # no database needed
 
-Scores are cosine similarities in the shared space. The database is a `gallery.GalleryIndex` (exact
-inner product, faiss): one row per photo, labelled by its path, tagged with `model_fingerprint(model)`
-so a database is never queried with a different model.
+Scores are cosine similarities in the shared space; a model with a query bank (`DualEncoderModel.set_query_bank`)
+adds each photo's offset (`image_score_offsets`), which takes back what a photo gains by resembling every caption.
+The database is a `gallery.GalleryIndex` (cosine, faiss): one row per photo (`database_vectors`: the embedding, and
+with a bank the offset and a norm-equalising column, so the index's cosine ranks by cosine + offset exactly),
+labelled by its path, tagged with `model_fingerprint(model)` so a database is never queried with a different model.
 """
 
 from __future__ import annotations
@@ -29,14 +31,23 @@ from .modeling_dual_encoder import DualEncoderModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageSearchEngine", "SearchHit", "embed_images", "model_fingerprint"]
+__all__ = [
+    "ImageSearchEngine",
+    "SearchHit",
+    "database_vectors",
+    "embed_images",
+    "model_fingerprint",
+    "query_vectors",
+    "score_scale",
+]
 
 MAX_QUERY_CHARS = 10_000
 
 
 @dataclass
 class SearchHit:
-    """One photo found for a query: its path and cosine similarity (hits are sorted best first)."""
+    """One photo found for a query: its path and score, the cosine similarity plus the photo's query-bank offset when
+    the model has a bank (hits are sorted best first)."""
 
     path: str
     score: float
@@ -46,6 +57,40 @@ def model_fingerprint(model: DualEncoderModel) -> str:
     """`petmatch_dual_encoder:<16 hex>`: `modeling_utils.model_identity`, equal for the same weights and
     forward-pass config wherever the model was loaded from (never a path or a library version)."""
     return model_identity(model)
+
+
+def database_vectors(model: DualEncoderModel, image_embeds: np.ndarray) -> np.ndarray:
+    """Image embeddings (N, P) -> the rows a search database stores. Without a query bank, the embeddings. With one,
+    (N, P + 2): the embedding, the photo's offset (`image_score_offsets`, in [-1, 1]) and a last column that gives
+    every row the same norm, sqrt(2): the database's cosine (it normalises rows and queries) then ranks by embedding
+    cosine + offset exactly, and `score_scale` turns it back into that sum."""
+    image_embeds = np.asarray(image_embeds, dtype=np.float32)
+    if model.query_bank is None:
+        return image_embeds
+    offsets = model.image_score_offsets(torch.from_numpy(image_embeds)).numpy().astype(np.float64)
+    fill = np.sqrt(np.maximum(1.0 - offsets**2, 0.0))
+    return np.concatenate([image_embeds, offsets[:, None], fill[:, None]], axis=1).astype(np.float32)
+
+
+def query_vectors(model: DualEncoderModel, text_embeds: np.ndarray) -> np.ndarray:
+    """Text embeddings (M, P) -> search queries against `database_vectors`: with a bank, columns 1 and 0 appended,
+    so a query's dot product with a row is its cosine with the photo plus the photo's offset."""
+    text_embeds = np.asarray(text_embeds, dtype=np.float32)
+    if model.query_bank is None:
+        return text_embeds
+    extra = np.tile(np.array([[1.0, 0.0]], np.float32), (len(text_embeds), 1))
+    return np.concatenate([text_embeds, extra], axis=1)
+
+
+def score_scale(model: DualEncoderModel) -> float:
+    """The database's cosine of a query and a row, times this, is the photo's score (cosine + offset)."""
+    if model.query_bank is None:
+        return 1.0
+    return 2.0  # |query row| = |database row| = sqrt(2)
+
+
+def database_dim(model: DualEncoderModel) -> int:
+    return model.config.projection_dim + (2 if model.query_bank is not None else 0)
 
 
 @torch.no_grad()
@@ -117,10 +162,11 @@ class ImageSearchEngine:
         emb, kept, self.skipped = embed_images(self.model, paths, self.batch_size, progress)
         if not kept:
             raise ValueError(f"none of the {len(paths)} images could be read (e.g. {self.skipped[0][1]}).")
-        database = GalleryIndex(emb.shape[1], "ip", approximate_above=max(len(kept), 200_000), model_id=self.model_id)
+        rows = database_vectors(self.model, emb)
+        database = GalleryIndex(rows.shape[1], "ip", approximate_above=max(len(kept), 200_000), model_id=self.model_id)
         if root is not None:
             kept = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in kept]
-        database.add(emb, kept, metadata=[{"path": p} for p in kept])
+        database.add(rows, kept, metadata=[{"path": p} for p in kept])
         self.database = database
         self.root = None if root is None else os.fspath(root)
 
@@ -131,9 +177,7 @@ class ImageSearchEngine:
     def load_database(self, directory: str | os.PathLike, root: str | os.PathLike | None = None) -> None:
         """Load a saved database; `GalleryMismatchError` if another model (or embedding size) built it.
         `root`: the folder its relative paths are resolved against (as given to `build_image_database`)."""
-        self.database = GalleryIndex.load(
-            directory, expected_dim=self.model.config.projection_dim, expected_model_id=self.model_id
-        )
+        self.database = GalleryIndex.load(directory, expected_dim=database_dim(self.model), expected_model_id=self.model_id)
         self.root = None if root is None else os.fspath(root)
 
     def resolve_path(self, path: str) -> str:
@@ -147,21 +191,25 @@ class ImageSearchEngine:
 
     # -- queries ---------------------------------------------------------------------------------------
     def encode_query(self, query: str) -> np.ndarray:
-        """A query -> (1, P) embedding. Empty or non-text queries are a ValueError; very long ones are
-        truncated to the text tower's `max_length` tokens."""
+        """A query -> its (1, D) search vector for the database (`query_vectors`). Empty or non-text queries are a
+        ValueError; very long ones are truncated to the text tower's `max_length` tokens."""
         if not isinstance(query, str):
             raise ValueError(f"the query must be a string, got {type(query).__name__}.")
         if not query.strip():
             raise ValueError("the query is empty: type a description of the photo, e.g. 'a black dog running on the beach'.")
-        return self.model.encode_text([query[:MAX_QUERY_CHARS]]).numpy()
+        return query_vectors(self.model, self.model.encode_text([query[:MAX_QUERY_CHARS]]).numpy())
+
+    def search_encoded(self, query: np.ndarray, top_k: int = 10) -> tuple[np.ndarray, list[str]]:
+        """An `encode_query` vector -> (scores (k,), stored paths) of the database's `top_k` best photos, best first."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        scores, labels, _ = self.database_or_raise().search(query, k=top_k)
+        return scores[0] * score_scale(self.model), labels[0]
 
     def search_database(self, query: str, top_k: int = 10) -> list[SearchHit]:
         """The `top_k` photos of the database that best match `query`, best first."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}.")
-        database = self.database_or_raise()
-        scores, labels, _ = database.search(self.encode_query(query), k=top_k)
-        return [SearchHit(path=self.resolve_path(p), score=float(s)) for p, s in zip(labels[0], scores[0])]
+        scores, labels = self.search_encoded(self.encode_query(query), top_k)
+        return [SearchHit(path=self.resolve_path(p), score=float(s)) for p, s in zip(labels, scores)]
 
     def rank_images(self, text_query: str, image_paths: Sequence[str], top_k: int = 10) -> list[SearchHit]:
         """Rank `image_paths` (unreadable ones skipped, see `self.skipped`) by how well they match `text_query`."""
@@ -169,6 +217,6 @@ class ImageSearchEngine:
             raise ValueError(f"top_k must be >= 1, got {top_k}.")
         query = self.encode_query(text_query)
         emb, kept, self.skipped = embed_images(self.model, list(image_paths), self.batch_size)
-        scores = (emb @ query[0]) if len(kept) else np.zeros(0)
+        scores = (database_vectors(self.model, emb) @ query[0]) if len(kept) else np.zeros(0)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [SearchHit(path=kept[i], score=float(scores[i])) for i in order]

@@ -73,6 +73,7 @@ class VisionTower(nn.Module):
         self.backbone: Backbone = create_backbone(config.backbone, pretrained=False, image_size=config.image_size)
         for module in self.backbone.modules():
             module._is_pretrained_tower = True
+        self.backbone.tta_flip = bool(getattr(config, "tta_flip", False))
         self.layer = getattr(config, "feature_layer", None)
         token_dim = self.backbone.token_shape(self.layer)[1]
         self.pool = AttentionPool(token_dim, config.attention_heads) if config.pooling == "attention" else None

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
+import datasets
 import numpy as np
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data import load_image
 from ..features import compute_tokens
 from ..fileio import atomic_write_json
+from ..modeling_utils import model_identity
 from ..training import (
     check_options,
     last_checkpoint,
@@ -85,6 +87,8 @@ class DualTrainingConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     augment_images: bool = True  # training on pixels: the project's train transform
+    query_bank_size: int = 0  # >0: store this many training captions (one per photo) as the model's query bank
+    query_bank_temperature: float = 1 / 15  # its temperature (`DualEncoderConfig.query_bank_temperature`)
     eval_steps: int = 50
     eval_on_start: bool = False  # evaluate before the first step too (the learning curve's starting point)
     eval_batch_size: int = 256
@@ -112,13 +116,16 @@ def image_tower_outputs(
     model: DualEncoderModel, paths: Sequence[str], cache_dir: str | None, batch_size: int = 32
 ) -> torch.Tensor:
     """The frozen image tower's outputs for `paths`: pooled (N, D) float32, or tokens (N, T, D) float16
-    for attention pooling; stored by `datasets` under `cache_dir` and reused on resume."""
+    for attention pooling; stored by `datasets` under `cache_dir` and reused on resume. The file name carries the
+    weights' digest, so a tuned tower (`backbone_checkpoint_path`) never reads the ImageNet tower's tokens."""
     tower = model.vision_model
     backbone = tower.backbone
     cache_file = None
     if cache_dir:
         layer = f"-{tower.layer}" if tower.layer else ""
-        cache_file = os.path.join(cache_dir, f"tokens-{backbone.model_name}-{backbone.image_size}{layer}-{len(paths)}.arrow")
+        weights = model_identity(backbone).split(":")[-1]
+        name = f"tokens-{backbone.model_name}-{backbone.image_size}{layer}-{len(paths)}-{weights}.arrow"
+        cache_file = os.path.join(cache_dir, name)
     tokens = compute_tokens(
         backbone, list(paths), batch_size=batch_size, cache_file=cache_file, desc="image tower", layer=tower.layer
     )
@@ -149,6 +156,16 @@ def _text_tower_outputs(model: DualEncoderModel, captions: Sequence[str], batch_
     model.eval()
     out = [model.text_model(**model.tokenize(captions[i : i + batch_size])) for i in range(0, len(captions), batch_size)]
     return torch.cat(out).float()
+
+
+def query_bank_captions(split: datasets.Dataset, size: int, seed: int = 0) -> list[str]:
+    """`size` training captions for `DualEncoderModel.set_query_bank`: the first caption of `size` photos drawn at
+    random (all photos when `size` reaches their number), so the bank covers as many photos as it can."""
+    if size < 1:
+        raise ValueError(f"the query bank needs at least 1 caption, got size={size}.")
+    captions = split["captions"][:]
+    rows = random.Random(seed).sample(range(len(captions)), min(size, len(captions)))
+    return [captions[i][0] for i in sorted(rows)]
 
 
 # -- batches ---------------------------------------------------------------------------------------------
@@ -206,6 +223,10 @@ def save_with_card(
     else:
         text = f"word embeddings + LSTM ({len(tc.vocab)} words)"
     layer = f", `{vc.feature_layer}` features" if getattr(vc, "feature_layer", None) else ""
+    if vc.backbone_weights_source.startswith("file:"):  # e.g. a tower fine-tuned by train/dual_image_gpu.py
+        layer += f", weights from `{vc.backbone_weights_source[len('file:') :]}`"
+    if getattr(vc, "tta_flip", False):
+        layer += ", flip test-time augmentation"
     save_with_model_card(
         model,
         save_directory,
@@ -216,6 +237,12 @@ def save_with_card(
             f"{vc.pooling} pooling{', frozen' if vc.freeze else ''}), text tower {text}, {model.config.projection} "
             f"projections into a {model.config.projection_dim}-d L2-normalised space, learned temperature. "
             "Frozen parts of towers from installed PyPI packages are referenced, not copied: loading needs no network."
+            + (
+                f" Search scores are normalised with a query bank of {model.config.query_bank_size} training captions "
+                f"(inverted softmax, temperature {model.config.query_bank_temperature:.3g})."
+                if model.query_bank is not None
+                else ""
+            )
         ),
         metrics=metrics,
         data="Flickr8k (Hodosh, Young, Hockenmaier 2013): 4,000 official training images x 5 captions; "
@@ -359,6 +386,11 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
 
     model = cast(DualEncoderModel, trainer.model).cpu().eval()
     dev = evaluate_retrieval(model, dev_paths, dev_captions, dev_owner, dev_image, dev_text)
+    dev_plain = None
+    if cfg.query_bank_size:  # search-score normalisation: set after training, judged on dev with and without
+        dev_plain = dev
+        model.set_query_bank(query_bank_captions(splits["train"], cfg.query_bank_size, cfg.seed), cfg.query_bank_temperature)
+        dev = evaluate_retrieval(model, dev_paths, dev_captions, dev_owner, dev_image, dev_text)
     training = {
         "steps": total_steps,
         "batch_size": cfg.batch_size,
@@ -369,5 +401,7 @@ def train_dual_encoder(cfg: DualTrainingConfig) -> dict:
     card_metrics = {f"dev_{k}": v for k, v in flat_metrics(dev).items()}
     save_with_card(model, os.path.join(cfg.output_dir, "model"), metrics=card_metrics, training=training)
     summary = {"dev": dev, "training": {**training, "config": asdict(cfg)}, "log_history": trainer.state.log_history}
+    if dev_plain is not None:
+        summary["dev_without_query_bank"] = dev_plain
     atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
