@@ -3,9 +3,9 @@
     python bench/ship_dual_encoder.py runs/dual-tuned/model --tta-flip --sizes 1000,2000,4000 \
         --temperatures 0.05,0.0667,0.1,0.15 --out models/dual-encoder --json bench/results/dual_query_bank_tuned_flip.json
 
-Text-to-image search ranks photos by cosine plus a per-photo offset: minus the temperature times the log-sum-exp of
-the photo's cosines with a bank of training captions (`DualEncoderModel.image_score_offsets`; QB-Norm's inverted
-softmax, Bogolin et al., CVPR 2022). A photo that resembles every caption a little (a hub) otherwise tops searches it
+Text-to-image search ranks photos by cosine plus a per-photo offset: minus a soft maximum (log-mean-exp at the bank's
+temperature) of the photo's cosines with a bank of training captions (`DualEncoderModel.image_score_offsets`;
+QB-Norm's inverted softmax, Bogolin et al., CVPR 2022). A photo that resembles every caption a little (a hub) otherwise tops searches it
 does not answer. The bank is the first caption of training photos drawn at random (`query_bank_captions`), so it
 holds captions like the ones users type and never a dev caption. Every dev photo and caption is embedded once; each
 (size, temperature) is judged by text->image R@1/5/10 on the 1,000 dev photos x 5,000 captions, and the best mean of

@@ -348,12 +348,16 @@ def test_train_tiny_run_and_text_search_cli(mini_flickr, tmp_path):
             "eval_steps=2",
             "--set",
             "report_to=none",
+            "--set",
+            "query_bank_size=2",
         ]
     )
     assert set(summary["dev"]) == {"text_to_image", "image_to_text"}
+    assert summary["dev_without_query_bank"]["image_to_text"] == summary["dev"]["image_to_text"]  # the bank: t2i only
     assert any("eval_t2i_r10" in row for row in summary["log_history"])
     saved = tmp_path / "run" / "model"
     assert (saved / "README.md").is_file() and (saved / "model.safetensors").is_file()
+    assert AutoModel.from_pretrained(saved).query_bank.shape == (2, 8)  # one caption of 2 of the 3 training photos
     out = tmp_path / "ts.json"
     result = evaluate_main(
         [
