@@ -161,7 +161,7 @@ class DualEncoderConfig(PretrainedConfig):
             cosine minus `T * log(mean(exp(bank cosines / T)))` with T = `query_bank_temperature`: a photo that
             matches every caption a little (a hub) loses to one that matches this caption in particular (the
             inverted softmax of QB-Norm, Bogolin et al., CVPR 2022).
-        query_bank_temperature (`float`): the temperature of that log-sum-exp.
+        query_bank_temperature (`float`): T, the temperature of that soft maximum (log-mean-exp).
     """
 
     model_type = "petmatch_dual_encoder"
