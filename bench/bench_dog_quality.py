@@ -2,6 +2,8 @@
 
     python bench/bench_dog_quality.py --models imagenet,models/arcface-embedder --split val \
         --json bench/results/dog_quality_val.json
+    python bench/bench_dog_quality.py --models models/arcface-embedder --tta none --snorm none,set,photos \
+        --pair-seeds 0,1,2,3,4 --split val --json bench/results/dog_quality_val_cohort_stats.json
 
 For each model and variant, every photo of `--split` is embedded once; then
 * set vs set: 1v1 and 3v3 pairs with random and hard negatives, drawn exactly as `python -m
@@ -14,7 +16,9 @@ For each model and variant, every photo of `--split` is embedded once; then
 Variants: `tta=flip` averages each photo's embedding with its mirror image's; `snorm` normalises every
 score by the top-`--cohort-top` similarities of each side to a cohort of training dogs (one mean
 embedding per training dog): s' = ((s - mu_a) / sd_a + (s - mu_b) / sd_b) / 2 (adaptive s-norm, as in
-speaker and face verification). `imagenet` is the untrained EfficientNet-Lite0's pooled feature.
+speaker and face verification); `--snorm set` takes mu and sd of a side from its set's mean embedding,
+`--snorm photos` averages its photos' own (the same for 1v1; the pair matcher's `cohort_stats`). `imagenet` is
+the untrained EfficientNet-Lite0's pooled feature. `--pair-seeds 0,1,2,3,4` averages five draws of pairs.
 Choose variants on `--split val`; report them on `--split test`.
 """
 
@@ -87,22 +91,38 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
-def pair_rows(emb, groups, cohort, top, seed, pairs, snorm) -> list[dict]:
+def pair_rows(emb, groups, cohort, top, seeds, pairs, snorm) -> list[dict]:
+    """ROC-AUC and oracle accuracy per protocol, each the mean over the pair draws of `seeds`. `snorm`: None (the plain
+    cosine), "set" (each side's cohort statistics from its mean embedding) or "photos" (the mean of its photos' own)."""
     rows = []
     for negatives in ("random", "hard"):
         for k in (1, 3):
-            drawn, _ = draw_pairs(groups, pairs, k, seed, negatives, 32, "bench")
-            a = unit(np.stack([np.mean([emb[p] for p in pr.paths_a], 0) for pr in drawn]))
-            b = unit(np.stack([np.mean([emb[p] for p in pr.paths_b], 0) for pr in drawn]))
-            scores = (a * b).sum(1)
-            if snorm:
-                mu_a, sd_a = cohort_stats(a, cohort, top)
-                mu_b, sd_b = cohort_stats(b, cohort, top)
-                scores = 0.5 * ((scores - mu_a) / sd_a + (scores - mu_b) / sd_b)
-            labels = np.array([pr.label for pr in drawn])
-            m = verification_metrics(labels, scores)
-            rows.append({"protocol": f"{k}v{k} {negatives}", "roc_auc": m["roc_auc"], "best_accuracy": m["best_accuracy"]})
+            aucs, accs = [], []
+            for seed in seeds:
+                drawn, _ = draw_pairs(groups, pairs, k, seed, negatives, 32, "bench")
+                sets_a = [np.stack([emb[p] for p in pr.paths_a]) for pr in drawn]
+                sets_b = [np.stack([emb[p] for p in pr.paths_b]) for pr in drawn]
+                a, b = unit(np.stack([s.mean(0) for s in sets_a])), unit(np.stack([s.mean(0) for s in sets_b]))
+                scores = (a * b).sum(1)
+                if snorm:
+                    mu_a, sd_a = side_stats(a, sets_a, cohort, top, snorm)
+                    mu_b, sd_b = side_stats(b, sets_b, cohort, top, snorm)
+                    scores = 0.5 * ((scores - mu_a) / sd_a + (scores - mu_b) / sd_b)
+                m = verification_metrics(np.array([pr.label for pr in drawn]), scores)
+                aucs.append(m["roc_auc"])
+                accs.append(m["best_accuracy"])
+            rows.append(
+                {"protocol": f"{k}v{k} {negatives}", "roc_auc": float(np.mean(aucs)), "best_accuracy": float(np.mean(accs))}
+            )
     return rows
+
+
+def side_stats(vectors, photo_sets, cohort, top, snorm):
+    """Each side's s-norm mean and spread: from its set vector ("set") or the mean of its photos' own ("photos")."""
+    if snorm == "set":
+        return cohort_stats(vectors, cohort, top)
+    per_photo = [cohort_stats(photos, cohort, top) for photos in photo_sets]
+    return np.array([mu.mean() for mu, _ in per_photo]), np.array([sd.mean() for _, sd in per_photo])
 
 
 def gallery_row(emb, groups, cohort, top, seed, snorm) -> dict:
@@ -135,13 +155,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--splits", default=os.path.join(ROOT, "train", "splits", "dogfacenet.json"))
     parser.add_argument("--split", default="val")
     parser.add_argument("--pairs", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the gallery split's seed")
+    parser.add_argument("--pair-seeds", default="0", help="pair draws, comma-separated: each row is their mean")
+    parser.add_argument("--snorm", default="none,set", help="none, set (statistics of the set vector), photos (of each photo)")
     parser.add_argument("--cohort-dogs", type=int, default=300, help="training dogs in the s-norm cohort")
     parser.add_argument("--cohort-top", type=int, default=50, help="top cohort scores per side (adaptive s-norm)")
     parser.add_argument("--tta", default="none,flip")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    seeds = [int(x) for x in args.pair_seeds.split(",")]
+    if not set(args.snorm.split(",")) <= {"none", "set", "photos"}:
+        parser.error(f"--snorm {args.snorm!r}: give none, set and/or photos, comma-separated")
     if args.threads:
         torch.set_num_threads(args.threads)
     groups, _ = load_groups(args.data, args.splits, args.split, None)
@@ -157,17 +182,18 @@ def main(argv=None) -> list[dict]:
             start = time.perf_counter()
             emb = embed(encode, data_config, paths + cohort_paths, flip=tta == "flip")
             cohort = unit(np.stack([np.mean([emb[p] for p in train_groups[d][:2]], 0) for d in cohort_dogs]))
-            for snorm in (False, True):
+            for snorm in args.snorm.split(","):
+                norm = None if snorm == "none" else snorm
                 variant = {"model": name, "split": args.split, "tta": tta, "snorm": snorm}
-                for r in pair_rows(emb, groups, cohort, args.cohort_top, args.seed, args.pairs, snorm):
+                for r in pair_rows(emb, groups, cohort, args.cohort_top, seeds, args.pairs, norm):
                     rows.append({**variant, **r})
-                rows.append({**variant, **gallery_row(emb, groups, cohort, args.cohort_top, args.seed, snorm)})
+                rows.append({**variant, **gallery_row(emb, groups, cohort, args.cohort_top, args.seed, norm is not None)})
             print(f"{name} tta={tta}: {time.perf_counter() - start:.0f} s", flush=True)
     print("\n| model | TTA | s-norm | protocol | ROC-AUC | best acc. | rank-1 | rank-5 | open-set AUROC |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [f"{r[k]:.3f}" if k in r else "" for k in ("roc_auc", "best_accuracy", "rank1", "rank5", "open_set_auroc")]
-        print(f"| {r['model']} | {r['tta']} | {'yes' if r['snorm'] else 'no'} | {r['protocol']} | " + " | ".join(cells) + " |")
+        print(f"| {r['model']} | {r['tta']} | {r['snorm']} | {r['protocol']} | " + " | ".join(cells) + " |")
     if args.json:
         atomic_write_json(rows, args.json)
     return rows

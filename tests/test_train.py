@@ -288,6 +288,60 @@ def test_snorm_matcher_normalises_against_its_cohort_and_round_trips(tmp_path):
         PairMatcherConfig(head="concat_mlp", score_norm="asnorm", cohort_size=10, cohort_top_k=5)
 
 
+def test_snorm_photo_statistics_average_each_photos_own_and_survive_padding(tmp_path):
+    """cohort_stats="photos": a side's mean and spread are the mean of its real photos' own; for single
+    photos that is the set statistics; padded photos do not count; the choice is saved with the config."""
+    import torch.nn.functional as F
+
+    from model_pkg.pair_matcher.configuration_pair_matcher import PairMatcherConfig
+    from model_pkg.pair_matcher.modeling_pair_matcher import adaptive_snorm
+
+    embedder = _tiny_embedder()
+    torch.manual_seed(2)
+    cohort = torch.randn(12, 16)
+    by_set = PairMatcherModel.from_embedder(embedder, cohort=cohort, cohort_top_k=5).eval()
+    by_photo = PairMatcherModel.from_embedder(embedder, cohort=cohort, cohort_top_k=5, cohort_stats="photos").eval()
+    unit = F.normalize(cohort, dim=-1)
+    one_a, one_b = torch.randn(2, 1, 3, 32, 32), torch.randn(2, 1, 3, 32, 32)
+    a, b = torch.randn(2, 3, 3, 32, 32), torch.randn(2, 3, 3, 32, 32)
+    mask_a = torch.tensor([[True, True, True], [True, True, False]])
+    with torch.no_grad():
+        single = [m(pixel_values_a=one_a, pixel_values_b=one_b).logits for m in (by_set, by_photo)]
+        assert torch.allclose(single[0], single[1], atol=1e-5)
+        got = by_photo(pixel_values_a=a, mask_a=mask_a, pixel_values_b=b).logits
+        set_logits = by_set(pixel_values_a=a, mask_a=mask_a, pixel_values_b=b).logits
+        padded = by_photo(
+            pixel_values_a=torch.cat([a, torch.randn(2, 1, 3, 32, 32)], 1),
+            mask_a=torch.cat([mask_a, torch.zeros(2, 1, dtype=torch.bool)], 1),
+            pixel_values_b=b,
+        ).logits
+        # by hand: photo embeddings from the embedder, each photo's top-5 cohort cosines
+        emb_a = F.normalize(embedder.get_image_features(pixel_values=a.flatten(0, 1)), dim=-1).reshape(2, 3, -1)
+        emb_b = F.normalize(embedder.get_image_features(pixel_values=b.flatten(0, 1)), dim=-1).reshape(2, 3, -1)
+    expected = []
+    for i in range(2):
+        pa, pb = emb_a[i][mask_a[i]], emb_b[i]
+        va, vb = F.normalize(pa.mean(0), dim=-1), F.normalize(pb.mean(0), dim=-1)
+        top_a, top_b = (pa @ unit.T).topk(5).values, (pb @ unit.T).topk(5).values
+        score = va @ vb
+        z_a = (score - top_a.mean(-1).mean()) / top_a.std(-1).mean()
+        z_b = (score - top_b.mean(-1).mean()) / top_b.std(-1).mean()
+        expected.append(by_photo.head.scale * 0.5 * (z_a + z_b) + by_photo.head.bias)
+    assert torch.allclose(got, torch.stack(expected), atol=1e-4)
+    assert torch.allclose(padded, got, atol=1e-5)
+    assert torch.isfinite(set_logits).all()
+    # photos that disagree: their mean vector's cohort scores are not the mean of theirs, so the two statistics differ
+    photos = F.normalize(torch.randn(1, 3, 16), dim=-1)
+    mean = F.normalize(photos.mean(1), dim=-1)
+    score = torch.tensor([0.5])
+    args = (score, mean, mean, unit, 5)
+    assert not torch.allclose(adaptive_snorm(*args), adaptive_snorm(*args, (photos, torch.ones(1, 3, dtype=torch.bool)), None))
+    by_photo.save_pretrained(tmp_path / "m")
+    assert PairMatcherModel.from_pretrained(tmp_path / "m").config.cohort_stats == "photos"
+    with pytest.raises(ValueError, match="cohort_stats"):
+        PairMatcherConfig(head="siamese", score_norm="asnorm", cohort_size=10, cohort_top_k=5, cohort_stats="mean")
+
+
 def test_run_keeps_snorm_only_when_it_decides_better_on_validation(dog_tree, tmp_path):
     summary = run_from_embedder(
         dog_tree,

@@ -47,11 +47,16 @@ class PairMatcherOutput(ModelOutput):
 @dataclass
 class SetEncoding:
     """tokens: (B, N*T, H) projected tokens of all photos; token_mask: (B, N*T) True where real;
-    embeds: (B, H) the pooled set vector."""
+    embeds: (B, H) the pooled set vector; photo_embeds: (B, N, H) each photo's vector, photo_mask: (B, N)."""
 
     tokens: torch.Tensor
     token_mask: torch.Tensor
     embeds: torch.Tensor
+    photo_embeds: torch.Tensor | None = None
+    photo_mask: torch.Tensor | None = None
+
+
+PhotoSet = tuple[torch.Tensor, torch.Tensor]  # (B, N, H) photo vectors, (B, N) True for real photos
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,28 +132,52 @@ class SiameseHead(nn.Module):
                 nn.Linear(config.mlp_hidden_size, 1),
             )
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, cohort: torch.Tensor | None = None, top_k: int = 50) -> torch.Tensor:
-        """a, b (B, H) set vectors -> logits (B,); with `cohort` (C, H), unit rows, the cosine is s-normed."""
+    def forward(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        cohort: torch.Tensor | None = None,
+        top_k: int = 50,
+        photos_a: PhotoSet | None = None,
+        photos_b: PhotoSet | None = None,
+    ) -> torch.Tensor:
+        """a, b (B, H) set vectors -> logits (B,); with `cohort` (C, H), unit rows, the cosine is s-normed
+        (`adaptive_snorm`; `photos_a` / `photos_b`: each side's photos, for `cohort_stats="photos"`)."""
         if self.distance == "cosine":
             a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
             score = (a * b).sum(-1)
             if cohort is not None:
-                score = adaptive_snorm(score, a, b, cohort, top_k)
+                score = adaptive_snorm(score, a, b, cohort, top_k, photos_a, photos_b)
             return self.scale * score + self.bias
         return self.mlp(torch.cat([(a - b).abs(), a * b], dim=-1)).squeeze(-1)
 
 
-def adaptive_snorm(score: torch.Tensor, a: torch.Tensor, b: torch.Tensor, cohort: torch.Tensor, top_k: int) -> torch.Tensor:
+def adaptive_snorm(
+    score: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    cohort: torch.Tensor,
+    top_k: int,
+    photos_a: PhotoSet | None = None,
+    photos_b: PhotoSet | None = None,
+) -> torch.Tensor:
     """Adaptive symmetric score normalisation: each side's cosine to its `top_k` closest cohort identities
     gives the mean and spread of "different animal" scores for that side, and the pair's cosine is measured
-    in those units. a, b (B, H) unit vectors, cohort (C, H) unit rows."""
+    in those units. a, b (B, H) unit vectors, cohort (C, H) unit rows. With `photos_a` (and likewise `_b`),
+    that side's mean and spread are the means over its real photos of each photo's own (`cohort_stats="photos"`)."""
 
-    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        top = (x @ cohort.T).topk(top_k, dim=-1).values  # (B, top_k)
-        return top.mean(-1), top.std(-1).clamp_min(1e-4)
+    def stats(x: torch.Tensor, photos: PhotoSet | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if photos is None:
+            top = (x @ cohort.T).topk(top_k, dim=-1).values  # (B, top_k)
+            return top.mean(-1), top.std(-1).clamp_min(1e-4)
+        embeds, mask = photos
+        top = (F.normalize(embeds, dim=-1) @ cohort.T).topk(top_k, dim=-1).values  # (B, N, top_k)
+        per_photo = torch.stack([top.mean(-1), top.std(-1).clamp_min(1e-4)], dim=-1)  # (B, N, 2)
+        mu, sd = masked_mean(per_photo, mask).unbind(-1)
+        return mu, sd
 
-    mu_a, sd_a = stats(a)
-    mu_b, sd_b = stats(b)
+    mu_a, sd_a = stats(a, photos_a)
+    mu_b, sd_b = stats(b, photos_b)
     return 0.5 * ((score - mu_a) / sd_a + (score - mu_b) / sd_b)
 
 
@@ -304,7 +333,7 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         token_mask = mask.unsqueeze(-1).expand(b, n, t).reshape(b, n * t)  # (B, N*T)
         proj = proj.reshape(b, n * t, -1)
         embeds = self.set_pooling(proj, token_mask, photo_embeds, mask)
-        return SetEncoding(tokens=proj, token_mask=token_mask, embeds=embeds)
+        return SetEncoding(tokens=proj, token_mask=token_mask, embeds=embeds, photo_embeds=photo_embeds, photo_mask=mask)
 
     def forward_head(self, a: SetEncoding, b: SetEncoding) -> torch.Tensor:
         if isinstance(self.head, CrossAttentionHead):
@@ -313,7 +342,15 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
             pool = self.set_pooling.attend if self.set_pooling.mode == "attention" else masked_mean
             return self.head(a, b, pool)
         if self.config.score_norm is not None:
-            return self.head(a.embeds, b.embeds, cohort=F.normalize(self.cohort, dim=-1), top_k=self.config.cohort_top_k)
+            photos = self.config.cohort_stats == "photos"
+            return self.head(
+                a.embeds,
+                b.embeds,
+                cohort=F.normalize(self.cohort, dim=-1),
+                top_k=self.config.cohort_top_k,
+                photos_a=(a.photo_embeds, a.photo_mask) if photos else None,
+                photos_b=(b.photo_embeds, b.photo_mask) if photos else None,
+            )
         return self.head(a.embeds, b.embeds)
 
     def forward(

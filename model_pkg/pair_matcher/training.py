@@ -58,7 +58,7 @@ from .calibration import (
     snorm_cohort,
     validation_pairs_by_size,
 )
-from .configuration_pair_matcher import PairMatcherConfig
+from .configuration_pair_matcher import COHORT_STATS, PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel
 
 # `calibrate_thresholds`, `calibrate_embedder_matcher` and `predict_pair_scores` live in `calibration.py`; they are
@@ -121,6 +121,9 @@ class PairTrainingConfig:
     score_norm: str = "none"
     cohort_dogs: int = 400  # training dogs in the cohort, 2 photos each
     cohort_top_k: int = 50
+    # Where each side's s-norm statistics come from: "set" (its mean embedding's) or "photos" (the mean of its
+    # photos' own; PairMatcherConfig.cohort_stats says why that suits multi-photo sets).
+    cohort_stats: str = "set"
 
     def __post_init__(self):
         if self.calibration_negatives not in CALIBRATION_NEGATIVES:
@@ -134,6 +137,8 @@ class PairTrainingConfig:
             )
         if self.score_norm not in ("none", "auto", "asnorm"):
             raise ValueError(f"score_norm={self.score_norm!r} is not one of ('none', 'auto', 'asnorm').")
+        if self.cohort_stats not in COHORT_STATS:
+            raise ValueError(f"cohort_stats={self.cohort_stats!r} is not one of {COHORT_STATS}.")
         if self.score_norm != "none" and not self.embedder:
             raise ValueError("score_norm applies to a matcher built from an embedder: give embedder=<saved ArcFace embedder>.")
         if self.embedder and (self.frozen_steps or self.finetune_steps):
@@ -204,6 +209,7 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
                 embedder,
                 cohort=snorm_cohort(embedder, train_groups, cfg.cohort_dogs, cfg.seed),
                 cohort_top_k=cfg.cohort_top_k,
+                cohort_stats=cfg.cohort_stats,
                 **cfg.model,
             )
     else:
