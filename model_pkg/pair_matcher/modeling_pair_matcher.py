@@ -167,13 +167,11 @@ def adaptive_snorm(
     that side's mean and spread are the means over its real photos of each photo's own (`cohort_stats="photos"`)."""
 
     def stats(x: torch.Tensor, photos: PhotoSet | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if photos is None:
-            top = (x @ cohort.T).topk(top_k, dim=-1).values  # (B, top_k)
-            return top.mean(-1), top.std(-1).clamp_min(1e-4)
-        embeds, mask = photos
-        top = (F.normalize(embeds, dim=-1) @ cohort.T).topk(top_k, dim=-1).values  # (B, N, top_k)
-        per_photo = torch.stack([top.mean(-1), top.std(-1).clamp_min(1e-4)], dim=-1)  # (B, N, 2)
-        mu, sd = masked_mean(per_photo, mask).unbind(-1)
+        # the set vector is a set of one "photo"
+        rows, mask = (x.unsqueeze(1), None) if photos is None else (F.normalize(photos[0], dim=-1), photos[1])
+        top = (rows @ cohort.T).topk(top_k, dim=-1).values  # (B, N, top_k)
+        per_row = torch.stack([top.mean(-1), top.std(-1).clamp_min(1e-4)], dim=-1)  # (B, N, 2)
+        mu, sd = (per_row[:, 0] if mask is None else masked_mean(per_row, mask)).unbind(-1)
         return mu, sd
 
     mu_a, sd_a = stats(a, photos_a)
