@@ -95,18 +95,22 @@ def pair_rows(emb, groups, cohort, top, seeds, pairs, snorm) -> list[dict]:
     """ROC-AUC and oracle accuracy per protocol, each the mean over the pair draws of `seeds`. `snorm`: None (the plain
     cosine), "set" (each side's cohort statistics from its mean embedding) or "photos" (the mean of its photos' own)."""
     rows = []
+    photo_stats = None  # each photo's own cohort mean and spread, computed once for every draw
+    if snorm == "photos":
+        paths = sorted(p for ps in groups.values() for p in ps)
+        mu, sd = cohort_stats(np.stack([emb[p] for p in paths]), cohort, top)
+        photo_stats = dict(zip(paths, zip(mu, sd)))
     for negatives in ("random", "hard"):
         for k in (1, 3):
             aucs, accs = [], []
             for seed in seeds:
                 drawn, _ = draw_pairs(groups, pairs, k, seed, negatives, 32, "bench")
-                sets_a = [np.stack([emb[p] for p in pr.paths_a]) for pr in drawn]
-                sets_b = [np.stack([emb[p] for p in pr.paths_b]) for pr in drawn]
-                a, b = unit(np.stack([s.mean(0) for s in sets_a])), unit(np.stack([s.mean(0) for s in sets_b]))
+                a = unit(np.stack([np.mean([emb[p] for p in pr.paths_a], 0) for pr in drawn]))
+                b = unit(np.stack([np.mean([emb[p] for p in pr.paths_b], 0) for pr in drawn]))
                 scores = (a * b).sum(1)
                 if snorm:
-                    mu_a, sd_a = side_stats(a, sets_a, cohort, top, snorm)
-                    mu_b, sd_b = side_stats(b, sets_b, cohort, top, snorm)
+                    mu_a, sd_a = side_stats(a, [pr.paths_a for pr in drawn], cohort, top, photo_stats)
+                    mu_b, sd_b = side_stats(b, [pr.paths_b for pr in drawn], cohort, top, photo_stats)
                     scores = 0.5 * ((scores - mu_a) / sd_a + (scores - mu_b) / sd_b)
                 m = verification_metrics(np.array([pr.label for pr in drawn]), scores)
                 aucs.append(m["roc_auc"])
@@ -117,12 +121,13 @@ def pair_rows(emb, groups, cohort, top, seeds, pairs, snorm) -> list[dict]:
     return rows
 
 
-def side_stats(vectors, photo_sets, cohort, top, snorm):
-    """Each side's s-norm mean and spread: from its set vector ("set") or the mean of its photos' own ("photos")."""
-    if snorm == "set":
+def side_stats(vectors, path_sets, cohort, top, photo_stats):
+    """Each side's s-norm mean and spread: from its set vector, or with `photo_stats` ({path: (mu, sd)}) the mean of
+    its photos' own."""
+    if photo_stats is None:
         return cohort_stats(vectors, cohort, top)
-    per_photo = [cohort_stats(photos, cohort, top) for photos in photo_sets]
-    return np.array([mu.mean() for mu, _ in per_photo]), np.array([sd.mean() for _, sd in per_photo])
+    per_side = np.array([np.mean([photo_stats[p] for p in paths], axis=0) for paths in path_sets])  # (B, 2)
+    return per_side[:, 0], per_side[:, 1]
 
 
 def gallery_row(emb, groups, cohort, top, seed, snorm) -> dict:
