@@ -12,6 +12,16 @@ Folder layout (everything written atomically, so a crash never leaves a half-wri
     <directory>/photos/<name>/<id>.jpg  a copy of every registered photo: thumbnails for the matches, and
                                         what is re-embedded when the gallery is opened with another embedder
 
+Animals are records, not names: every photo's index metadata carries its animal's stable id (`animal`),
+species, who registered it and when (`by`, `at`) and an optional staff-only `note`; the index label is the
+display name, unique in the gallery (compared after NFKC normalisation, ignoring case), so renaming relabels
+the animal's rows. Galleries saved before records existed get ids derived from their names when opened.
+
+    <directory>/audit.log               one JSON line per change (register, add photos, update, delete): who,
+                                        what, when. Append-only, fsynced, written under the gallery lock before
+                                        the index swap it describes: an entry may name a change that a kill -9
+                                        stopped before its save, never the reverse.
+
 Embedding, voting and rejection are :class:`GalleryIndex`'s; this module only keeps photos and index together.
 
 Several processes may share one gallery folder (two app workers, a Space restarted while the old one
@@ -28,12 +38,15 @@ or removed. An identification sees the gallery as it was before or after a chang
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
 import threading
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,9 +62,23 @@ from .gallery import META_FILE, GalleryIndex, GalleryMismatchError, Prediction
 from .modeling_utils import model_identity
 from .transforms import create_transform
 
-__all__ = ["GalleryMatch", "Identification", "PhotoGallery", "embed_photos", "embedder_id", "MAX_NAME_LENGTH"]
+__all__ = [
+    "AnimalRecord",
+    "GalleryMatch",
+    "Identification",
+    "NameTakenError",
+    "PhotoGallery",
+    "UnknownAnimalError",
+    "embed_photos",
+    "embedder_id",
+    "normalize_name",
+    "MAX_NAME_LENGTH",
+]
 
 MAX_NAME_LENGTH = 64
+MAX_NOTE_LENGTH = 500
+SPECIES = ("dog", "cat", "other")
+AUDIT_FILE = "audit.log"
 _THUMBNAIL_SIDE = 448
 ProgressFn = Callable[[int, int], None]
 
@@ -116,6 +143,89 @@ class Identification:
             f"Not sure - reshoot: {p.candidates[0][0]} and {runner_up} are about equally likely (vote margin "
             f"{p.margin:.2f} < {self.margin_threshold:.2f}). Take another photo, frontal and well lit."
         )
+
+
+class NameTakenError(ValueError):
+    """A registration or rename would give a second animal a registered name (`animal` is the holder)."""
+
+    def __init__(self, message: str, animal: AnimalRecord):
+        super().__init__(message)
+        self.animal = animal
+
+
+class UnknownAnimalError(KeyError):
+    """No animal with this id is registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown animal"
+
+
+@dataclass
+class AnimalRecord:
+    """One registered animal: a stable id, its display name, species, who registered it and when, its photos
+    (ids: the stored file names without extension), and a note only staff see (e.g. the finder's contact)."""
+
+    id: str
+    name: str
+    species: str
+    registered_by: str
+    registered_at: str
+    photos: list[str]
+    note: str = ""
+
+    def public(self) -> dict:
+        """What anyone may see: no note, no registrant."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "species": self.species,
+            "registered_at": self.registered_at,
+            "photos": len(self.photos),
+        }
+
+
+def _has_forbidden_characters(text: str) -> bool:
+    # Cc: control, Cf: format (zero-width joiners, bidi overrides, BOM), Co/Cs/Cn: private, surrogates, unassigned
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Cn") for ch in text)
+
+
+def normalize_name(name) -> str:
+    """A display name as stored: NFKC-normalised (full-width and compatibility letters folded), runs of
+    whitespace made one space; control and invisible characters, and names over 64 characters, refused."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("Give the animal a name (e.g. 'Bella') before registering its photos.")
+    name = unicodedata.normalize("NFKC", name)
+    if _has_forbidden_characters(name.replace("\n", " ").replace("\t", " ").replace("\r", " ")):
+        raise ValueError(
+            "The name contains control or invisible characters (e.g. zero-width or text-direction marks): "
+            "type it again with letters, digits, spaces and punctuation only."
+        )
+    name = " ".join(name.split())
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"The name has {len(name)} characters; use at most {MAX_NAME_LENGTH}.")
+    return name
+
+
+def _name_key(name: str) -> str:
+    return normalize_name(name).casefold()
+
+
+def _legacy_animal_id(label: str) -> str:
+    """The id of an animal registered before records existed: derived from its name, the same in every process."""
+    return "a" + hashlib.sha1(label.encode()).hexdigest()[:12]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_note(note) -> str:
+    note = "" if note is None else unicodedata.normalize("NFKC", str(note)).strip()
+    if len(note) > MAX_NOTE_LENGTH:
+        raise ValueError(f"The note has {len(note)} characters; use at most {MAX_NOTE_LENGTH}.")
+    if _has_forbidden_characters(note.replace("\n", " ")):
+        raise ValueError("The note contains control or invisible characters: type it again.")
+    return note
 
 
 def _slug(name: str) -> str:
@@ -250,21 +360,142 @@ class PhotoGallery:
         atomic_write(self.directory / relative, lambda fh: fh.write(buffer.getvalue()), binary=True)
         return relative
 
-    @staticmethod
-    def check_name(name) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError("Give the animal a name (e.g. 'Bella') before registering its photos.")
-        name = " ".join(name.split())
-        if len(name) > MAX_NAME_LENGTH:
-            raise ValueError(f"The name has {len(name)} characters; use at most {MAX_NAME_LENGTH}.")
-        return name
+    check_name = staticmethod(normalize_name)
 
-    def register(self, name: str, photos: Sequence, progress: ProgressFn | None = None) -> int:
-        """Add photos of `name` (a new animal, or more photos of a registered one) and save the gallery.
+    # -- records ---------------------------------------------------------------------------------
+    def _records(self) -> dict[str, AnimalRecord]:
+        """{id: record} of the in-memory index, in registration order (call under `self._lock`)."""
+        records: dict[str, AnimalRecord] = {}
+        for label, meta in zip(self.index.labels, self.index.metadata):
+            animal = meta.get("animal") or _legacy_animal_id(label)
+            if animal not in records:
+                records[animal] = AnimalRecord(
+                    id=animal,
+                    name=label,
+                    species=meta.get("species", "dog"),
+                    registered_by=meta.get("by", "unknown (before records)"),
+                    registered_at=meta.get("at", ""),
+                    photos=[],
+                    note=meta.get("note", ""),
+                )
+            records[animal].photos.append(Path(meta["photo"]).stem)
+        return records
+
+    def animals(self) -> list[AnimalRecord]:
+        """Every registered animal, in registration order (reloads what another process saved meanwhile)."""
+        with self._lock:
+            self.refresh()
+            return list(self._records().values())
+
+    def animal(self, animal_id: str) -> AnimalRecord:
+        with self._lock:
+            self.refresh()
+            record = self._records().get(animal_id)
+        if record is None:
+            raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
+        return record
+
+    def find_name(self, name: str) -> AnimalRecord | None:
+        """The animal registered under `name` (NFKC, case ignored), or None."""
+        key = _name_key(name)
+        with self._lock:
+            self.refresh()
+            return next((r for r in self._records().values() if r.name.casefold() == key), None)
+
+    def photo_file(self, animal_id: str, photo_id: str) -> Path:
+        """The stored file of one photo of an animal; `UnknownAnimalError` if either is not registered."""
+        with self._lock:
+            self.refresh()
+            for label, meta in zip(self.index.labels, self.index.metadata):
+                if (meta.get("animal") or _legacy_animal_id(label)) == animal_id and Path(meta["photo"]).stem == photo_id:
+                    return self.directory / meta["photo"]
+        raise UnknownAnimalError(f"Animal {animal_id!r} has no photo {photo_id!r}.")
+
+    # -- audit log -------------------------------------------------------------------------------
+    @property
+    def audit_path(self) -> Path:
+        return self.directory / AUDIT_FILE
+
+    def _audit(self, who: str, action: str, animal: str, **details) -> None:
+        """Append one entry and fsync it (call under the file lock). A line torn by a kill -9 is ended first,
+        so the entry after it stays readable; readers skip the torn one."""
+        entry = {"at": _now(), "who": who, "action": action, "animal": animal, **details}
+        line = json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n"
+        with open(self.audit_path, "ab+") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def audit_log(self, limit: int | None = None) -> list[dict]:
+        """The audit entries, oldest first (the last `limit` ones)."""
+        try:
+            lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+        return entries[-limit:] if limit else entries
+
+    def _save(self) -> None:
+        """Save the in-memory index (under the locks) and remember the disk's stamp."""
+        try:
+            self.index.save(self.index_dir)
+        except BaseException:
+            self._stamp = ("unsaved",)  # the in-memory index is ahead of the disk: reload it on next use
+            raise
+        self._stamp = self._disk_stamp()
+
+    def _rebuild(self, labels: list[str], metadata: list[dict]) -> None:
+        """Replace the index by one with the same vectors and ids and new labels / metadata (rename, edit)."""
+        index = self._new_index()
+        if len(self.index):
+            index.add(self.index.vectors, labels, ids=self.index.ids, metadata=metadata)
+        index.calibration = self.index.calibration
+        self.index = index
+        self.set_thresholds(*self._thresholds)
+
+    # -- registering -----------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        photos: Sequence,
+        progress: ProgressFn | None = None,
+        *,
+        by: str = "local",
+        species: str = "dog",
+        note: str = "",
+        existing: str = "merge",
+    ) -> int:
+        """Add photos of `name` (a new animal, or, with `existing="merge"`, more photos of the registered animal
+        of that name; `existing="refuse"` raises `NameTakenError` instead) and save the gallery.
 
         Every photo is checked before anything is stored: a bad one raises `ImageLoadError` naming it
-        and leaves the gallery unchanged. Returns how many photos `name` now has."""
+        and leaves the gallery unchanged. Returns how many photos the animal now has."""
+        return self._add(name, photos, progress, by=by, species=species, note=note, existing=existing)[1]
+
+    def register_animal(self, name: str, photos: Sequence, by: str, *, species: str = "dog", note: str = "", progress=None):
+        """A new animal (`NameTakenError` if the name is registered) -> its record."""
+        animal, _ = self._add(name, photos, progress, by=by, species=species, note=note, existing="refuse")
+        return self.animal(animal)
+
+    def add_photos(self, animal_id: str, photos: Sequence, by: str, progress: ProgressFn | None = None) -> AnimalRecord:
+        """More photos of a registered animal -> its record."""
+        record = self.animal(animal_id)
+        self._add(record.name, photos, progress, by=by, species=record.species, note=record.note, animal_id=animal_id)
+        return self.animal(animal_id)
+
+    def _add(self, name, photos, progress, *, by, species, note, existing="merge", animal_id=None) -> tuple[str, int]:
         name = self.check_name(name)
+        if species not in SPECIES:
+            raise ValueError(f"species must be one of {', '.join(SPECIES)}, got {species!r}")
+        note = _check_note(note)
         if not photos:
             raise ValueError(f"Upload at least one photo of {name} to register it.")
         for photo in photos:
@@ -276,20 +507,94 @@ class PhotoGallery:
             embeddings = embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress)
             with self._locked():
                 self.refresh()  # another process may have registered animals since this one last looked
-                self.index.add(embeddings, [name] * len(stored), metadata=[{"photo": p} for p in stored])
-                try:
-                    self.index.save(self.index_dir)
-                except BaseException:
-                    self._stamp = ("unsaved",)  # the in-memory index is ahead of the disk: reload it on next use
-                    raise
-                self._stamp = self._disk_stamp()
-                return self.index.labels.count(name)
+                records = self._records()
+                if animal_id is not None:
+                    if animal_id not in records:  # deleted while the photos were being embedded
+                        raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
+                    name, action = records[animal_id].name, "add_photos"
+                else:
+                    holder = next((r for r in records.values() if r.name.casefold() == name.casefold()), None)
+                    if holder is not None and (existing != "merge" or holder.name != name):
+                        raise NameTakenError(
+                            f"An animal named {holder.name!r} is already registered (id {holder.id}, "
+                            f"{len(holder.photos)} photos): add the photos to it, or choose another name.",
+                            holder,
+                        )
+                    animal_id = holder.id if holder is not None else "a" + uuid.uuid4().hex[:12]
+                    action = "add_photos" if holder is not None else "register"
+                    if holder is not None:
+                        species, note = holder.species, holder.note
+                meta = {"animal": animal_id, "species": species, "by": by, "at": _now(), "note": note}
+                if action == "add_photos":  # the record's fields stay those of its registration
+                    first = next(m for lab, m in zip(self.index.labels, self.index.metadata) if lab == name)
+                    meta.update({k: first[k] for k in ("by", "at") if k in first})
+                self._audit(by, action, animal_id, name=name, photos=[Path(p).stem for p in stored])
+                self.index.add(embeddings, [name] * len(stored), metadata=[{"photo": p, **meta} for p in stored])
+                self._save()
+                return animal_id, self.index.labels.count(name)
         except BaseException:
             for p in stored:
                 (self.directory / p).unlink(missing_ok=True)
             raise
 
-    def remove(self, name: str) -> int:
+    def update(
+        self, animal_id: str, by: str, *, name: str | None = None, species: str | None = None, note: str | None = None
+    ) -> AnimalRecord:
+        """Rename an animal or change its species or note (saved before this returns) -> its record."""
+        if name is not None:
+            name = self.check_name(name)
+        if species is not None and species not in SPECIES:
+            raise ValueError(f"species must be one of {', '.join(SPECIES)}, got {species!r}")
+        if note is not None:
+            note = _check_note(note)
+        with self._locked():
+            self.refresh()
+            records = self._records()
+            record = records.get(animal_id)
+            if record is None:
+                raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
+            if name is not None:
+                holder = next((r for r in records.values() if r.name.casefold() == name.casefold()), None)
+                if holder is not None and holder.id != animal_id:
+                    raise NameTakenError(
+                        f"An animal named {holder.name!r} is already registered (id {holder.id}): choose another name.",
+                        holder,
+                    )
+            changes = {k: v for k, v in (("name", name), ("species", species), ("note", note)) if v is not None}
+            labels, metadata = self.index.labels, self.index.metadata
+            for i, (label, meta) in enumerate(zip(labels, metadata)):
+                if (meta.get("animal") or _legacy_animal_id(label)) == animal_id:
+                    labels[i] = name if name is not None else label
+                    metadata[i] = {
+                        **meta,
+                        "animal": animal_id,
+                        **({"species": species} if species is not None else {}),
+                        **({"note": note} if note is not None else {}),
+                    }
+            audited = {k: v for k, v in changes.items() if k != "note"}
+            if "note" in changes:
+                audited["note_changed"] = True  # the note itself stays out of the log (personal data)
+            self._audit(by, "update", animal_id, old_name=record.name, **audited)
+            self._rebuild(labels, metadata)
+            self._save()
+        return self.animal(animal_id)
+
+    def delete(self, animal_id: str, by: str) -> int:
+        """Remove an animal, its photos and their stored copies -> how many photos were removed."""
+        with self._locked():
+            self.refresh()
+            record = self._records().get(animal_id)
+            if record is None:
+                raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
+            photos = [m["photo"] for label, m in zip(self.index.labels, self.index.metadata) if label == record.name]
+            self._audit(by, "delete", animal_id, name=record.name, photos=len(photos))
+            removed = self.index.remove(record.name)
+            self._save()
+        for photo in photos:  # unreachable through the saved index now
+            (self.directory / photo).unlink(missing_ok=True)
+        return removed
+
+    def remove(self, name: str) -> int:  # by name: the library's API before records; `delete` takes an id
         """Forget the animal `name`: its photos leave the index (saved before this returns) and their stored
         copies are deleted. Returns how many photos were removed; a name that is not registered raises a
         `ValueError` listing some registered ones.
@@ -304,12 +609,7 @@ class PhotoGallery:
                 listed = ", ".join(repr(n) for n in known[:10]) + (", ..." if len(known) > 10 else "")
                 raise ValueError(f"No animal named {name!r} is registered (registered: {listed or 'none'}).")
             removed = self.index.remove(name)
-            try:
-                self.index.save(self.index_dir)
-            except BaseException:
-                self._stamp = ("unsaved",)  # the in-memory index is ahead of the disk: reload it on next use
-                raise
-            self._stamp = self._disk_stamp()
+            self._save()
         for photo in photos:  # unreachable through the saved index now
             (self.directory / photo).unlink(missing_ok=True)
         return removed
@@ -329,7 +629,7 @@ class PhotoGallery:
                 target = self.directory / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(photos_root) / meta["photo"], target)
-                stored.append({**meta, "photo": relative})
+                stored.append({"animal": _legacy_animal_id(label), "by": "demo", "at": _now(), **meta, "photo": relative})
             self.index.add(other.vectors, other.labels, metadata=stored)
             self.index.save(self.index_dir)
             self._stamp = self._disk_stamp()

@@ -31,6 +31,19 @@ MAX_PIXELS = 400_000_000
 # in full (1.2 GB, tens of seconds of CPU) before it could be downscaled. Such files are refused from their
 # header; 50 MP still covers every camera and phone photo saved as PNG, WebP, TIFF or HEIF.
 MAX_DECODED_PIXELS = 50_000_000
+# A progressive JPEG is not cheap at reduced scale: libjpeg keeps every DCT coefficient of the full image
+# until the last scan (a 550 KB, 144 MP file cost +414 MB), so above this size it is refused from its header.
+MAX_PROGRESSIVE_PIXELS = MAX_DECODED_PIXELS
+
+# What a service accepts from strangers (`check_upload`): recognised by their first bytes, never by name or
+# by whichever of PIL's 40-odd readers would take the file (EPS runs Ghostscript, PSD and others are rarely
+# exercised parsers).
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP")
+_MAGIC = (
+    ("JPEG", 0, b"\xff\xd8\xff"),
+    ("PNG", 0, b"\x89PNG\r\n\x1a\n"),
+    ("WEBP", 8, b"WEBP"),  # RIFF....WEBP
+)
 
 # Guards the brief switch-off of PIL's global bomb check while a header is read.
 _BOMB_CHECK_LOCK = threading.Lock()
@@ -60,6 +73,32 @@ def _describe(source: object) -> str:
 
 def _fail(name: str, problem: str, fix: str) -> ImageLoadError:
     return ImageLoadError(f"cannot load image {name}: {problem}. {fix}")
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format of a file from its first 12 bytes, among `UPLOAD_FORMATS`; None for anything else."""
+    for fmt, offset, magic in _MAGIC:
+        if head[offset : offset + len(magic)] == magic and (fmt != "WEBP" or head[:4] == b"RIFF"):
+            return fmt
+    return None
+
+
+def check_upload(path: str | os.PathLike, name: str | None = None, formats=UPLOAD_FORMATS) -> str:
+    """The format of an uploaded file, read from its magic bytes; an `ImageLoadError` naming the file as `name`
+    (default: its base name, never the server's path) when it is none of `formats`."""
+    shown = repr(name if name is not None else os.path.basename(os.fspath(path)))
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if not head:
+        raise _fail(shown, "the file is empty (0 bytes)", "Upload the photo file itself.")
+    fmt = sniff_format(head)
+    if fmt is None or fmt not in formats:
+        raise _fail(
+            shown,
+            f"only {', '.join(formats)} photos are accepted, and this file is none of them (checked from its first bytes)",
+            "Save or export the photo as a JPEG or PNG and upload that.",
+        )
+    return fmt
 
 
 def _widen_to_uint8(img: Image.Image) -> Image.Image:
@@ -153,6 +192,15 @@ def _open_file(path: Path, max_side: int) -> Image.Image:
                         name,
                         f"{width}x{height} pixels exceeds the safety limit of {MAX_PIXELS:,}",
                         "Downscale the file, or raise model_pkg.data.images.MAX_PIXELS if it is genuine.",
+                    )
+                progressive = img.format == "JPEG" and bool(img.info.get("progressive") or img.info.get("progression"))
+                if progressive and width * height > MAX_PROGRESSIVE_PIXELS:
+                    raise _fail(
+                        name,
+                        f"{width}x{height} pixels in a progressive JPEG, which is decoded at full size in memory even "
+                        f"when scaled down, above the safety limit of {MAX_PROGRESSIVE_PIXELS:,} pixels",
+                        "Downscale the photo or save it as a baseline (non-progressive) JPEG, or raise "
+                        "model_pkg.data.images.MAX_PROGRESSIVE_PIXELS if it is genuine.",
                     )
                 if img.format == "JPEG" and max(width, height) > max_side:
                     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 100 MP photo then
