@@ -7,17 +7,29 @@ text-search model in the background once the UI is up, so the other tabs answer 
 
 1. Set vs set (`/compare_sets`): two uploads of 1-20 photos -> same-animal probability, the decision at the
    model's stored threshold for those set sizes, and which photos agree most.
-2. Gallery (`/identify`, `/register`): identify a photo among the registered animals, or "unknown - reshoot"
-   with the reason; register a name with photos into a persistent gallery (saved after each registration).
-   The demo dogs of `app/assets/` are in it from the first start.
+2. Gallery (`/identify`): identify a photo among the registered animals, or "unknown - reshoot" with the
+   reason. The demo dogs of `app/assets/` are in the gallery from the first start.
 3. Text search (`/search_text`): a description -> the best photos of the demo index (Flickr8k dev + demo dogs).
 
+Roles (issue 33, `app/security.py`): the page at `/` is for visitors (match, identify, search). Staff keys come
+from `PETMATCH_API_KEYS` (comma-separated) or `--api-keys-file`; with keys, the staff page at `/staff/` (log in
+with any user name and a key as the password) adds `/register`, `/update_animal`, `/delete_animal` and
+`/audit_log` on the shared gallery. Without keys the app is a public demo: `/` also offers `/register`, into a
+gallery private to the browser session (a copy of the shared one, removed with the session); nothing a visitor
+does reaches the shared gallery.
+
 The same program serves a plain JSON REST API under `/api/v1` (`app/api.py`; OpenAPI schema at `/docs`).
+Every file input is checked to be that client's upload (Gradio's own check, which `mount_gradio_app` leaves off,
+is turned on, and each handler checks again); photos are read as JPEG, PNG or WEBP only; results show photos as
+images the app encodes, never files from the data or gallery folders, and messages never name a server path.
 
 Flags and environment variables: see `app/loading.py`, plus `--concurrency` / `PETMATCH_CONCURRENCY` (requests
 of one kind answered at once; default 4) and `--max-batch-size` / `PETMATCH_MAX_BATCH_SIZE` (photos of
 concurrent requests embedded in one backbone pass, `model_pkg.batching`; default 32, 0 = no batching: each
-request runs its own pass). A missing model disables only its tab, with the reason shown there. Missing or
+request runs its own pass), `--rate-limit` / `PETMATCH_RATE_LIMIT` (requests that start work, per client and
+minute; default 120, 0 = off), `--max-request-mb` / `PETMATCH_MAX_REQUEST_MB` (a request body; default 200),
+`--max-waiting` / `PETMATCH_MAX_WAITING` (model calls that may wait for a worker; default 64). A missing model
+disables only its tab, with the reason shown there. Missing or
 outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
 Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine`); this file is the UI.
 """
@@ -25,10 +37,13 @@ Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -41,18 +56,24 @@ skip_stub_regeneration()  # before gradio's first import: 1.5-3 s of the cold st
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 
-from app.api import TEXT_LOAD_WAIT_S, Services, create_api  # noqa: E402
+from app.api import MAX_REQUEST_BYTES, TEXT_LOAD_WAIT_S, Services, create_api  # noqa: E402
 from app.loading import BackgroundLoad, load_gallery, load_pair_model, load_text, missing_model, model_flags  # noqa: E402
+from app.security import Busy, ModelWork, RateLimit, StaffKeys, TokenBuckets, redact_paths  # noqa: E402
 from model_pkg.batching import batch_concurrent_calls  # noqa: E402
-from model_pkg.data import ImageLoadError  # noqa: E402
-from model_pkg.gallery_store import PhotoGallery  # noqa: E402
+from model_pkg.data import ImageLoadError, load_image  # noqa: E402
+from model_pkg.data.images import check_upload  # noqa: E402
+from model_pkg.gallery_store import SPECIES, PhotoGallery, UnknownAnimalError  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
 MAX_PHOTOS = 20
 TOP_PAIRS = 5
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file; Gradio refuses larger uploads before they reach the models
 MAX_QUERY_LENGTH = 1000  # characters of a text-search description
+THUMBNAIL_SIDE = 448  # photos the app shows are re-encoded at most this big, never served from their folder
+MAX_SESSION_GALLERIES = 50  # demo mode: visitors' private galleries alive at once
+MAX_SESSION_ANIMALS = 20  # demo mode: registrations in one visitor's gallery
 
 
 def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +98,32 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
         help="photos of concurrent requests embedded in one backbone pass at most; 0 = each request runs its own "
         "pass (env PETMATCH_MAX_BATCH_SIZE; default 32)",
     )
+    parser.add_argument(
+        "--api-keys-file",
+        default=os.environ.get("PETMATCH_API_KEYS_FILE"),
+        help="staff keys, one key or sha256:<hex of a key> per line (with PETMATCH_API_KEYS, comma-separated keys); "
+        "none: a public demo whose visitors register into their own browser session only",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(os.environ.get("PETMATCH_RATE_LIMIT", "120")),
+        help="requests that start work (model calls, REST writes, staff logins) per client address and minute, "
+        "in bursts of as many; 0 = no limit; staff keys are not limited (env PETMATCH_RATE_LIMIT; default 120)",
+    )
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=float(os.environ.get("PETMATCH_MAX_REQUEST_MB", str(MAX_REQUEST_BYTES // 2**20))),
+        help="a request body, refused with 413 while it is read (env PETMATCH_MAX_REQUEST_MB; default 200)",
+    )
+    parser.add_argument(
+        "--max-waiting",
+        type=int,
+        default=int(os.environ.get("PETMATCH_MAX_WAITING", "64")),
+        help="model calls (UI and REST together) that may wait for one of the --concurrency workers; more are "
+        "told to retry (env PETMATCH_MAX_WAITING; default 64)",
+    )
     settings = parser.parse_args(argv)
     if settings.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {settings.concurrency}")
@@ -95,6 +142,69 @@ SETTINGS = parse_settings(sys.argv[1:] if __name__ == "__main__" else [])
 
 def _paths(files) -> list[str]:
     return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in (files or [])]
+
+
+def ui_error(err: Exception, photos: list[str] = ()) -> gr.Error:
+    """A gr.Error with the message, uploads named by their file name and no server path."""
+    return gr.Error(redact_paths(str(err), {p: os.path.basename(p) for p in photos}))
+
+
+def _check_formats(photos: list[str]) -> None:
+    for path in photos:
+        try:
+            check_upload(path)
+        except (ImageLoadError, OSError) as err:
+            raise ui_error(err, photos) from err
+
+
+def _run(fn, *args, **kwargs):
+    """Model work through the queue the REST API shares (app.security.ModelWork)."""
+    try:
+        return services.work.run(fn, *args, **kwargs)
+    except Busy as err:
+        raise gr.Error(str(err)) from err
+
+
+def _thumbnail(path: str):
+    """A photo as an image the app encodes (Gradio caches it): the file's folder is never exposed."""
+    return load_image(path, max_side=THUMBNAIL_SIDE)
+
+
+def uploads_only(fn):
+    """Wrap a UI handler: every file it gets must be a file uploaded to this app (Gradio's upload folder), never
+    a path a client names. Gradio checks this too once the Blocks count as launched (see `mount`); this is the
+    handler's own check, whatever Gradio's state."""
+    upload_root = os.path.realpath(gr.utils.get_upload_folder())
+
+    def check(value) -> None:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                check(v)
+            return
+        path = value if isinstance(value, str) else getattr(value, "path", None)
+        if isinstance(value, dict):
+            path = value.get("path")
+        if path is None:
+            return
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, upload_root]) != upload_root:
+            raise gr.Error(f"{os.path.basename(path)!r} was not uploaded to this app: upload the photo itself.")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for i, value in enumerate(args):
+            if i in wrapper.file_args:
+                check(value)
+        return fn(*args, **kwargs)
+
+    wrapper.file_args = set()  # type: ignore[attr-defined]
+    return wrapper
+
+
+def checked(fn, *file_positions: int):
+    wrapped = uploads_only(fn)
+    wrapped.file_args.update(file_positions)
+    return wrapped
 
 
 def _check_count(photos: list[str], what: str) -> None:
@@ -116,7 +226,17 @@ for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailab
 # The text-search model loads in the background once the UI is built (started at the end of this file): the other
 # tabs answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
 # What the UI and the REST API answer with (`app.api.Services`): one place, which the background load fills in.
-services = Services(pair_model, pair_unavailable, gallery, gallery_unavailable, text_loaded=threading.Event())
+STAFF = StaffKeys.load(os.environ.get("PETMATCH_API_KEYS"), SETTINGS.api_keys_file)
+log(f"{len(STAFF)} staff key(s): staff page at /staff/" if STAFF.enabled else "no staff keys: public demo mode")
+services = Services(
+    pair_model,
+    pair_unavailable,
+    gallery,
+    gallery_unavailable,
+    text_loaded=threading.Event(),
+    staff=STAFF,
+    work=ModelWork(SETTINGS.concurrency, SETTINGS.max_waiting),
+)
 services.text_unavailable = missing_model(SETTINGS.dual_model, "dual encoder", "--dual-model")
 if services.text_unavailable:
     log(f"text search unavailable: {services.text_unavailable}")
@@ -138,14 +258,15 @@ if SETTINGS.max_batch_size > 0:
 def compare_sets(files_a, files_b):
     """Two uploads of 1-20 photos each -> verdict, probability, the most alike photo pair, the top photo pairs."""
     if pair_model is None:
-        raise gr.Error(f"Set vs set is unavailable: {pair_unavailable}")
+        raise gr.Error(f"Set vs set is unavailable: {redact_paths(pair_unavailable or '')}")
     photos_a, photos_b = _paths(files_a), _paths(files_b)
     _check_count(photos_a, "first set")
     _check_count(photos_b, "second set")
+    _check_formats(photos_a + photos_b)
     try:
-        result = match_sets(pair_model, photos_a, photos_b)
+        result = _run(match_sets, pair_model, photos_a, photos_b)
     except (ImageLoadError, ValueError) as err:
-        raise gr.Error(str(err)) from err
+        raise ui_error(err, photos_a + photos_b) from err
     sim = result.photo_similarity  # (N, M) cosine
     order = np.argsort(-sim, axis=None)[:TOP_PAIRS]
     pairs = [divmod(int(o), len(photos_b)) for o in order]
@@ -168,7 +289,7 @@ def compare_sets(files_a, files_b):
 # --------------------------------------------------------------------------------------------------
 def _require_gallery() -> PhotoGallery:
     if gallery is None:
-        raise gr.Error(f"The gallery is unavailable: {gallery_unavailable}")
+        raise gr.Error(f"The gallery is unavailable: {redact_paths(gallery_unavailable or '')}")
     return gallery
 
 
@@ -178,25 +299,29 @@ def as_markdown_text(text: str) -> str:
     return html.escape(re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", text), quote=False)
 
 
-def registered_animals() -> str:
-    if gallery is None:
-        return f"**Gallery unavailable:** {gallery_unavailable}"
-    counts = gallery.photo_counts()  # reloads what another app process registered meanwhile
+def registered_animals(session=None) -> str:
+    """The registered animals (a demo visitor's own gallery when it has one); never a folder or other server path."""
+    g = session.gallery if session is not None else gallery
+    if g is None:
+        return f"**Gallery unavailable:** {redact_paths(gallery_unavailable or '')}"
+    counts = g.photo_counts()  # reloads what another app process registered meanwhile
     listing = ", ".join(f"{as_markdown_text(name)} ({n})" for name, n in counts.items())
-    return f"**{len(counts)} registered animals** (photos): {listing}\n\nGallery folder: `{gallery.directory}`"
+    private = " in your private demo gallery (only you see it; it goes when you close the page)" if session else ""
+    return f"**{len(counts)} registered animals**{private} (photos): {listing}"
 
 
-def identify(photo):
+def identify(photo, session=None):
     """One photo -> verdict sentence, top matches (best photo of each animal, with similarity), details."""
-    g = _require_gallery()
+    g = session.gallery if session is not None else _require_gallery()
     if not photo:
         raise gr.Error("Upload a photo of the animal to identify.")
     path = _paths([photo])[0]
+    _check_formats([path])
     try:
-        result = g.identify(path)
+        result = _run(g.identify, path)
+        matches = [(_thumbnail(m.photo), f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
     except (ImageLoadError, ValueError) as err:
-        raise gr.Error(str(err)) from err
-    matches = [(m.photo, f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
+        raise ui_error(err, [path]) from err
     details = {
         **result.prediction.to_dict(),
         "score_threshold": result.score_threshold,
@@ -205,18 +330,164 @@ def identify(photo):
     return result.message(), matches, details
 
 
-def register(name, files, progress=gr.Progress()):
-    """A name and 1-20 photos -> registered (saved to disk) -> status line and the updated list."""
+class SessionGallery:
+    """A demo visitor's private gallery: a copy of the shared gallery (vectors and 448 px photos) in a temporary
+    folder, plus what the visitor registers. Lives in the browser session's `gr.State`; removed with it."""
+
+    live = 0
+    _lock = threading.Lock()
+
+    def __init__(self, shared: PhotoGallery):
+        with SessionGallery._lock:
+            if SessionGallery.live >= MAX_SESSION_GALLERIES:
+                raise gr.Error("Too many visitors are trying the demo gallery right now: try again in a few minutes.")
+            SessionGallery.live += 1
+        self.folder = tempfile.mkdtemp(prefix="petmatch-session-")
+        try:
+            index = shared.index
+            self.gallery = PhotoGallery(
+                self.folder, shared.embedder, score_threshold=index.score_threshold, margin_threshold=index.margin_threshold
+            )
+            with shared._lock:
+                self.gallery.add_gallery(shared.index, shared.directory)
+        except BaseException:
+            self.close()
+            raise
+
+    def __deepcopy__(self, memo):  # gr.State copies values; this one holds locks and a folder
+        return self
+
+    def close(self) -> None:
+        if self.folder and os.path.isdir(self.folder):
+            shutil.rmtree(self.folder, ignore_errors=True)
+            with SessionGallery._lock:
+                SessionGallery.live -= 1
+        self.folder = ""
+
+
+def _close_session(session) -> None:
+    if session is not None:
+        session.close()
+
+
+def _who(request: gr.Request | None) -> str:
+    user = getattr(request, "username", None) or "staff"
+    return f"ui {user} ({STAFF_LOGINS.get(user, 'key:?')})"
+
+
+STAFF_LOGINS: dict[str, str] = {}  # staff page: user name -> the fingerprint of the key it last logged in with
+
+
+def staff_login(username: str, password: str) -> bool:
+    """Gradio's `auth=` of the staff page: any user name, a staff key as the password."""
+    who = STAFF.who(password)
+    if who is not None:
+        STAFF_LOGINS[username] = who
+    return who is not None
+
+
+def register(name, files, species="dog", note="", add_to_existing=False, request: gr.Request = None, progress=gr.Progress()):
+    """Staff: a name and 1-20 photos -> a new animal in the shared gallery (saved to disk), or more photos of the
+    animal of that name when `add_to_existing` is ticked; a registered name without it is refused with a question."""
     g = _require_gallery()
     photos = _paths(files)
     _check_count(photos, "upload")
+    _check_formats(photos)
     try:
         name = PhotoGallery.check_name(name)
+        holder = g.find_name(name)
+        if holder is not None and not add_to_existing:
+            raise gr.Error(
+                f"{holder.name} is already registered (id {holder.id}, {len(holder.photos)} photos). Tick 'Add these "
+                "photos to the registered animal' to add them to it, or choose another name."
+            )
         progress(0, desc="embedding photos")
-        count = g.register(name, photos, progress=lambda done, total: progress(done / total, desc="embedding photos"))
+        report = lambda done, total: progress(done / total, desc="embedding photos")  # noqa: E731
+        if holder is not None:
+            record = _run(g.add_photos, holder.id, photos, _who(request), progress=report)
+        else:
+            record = _run(g.register_animal, name, photos, _who(request), species=species, note=note or "", progress=report)
+    except (ImageLoadError, ValueError, UnknownAnimalError) as err:
+        raise ui_error(err, photos) from err
+    return (
+        f"Registered {len(photos)} photo(s) of {record.name}; {record.name} now has {len(record.photos)} photo(s) "
+        f"in the gallery (id {record.id}).",
+        registered_animals(),
+    )
+
+
+def register_in_session(name, files, session, progress=gr.Progress()):
+    """Demo mode: a name and 1-20 photos -> registered in the visitor's private gallery, created on first use."""
+    g = _require_gallery()
+    photos = _paths(files)
+    _check_count(photos, "upload")
+    _check_formats(photos)
+    try:
+        name = PhotoGallery.check_name(name)
+        if session is None:
+            session = SessionGallery(g)
+        if len(session.gallery.names) >= len(g.names) + MAX_SESSION_ANIMALS:
+            raise gr.Error(
+                f"Your demo gallery holds {MAX_SESSION_ANIMALS} animals of yours already: reload the page to start over."
+            )
+        count = _run(
+            session.gallery.register,
+            name,
+            photos,
+            lambda done, total: progress(done / total, desc="embedding photos"),
+            by="demo visitor",
+        )
     except (ImageLoadError, ValueError) as err:
-        raise gr.Error(str(err)) from err
-    return f"Registered {len(photos)} photo(s) of {name}; {name} now has {count} photo(s) in the gallery.", registered_animals()
+        raise ui_error(err, photos) from err
+    return (
+        f"Registered {len(photos)} photo(s) of {name} in your private demo gallery; {name} now has {count} photo(s).",
+        registered_animals(session),
+        session,
+    )
+
+
+def _animal_choices() -> list[tuple[str, str]]:
+    return [(f"{r.name} ({r.species}, {len(r.photos)} photos, id {r.id})", r.id) for r in gallery.animals()] if gallery else []
+
+
+def update_animal(animal_id, name="", species="", note=None, request: gr.Request = None):
+    """Staff: rename an animal or change its species or note (empty fields are left as they are)."""
+    g = _require_gallery()
+    if not animal_id:
+        raise gr.Error("Choose the animal to edit.")
+    try:
+        record = g.update(animal_id, _who(request), name=name or None, species=species or None, note=note)
+    except (ValueError, UnknownAnimalError) as err:
+        raise ui_error(err) from err
+    return f"Saved: {record.name} ({record.species}, id {record.id}).", registered_animals(), gr.update(choices=_animal_choices())
+
+
+def delete_animal(animal_id, confirm=False, request: gr.Request = None):
+    """Staff: delete an animal and its photos (tick the confirmation first)."""
+    g = _require_gallery()
+    if not animal_id:
+        raise gr.Error("Choose the animal to delete.")
+    if not confirm:
+        raise gr.Error("Tick 'Yes, delete it' to confirm: the animal and its photos are removed for good.")
+    try:
+        record = g.animal(animal_id)
+        removed = g.delete(animal_id, _who(request))
+    except (ValueError, UnknownAnimalError) as err:
+        raise ui_error(err) from err
+    return (
+        f"Deleted {record.name} (id {animal_id}) and its {removed} photo(s).",
+        registered_animals(),
+        gr.update(choices=_animal_choices(), value=None),
+    )
+
+
+def audit_log(limit=50):
+    """Staff: the last changes to the gallery (who, what, when)."""
+    entries = _require_gallery().audit_log(int(limit))
+    return [
+        [e.get("at", ""), e.get("who", ""), e.get("action", ""), e.get("animal", ""), e.get("name", e.get("old_name", ""))]
+        for e in reversed(entries)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,15 +512,19 @@ def search_text(query, top_k=8):
         raise gr.Error(f"The description has {len(query):,} characters; use at most {MAX_QUERY_LENGTH:,} (a sentence or two).")
     text, why = wait_for_text_search()
     if text is None:
-        raise gr.Error(f"Text search unavailable: {why}")
-    with text.lock:
-        hits = text.engine.search_database(query.strip(), top_k=int(top_k))
-    return [(hit.path, f"{hit.score:.3f}") for hit in hits]
+        raise gr.Error(f"Text search unavailable: {redact_paths(why or '')}")
+
+    def run():
+        with text.lock:
+            hits = text.engine.search_database(query.strip(), top_k=int(top_k))
+        return [(_thumbnail(hit.path), f"{hit.score:.3f}") for hit in hits]
+
+    return _run(run)
 
 
 def build_text_search_tab() -> None:
     if services.text_loaded.is_set() and services.text is None:  # known at start: no model there to load
-        gr.Markdown(f"**Text search unavailable:** {services.text_unavailable}")
+        gr.Markdown(f"**Text search unavailable:** {redact_paths(services.text_unavailable or '')}")
     query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass", elem_id="text-query")
     top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
     button = gr.Button("Search", variant="primary")
@@ -274,17 +549,27 @@ def _dogs(role: str) -> list[str]:
     return sorted(os.listdir(folder), key=lambda d: int(d) if d.isdigit() else d) if folder.is_dir() else []
 
 
-def build_demo() -> gr.Blocks:
+def build_demo(mode: str = "public") -> gr.Blocks:
+    """The UI: "public" (visitors: match, identify, search), "demo" (the same, plus registering into a gallery
+    private to the browser session; the app without staff keys) or "staff" (plus register, edit, delete and the
+    audit log on the shared gallery; served at /staff/ behind Gradio's login)."""
     gallery_dogs, new_dogs = _dogs("gallery"), _dogs("new")
+    staff = mode == "staff"
     # uploads and result copies older than an hour are removed hourly, so a long-running app does not fill the disk
-    with gr.Blocks(title="petmatch", delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(title="petmatch (staff)" if staff else "petmatch", delete_cache=(3600, 3600)) as demo:
+        intro = {
+            "public": "Registering animals is for staff.",
+            "demo": "This is a public demo: animals you register stay in a gallery only you see, gone when you close the page.",
+            "staff": "**Staff page**: register, edit and delete animals in the shared gallery; every change is logged.",
+        }[mode]
         gr.Markdown(
             "# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
-            "or search photos by description."
+            f"or search photos by description. {intro}"
         )
+        session = gr.State(None, time_to_live=3600, delete_callback=_close_session) if mode == "demo" else None
         with gr.Tab("Set vs set"):
             if pair_model is None:
-                gr.Markdown(f"**Set vs set unavailable:** {pair_unavailable}")
+                gr.Markdown(f"**Set vs set unavailable:** {redact_paths(pair_unavailable or '')}")
             with gr.Row():
                 set_a = gr.File(
                     file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)", elem_id="set-a"
@@ -302,7 +587,10 @@ def build_demo() -> gr.Blocks:
                 interactive=False,
             )
             compare.click(
-                compare_sets, inputs=[set_a, set_b], outputs=[verdict, probability, best_pair, top_pairs], api_name="compare_sets"
+                checked(compare_sets, 0, 1),
+                inputs=[set_a, set_b],
+                outputs=[verdict, probability, best_pair, top_pairs],
+                api_name="compare_sets",
             )
             if len(gallery_dogs) >= 2:
                 same = _demo_photos("gallery", gallery_dogs[0]), _demo_photos("queries", gallery_dogs[0])
@@ -324,41 +612,128 @@ def build_demo() -> gr.Blocks:
                             inputs=[query],
                             label="A registered dog (new photo) / a dog not in the gallery",
                         )
-                with gr.Column():
-                    gr.Markdown("### Register")
-                    name = gr.Textbox(label="Name", placeholder="Bella")
-                    register_files = gr.File(file_count="multiple", file_types=["image"], label="Photos (1-20)")
-                    register_button = gr.Button("Register")
-                    register_status = gr.Textbox(label="Registration")
-                    if len(new_dogs) >= 2:
-                        gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
+                if mode != "public":
+                    with gr.Column():
+                        gr.Markdown("### Register" + (" (your private demo gallery)" if mode == "demo" else ""))
+                        name = gr.Textbox(label="Name", placeholder="Bella", elem_id="register-name")
+                        register_files = gr.File(
+                            file_count="multiple", file_types=["image"], label="Photos (1-20)", elem_id="register-photos"
+                        )
+                        if staff:
+                            species = gr.Dropdown(list(SPECIES), value="dog", label="Species")
+                            note = gr.Textbox("", label="Staff note (never shown publicly, e.g. how to reach the finder)")
+                            add_existing = gr.Checkbox(False, label="Add these photos to the registered animal of this name")
+                        register_button = gr.Button("Register", elem_id="register")
+                        register_status = gr.Textbox(label="Registration", elem_id="register-status")
+                        if len(new_dogs) >= 2:
+                            gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
             answer = gr.Textbox(label="Answer", elem_id="answer")
             matches = gr.Gallery(
                 label="Top matches (best photo of each animal)", columns=5, height=260, object_fit="contain", elem_id="matches"
             )
             details = gr.JSON(label="Details")
-            identify_button.click(identify, inputs=query, outputs=[answer, matches, details], api_name="identify")
-            register_button.click(
-                register, inputs=[name, register_files], outputs=[register_status, animals], api_name="register"
-            )
+            if mode == "demo":
+                identify_button.click(
+                    checked(identify, 0), inputs=[query, session], outputs=[answer, matches, details], api_name="identify"
+                )
+                register_button.click(
+                    checked(register_in_session, 1),
+                    inputs=[name, register_files, session],
+                    outputs=[register_status, animals, session],
+                    api_name="register",
+                )
+            else:
+                identify_button.click(checked(identify, 0), inputs=query, outputs=[answer, matches, details], api_name="identify")
+            if staff:
+                register_button.click(
+                    checked(register, 1),
+                    inputs=[name, register_files, species, note, add_existing],
+                    outputs=[register_status, animals],
+                    api_name="register",
+                )
+                build_staff_tools(animals)
 
         with gr.Tab("Text search"):
             build_text_search_tab()
     return demo
 
 
-# Requests of each kind run SETTINGS.concurrency at a time (Gradio's default is 1: every user waits for the one
-# before); the models are shared read-only between the threads, the gallery has its own lock.
-demo = build_demo().queue(default_concurrency_limit=SETTINGS.concurrency)
-# folders whose photos the app shows (thumbnails, examples, search results)
-ALLOWED_PATHS = [str(Path(p).expanduser().resolve()) for p in (SETTINGS.assets_dir, SETTINGS.data, SETTINGS.gallery_dir)]
-# the same for `gradio app/app.py` and Spaces, which launch `demo` themselves (gradio reads this at launch)
-os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))
+def build_staff_tools(animals: gr.Markdown) -> None:
+    """Edit, delete and the audit log, under the gallery tab of the staff page."""
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### Edit an animal")
+            edit_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="edit-animal")
+            new_name = gr.Textbox(label="New name (empty: unchanged)")
+            new_species = gr.Dropdown(["", *SPECIES], value="", label="Species (empty: unchanged)")
+            new_note = gr.Textbox(label="Staff note (replaces the old one)")
+            save = gr.Button("Save")
+            edit_status = gr.Textbox(label="Edit")
+        with gr.Column():
+            gr.Markdown("### Delete an animal")
+            delete_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="delete-animal")
+            confirm = gr.Checkbox(False, label="Yes, delete it and its photos")
+            delete = gr.Button("Delete", variant="stop")
+            delete_status = gr.Textbox(label="Delete")
+    save.click(
+        update_animal,
+        inputs=[edit_id, new_name, new_species, new_note],
+        outputs=[edit_status, animals, edit_id],
+        api_name="update_animal",
+    )
+    delete.click(
+        delete_animal, inputs=[delete_id, confirm], outputs=[delete_status, animals, delete_id], api_name="delete_animal"
+    )
+    gr.Markdown("### Audit log (newest first)")
+    refresh = gr.Button("Refresh")
+    log_table = gr.Dataframe(headers=["when (UTC)", "who", "what", "animal id", "name"], interactive=False)
+    refresh.click(audit_log, inputs=None, outputs=log_table, api_name="audit_log")
 
-# One FastAPI application: the JSON REST API under /api/v1 (`app/api.py`, schema at /docs) and the UI at /,
-# both on the models loaded above. `uvicorn app.app:app` serves the same program.
-api = create_api(services)
-app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD_BYTES)
+
+def mount(api: FastAPI, demo: gr.Blocks, path: str, **kwargs) -> FastAPI:
+    """`gr.mount_gradio_app` with Gradio's own upload check on: it only runs for Blocks marked as launched, which
+    `launch()` does and mounting does not, so without this any server file could be named as a file input."""
+    app = gr.mount_gradio_app(api, demo, path=path, allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD_BYTES, **kwargs)
+    demo.has_launched = True
+    return app
+
+
+def create_app(staff_keys: StaffKeys) -> tuple[FastAPI, gr.Blocks, gr.Blocks | None]:
+    """One FastAPI application on the models loaded above: the REST API under /api/v1, the staff page at /staff/
+    (with keys) and the visitors' page at / ("demo" mode without keys). -> (app, public page, staff page)."""
+    limit = int(SETTINGS.max_request_mb * 2**20)
+    api = create_api(services if staff_keys is STAFF else _with_keys(staff_keys), max_request_bytes=limit)
+    buckets = TokenBuckets(SETTINGS.rate_limit, max(1, int(SETTINGS.rate_limit))) if SETTINGS.rate_limit > 0 else None
+    api.add_middleware(RateLimit, buckets=buckets, staff=staff_keys)
+    # Requests of each kind run SETTINGS.concurrency at a time (Gradio's default is 1); the REST API and every page
+    # share `services.work`, which bounds the model work of all of them together.
+    public = build_demo("public" if staff_keys.enabled else "demo").queue(default_concurrency_limit=SETTINGS.concurrency)
+    staff_page = None
+    if staff_keys.enabled:
+        staff_page = build_demo("staff").queue(default_concurrency_limit=SETTINGS.concurrency)
+        api = mount(
+            api,
+            staff_page,
+            "/staff",
+            auth=staff_login,
+            auth_message="petmatch staff: any user name, a staff key as the password.",
+        )
+    return mount(api, public, "/"), public, staff_page
+
+
+def _with_keys(staff_keys: StaffKeys) -> Services:
+    from dataclasses import replace
+
+    return replace(services, staff=staff_keys)
+
+
+# What the pages may serve besides uploads and their own results: the demo photos of the examples (public). Never
+# the data or gallery folders: registered photos are shown as images the app encodes, or through the REST API.
+ALLOWED_PATHS = [str(Path(SETTINGS.assets_dir, "demo_photos").expanduser().resolve())]
+os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))  # `gradio app/app.py` reads it at launch
+
+# `uvicorn app.app:app` serves the same program.
+app, demo, staff_demo = create_app(STAFF)
 if not services.text_loaded.is_set():
     BackgroundLoad("the text-search model", lambda: load_text(SETTINGS, log), _text_search_loaded, services.text_loaded).start()
 

@@ -117,6 +117,7 @@ class GalleryMatch:
     label: str
     score: float
     photo: str
+    animal: str = ""  # the animal's id (`AnimalRecord.id`); the photo's id is the file name without extension
 
 
 @dataclass
@@ -650,10 +651,13 @@ class PhotoGallery:
             prediction = self.index.classify(query, k=self.k)[0]
             scores, labels, ids = self.index.search(query, k=min(len(self.index), max(self.k, 50)))
             position = {id_: i for i, id_ in enumerate(self.index.ids)}
+            metadata = self.index.metadata
             matches: list[GalleryMatch] = []
             for score, label, id_ in zip(scores[0], labels[0], ids[0]):
                 if label not in {m.label for m in matches}:
-                    matches.append(GalleryMatch(label, float(score), self.photo_path(position[id_])))
+                    meta = metadata[position[id_]]
+                    animal = meta.get("animal") or _legacy_animal_id(label)
+                    matches.append(GalleryMatch(label, float(score), str(self.directory / meta["photo"]), animal))
                 if len(matches) == top:
                     break
         return Identification(prediction, matches, self.index.score_threshold, self.index.margin_threshold)

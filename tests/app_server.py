@@ -4,8 +4,10 @@
 config with the real offline ImageNet EfficientNet-Lite0 backbone; the trained `models/arcface-embedder` may
 not be there), a reduced copy of the committed demo photos (6 gallery dogs, 12 unknown ones, so the demo
 gallery builds in seconds), a writable user gallery and a small Flickr8k folder (copies of 24 dev images) for the text
-index. `app_module()` imports `app.app` under that environment (models load once); `app_url()` launches it
-on 127.0.0.1 in this process, for `gradio_client` and the browser.
+index. `app_module()` imports `app.app` under that environment (models load once) with one staff key
+(`STAFF_KEY`); `app_url()` serves it as production does, uvicorn + the mounted app (`app.app:app`: REST API,
+staff page at /staff/, visitors' page at /), on 127.0.0.1 in this process, for `gradio_client` and the browser;
+`demo_url()` serves the same models as the app without staff keys (public demo mode).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEMO_PHOTOS = REPO_ROOT / "app" / "assets" / "demo_photos"
 GALLERY_DOGS, UNKNOWN_DOGS, FLICKR_IMAGES = 6, 12, 24
+STAFF_KEY = "test-staff-key-0123456789abcdef"
 
 
 def _reduced_demo_photos(target: Path) -> None:
@@ -68,6 +73,7 @@ def app_env() -> dict[str, str]:
         "PETMATCH_GALLERY_DIR": str(root / "user-gallery"),
         "PETMATCH_ASSETS_DIR": str(root / "assets"),
         "PETMATCH_DATA": str(root / "data"),
+        "PETMATCH_API_KEYS": STAFF_KEY,
     }
 
 
@@ -86,31 +92,52 @@ def app_module():
                 os.environ[key] = value
 
 
-def _close(demo) -> None:
-    """Stop the app at exit, with uvicorn's logging off: pytest has closed the streams it would write to."""
-    import logging
-
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).disabled = True
-    demo.close()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def serve(asgi_app) -> str:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread, as `python app/app.py` does; stopped
+    when the session ends. -> its URL."""
+    import logging
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 120
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+
+    def stop():
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # pytest has closed the streams they write to
+            logging.getLogger(name).disabled = True
+        server.should_exit = True
+        thread.join(10)
+
+    atexit.register(stop)
+    return f"http://127.0.0.1:{server.config.port}"
+
+
 @functools.cache
 def app_url() -> str:
-    """Launch the app on 127.0.0.1 (a free port) in this process; closed when the session ends."""
-    module = app_module()
-    module.demo.launch(
-        server_name="127.0.0.1",
-        server_port=_free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        allowed_paths=module.ALLOWED_PATHS,
-    )
-    atexit.register(_close, module.demo)
-    return module.demo.local_url
+    """The production app (`app.app:app`, with the staff key) served by uvicorn."""
+    return serve(app_module().app)
+
+
+@functools.cache
+def demo_app():
+    """The same models as `app_module()`, as the app runs without staff keys (public demo mode)."""
+    from app.security import StaffKeys
+
+    return app_module().create_app(StaffKeys())
+
+
+@functools.cache
+def demo_url() -> str:
+    return serve(demo_app()[0])
