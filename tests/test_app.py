@@ -22,9 +22,12 @@ def photos(shared_data, dog):
 
 
 def test_demo_builds_with_named_api(app):
-    assert isinstance(app.demo, gr.Blocks)
-    names = {d.get("api_name") for d in app.demo.config["dependencies"]}
-    assert {"compare_sets", "identify", "register", "search_text"} <= names
+    """Visitors' page: match, identify, search; the staff page adds the gallery's writes (issue 33)."""
+    assert isinstance(app.demo, gr.Blocks) and isinstance(app.staff_demo, gr.Blocks)
+    public = {d.get("api_name") for d in app.demo.config["dependencies"]}
+    staff = {d.get("api_name") for d in app.staff_demo.config["dependencies"]}
+    assert {"compare_sets", "identify", "search_text"} <= public and "register" not in public
+    assert {"compare_sets", "identify", "search_text", "register", "update_animal", "delete_animal", "audit_log"} <= staff
 
 
 def test_same_and_different_dogs(app, shared_data):
@@ -55,7 +58,7 @@ def test_bad_uploads_get_friendly_errors(app, shared_data, tmp_path):
         app.compare_sets(dog0[:1], dog0[:1] * 21)
     note = tmp_path / "note.jpg"
     note.write_text("not a photo")
-    with pytest.raises(gr.Error, match="note.jpg.*not an image"):
+    with pytest.raises(gr.Error, match="note.jpg.*only JPEG, PNG, WEBP photos are accepted"):
         app.compare_sets([str(note)], dog0[:1])
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(open(dog0[0], "rb").read()[:2000])
@@ -77,13 +80,15 @@ def test_register_then_identify(app, shared_data):
     rex = photos(shared_data, "1000")
     status, listing = app.register("Rex", rex[:3])
     assert "Registered 3 photo(s) of Rex" in status and "Rex (3)" in listing
+    assert str(new) not in listing and "/" not in listing  # no server path on the page (issue 33)
     from model_pkg.gallery_store import PhotoGallery
 
     reopened = PhotoGallery(new, app.gallery.embedder)  # saved to disk before register returned
     assert reopened.index.labels.count("Rex") == 3
     answer, matches, details = app.identify(rex[3])
     assert answer.startswith("Identified: Rex") and details["label"] == "Rex"
-    assert matches[0][1].startswith("Rex: similarity") and os.path.isfile(matches[0][0])
+    # thumbnails are images the app encodes, never paths into the gallery folder (which the app does not serve)
+    assert matches[0][1].startswith("Rex: similarity") and max(matches[0][0].size) <= app.THUMBNAIL_SIDE
     answer, _, details = app.identify(photos(shared_data, "1001")[0])
     assert answer.startswith("Unknown animal - reshoot") and details["reason"] == "unknown"
 
@@ -91,7 +96,7 @@ def test_register_then_identify(app, shared_data):
 def test_text_search_tab_says_why_it_is_unavailable(app):
     if app.wait_for_text_search()[0] is not None:
         hits = app.search_text("a dog running on the grass", 3)
-        assert len(hits) == 3 and all(os.path.isfile(path) for path, _ in hits)
+        assert len(hits) == 3 and all(max(image.size) <= app.THUMBNAIL_SIDE for image, _ in hits)
         return
     with pytest.raises(gr.Error, match="Text search unavailable: "):
         app.search_text("a dog running on the grass", 3)

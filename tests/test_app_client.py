@@ -1,4 +1,5 @@
-"""The launched app (127.0.0.1), called through its API with `gradio_client` as a person's script would."""
+"""The production app (uvicorn + the mounted pages, 127.0.0.1), called through its API with `gradio_client` as a
+person's script would: visitors on /, staff on /staff/ with a key as the password (issue 33)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import pytest
 
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
-from app_server import app_module, app_url  # noqa: E402
+from app_server import STAFF_KEY, app_module, app_url  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client():
     return Client(app_url(), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def staff():
+    return Client(app_url() + "/staff/", auth=("staff", STAFF_KEY), verbose=False)
 
 
 def photos(shared_data, dog):
@@ -33,9 +39,10 @@ def test_compare_sets(client, shared_data):
     assert text.startswith("Different animals") and probability["label"] == "different animals"
 
 
-def test_register_identify_and_reject(client, shared_data):
+def test_register_identify_and_reject(client, staff, shared_data):
+    """Staff register on /staff/; a visitor on / identifies the animal from another photo."""
     luna = photos(shared_data, "1002")
-    status, listing = client.predict("Luna II", luna[:3], api_name="/register")
+    status, listing = staff.predict("Luna II", luna[:3], api_name="/register")
     assert "Registered 3 photo(s) of Luna II" in status and "Luna II (3)" in listing
     answer, matches, details = client.predict(luna[3], api_name="/identify")
     assert answer.startswith("Identified: Luna II") and details["label"] == "Luna II"
