@@ -663,7 +663,8 @@ def build_staff_tools(animals: gr.Markdown) -> None:
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Edit an animal")
-            edit_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="edit-animal")
+            # ids are checked by the gallery (unknown: a clear error), so a script may pass any id
+            edit_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="edit-animal", allow_custom_value=True)
             new_name = gr.Textbox(label="New name (empty: unchanged)")
             new_species = gr.Dropdown(["", *SPECIES], value="", label="Species (empty: unchanged)")
             new_note = gr.Textbox(label="Staff note (replaces the old one)")
@@ -671,7 +672,7 @@ def build_staff_tools(animals: gr.Markdown) -> None:
             edit_status = gr.Textbox(label="Edit")
         with gr.Column():
             gr.Markdown("### Delete an animal")
-            delete_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="delete-animal")
+            delete_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="delete-animal", allow_custom_value=True)
             confirm = gr.Checkbox(False, label="Yes, delete it and its photos")
             delete = gr.Button("Delete", variant="stop")
             delete_status = gr.Textbox(label="Delete")
@@ -684,6 +685,8 @@ def build_staff_tools(animals: gr.Markdown) -> None:
     delete.click(
         delete_animal, inputs=[delete_id, confirm], outputs=[delete_status, animals, delete_id], api_name="delete_animal"
     )
+    for dropdown in (edit_id, delete_id):  # the animals as they are when the page is opened
+        dropdown.focus(lambda: gr.update(choices=_animal_choices()), outputs=dropdown, api_name=False)
     gr.Markdown("### Audit log (newest first)")
     refresh = gr.Button("Refresh")
     log_table = gr.Dataframe(headers=["when (UTC)", "who", "what", "animal id", "name"], interactive=False)
