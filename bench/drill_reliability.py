@@ -27,12 +27,16 @@ folder; the app processes it starts listen on 127.0.0.1 and are stopped at the e
 
 This file holds drills 1-2 and the command line; the app harness is in `bench/drill_app.py`, drills 3-4 in
 `bench/drill_kills.py`, drills 5-6 in `bench/drill_inputs.py`.
+
+The apps run with a staff key (issue 33: registering needs one), made afresh for each run and passed to the app
+processes in `PETMATCH_API_KEYS`; the drills' registrations send it as `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -46,9 +50,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import drill_app  # noqa: E402
+import requests  # noqa: E402
 from drill_app import App, dog_photos, read  # noqa: E402
 from drill_inputs import drill_hostile, drill_model_folders  # noqa: E402
 from drill_kills import drill_kill_registration, drill_kill_training  # noqa: E402
+
+# -- staff key ------------------------------------------------------------------------------------------------------
+STAFF_KEY = secrets.token_urlsafe(32)
+os.environ["PETMATCH_API_KEYS"] = STAFF_KEY  # every app process the drills start inherits it
+
+
+def _register_as_staff(self: App, name: str, photos: list[tuple[str, bytes]], timeout: float = 300) -> requests.Response:
+    files = [("photos", (filename, data, "image/jpeg")) for filename, data in photos]
+    headers = {"Authorization": f"Bearer {STAFF_KEY}"}
+    return requests.post(f"{self.url}/api/v1/register", data={"name": name}, files=files, headers=headers, timeout=timeout)
+
+
+drill_app.App.register = _register_as_staff  # type: ignore[method-assign]  # every drill's App registers as staff
 
 
 # -- concurrency drills --------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_bad_uploads_get_friendly_errors(app, shared_data, tmp_path):
         app.compare_sets(dog0[:1], dog0[:1] * 21)
     note = tmp_path / "note.jpg"
     note.write_text("not a photo")
-    with pytest.raises(gr.Error, match="note.jpg.*only JPEG, PNG, WEBP photos are accepted"):
+    with pytest.raises(gr.Error, match="note.jpg.*not an image in an accepted format: only JPEG, PNG, WEBP"):
         app.compare_sets([str(note)], dog0[:1])
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(open(dog0[0], "rb").read()[:2000])

@@ -122,3 +122,67 @@ def test_threads_identify_while_others_register_and_remove(tmp_path, photos):
     stored = {str(p.relative_to(tmp_path / "g")) for p in (tmp_path / "g" / "photos").rglob("*.jpg")}
     assert stored == {m["photo"] for m in reopened.index.metadata}  # no photo lost, none left behind by a removal
     assert len(seen) == 12 and all("Bella" in labels for labels in seen)
+
+
+def test_animal_records_ids_and_the_audit_log(tmp_path, photos):
+    """Issue 33: animals are records with stable ids; names are unique (NFKC, case ignored); every change is one
+    fsynced line of the audit log, which survives a line torn by a kill -9."""
+    from model_pkg.gallery_store import NameTakenError, UnknownAnimalError
+
+    gallery = PhotoGallery(tmp_path / "g", tiny(0))
+    bella = gallery.register_animal("Bella", photos["a"][:2], "key:aaaa1111", note="owner: 555-0100")
+    assert bella.id.startswith("a") and bella.name == "Bella" and len(bella.photos) == 2
+    assert bella.registered_by == "key:aaaa1111" and bella.registered_at and bella.public().keys() >= {"id", "name"}
+    assert "note" not in bella.public() and "registered_by" not in bella.public()
+    with pytest.raises(NameTakenError, match=f"'Bella' is already registered \\(id {bella.id}"):
+        gallery.register_animal("ＢＥＬＬＡ", photos["b"][:1], "key:bbbb2222")
+    max_ = gallery.register_animal("Max", photos["b"][:1], "key:bbbb2222")
+    assert gallery.add_photos(bella.id, photos["a"][2:], "key:bbbb2222").photos[:2] == bella.photos
+    with pytest.raises(NameTakenError):
+        gallery.update(max_.id, "key:aaaa1111", name="bella")
+    renamed = gallery.update(bella.id, "key:aaaa1111", name="Bella Rose", species="dog", note="")
+    assert renamed.id == bella.id and renamed.name == "Bella Rose" and len(renamed.photos) == 3 and renamed.note == ""
+    reopened = PhotoGallery(tmp_path / "g", tiny(0))  # another process sees the same records
+    assert [(a.id, a.name, len(a.photos)) for a in reopened.animals()] == [(bella.id, "Bella Rose", 3), (max_.id, "Max", 1)]
+    assert reopened.identify(photos["a"][0]).matches[0].animal == bella.id
+    assert gallery.photo_file(bella.id, bella.photos[0]).is_file()
+    with pytest.raises(UnknownAnimalError):
+        gallery.photo_file(max_.id, bella.photos[0])  # a photo is found only under its own animal
+    # a kill -9 in the middle of an append leaves a torn last line: it is skipped, and the next entry stays whole
+    with open(gallery.audit_path, "ab") as fh:
+        fh.write(b'{"at": "2026-12-07T00:00:00+00:00", "who": "key:tor')
+    assert gallery.delete(max_.id, "key:aaaa1111") == 1
+    with pytest.raises(UnknownAnimalError):
+        gallery.delete(max_.id, "key:aaaa1111")
+    log = gallery.audit_log()
+    assert [(e["action"], e["animal"], e["who"]) for e in log] == [
+        ("register", bella.id, "key:aaaa1111"),
+        ("register", max_.id, "key:bbbb2222"),
+        ("add_photos", bella.id, "key:bbbb2222"),
+        ("update", bella.id, "key:aaaa1111"),
+        ("delete", max_.id, "key:aaaa1111"),
+    ]
+    assert log[3]["old_name"] == "Bella" and log[3]["name"] == "Bella Rose" and log[3]["note_changed"] is True
+    assert "555-0100" not in gallery.audit_path.read_text()  # the staff note never enters the log
+
+
+def test_galleries_from_before_records_get_stable_ids(tmp_path, photos):
+    gallery = PhotoGallery(tmp_path / "g", tiny(0))
+    gallery.register("Bella", photos["a"][:1])
+    old = gallery.index  # strip the record fields, as a gallery saved before issue 33 has them
+    rows = [{"photo": m["photo"]} for m in old.metadata]
+    gallery._rebuild(old.labels, rows)
+    gallery._save()
+    first, second = PhotoGallery(tmp_path / "g", tiny(0)), PhotoGallery(tmp_path / "g", tiny(0))
+    assert first.animals()[0].id == second.animals()[0].id and first.animals()[0].name == "Bella"
+    renamed = first.update(first.animals()[0].id, "key:aaaa1111", name="Bella II")
+    assert second.animal(renamed.id).name == "Bella II"
+
+
+@pytest.mark.parametrize("name", ["Bel\u200bla", "Max\x07", "\u202eRex", "x" * 65])
+def test_names_with_invisible_characters_or_too_long_are_refused(tmp_path, photos, name):
+    from model_pkg.gallery_store import normalize_name
+
+    with pytest.raises(ValueError, match="control or invisible|at most 64"):
+        normalize_name(name)
+    assert normalize_name("  Ｍａｘ\n  Ⅱ ") == "Max II"

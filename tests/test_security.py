@@ -262,7 +262,7 @@ def test_only_jpeg_png_webp_and_no_progressive_bombs(http, shared_data, monkeypa
 
     one = [("photo", ("a.jpg", b"GIF89a" + b"\x00" * 64, "image/jpeg"))]
     out = http.post("/api/v1/identify", files=one)
-    assert out.status_code == 400 and "only JPEG, PNG, WEBP" in out.json()["detail"] and "'a.jpg'" in out.json()["detail"]
+    assert out.status_code == 400 and "only JPEG, PNG, WEBP photos are accepted" in out.json()["detail"] and "'a.jpg'" in out.json()["detail"]
     eps = [("photo", ("scan.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n", "image/jpeg"))]
     assert http.post("/api/v1/identify", files=eps).status_code == 400
     progressive, baseline = io.BytesIO(), io.BytesIO()

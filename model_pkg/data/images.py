@@ -95,7 +95,8 @@ def check_upload(path: str | os.PathLike, name: str | None = None, formats=UPLOA
     if fmt is None or fmt not in formats:
         raise _fail(
             shown,
-            f"only {', '.join(formats)} photos are accepted, and this file is none of them (checked from its first bytes)",
+            f"the file is not an image in an accepted format: only {', '.join(formats)} photos are accepted (told "
+            "from the file's first bytes, not its name)",
             "Save or export the photo as a JPEG or PNG and upload that.",
         )
     return fmt
