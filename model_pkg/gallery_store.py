@@ -572,7 +572,7 @@ class PhotoGallery:
                         **({"species": species} if species is not None else {}),
                         **({"note": note} if note is not None else {}),
                     }
-            audited = {k: v for k, v in changes.items() if k != "note"}
+            audited: dict[str, object] = {k: v for k, v in changes.items() if k != "note"}
             if "note" in changes:
                 audited["note_changed"] = True  # the note itself stays out of the log (personal data)
             self._audit(by, "update", animal_id, old_name=record.name, **audited)
