@@ -37,6 +37,7 @@ Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import html
 import os
@@ -45,6 +46,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,10 +334,11 @@ def identify(photo, session=None):
 
 class SessionGallery:
     """A demo visitor's private gallery: a copy of the shared gallery (vectors and 448 px photos) in a temporary
-    folder, plus what the visitor registers. Lives in the browser session's `gr.State`; removed with it."""
+    folder, plus what the visitor registers. Lives in the browser session's `gr.State`; removed with it (and at exit)."""
 
     live = 0
     _lock = threading.Lock()
+    _open: weakref.WeakSet[SessionGallery] = weakref.WeakSet()
 
     def __init__(self, shared: PhotoGallery):
         with SessionGallery._lock:
@@ -353,6 +356,12 @@ class SessionGallery:
         except BaseException:
             self.close()
             raise
+        SessionGallery._open.add(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for session in list(cls._open):
+            session.close()
 
     def __deepcopy__(self, memo):  # gr.State copies values; this one holds locks and a folder
         return self
@@ -363,6 +372,9 @@ class SessionGallery:
             with SessionGallery._lock:
                 SessionGallery.live -= 1
         self.folder = ""
+
+
+atexit.register(SessionGallery.close_all)
 
 
 def _close_session(session) -> None:

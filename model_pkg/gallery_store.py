@@ -595,7 +595,7 @@ class PhotoGallery:
             (self.directory / photo).unlink(missing_ok=True)
         return removed
 
-    def remove(self, name: str) -> int:  # by name: the library's API before records; `delete` takes an id
+    def remove(self, name: str, by: str = "local") -> int:  # by name, the API before records; `delete` takes an id
         """Forget the animal `name`: its photos leave the index (saved before this returns) and their stored
         copies are deleted. Returns how many photos were removed; a name that is not registered raises a
         `ValueError` listing some registered ones.
@@ -609,6 +609,8 @@ class PhotoGallery:
                 known = self.index.identities
                 listed = ", ".join(repr(n) for n in known[:10]) + (", ..." if len(known) > 10 else "")
                 raise ValueError(f"No animal named {name!r} is registered (registered: {listed or 'none'}).")
+            record = next(r for r in self._records().values() if r.name == name)
+            self._audit(by, "delete", record.id, name=name, photos=len(photos))
             removed = self.index.remove(name)
             self._save()
         for photo in photos:  # unreachable through the saved index now
@@ -631,9 +633,9 @@ class PhotoGallery:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(photos_root) / meta["photo"], target)
                 stored.append({"animal": _legacy_animal_id(label), "by": "demo", "at": _now(), **meta, "photo": relative})
+            self._audit("app", "add_gallery", "", animals=len(set(other.labels)), photos=len(stored))
             self.index.add(other.vectors, other.labels, metadata=stored)
-            self.index.save(self.index_dir)
-            self._stamp = self._disk_stamp()
+            self._save()
 
     # -- identifying -----------------------------------------------------------------------------
     @torch.no_grad()

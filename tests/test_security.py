@@ -55,6 +55,12 @@ def gradio_call(base: str, api_name: str, data: list) -> str:
     return httpx.get(f"{base}/gradio_api/call/{api_name}/{started.json()['event_id']}", timeout=300).text
 
 
+def gr_upload_folder() -> str:
+    import gradio as gr
+
+    return gr.utils.get_upload_folder()
+
+
 def file_data(path: str) -> dict:
     return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
@@ -92,6 +98,9 @@ def test_gallery_and_data_folders_are_not_served(app, http):
     for path in filter(None, (gallery / "index" / "gallery.json", photo, gallery / "audit.log", flickr)):
         assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
         assert http.get(f"/staff/gradio_api/file={path}").status_code == 401, path  # the staff page needs its login
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")  # the cwd's files
+    for path in ("/etc/passwd", readme, os.path.join(gr_upload_folder(), "..", "..", "etc", "passwd")):
+        assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
     for page in ("/config", "/", "/api/v1/animals", "/api/v1/health"):
         text = http.get(page).text
         assert str(gallery) not in text and data not in text, page
@@ -112,6 +121,8 @@ def test_writes_need_a_staff_key(app, http, shared_data):
     assert http.delete(f"/api/v1/animals/{some.id}").status_code == 401
     assert http.post(f"/api/v1/animals/{some.id}/photos", files=photo).status_code == 401
     assert http.get("/api/v1/audit").status_code == 401
+    staff_call = http.post("/staff/gradio_api/call/register", json={"data": ["Bella", []]})
+    assert staff_call.status_code == 401  # the staff page's API needs its login
     assert app.gallery.animal(some.id).name == some.name
     visitor = Client(app_url(), verbose=False)
     with pytest.raises(ValueError, match="register"):
