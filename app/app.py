@@ -676,7 +676,7 @@ def build_staff_tools(animals: gr.Markdown) -> None:
         with gr.Column():
             gr.Markdown("### Edit an animal")
             # ids are checked by the gallery (unknown: a clear error), so a script may pass any id
-            edit_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="edit-animal", allow_custom_value=True)
+            edit_id = gr.Dropdown(_animal_choices(), value=None, label="Animal", elem_id="edit-animal", allow_custom_value=True)
             new_name = gr.Textbox(label="New name (empty: unchanged)")
             new_species = gr.Dropdown(["", *SPECIES], value="", label="Species (empty: unchanged)")
             new_note = gr.Textbox(label="Staff note (replaces the old one)")
@@ -684,7 +684,9 @@ def build_staff_tools(animals: gr.Markdown) -> None:
             edit_status = gr.Textbox(label="Edit")
         with gr.Column():
             gr.Markdown("### Delete an animal")
-            delete_id = gr.Dropdown(_animal_choices(), label="Animal", elem_id="delete-animal", allow_custom_value=True)
+            delete_id = gr.Dropdown(
+                _animal_choices(), value=None, label="Animal", elem_id="delete-animal", allow_custom_value=True
+            )
             confirm = gr.Checkbox(False, label="Yes, delete it and its photos")
             delete = gr.Button("Delete", variant="stop")
             delete_status = gr.Textbox(label="Delete")

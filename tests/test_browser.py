@@ -23,17 +23,27 @@ TIMEOUT_MS = 180_000  # a 2-core machine shared with training jobs can be slow
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which("chromium"):
         pytest.skip("Debian's chromium is not installed: apt-get install -y chromium (.ci/run does it)")
-    url = app_url()
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium"))
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    page = new_page(browser, app_url())
+    yield page
+    page.close()
 
 
 def photos(shared_data, dog):
@@ -76,3 +86,33 @@ def test_text_search_tab_in_the_browser(page):
         page.get_by_role("button", name="Search").click()
         playwright.expect(page.locator("#text-results img").first).to_be_visible(timeout=TIMEOUT_MS)
     page.screenshot(path=str(SHOTS / "text_search.png"), full_page=True)
+
+
+def test_staff_page_login_and_register_in_the_browser(browser, shared_data):
+    """Issue 33: /staff/ asks for a login (any user name, a staff key as the password); a wrong key is refused; with
+    the key, a registration lands in the shared gallery and names the animal's id."""
+    from app_server import STAFF_KEY
+
+    page = new_page(browser, app_url() + "/staff/")
+    try:
+        page.get_by_label("username").fill("ada")
+        page.get_by_label("password").fill("not-the-key-0123456789")
+        page.get_by_role("button", name="Login").click()
+        playwright.expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+        page.goto(app_url() + "/staff/")
+        page.get_by_label("username").fill("ada")
+        page.get_by_label("password").fill(STAFF_KEY)
+        page.get_by_role("button", name="Login").click()
+        page.get_by_role("tab", name="Gallery").click()
+        page.locator("#register-name textarea, #register-name input").first.fill("Browser Dog")
+        page.locator("#register-photos input[type=file]").set_input_files(photos(shared_data, "1009")[:2])
+        page.locator("#register").click()
+        status = page.locator("#register-status textarea")
+        playwright.expect(status).to_have_value(
+            re.compile(r"^Registered 2 photo\(s\) of Browser Dog.*\(id a"), timeout=TIMEOUT_MS
+        )
+        page.screenshot(path=str(SHOTS / "staff_gallery.png"), full_page=True)
+    finally:
+        page.close()
+    record = app_module().gallery.find_name("Browser Dog")
+    assert record is not None and record.registered_by == f"ui ada ({app_module().STAFF.who(STAFF_KEY)})"
