@@ -175,7 +175,8 @@ def _thumbnail(path: str):
 def uploads_only(fn):
     """Wrap a UI handler: every file it gets must be a file uploaded to this app (Gradio's upload folder), never
     a path a client names. Gradio checks this too once the Blocks count as launched (see `mount`); this is the
-    handler's own check, whatever Gradio's state."""
+    handler's own check, whatever Gradio's state. An exception the handler does not expect reaches the client
+    without server paths (Gradio would show its text as it is)."""
     upload_root = os.path.realpath(gr.utils.get_upload_folder())
 
     def check(value) -> None:
@@ -197,7 +198,13 @@ def uploads_only(fn):
         for i, value in enumerate(args):
             if i in wrapper.file_args:
                 check(value)
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as err:  # unexpected: the full text goes to the server's log, the client's copy has no paths
+            log(f"{fn.__name__} failed: {type(err).__name__}: {err}")
+            raise gr.Error(f"The server could not answer ({type(err).__name__}: {redact_paths(str(err))}).") from err
 
     wrapper.file_args = set()  # type: ignore[attr-defined]
     return wrapper
@@ -541,7 +548,7 @@ def build_text_search_tab() -> None:
     top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
     button = gr.Button("Search", variant="primary")
     results = gr.Gallery(label="Best matching photos (score)", columns=4, height="auto", elem_id="text-results")
-    button.click(search_text, inputs=[query, top_k], outputs=results, api_name="search_text")
+    button.click(checked(search_text), inputs=[query, top_k], outputs=results, api_name="search_text")
     gr.Examples([["a dog running on the grass", 8], ["two children playing in the water", 8]], inputs=[query, top_k])
 
 
@@ -691,20 +698,20 @@ def build_staff_tools(animals: gr.Markdown) -> None:
             delete = gr.Button("Delete", variant="stop")
             delete_status = gr.Textbox(label="Delete")
     save.click(
-        update_animal,
+        checked(update_animal),
         inputs=[edit_id, new_name, new_species, new_note],
         outputs=[edit_status, animals, edit_id],
         api_name="update_animal",
     )
     delete.click(
-        delete_animal, inputs=[delete_id, confirm], outputs=[delete_status, animals, delete_id], api_name="delete_animal"
+        checked(delete_animal), inputs=[delete_id, confirm], outputs=[delete_status, animals, delete_id], api_name="delete_animal"
     )
     for dropdown in (edit_id, delete_id):  # the animals as they are when the page is opened
         dropdown.focus(lambda: gr.update(choices=_animal_choices()), outputs=dropdown, api_name=False)
     gr.Markdown("### Audit log (newest first)")
     refresh = gr.Button("Refresh")
     log_table = gr.Dataframe(headers=["when (UTC)", "who", "what", "animal id", "name"], interactive=False)
-    refresh.click(audit_log, inputs=None, outputs=log_table, api_name="audit_log")
+    refresh.click(checked(audit_log), inputs=None, outputs=log_table, api_name="audit_log")
 
 
 def mount(api: FastAPI, demo: gr.Blocks, path: str, **kwargs) -> FastAPI:

@@ -316,3 +316,21 @@ def test_rest_and_ui_share_one_bounded_queue(app, http, staff_ui, shared_data, m
     assert out.status_code == 503 and out.headers["retry-after"] == "5" and "busy" in out.json()["detail"]
     with pytest.raises(Exception, match="busy"):
         Client(app_url(), verbose=False).predict(handle_file(photo), api_name="/identify")
+
+
+def test_unexpected_errors_do_not_reach_the_client_with_server_paths(app, shared_data, monkeypatch):
+    """An exception the handlers do not expect (a disk error naming a gallery file) is logged, not shown: the
+    client gets a generic error, on the page and through the REST API."""
+    secret = f"[Errno 13] Permission denied: '{app.gallery.directory}/index/gallery.json'"
+
+    class Broken:
+        def run(self, fn, *args, **kwargs):
+            raise PermissionError(secret)
+
+    monkeypatch.setattr(app.services, "work", Broken())
+    photo = dog(shared_data, "0")[0]
+    with pytest.raises(Exception) as caught:
+        Client(app_url(), verbose=False).predict(handle_file(photo), api_name="/identify")
+    assert "PermissionError" in str(caught.value) and str(app.gallery.directory) not in str(caught.value)
+    out = httpx.post(f"{app_url()}/api/v1/identify", files=files([photo], "photo"), timeout=120)
+    assert out.status_code == 500 and str(app.gallery.directory) not in out.text
