@@ -116,3 +116,27 @@ def test_staff_page_login_and_register_in_the_browser(browser, shared_data):
         page.close()
     record = app_module().gallery.find_name("Browser Dog")
     assert record is not None and record.registered_by == f"ui ada ({app_module().STAFF.who(STAFF_KEY)})"
+
+
+def test_demo_visitor_registers_privately_in_the_browser(browser, shared_data):
+    """Issue 33, the app without keys (the Space): a visitor registers on / into a gallery only their page sees; a
+    second visitor's page lists the shared animals only."""
+    from app_server import demo_url
+
+    visitor, other = new_page(browser, demo_url()), new_page(browser, demo_url())
+    try:
+        visitor.get_by_role("tab", name="Gallery").click()
+        visitor.locator("#register-name textarea, #register-name input").first.fill("Visitor Dog")
+        visitor.locator("#register-photos input[type=file]").set_input_files(photos(shared_data, "1010")[:2])
+        visitor.locator("#register").click()
+        status = visitor.locator("#register-status textarea")
+        playwright.expect(status).to_have_value(re.compile(r"in your private demo gallery"), timeout=TIMEOUT_MS)
+        playwright.expect(visitor.get_by_text("Visitor Dog (2)")).to_be_visible()
+        visitor.screenshot(path=str(SHOTS / "demo_gallery.png"), full_page=True)
+        other.get_by_role("tab", name="Gallery").click()
+        playwright.expect(other.get_by_text("registered animals")).to_be_visible()
+        assert "Visitor Dog" not in other.content()
+    finally:
+        visitor.close()
+        other.close()
+    assert "Visitor Dog" not in app_module().gallery.names

@@ -302,6 +302,8 @@ def test_rate_limit_answers_429_with_retry_after(app, monkeypatch):
     refused = httpx.post(f"{base}/api/v1/search", json=query)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1 and "Retry in" in refused.json()["detail"]
     assert httpx.post(f"{base}/gradio_api/call/search_text", json={"data": ["a dog", 1]}).status_code == 429
+    guess = httpx.post(f"{base}/staff/login", data={"username": "x", "password": "guess-0123456789abcdef"})
+    assert guess.status_code == 429  # guessing staff keys on the login form is limited too
     assert httpx.post(f"{base}/api/v1/search", json=query, headers=STAFF, timeout=120).status_code == 200
     assert httpx.get(f"{base}/api/v1/health").status_code == 200 and httpx.get(f"{base}/").status_code == 200
 
