@@ -39,13 +39,32 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SPLITS_FILE = ROOT / "train" / "splits" / "dogfacenet.json"
 DEMO_NAMES = ["Bella", "Max", "Luna", "Charlie", "Daisy", "Rocky", "Milo", "Coco", "Bailey", "Nala"]
 GALLERY_PHOTOS, QUERY_PHOTOS, UNKNOWN_DOGS, UNKNOWN_PHOTOS, NEW_DOGS, NEW_PHOTOS = 3, 3, 30, 2, 3, 4
+# Pets beside the dog faces, so the demo shows the intake on ordinary photos: id -> (name, gallery photos, queries),
+# paths relative to the shared data folder. Whole dogs from MPDD (CC BY 4.0), cats from Cat-Faces-Identification (MIT).
+DEMO_PETS = {
+    "mpdd-56": (
+        "Rex",
+        ["mpdd/56/56_c1s6_1.jpg", "mpdd/56/56_c3s4_0.jpg", "mpdd/56/56_c4s6_6.jpg"],
+        ["mpdd/56/56_c2s5_5.jpg", "mpdd/56/56_c5s3_2.jpg", "mpdd/56/56_c6s6_0.jpg"],
+    ),
+    "cat-tigro": (
+        "Tigro",
+        ["cats/faces/tigro/1.jpg", "cats/faces/tigro/10.jpg", "cats/photos/tigro/t1.jpg"],
+        ["cats/faces/tigro/11.jpg", "cats/photos/tigro/t10.jpg", "cats/photos/tigro/t11.jpg"],
+    ),
+    "cat-birba": (
+        "Birba",
+        ["cats/faces/birba/1.jpg", "cats/faces/birba/4.jpg", "cats/photos/birba/2020-02-09_18:58:36.jpg"],
+        ["cats/faces/birba/6.jpg", "cats/photos/birba/2020-02-09_18:58:50.jpg", "cats/photos/birba/2020-02-09_18:58:44.jpg"],
+    ),
+}
 Log = Callable[[str], None]
 
 
 def _photos(folder: Path) -> list[Path]:
     return sorted(
         (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-        key=lambda p: [int(t) if t.isdigit() else t for t in p.stem.split(".")],
+        key=lambda p: [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in p.stem.split(".")],
     )
 
 
@@ -85,11 +104,18 @@ def copy_demo_photos(assets_dir: Path, dogfacenet: Path, log: Log = print) -> di
                 (tmp / folder / dog).mkdir(parents=True, exist_ok=True)
                 for f in files:
                     shutil.copyfile(f, tmp / folder / dog / f.name)
+    for pet, (_, gallery, queries) in DEMO_PETS.items():
+        for folder, files in (("gallery", gallery), ("queries", queries)):
+            (tmp / folder / pet).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copyfile(dogfacenet.parent / f, tmp / folder / pet / Path(f).name.replace(":", "-"))
     manifest = {
-        "source": "DogFaceNet (CC BY 4.0), test-split dogs",
-        "names": dict(zip(roles["gallery"], DEMO_NAMES)),
+        "source": "DogFaceNet (CC BY 4.0), test-split dogs; a whole dog of MPDD (CC BY 4.0); two cats of "
+        "Cat-Faces-Identification (MIT)",
+        "names": {**dict(zip(roles["gallery"], DEMO_NAMES)), **{pet: name for pet, (name, _, _) in DEMO_PETS.items()}},
         **{f"{role}_dogs": chosen for role, chosen in roles.items()},
     }
+    manifest["gallery_dogs"] += list(DEMO_PETS)
     atomic_write_json(manifest, tmp / "manifest.json")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)

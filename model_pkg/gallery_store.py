@@ -49,7 +49,7 @@ import threading
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,10 @@ from filelock import FileLock
 from .data import load_image
 from .fileio import atomic_write
 from .gallery import META_FILE, GalleryIndex, GalleryMismatchError, Prediction
+from .intake.embedding import embed_photos as intake_embed_photos
+from .intake.embedding import vector_size
+from .intake.photo_intake import IntakeResult
 from .modeling_utils import model_identity
-from .transforms import create_transform
 
 __all__ = [
     "AnimalRecord",
@@ -89,25 +91,13 @@ def embedder_id(model: torch.nn.Module) -> str:
     return model_identity(model)
 
 
-@torch.no_grad()
 def embed_photos(model, paths: Sequence, progress: ProgressFn | None = None, batch_size: int = 16) -> np.ndarray:
-    """Identity embeddings (N, E) float32 of photos (paths, PIL images or arrays), in batches so
-    `progress(done, total)` can be shown.
-
-    Like `match_sets`, photos go straight through the eval transform and the model: for the app's few
-    photos at a time this is several times faster than the `datasets.map` path (`arcface.training.embed_paths`)
-    built for caching thousands. Every photo is opened with :func:`~model_pkg.data.load_image` first, so a
-    bad upload fails with an `ImageLoadError` naming it before any model work is done."""
-    images = [load_image(p) for p in paths]
-    transform = create_transform(model.backbone.data_config, train=False)
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.stack([transform(im) for im in images[start : start + batch_size]])  # (B, 3, H, W)
-        out.append(model.get_image_features(pixel_values=pixels).float().numpy())
-        if progress is not None:
-            progress(min(start + batch_size, len(images)), len(images))
-    return np.concatenate(out) if out else np.zeros((0, model.config.embedding_size), np.float32)
+    """The gallery's vectors (N, `vector_size(model)`) float32 of photos (paths, PIL images or arrays), in batches so
+    `progress(done, total)` can be shown: the intake's path (`model_pkg.intake.embed_photos`), so a model whose
+    config carries an intake and a fusion gives fused vectors with their species block, and a plain embedder its
+    identity embeddings. Every photo is opened with :func:`~model_pkg.data.load_image` first, so a bad upload fails
+    with an `ImageLoadError` naming it before any model work is done."""
+    return intake_embed_photos(model, paths, batch_size=batch_size, progress=progress).gallery
 
 
 @dataclass
@@ -126,10 +116,13 @@ class Identification:
     matches: list[GalleryMatch] = field(default_factory=list)
     score_threshold: float | None = None
     margin_threshold: float = 0.0
+    intake: IntakeResult | None = field(default=None, repr=False)  # what the intake saw in the query (its crop)
 
     def message(self) -> str:
         """One sentence for a person: who it is, or why the photo was rejected and what to do."""
         p = self.prediction
+        if self.intake is not None and self.intake.reshoot:
+            return f"Reshoot: {self.intake.reshoot}."
         if p.reason is None:
             return f"Identified: {p.label} (vote share {p.confidence:.0%}, best photo similarity {p.top_score:.2f})."
         closest = self.matches[0].label if self.matches else "none"
@@ -277,7 +270,7 @@ class PhotoGallery:
         return self.directory / "index"
 
     def _new_index(self) -> GalleryIndex:
-        return GalleryIndex(int(self.embedder.config.embedding_size), "ip", model_id=self.model_id)
+        return GalleryIndex(vector_size(self.embedder), "ip", model_id=self.model_id)
 
     def _open(self) -> GalleryIndex:
         # Temporary folders of saves interrupted by a crash (kill -9, power loss): the index they were about to
@@ -645,7 +638,8 @@ class PhotoGallery:
         empty = "The gallery is empty: register an animal (a name and some photos) first."
         if len(self) == 0:
             raise ValueError(empty)
-        query = embed_photos(self.embedder, [photo])
+        vectors = intake_embed_photos(self.embedder, [photo])
+        query, seen = vectors.gallery, vectors.intake[0]
         with self._lock:  # a registration may be changing the index in another thread
             self.refresh()
             if len(self.index) == 0:  # the last animal was removed while the photo was being embedded
@@ -662,4 +656,6 @@ class PhotoGallery:
                     matches.append(GalleryMatch(label, float(score), str(self.directory / meta["photo"]), animal))
                 if len(matches) == top:
                     break
-        return Identification(prediction, matches, self.index.score_threshold, self.index.margin_threshold)
+        if not seen.usable:  # the intake's reason beats any vote: the photo itself must be retaken
+            prediction = replace(prediction, label=None, accepted=False, reason="reshoot")
+        return Identification(prediction, matches, self.index.score_threshold, self.index.margin_threshold, seen)

@@ -6,6 +6,8 @@ import math
 
 from transformers import PretrainedConfig
 
+from ..intake.settings import check_intake_fusion
+
 
 class ArcFaceEmbedderConfig(PretrainedConfig):
     r"""Configuration of [`ArcFaceEmbedderModel`]: one photo -> an L2-normalised identity embedding.
@@ -45,6 +47,11 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
             best identities (calibrated with `score_threshold`). Not related to the ArcFace `margin`.
         gallery_k (`int`): neighbours that vote in the gallery, the k the thresholds were calibrated for.
         gallery_per_id (`int`, *optional*): photos per known dog in the calibration gallery.
+        intake (`dict`, *optional*): the photo intake's settings (`model_pkg.intake.IntakeConfig`): species, crop,
+            kind of photo and reshoot reasons before the model sees a photo. None: photos go in whole.
+        fusion (`dict`, *optional*): per-kind fusion with the untrained ImageNet features
+            (`model_pkg.intake.FusionConfig`); needs `intake`. The gallery then searches fused vectors and
+            `score_threshold` / `margin_threshold` are calibrated on them.
     """
 
     model_type = "petmatch_arcface_embedder"
@@ -72,6 +79,8 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         margin_threshold: float = 0.05,
         gallery_k: int = 20,
         gallery_per_id: int | None = None,
+        intake: dict | None = None,
+        fusion: dict | None = None,
         **kwargs,
     ):
         if embedding_size < 1:
@@ -111,4 +120,5 @@ class ArcFaceEmbedderConfig(PretrainedConfig):
         self.margin_threshold = margin_threshold
         self.gallery_k = gallery_k
         self.gallery_per_id = gallery_per_id
+        self.intake, self.fusion = check_intake_fusion(intake, fusion)
         super().__init__(**kwargs)

@@ -201,6 +201,11 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         x = self.proj(self.dropout(pooled_features.to(self.proj.weight.dtype)))  # (B, E)
         return F.normalize(self.bn(x), dim=-1)
 
+    def photo_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) photos -> (B, E) L2-normalised identity embeddings; the name the pair matcher shares, so the
+        intake's embedding path (`model_pkg.intake.embed_photos`) serves both."""
+        return self.get_image_features(pixel_values=pixel_values)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,

@@ -14,6 +14,7 @@ from ..arcface import ArcFaceEmbedderModel
 from ..arcface.training import embed_paths
 from ..data.samplers import GallerySplit, split_gallery_queries
 from ..gallery import GalleryIndex
+from ..intake.embedding import embed_photo_files, model_fusion
 from ..metrics import confusion as confusion_matrix_of
 from ..metrics import save_confusion
 from .common import BASELINE, GALLERY_BASELINE, EvaluationError, json_safe, load_groups, load_saved_model, reference_features
@@ -173,8 +174,13 @@ def evaluate_gallery_protocol(
         {*evaluated.gallery_paths, *evaluated.query_paths}
         | ({*calibration.gallery_paths, *calibration.query_paths} if calibration else set())
     )
+    reshoot = None
     if net is None:
         emb = reference_features(paths, batch_size=batch_size)
+    elif model_fusion(net) is not None:  # the app's path: intake, both matchers, fused vectors with the species block
+        vectors = embed_photo_files(net, paths, batch_size=batch_size)
+        emb = dict(zip(paths, vectors.gallery))
+        reshoot = sum(not r.usable for r in vectors.intake)
     else:
         emb = dict(zip(paths, embed_paths(net, paths, batch_size=batch_size)))
 
@@ -217,6 +223,7 @@ def evaluate_gallery_protocol(
         num_known_identities=len(evaluated.known_labels),
         num_unknown_identities=len(evaluated.unknown_labels),
         num_skipped_identities=len(evaluated.skipped_labels),
+        intake_reshoot_photos=reshoot,
         seconds=round(time.perf_counter() - start, 3),
     )
     if source == "oracle":

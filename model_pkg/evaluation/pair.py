@@ -14,6 +14,8 @@ from ..data import CachedSetPairCollator, sample_pairs
 from ..data.pairs import SetPair
 from ..features import compute_tokens
 from ..fileio import atomic_write
+from ..intake.embedding import embed_photo_files, model_fusion, model_intake
+from ..intake.fusion import DECISION_THRESHOLD, decide_pair
 from ..metrics import choose_threshold, verification_metrics
 from ..pair_matcher import PairMatcherModel
 from ..pair_matcher.training import pair_records, predict_pair_scores
@@ -93,8 +95,34 @@ def _cosine_scores(
     return (a * b).sum(1) / norms
 
 
+def _fused_scores(model: PairMatcherModel, pairs: Sequence[SetPair], batch_size: int) -> np.ndarray:
+    """A model with an intake and a fusion, as `match_sets` runs it: each unique photo through the intake and both
+    matchers once (`embed_photos`), then every pair decided by `decide_pair` (photos the intake would reshoot left
+    out while their set has a usable one, species, kind, calibrated probability)."""
+    fusion, intake = model_fusion(model), model_intake(model)
+    assert fusion is not None and intake is not None
+    paths = _pair_paths(pairs)
+    vectors = embed_photo_files(model, paths, batch_size=batch_size)
+    row = {p: i for i, p in enumerate(paths)}
+    scores = []
+    for pair in pairs:
+        a, b = [row[p] for p in pair.paths_a], [row[p] for p in pair.paths_b]
+        decision = decide_pair(
+            fusion,
+            intake.config.certain_species,
+            [vectors.intake[i] for i in a],
+            vectors.fused[a],
+            [vectors.intake[i] for i in b],
+            vectors.fused[b],
+        )
+        scores.append(decision.probability)
+    return np.asarray(scores, np.float64)
+
+
 def _model_scores(model: PairMatcherModel, pairs: Sequence[SetPair], batch_size: int) -> np.ndarray:
     """Each unique photo through the backbone once, then every pair scored from the cached tokens."""
+    if model_fusion(model) is not None:
+        return _fused_scores(model, pairs, batch_size)
     paths = _pair_paths(pairs)
     tokens = compute_tokens(model.backbone, paths, batch_size=batch_size, desc="photo tokens")
     collator = CachedSetPairCollator(tokens, {p: i for i, p in enumerate(paths)})
@@ -206,7 +234,8 @@ def evaluate_pair(
         assert net is not None  # not the baseline: a loaded model
         scores = _model_scores(net, eval_pairs, batch_size)
         smallest = set_size if isinstance(set_size, int) else min(set_size)
-        threshold, source = net.decision_threshold(smallest, smallest), "stored"
+        threshold = DECISION_THRESHOLD if model_fusion(net) is not None else net.decision_threshold(smallest, smallest)
+        source = "stored"
         if use_val:  # the same per-protocol threshold choice the baseline gets, for a like-for-like comparison
             val_pairs, _ = draw_pairs(
                 threshold_groups, pairs, set_size, seed, threshold_negatives, batch_size, f"threshold split {threshold_split!r}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from ..intake.settings import check_intake_fusion
+
 SET_POOLINGS = ("mean", "attention", "cls_mean")
 HEADS = ("concat_mlp", "cross_attention", "siamese")
 SIAMESE_DISTANCES = ("cosine", "learned")
@@ -65,6 +67,11 @@ class PairMatcherConfig(PretrainedConfig):
         tta_flip (`bool`): flip test-time augmentation: at inference each photo's backbone tokens are the
             mean of its own and its mirror image's (about 2x the backbone cost; training is unchanged).
         initializer_range (`float`): std of the normal init of new linear layers.
+        intake (`dict`, *optional*): the photo intake's settings (`model_pkg.intake.IntakeConfig`): species, crop,
+            kind of photo and reshoot reasons before the model sees a photo. None: photos go in whole.
+        fusion (`dict`, *optional*): per-kind calibrated fusion with the untrained ImageNet features
+            (`model_pkg.intake.FusionConfig`); needs `intake`. `match_sets` and `evaluate pair` then decide with
+            the fused probability at 0.5 instead of `threshold` / `set_size_thresholds`.
     """
 
     model_type = "petmatch_pair_matcher"
@@ -96,6 +103,8 @@ class PairMatcherConfig(PretrainedConfig):
         freeze_backbone_bn: bool = True,
         tta_flip: bool = False,
         initializer_range: float = 0.02,
+        intake: dict | None = None,
+        fusion: dict | None = None,
         **kwargs,
     ):
         if set_pooling not in SET_POOLINGS:
@@ -148,4 +157,5 @@ class PairMatcherConfig(PretrainedConfig):
         self.freeze_backbone_bn = freeze_backbone_bn
         self.tta_flip = tta_flip
         self.initializer_range = initializer_range
+        self.intake, self.fusion = check_intake_fusion(intake, fusion)
         super().__init__(**kwargs)

@@ -293,6 +293,12 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
             return self.backbone.forward_features(pixel_values)
 
+    def photo_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(P, 3, H, W) photos -> (P, H) L2-normalised photo embeddings (for a matcher built from an embedder, the
+        embedder's own), as `match_sets` compares them photo by photo."""
+        photos = self.token_norm(self.token_proj(self.backbone.pool(self.embed_photos(pixel_values))))
+        return F.normalize(photos, dim=-1)
+
     def _photo_tokens(self, pixel_values, tokens, mask, side: str) -> torch.Tensor:
         """Backbone tokens (B, N, T, D) of a set, running the backbone on real photos only."""
         if tokens is not None:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import load_image, pad_sets
+from ..intake.embedding import embed_photos, model_fusion, model_intake
+from ..intake.fusion import DECISION_THRESHOLD, decide_pair
 from ..training.checkpoints import save_with_model_card
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
@@ -31,12 +33,20 @@ __all__ = ["MatchResult", "PairMatchingTrainer", "match_sets", "save_with_card"]
 @dataclass
 class MatchResult:
     """probability: same-animal probability; same: probability >= threshold; photo_similarity:
-    (N, M) cosine between each photo of A and each photo of B, to show which photos agree most."""
+    (N, M) cosine between each photo of A and each photo of B, to show which photos agree most.
+
+    With an intake (`config.intake`): intake_a / intake_b say what it saw in each photo (species, crop, reshoot
+    reason), kind is the kind of photo whose calibration decided, notes what a person should know (photos left
+    out, a species mismatch, an unsure species)."""
 
     probability: float
     same: bool
     threshold: float
     photo_similarity: np.ndarray = field(repr=False)
+    kind: str | None = None
+    notes: list[str] = field(default_factory=list)
+    intake_a: list = field(default_factory=list, repr=False)
+    intake_b: list = field(default_factory=list, repr=False)
 
 
 @torch.no_grad()
@@ -49,6 +59,8 @@ def match_sets(model: PairMatcherModel, photos_a, photos_b, max_set_size: int = 
             raise ValueError(f"Set {side} is empty: give at least one photo per side.")
         if len(photos) > max_set_size:
             raise ValueError(f"Set {side} has {len(photos)} photos; at most {max_set_size} are compared at once.")
+    if model_fusion(model) is not None:
+        return _match_fused(model, photos_a, photos_b)
     transform = create_transform(model.data_config, train=False)
     pixels_a, mask_a = pad_sets([torch.stack([transform(load_image(p)) for p in photos_a])])
     pixels_b, mask_b = pad_sets([torch.stack([transform(load_image(p)) for p in photos_b])])
@@ -61,6 +73,27 @@ def match_sets(model: PairMatcherModel, photos_a, photos_b, max_set_size: int = 
     similarity = F.normalize(photo_a, dim=-1) @ F.normalize(photo_b, dim=-1).T
     threshold = model.decision_threshold(len(photos_a), len(photos_b))
     return MatchResult(probability, probability >= threshold, threshold, similarity.numpy())
+
+
+def _match_fused(model: PairMatcherModel, photos_a, photos_b) -> MatchResult:
+    """The intake, both matchers and the per-kind calibrated fusion (`model_pkg.intake.fusion.decide_pair`)."""
+    fusion, intake = model_fusion(model), model_intake(model)
+    assert fusion is not None and intake is not None  # the config checks that a fusion comes with an intake
+    a, b = embed_photos(model, photos_a), embed_photos(model, photos_b)
+    decision = decide_pair(fusion, intake.config.certain_species, a.intake, a.fused, b.intake, b.fused)
+    notes = list(decision.notes)
+    for side, vectors in (("A", a), ("B", b)):
+        notes += [f"set {side}, photo {i + 1}: {r.note}" for i, r in enumerate(vectors.intake) if r.note and r.usable]
+    return MatchResult(
+        probability=decision.probability,
+        same=decision.same,
+        threshold=DECISION_THRESHOLD,
+        photo_similarity=a.fused @ b.fused.T,
+        kind=decision.kind,
+        notes=notes,
+        intake_a=a.intake,
+        intake_b=b.intake,
+    )
 
 
 def save_with_card(

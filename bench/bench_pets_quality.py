@@ -1,0 +1,138 @@
+"""Quality per kind of photo: dog faces, whole dogs, cat faces, cats in photos, and a mixed gallery of all four.
+
+    python bench/bench_pets_quality.py --json bench/results/pets_quality.json
+
+For each kind, `model_pkg.evaluate`'s own protocols, exactly as `python -m model_pkg.evaluate gallery|pair` runs them
+(G = 1, 20% unknown, 1,000 random-negative 1v1 pairs; seeds 0-2, averaged), for:
+
+* `imagenet` / `imagenet-cosine`: the untrained ImageNet Lite0 on the raw photo, the fixed baseline (its pair
+  accuracy at its best threshold on the evaluated pairs: the oracle);
+* `trained alone`: the shipped embedder and matcher without the intake and the fusion (today's models before it);
+* `shipped`: models/arcface-embedder and models/pair-matcher as the app runs them (intake, fusion, stored thresholds).
+
+The pets are the validation pets the fusion was fitted on (`bench/fit_fusion.py`: DogFaceNet validation dogs, MPDD,
+the 12 cats), so the shipped rows are in-sample for the fusion's weights and thresholds; `--dogfacenet-split test`
+gives dog faces the fusion never saw. Identity folders are linked into a temporary tree, so the CLI needs no splits
+file and the baseline gets its oracle threshold, as in the issue's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
+
+from model_pkg.evaluation import evaluate_gallery_protocol, evaluate_pair  # noqa: E402
+from model_pkg.evaluation.common import cache_dir  # noqa: E402
+from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
+from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
+from model_pkg.fileio import atomic_write_json  # noqa: E402
+
+DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))
+KIND_NAMES = {"dog_face": "dog faces", "dog_body": "whole dogs", "cat_face": "cat faces", "cat_body": "cats in photos"}
+
+
+def link_tree(root: Path, sources: dict[str, Path]) -> Path:
+    """A folder of identity sub-folders holding symlinks to the source photos (kept between runs, so the baseline's
+    cached reference features are found again)."""
+    for name, folder in sources.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for photo in folder.iterdir():
+            link = root / name / photo.name.replace(":", "-")
+            if not link.exists():
+                link.symlink_to(photo.resolve())
+    return root
+
+
+def kind_folders(tmp: Path, dogfacenet_split: str) -> dict[str, Path]:
+    splits = json.loads(Path("train/splits/dogfacenet.json").read_text())
+    trees = {
+        "dog_face": {d: DATA / "dogfacenet" / d for d in splits[dogfacenet_split]},
+        "dog_body": {d: DATA / "mpdd" / d for d in sorted(os.listdir(DATA / "mpdd"))},
+        "cat_face": {c: DATA / "cats" / "faces" / c for c in sorted(os.listdir(DATA / "cats" / "faces"))},
+        "cat_body": {c: DATA / "cats" / "photos" / c for c in sorted(os.listdir(DATA / "cats" / "photos"))},
+    }
+    folders = {kind: link_tree(tmp / kind, tree) for kind, tree in trees.items()}
+    mixed = {f"{kind}-{name}": folder for kind, tree in trees.items() for name, folder in tree.items()}
+    folders["mixed"] = link_tree(tmp / "mixed", mixed)
+    return folders
+
+
+@contextlib.contextmanager
+def variant(model, name: str):
+    """The model as `name` asks: "trained alone" switches the intake and the fusion off for the duration."""
+    if name != "trained alone" or isinstance(model, str):
+        yield model
+        return
+    saved = model.config.intake, model.config.fusion
+    model.config.intake = model.config.fusion = None
+    try:
+        yield model
+    finally:
+        model.config.intake, model.config.fusion = saved
+
+
+def mean_of(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    return {
+        k: float(np.mean([r[k] for r in runs if r.get(k) is not None])) for k in keys if any(r.get(k) is not None for r in runs)
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--embedder", default="models/arcface-embedder")
+    parser.add_argument("--matcher", default="models/pair-matcher")
+    parser.add_argument("--dogfacenet-split", default="val")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    embedder, matcher = load_arcface_model(args.embedder), load_pair_model(args.matcher)
+    gallery_models = {"imagenet": "imagenet", "trained alone": embedder, "shipped": embedder}
+    pair_models = {"imagenet": "imagenet-cosine", "trained alone": matcher, "shipped": matcher}
+    report: dict = {"dogfacenet_split": args.dogfacenet_split, "seeds": seeds, "kinds": {}}
+    for kind, folder in kind_folders(cache_dir() / "bench-pets" / args.dogfacenet_split, args.dogfacenet_split).items():
+        rows = {}
+        for name in gallery_models:
+            start = time.perf_counter()
+            with variant(gallery_models[name], name) as model:
+                gallery = [evaluate_gallery_protocol(model, folder, 1, 0.2, seed) for seed in seeds]
+            row = mean_of(gallery, ("rank1", "open_set_auroc", "known_accuracy", "unknown_rejection"))
+            if kind != "mixed":
+                with variant(pair_models[name], name) as model:
+                    pairs = [evaluate_pair(model, folder, set_size=1, pairs=1000, seed=seed) for seed in seeds]
+                row.update({f"pair_{k}": v for k, v in mean_of(pairs, ("roc_auc", "accuracy", "best_accuracy")).items()})
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows[name] = row
+            print(f"{kind:9s} {name:14s} " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+        report["kinds"][kind] = rows
+    atomic_write_json(report, args.json)
+    print(markdown(report))
+    return 0
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "| kind | model | gallery rank-1 | open-set AUROC | 1v1 ROC-AUC | 1v1 accuracy (stored thr.; baseline: best thr.) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, rows in report["kinds"].items():
+        for name, row in rows.items():
+            acc = row.get("pair_best_accuracy" if name == "imagenet" else "pair_accuracy")
+            pair = f"{row['pair_roc_auc']:.4f} | {acc:.3f}" if "pair_roc_auc" in row else "- | -"
+            lines.append(
+                f"| {KIND_NAMES.get(kind, 'mixed gallery')} | {name} | {row['rank1'] / 100:.3f} | {row['open_set_auroc']:.3f} | {pair} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

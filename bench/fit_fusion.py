@@ -1,0 +1,259 @@
+"""Fit the photo intake's kind head and the per-kind fusion on validation pets, and store them in the shipped models.
+
+    python bench/fit_fusion.py --json bench/results/fusion_fit.json                 # fit, report, write nothing else
+    python bench/fit_fusion.py --json bench/results/fusion_fit.json --write models/arcface-embedder models/pair-matcher
+
+Validation pets (never the animals anyone reports on): the DogFaceNet validation dogs of train/splits/dogfacenet.json
+(dog faces), all of ../shared/data/mpdd (whole dogs: the embedder never saw them), the 12 cats of ../shared/data/cats
+(faces, and ordinary photos); 60 DogFaceNet training dogs add face photos to the kind head only.
+
+1. Every photo goes through the intake (no kind head yet) and the embedder, as the app runs them
+   (`model_pkg.intake.embed_photos`): untrained and trained vectors of the whole view and the crop.
+2. Kind head: multinomial `LogisticRegression` on the untrained features -> dog face / whole dog / cat face /
+   cat in a photo / none (300 Flickr8k development photos whose captions name no dog, cat or pet); its accuracy
+   is measured with identities held out (`GroupKFold`).
+3. Per kind, the trained weight `a` of the fused cosine is chosen on a grid by the mean of gallery rank-1,
+   open-set AUROC (G = 1, 20% unknown, 5 draws) and 1v1 pair ROC-AUC (1,000 random-negative pairs, 3 draws).
+4. Per kind and set size (1, 2, 3 photos per side): Platt scaling of the fused cosine (`LogisticRegression`'s
+   slope) centred on the accuracy-optimal cosine of validation pairs -> `KindFusion.slope` / `centres`.
+5. The gallery's unknown / reshoot thresholds are calibrated on a mixed validation gallery (all four kinds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
+
+from model_pkg.data import sample_pairs  # noqa: E402
+from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
+from model_pkg.evaluation.common import cache_dir  # noqa: E402
+from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
+from model_pkg.fileio import atomic_save_npy, atomic_write_json  # noqa: E402
+from model_pkg.gallery import GalleryIndex  # noqa: E402
+from model_pkg.intake import KINDS, FusionConfig, KindFusion, embed_photos, fused_vectors, gallery_vectors  # noqa: E402
+from model_pkg.intake.photo_intake import PhotoIntake  # noqa: E402
+from model_pkg.intake.settings import KIND_HEAD_CLASSES, IntakeConfig  # noqa: E402
+from model_pkg.metrics import choose_threshold  # noqa: E402
+
+DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))
+GRID = [round(0.1 * i, 1) for i in range(11)]
+
+
+def validation_photos(splits_file: str) -> list[tuple[str, str, str, bool]]:
+    """-> (path, identity, kind, used for fusion) of every validation photo."""
+    splits = json.loads(Path(splits_file).read_text())
+    rng = np.random.default_rng(0)
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def add(folder: Path, ids, kind: str, tag: str, fusion: bool) -> None:
+        for ident in ids:
+            for path in sorted((folder / str(ident)).glob("*.jpg")):
+                rows.append((str(path), f"{tag}:{ident}", kind, fusion))
+
+    add(DATA / "dogfacenet", splits["val"], "dog_face", "dfn", True)
+    add(DATA / "dogfacenet", sorted(rng.choice(splits["train"], 60, replace=False)), "dog_face", "dfn", False)
+    add(DATA / "mpdd", sorted(os.listdir(DATA / "mpdd")), "dog_body", "mpdd", True)
+    add(DATA / "cats" / "faces", sorted(os.listdir(DATA / "cats" / "faces")), "cat_face", "catface", True)
+    add(DATA / "cats" / "photos", sorted(os.listdir(DATA / "cats" / "photos")), "cat_body", "catphoto", True)
+    return rows
+
+
+_DOG_OR_CAT = re.compile(
+    r"\b(dogs?|pupp(y|ies)|pups?|cats?|kittens?|animals?|pets?|poodles?|terriers?|retrievers?|collies?|shepherds?|"
+    r"labradors?|labs?|greyhounds?|dachshunds?|pugs?|huskies|husky|beagles?|chihuahuas?|spaniels?|bulldogs?)\b",
+    re.IGNORECASE,
+)
+
+
+def photos_without_pets(count: int = 300) -> list[str]:
+    """Flickr8k development photos none of whose five captions mentions a dog, a cat or a pet: the kind head's
+    "none" class (people, streets, landscapes, other animals)."""
+    root = DATA / "flickr8k"
+    captions: dict[str, list[str]] = {}
+    for line in (root / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
+        key, caption = line.split("\t", 1)
+        captions.setdefault(key.split("#")[0], []).append(caption)
+    names = [n for n in (root / "Flickr_8k.devImages.txt").read_text().split() if n]
+    clean = [n for n in names if not any(_DOG_OR_CAT.search(c) for c in captions.get(n, []))]
+    return [str(root / "images" / n) for n in clean[:count]]
+
+
+def photo_vectors(model, paths: list[str], cache: Path) -> dict[str, np.ndarray]:
+    """Untrained (N, 1280) and trained (N, E) vectors and the intake's reshoot reasons, cached by the paths."""
+    if cache.with_suffix(".json").is_file():
+        meta = json.loads(cache.with_suffix(".json").read_text())
+        if meta["paths"] == paths:
+            return {"u": np.load(f"{cache}-u.npy"), "t": np.load(f"{cache}-t.npy"), "reshoot": np.array(meta["reshoot"])}
+    us, ts, reshoot = [], [], []
+    start = time.perf_counter()
+    for i in range(0, len(paths), 64):
+        vectors = embed_photos(model, paths[i : i + 64])
+        us.append(vectors.untrained)
+        ts.append(vectors.trained)
+        reshoot += [r.reshoot or "" for r in vectors.intake]
+        print(f"  {i + len(vectors.intake)}/{len(paths)} photos, {time.perf_counter() - start:.0f} s", flush=True)
+    out = {"u": np.concatenate(us), "t": np.concatenate(ts), "reshoot": np.array(reshoot)}
+    atomic_save_npy(f"{cache}-u.npy", out["u"])
+    atomic_save_npy(f"{cache}-t.npy", out["t"])
+    atomic_write_json({"paths": paths, "reshoot": reshoot}, cache.with_suffix(".json"))
+    return out
+
+
+def fit_kind_head(u: np.ndarray, kinds: np.ndarray, groups: np.ndarray) -> tuple[dict, float]:
+    """Multinomial logistic regression over `KIND_HEAD_CLASSES`; accuracy with identities held out (GroupKFold)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    y = np.array([KIND_HEAD_CLASSES.index(k) for k in kinds])
+    correct = 0
+    for train, test in GroupKFold(n_splits=5).split(u, y, groups):
+        head = LogisticRegression(C=1.0, max_iter=2000).fit(u[train], y[train])
+        correct += int((head.predict(u[test]) == y[test]).sum())
+    head = LogisticRegression(C=1.0, max_iter=2000).fit(u, y)
+    weights = {"kind_weights": np.round(head.coef_, 5).tolist(), "kind_bias": np.round(head.intercept_, 5).tolist()}
+    return weights, correct / len(y)
+
+
+def _groups(ids: np.ndarray, paths: np.ndarray) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for ident, path in zip(ids, paths):
+        groups.setdefault(str(ident), []).append(str(path))
+    return groups
+
+
+def gallery_scores(vectors: np.ndarray, groups, index: dict[str, int], seeds=range(5)) -> tuple[float, float]:
+    rank1 = auroc = 0.0
+    for seed in seeds:
+        split = split_gallery_queries(groups, 1, 0.2, seed)
+        gallery = GalleryIndex(vectors.shape[1], "ip")
+        gallery.add(vectors[[index[p] for p in split.gallery_paths]], split.gallery_labels)
+        metrics = gallery.evaluate(vectors[[index[p] for p in split.query_paths]], split.query_labels, split.unknown_labels)
+        rank1 += metrics["rank1"] / 100
+        auroc += metrics["open_set_auroc"]
+    return rank1 / len(seeds), auroc / len(seeds)
+
+
+def pair_cosines(vectors: np.ndarray, groups, index: dict[str, int], size: int, seed: int, pairs: int = 1000):
+    drawn = sample_pairs(groups, pairs, set_size=size, seed=seed)
+
+    def mean(paths):
+        v = vectors[[index[p] for p in paths]].mean(0)
+        return v / np.linalg.norm(v)
+
+    labels = np.array([p.label for p in drawn])
+    return labels, np.array([float(mean(p.paths_a) @ mean(p.paths_b)) for p in drawn])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--embedder", default="models/arcface-embedder")
+    parser.add_argument("--splits", default="train/splits/dogfacenet.json")
+    parser.add_argument("--json", required=True, help="write the fit and its validation figures here")
+    parser.add_argument("--write", nargs="*", default=[], help="model folders whose config.json gets intake + fusion")
+    args = parser.parse_args(argv)
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    rows = validation_photos(args.splits)
+    paths = np.array([r[0] for r in rows])
+    ids = np.array([r[1] for r in rows])
+    kinds = np.array([r[2] for r in rows])
+    for_fusion = np.array([r[3] for r in rows])
+    model = load_arcface_model(args.embedder)
+    base_intake = IntakeConfig().to_dict()
+    model.config.intake, model.config.fusion = base_intake, None
+    vectors = photo_vectors(model, list(paths), cache_dir() / "fusion-fit")
+    u, t = vectors["u"], vectors["t"]
+    report: dict = {"photos": len(paths), "reshoot": {}}
+    for kind in KINDS:
+        sel = kinds == kind
+        reasons = [r.split(":")[0] for r in vectors["reshoot"][sel] if r]
+        report["reshoot"][kind] = {"photos": int(sel.sum()), "reshoot": len(reasons), "reasons": sorted(set(reasons))}
+
+    none_paths = photos_without_pets()
+    intake_only = PhotoIntake(base_intake)
+    none_u = np.concatenate(
+        [np.stack([r.features for r in intake_only(none_paths[i : i + 32])]) for i in range(0, len(none_paths), 32)]
+    )
+    head, kind_accuracy = fit_kind_head(
+        np.concatenate([u, none_u]),
+        np.concatenate([kinds, ["none"] * len(none_u)]),
+        np.concatenate([ids, [f"flickr:{i}" for i in range(len(none_u))]]),
+    )
+    report["kind_head_accuracy_identities_held_out"] = round(kind_accuracy, 4)
+    print(f"kind head: {kind_accuracy:.3f} accuracy with identities held out", flush=True)
+
+    index = {p: i for i, p in enumerate(paths)}
+    fusion: dict[str, KindFusion] = {}
+    report["kinds"] = {}
+    for kind in KINDS:
+        sel = (kinds == kind) & for_fusion
+        groups = _groups(ids[sel], paths[sel])
+        table = []
+        for a in GRID:
+            fused = fused_vectors(t, u, np.full(len(t), a))
+            rank1, auroc = gallery_scores(fused, groups, index)
+            aucs = [roc_auc_score(*pair_cosines(fused, groups, index, 1, seed)) for seed in range(3)]
+            table.append({"trained_weight": a, "rank1": rank1, "open_set_auroc": auroc, "pair_roc_auc": float(np.mean(aucs))})
+            print(f"{kind} a={a}: rank1 {rank1:.3f} auroc {auroc:.3f} 1v1 auc {np.mean(aucs):.4f}", flush=True)
+        best = max(table, key=lambda r: (r["rank1"] + r["open_set_auroc"] + r["pair_roc_auc"]) / 3)
+        a = best["trained_weight"]
+        fused = fused_vectors(t, u, np.full(len(t), a))
+        slopes, centres = [], {}
+        for size in (1, 2, 3):
+            labels, cosines = zip(*(pair_cosines(fused, groups, index, size, seed) for seed in range(3)))
+            y, s = np.concatenate(labels), np.concatenate(cosines)
+            centres[str(size)] = round(float(choose_threshold(y, s)), 5)
+            slopes.append(float(LogisticRegression(C=100.0).fit(s[:, None], y).coef_[0, 0]))
+        fusion[kind] = KindFusion(trained_weight=a, slope=round(float(np.mean(slopes)), 3), centres=centres)
+        report["kinds"][kind] = {"chosen": best, "grid": table, "fusion": fusion[kind].__dict__}
+
+    fusion_config = FusionConfig(fusion)
+    intake = {**base_intake, **head}
+    # The mixed gallery: every kind registered together, the vectors the app's gallery stores.
+    model.config.intake, model.config.fusion = intake, fusion_config.to_dict()
+    kind_of_photo = _predicted_kinds(intake, u)
+    fused = fused_vectors(t, u, np.array(fusion_config.weights(kind_of_photo)))
+    species = [k.split("_")[0] for k in kind_of_photo]
+    g = gallery_vectors(fused, species, [1.0] * len(species))
+    groups = _groups(ids[for_fusion], paths[for_fusion])
+    split = split_gallery_queries(groups, 1, 0.2, 0)
+    gallery = GalleryIndex(g.shape[1], "ip")
+    gallery.add(g[[index[p] for p in split.gallery_paths]], split.gallery_labels)
+    unknown = np.array([lab in set(split.unknown_labels) for lab in split.query_labels])
+    q = g[[index[p] for p in split.query_paths]]
+    known_labels = [lab for lab, unk in zip(split.query_labels, unknown) if not unk]
+    gallery.calibrate(q[~unknown], known_labels, q[unknown], k=20)
+    report["gallery_thresholds"] = {"score_threshold": gallery.score_threshold, "margin_threshold": gallery.margin_threshold}
+    report["fusion"] = fusion_config.to_dict()
+    report["intake"] = {k: v for k, v in intake.items() if k not in ("kind_weights", "kind_bias")}
+    atomic_write_json(report, args.json)
+    print(json.dumps({k: report[k] for k in ("reshoot", "gallery_thresholds", "fusion")}, indent=1))
+    for folder in args.write:
+        config_file = Path(folder) / "config.json"
+        config = json.loads(config_file.read_text())
+        config["intake"], config["fusion"] = intake, fusion_config.to_dict()
+        if config.get("model_type") == "petmatch_arcface_embedder":
+            config["score_threshold"] = gallery.score_threshold
+            config["margin_threshold"] = gallery.margin_threshold
+        atomic_write_json(config, config_file)
+        print(f"wrote intake + fusion into {config_file}")
+    return 0
+
+
+def _predicted_kinds(intake: dict, u: np.ndarray) -> list[str]:
+    logits = u @ np.array(intake["kind_weights"]).T + np.array(intake["kind_bias"])
+    return [KINDS[i] for i in logits[:, : len(KINDS)].argmax(1)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
