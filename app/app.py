@@ -565,7 +565,8 @@ def _demo_photos(*parts: str) -> list[str]:
 
 def _dogs(role: str) -> list[str]:
     folder = Path(SETTINGS.assets_dir, "demo_photos", role)
-    return sorted(os.listdir(folder), key=lambda d: int(d) if d.isdigit() else d) if folder.is_dir() else []
+    # numbered dogs first, in number order, then named ones (cat-birba, mpdd-56): a key of int or str alone fails on both
+    return sorted(os.listdir(folder), key=lambda d: (0, int(d), "") if d.isdigit() else (1, 0, d)) if folder.is_dir() else []
 
 
 def build_demo(mode: str = "public") -> gr.Blocks:
