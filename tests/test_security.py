@@ -336,3 +336,19 @@ def test_unexpected_errors_do_not_reach_the_client_with_server_paths(app, shared
     assert "PermissionError" in str(caught.value) and str(app.gallery.directory) not in str(caught.value)
     out = httpx.post(f"{app_url()}/api/v1/identify", files=files([photo], "photo"), timeout=120)
     assert out.status_code == 500 and str(app.gallery.directory) not in out.text
+
+
+def test_redact_paths_token_buckets_and_what_counts_as_work():
+    from app.security import TokenBuckets, is_work_request, redact_paths
+
+    assert redact_paths("cannot load image '/tmp/gradio/3f2a/scan.jpg': bad") == "cannot load image 'scan.jpg': bad"
+    assert redact_paths("no model at /srv/petmatch/models/pair: give one") == "no model at pair: give one"
+    assert redact_paths("see http://host/a/b and 1/2 of 3/4") == "see http://host/a/b and 1/2 of 3/4"
+    assert redact_paths("'/tmp/x/00-ab.img' failed", {"/tmp/x/00-ab.img": "dog.jpg"}) == "'dog.jpg' failed"
+    buckets = TokenBuckets(per_minute=60, burst=2)  # one a second, two at once
+    assert [buckets.take("a", now=0.0) for _ in range(2)] == [0, 0]
+    assert buckets.take("a", now=0.0) == pytest.approx(1.0) and buckets.take("b", now=0.0) == 0  # per client
+    assert buckets.take("a", now=1.5) == 0  # refilled
+    assert is_work_request("POST", "/api/v1/match") and is_work_request("POST", "/staff/login")
+    assert is_work_request("POST", "/gradio_api/queue/join") and is_work_request("DELETE", "/api/v1/animals/a1")
+    assert not is_work_request("GET", "/api/v1/animals") and not is_work_request("POST", "/gradio_api/upload")
