@@ -140,6 +140,10 @@ def log(message: str) -> None:
 
 # `python app/app.py` reads flags; `gradio app/app.py`, a Space or an import read the environment only.
 SETTINGS = parse_settings(sys.argv[1:] if __name__ == "__main__" else [])
+try:
+    STAFF = StaffKeys.load(os.environ.get("PETMATCH_API_KEYS"), SETTINGS.api_keys_file)
+except (OSError, ValueError) as err:  # a missing keys file or a short key: say so and stop, never run without the keys
+    raise SystemExit(f"[petmatch] staff keys (PETMATCH_API_KEYS / --api-keys-file): {err}") from err
 
 
 def _paths(files) -> list[str]:
@@ -235,7 +239,6 @@ for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailab
 # The text-search model loads in the background once the UI is built (started at the end of this file): the other
 # tabs answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
 # What the UI and the REST API answer with (`app.api.Services`): one place, which the background load fills in.
-STAFF = StaffKeys.load(os.environ.get("PETMATCH_API_KEYS"), SETTINGS.api_keys_file)
 log(f"{len(STAFF)} staff key(s): staff page at /staff/" if STAFF.enabled else "no staff keys: public demo mode")
 services = Services(
     pair_model,
