@@ -14,8 +14,10 @@ Validation pets (never the animals anyone reports on): the DogFaceNet validation
    is measured with identities held out (`GroupKFold`).
 3. Per kind, the trained weight `a` of the fused cosine is chosen on a grid by the mean of gallery rank-1,
    open-set AUROC (G = 1, 20% unknown, 5 draws) and 1v1 pair ROC-AUC (1,000 random-negative pairs, 3 draws).
-4. Per kind and set size (1, 2, 3 photos per side): Platt scaling of the fused cosine (`LogisticRegression`'s
-   slope) centred on the accuracy-optimal cosine of validation pairs -> `KindFusion.slope` / `centres`.
+4. Per kind, set-vs-set decisions are made on the fused cosine, or on the pair matcher's own score (its adaptive
+   s-norm against training dogs) where that has the higher 1v1 ROC-AUC on the validation pairs. Per kind and set
+   size (1, 2, 3 photos per side): Platt scaling of that score (`LogisticRegression`'s slope) centred on its
+   accuracy-optimal value on validation pairs -> `KindFusion.pair_score` / `slope` / `centres`.
 5. The gallery's unknown / reshoot thresholds are calibrated on a mixed validation gallery (all four kinds).
 """
 
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
 
@@ -37,6 +40,7 @@ from model_pkg.data import sample_pairs  # noqa: E402
 from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
 from model_pkg.evaluation.common import cache_dir  # noqa: E402
 from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
+from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
 from model_pkg.fileio import atomic_save_npy, atomic_write_json  # noqa: E402
 from model_pkg.gallery import GalleryIndex  # noqa: E402
 from model_pkg.intake import KINDS, FusionConfig, KindFusion, embed_photos, fused_vectors, gallery_vectors  # noqa: E402
@@ -153,9 +157,19 @@ def pair_cosines(vectors: np.ndarray, groups, index: dict[str, int], size: int, 
     return labels, np.array([float(mean(p.paths_a) @ mean(p.paths_b)) for p in drawn])
 
 
+def matcher_scores(matcher, trained: np.ndarray, groups, index: dict[str, int], size: int, seed: int, pairs: int = 1000):
+    """The pair matcher's own score (its adaptive s-norm) of the same pairs `pair_cosines` draws."""
+    drawn = sample_pairs(groups, pairs, set_size=size, seed=seed)
+    t = torch.from_numpy(trained)
+    labels = np.array([p.label for p in drawn])
+    scores = [matcher.score_photo_embeddings(t[[index[q] for q in p.paths_a]], t[[index[q] for q in p.paths_b]]) for p in drawn]
+    return labels, np.array(scores)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--embedder", default="models/arcface-embedder")
+    parser.add_argument("--matcher", default="models/pair-matcher", help="the pair matcher whose own score is compared")
     parser.add_argument("--splits", default="train/splits/dogfacenet.json")
     parser.add_argument("--json", required=True, help="write the fit and its validation figures here")
     parser.add_argument("--write", nargs="*", default=[], help="model folders whose config.json gets intake + fusion")
@@ -169,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = np.array([r[2] for r in rows])
     for_fusion = np.array([r[3] for r in rows])
     model = load_arcface_model(args.embedder)
+    matcher = load_pair_model(args.matcher)
     base_intake = IntakeConfig().to_dict()
     model.config.intake, model.config.fusion = base_intake, None
     vectors = photo_vectors(model, list(paths), cache_dir() / "fusion-fit")
@@ -208,14 +223,31 @@ def main(argv: list[str] | None = None) -> int:
         best = max(table, key=lambda r: (r["rank1"] + r["open_set_auroc"] + r["pair_roc_auc"]) / 3)
         a = best["trained_weight"]
         fused = fused_vectors(t, u, np.full(len(t), a))
+        # Set-vs-set decisions: the fused cosine, or the pair matcher's own score where it separates pairs better.
+        matcher_auc = float(np.mean([roc_auc_score(*matcher_scores(matcher, t, groups, index, 1, seed)) for seed in range(3)]))
+        pair_score = "matcher" if matcher_auc > best["pair_roc_auc"] else "fused"
+        print(f"{kind}: pair matcher alone 1v1 auc {matcher_auc:.4f} -> decisions on the {pair_score} score", flush=True)
+
+        def scores(size: int, seed: int, pair_score=pair_score, groups=groups, fused=fused):
+            if pair_score == "matcher":
+                return matcher_scores(matcher, t, groups, index, size, seed)
+            return pair_cosines(fused, groups, index, size, seed)
+
         slopes, centres = [], {}
         for size in (1, 2, 3):
-            labels, cosines = zip(*(pair_cosines(fused, groups, index, size, seed) for seed in range(3)))
+            labels, cosines = zip(*(scores(size, seed) for seed in range(3)))
             y, s = np.concatenate(labels), np.concatenate(cosines)
             centres[str(size)] = round(float(choose_threshold(y, s)), 5)
             slopes.append(float(LogisticRegression(C=100.0).fit(s[:, None], y).coef_[0, 0]))
-        fusion[kind] = KindFusion(trained_weight=a, slope=round(float(np.mean(slopes)), 3), centres=centres)
-        report["kinds"][kind] = {"chosen": best, "grid": table, "fusion": fusion[kind].__dict__}
+        fusion[kind] = KindFusion(
+            trained_weight=a, slope=round(float(np.mean(slopes)), 3), centres=centres, pair_score=pair_score
+        )
+        report["kinds"][kind] = {
+            "chosen": best,
+            "grid": table,
+            "matcher_pair_roc_auc": matcher_auc,
+            "fusion": fusion[kind].__dict__,
+        }
 
     fusion_config = FusionConfig(fusion)
     intake = {**base_intake, **head}

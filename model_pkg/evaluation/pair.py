@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..data import CachedSetPairCollator, sample_pairs
 from ..data.pairs import SetPair
@@ -104,9 +105,14 @@ def _fused_scores(model: PairMatcherModel, pairs: Sequence[SetPair], batch_size:
     paths = _pair_paths(pairs)
     vectors = embed_photo_files(model, paths, batch_size=batch_size)
     row = {p: i for i, p in enumerate(paths)}
+    trained = torch.from_numpy(vectors.trained)
     scores = []
     for pair in pairs:
         a, b = [row[p] for p in pair.paths_a], [row[p] for p in pair.paths_b]
+
+        def matcher_score(used_a: list[int], used_b: list[int], a=a, b=b) -> float:
+            return model.score_photo_embeddings(trained[[a[i] for i in used_a]], trained[[b[i] for i in used_b]])
+
         decision = decide_pair(
             fusion,
             intake.config.certain_species,
@@ -114,6 +120,7 @@ def _fused_scores(model: PairMatcherModel, pairs: Sequence[SetPair], batch_size:
             vectors.fused[a],
             [vectors.intake[i] for i in b],
             vectors.fused[b],
+            matcher_score,
         )
         scores.append(decision.probability)
     return np.asarray(scores, np.float64)

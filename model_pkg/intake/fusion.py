@@ -21,7 +21,7 @@ registered, and never passes the rejection threshold.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,9 +108,11 @@ def decide_pair(
     fused_a: np.ndarray,
     results_b: Sequence[IntakeResult],
     fused_b: np.ndarray,
+    matcher_score: Callable[[list[int], list[int]], float] | None = None,
 ) -> PairDecision:
     """The app's, the library's and the evaluation's one rule for two sets of photos (intake results and fused
-    vectors, `model_pkg.intake.embed_photos`)."""
+    vectors, `model_pkg.intake.embed_photos`). `matcher_score(used_a, used_b)`: the pair matcher's own score of those
+    photos, for kinds decided on it (`KindFusion.pair_score="matcher"`); without it they fall back on the fused cosine."""
     notes: list[str] = []
     used_a, used_b = _side(results_a, "A", notes), _side(results_b, "B", notes)
     if not any(results_a[i].usable for i in used_a) or not any(results_b[i].usable for i in used_b):
@@ -124,7 +126,9 @@ def decide_pair(
         return PairDecision(0.0, None, cosine, used_a, used_b, notes)
     species = (sp_a if p_a >= p_b else sp_b) or "dog"
     kind = pair_kind(species, [r.kind or "" for r in ra], [r.kind or "" for r in rb])
-    probability = fusion.kinds[kind].probability(cosine, min(len(ra), len(rb)))
+    settings = fusion.kinds[kind]
+    score = matcher_score(used_a, used_b) if settings.pair_score == "matcher" and matcher_score is not None else cosine
+    probability = settings.probability(score, min(len(ra), len(rb)))
     return PairDecision(probability, kind, cosine, used_a, used_b, notes)
 
 

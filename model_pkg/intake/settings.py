@@ -12,6 +12,7 @@ __all__ = ["KIND_HEAD_CLASSES", "KINDS", "SPECIES", "FusionConfig", "IntakeConfi
 
 SPECIES = ("dog", "cat")
 KINDS = ("dog_face", "dog_body", "cat_face", "cat_body")
+PAIR_SCORES = ("fused", "matcher")
 KIND_HEAD_CLASSES = (*KINDS, "none")  # the kind head's rows: the four kinds and photos without a dog or cat
 
 
@@ -67,13 +68,17 @@ class IntakeConfig:
 
 @dataclass
 class KindFusion:
-    """Fusion of one kind of photo. trained_weight: a, the trained matcher's share of the fused cosine. slope:
-    Platt slope on the fused cosine. centres: set size ("1", "2", "3", ...) -> the fused cosine at probability 0.5;
-    larger sets use the largest size's centre (a mean of more photos has a higher cosine)."""
+    """Fusion of one kind of photo. trained_weight: a, the trained matcher's share of the fused cosine (the gallery's
+    similarity, and set-vs-set decisions with `pair_score="fused"`). pair_score: what set-vs-set decisions of this
+    kind are made on: "fused" (the fused cosine) or "matcher" (the pair matcher's own score of the trained
+    embeddings: its adaptive s-norm against training dogs, chosen where it beats the fused cosine on validation
+    pairs). slope: Platt slope on that score. centres: set size ("1", "2", "3", ...) -> the score at probability
+    0.5; larger sets use the largest size's centre (a mean of more photos has a higher cosine)."""
 
     trained_weight: float
     slope: float = 20.0
     centres: dict[str, float] = field(default_factory=lambda: {"1": 0.5})
+    pair_score: str = "fused"
 
     def centre(self, set_size: int) -> float:
         sizes = sorted(int(k) for k in self.centres)
@@ -98,6 +103,8 @@ class FusionConfig:
         for kind, settings in self.kinds.items():
             if not 0.0 <= settings.trained_weight <= 1.0:
                 raise ValueError(f"fusion {kind}: trained_weight={settings.trained_weight} must lie in [0, 1]")
+            if settings.pair_score not in PAIR_SCORES:
+                raise ValueError(f"fusion {kind}: pair_score={settings.pair_score!r} is not one of {PAIR_SCORES}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FusionConfig:

@@ -299,6 +299,20 @@ class PairMatcherModel(BackboneModelMixin, PairMatcherPreTrainedModel):
         photos = self.token_norm(self.token_proj(self.backbone.pool(self.embed_photos(pixel_values))))
         return F.normalize(photos, dim=-1)
 
+    @torch.no_grad()
+    def score_photo_embeddings(self, photos_a: torch.Tensor, photos_b: torch.Tensor) -> float:
+        """The matcher's logit for two sets given as photo embeddings (N, H) and (M, H) (`photo_embeddings`), for a
+        matcher whose set vector is the mean of its photos' (`set_pooling="cls_mean"`, as `from_embedder` builds):
+        the same score `forward` gives their photos, without running the backbone again."""
+        if self.config.set_pooling != "cls_mean" or self.config.head == "cross_attention":
+            raise ValueError("score_photo_embeddings needs set_pooling='cls_mean' and a head on set vectors.")
+        sets = []
+        for photos in (photos_a, photos_b):
+            photos = photos.to(self.token_proj.weight.dtype)[None]  # (1, N, H)
+            mask = torch.ones(photos.shape[:2], dtype=torch.bool)
+            sets.append(SetEncoding(tokens=photos, token_mask=mask, embeds=photos.mean(1), photo_embeds=photos, photo_mask=mask))
+        return float(self.forward_head(sets[0], sets[1])[0])
+
     def _photo_tokens(self, pixel_values, tokens, mask, side: str) -> torch.Tensor:
         """Backbone tokens (B, N, T, D) of a set, running the backbone on real photos only."""
         if tokens is not None:

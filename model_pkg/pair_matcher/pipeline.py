@@ -80,7 +80,16 @@ def _match_fused(model: PairMatcherModel, photos_a, photos_b) -> MatchResult:
     fusion, intake = model_fusion(model), model_intake(model)
     assert fusion is not None and intake is not None  # the config checks that a fusion comes with an intake
     a, b = embed_photos(model, photos_a), embed_photos(model, photos_b)
-    decision = decide_pair(fusion, intake.config.certain_species, a.intake, a.fused, b.intake, b.fused)
+    ta, tb = torch.from_numpy(a.trained), torch.from_numpy(b.trained)
+    decision = decide_pair(
+        fusion,
+        intake.config.certain_species,
+        a.intake,
+        a.fused,
+        b.intake,
+        b.fused,
+        lambda used_a, used_b: model.score_photo_embeddings(ta[used_a], tb[used_b]),
+    )
     notes = list(decision.notes)
     for side, vectors in (("A", a), ("B", b)):
         notes += [f"set {side}, photo {i + 1}: {r.note}" for i, r in enumerate(vectors.intake) if r.note and r.usable]
