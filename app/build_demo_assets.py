@@ -154,7 +154,7 @@ def build_demo_gallery(embedder, assets_dir: Path, log: Log = print) -> GalleryI
     result = index.calibrate(emb[n_g : n_g + n_q], [names[d] for d in query_dogs], emb[n_g + n_q :], k=k)
     index.save(assets_dir / "demo_gallery")
     log(
-        f"demo gallery: {len(names)} dogs, thresholds score {result['score_threshold']:.3f} / margin "
+        f"demo gallery: {len(names)} animals, thresholds score {result['score_threshold']:.3f} / margin "
         f"{result['margin_threshold']:.3f} (known accuracy {result['known_accuracy']:.0%}, unknown rejection "
         f"{result['unknown_rejection']:.0%} on {result['num_known']} + {result['num_unknown']} calibration photos)"
     )
