@@ -43,8 +43,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBodyLimitMiddleware
 
-from app.security import Busy, ModelWork, StaffKeys, bearer_key, redact_paths
+from app.security import Busy, JsonTooLarge, ModelWork, StaffKeys, bearer_key, redact_paths
 from model_pkg.data import ImageLoadError
 from model_pkg.data.images import check_upload
 from model_pkg.gallery_store import SPECIES, NameTakenError, UnknownAnimalError
@@ -263,9 +264,14 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
         description="Is this the same animal? Set-vs-set matching, gallery identification and text search for "
         "everyone; registering, editing and deleting animals for staff (`Authorization: Bearer <key>`). "
         "The Gradio UI is served at / (staff: /staff/).",
-        max_body_size=max_request_bytes,
         form_limits={"max_files": 2 * MAX_PHOTOS, "max_fields": 16, "max_part_size": 64 * 1024},
     )
+    # Starlette's body limit as middleware (not FastAPI's `max_body_size`, which answers in plain text before any
+    # handler): it covers the mounted UI's uploads too, refuses a too-large Content-Length on the first read, and its
+    # error reaches `http_error` below, so REST clients get JSON naming the limit. Routes set tighter limits.
+    api.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_request_bytes)
+    route_limits = {f"{API_PREFIX}/identify": MAX_UPLOAD_BYTES + 2**20, f"{API_PREFIX}/search": 256 * 1024}
+    api.add_middleware(JsonTooLarge, limit_for=lambda path: route_limits.get(path, max_request_bytes))
 
     @api.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -278,7 +284,8 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
         """JSON errors throughout; the limits Starlette enforces while reading a body say which limit it was."""
         detail, status = exc.detail, exc.status_code
         if status == 413 and detail == "Content Too Large":
-            detail = f"The request is larger than {max_request_bytes // (1024 * 1024)} MB: send fewer or smaller photos."
+            limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY, max_request_bytes)  # this route's limit, or the app's
+            detail = f"The request is larger than this endpoint accepts ({limit / 2**20:g} MB): send fewer or smaller photos."
         elif status == 400 and isinstance(detail, str) and detail.startswith("Too many files"):
             status, detail = 413, f"Too many files in one request: at most {MAX_PHOTOS} photos per set or registration."
         return JSONResponse(status_code=status, content={"detail": detail}, headers=getattr(exc, "headers", None))
@@ -347,7 +354,9 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
             top_pairs=pairs,
         )
 
-    @api.post(f"{API_PREFIX}/identify", response_model=IdentifyResponse, tags=["gallery"])
+    one_photo = route_limits[f"{API_PREFIX}/identify"]  # one photo and the form around it: refused while read
+
+    @api.post(f"{API_PREFIX}/identify", response_model=IdentifyResponse, tags=["gallery"], max_body_size=one_photo)
     async def identify(photo: UploadFile = File(..., description="a photo of the animal's face")) -> IdentifyResponse:
         """Which registered animal is this, or is it unknown (reshoot or register it)?"""
         gallery = gallery_or_503()
@@ -425,7 +434,9 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
             raise _gallery_error(err) from err
         return detail(record, is_staff(request))
 
-    @api.patch(f"{API_PREFIX}/animals/{{animal_id}}", response_model=AnimalDetail, tags=["gallery (staff)"])
+    @api.patch(
+        f"{API_PREFIX}/animals/{{animal_id}}", response_model=AnimalDetail, tags=["gallery (staff)"], max_body_size=256 * 1024
+    )
     def update_animal(animal_id: str, change: AnimalUpdate, who: str = Depends(staff)) -> AnimalDetail:
         """Rename an animal (409 when another has the name) or change its species or note."""
         try:
@@ -475,7 +486,12 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
         scores, labels = text.engine.search_encoded(query, request.top_k)
         return database, scores, labels
 
-    @api.post(f"{API_PREFIX}/search", response_model=SearchResponse, tags=["text search"])
+    @api.post(
+        f"{API_PREFIX}/search",
+        response_model=SearchResponse,
+        tags=["text search"],
+        max_body_size=route_limits[f"{API_PREFIX}/search"],
+    )
     async def search(request: SearchRequest) -> SearchResponse:
         """The photos of the index that best match a description."""
         text = await run_in_threadpool(services.text_search)

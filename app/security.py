@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -173,6 +174,43 @@ class RateLimit:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class JsonTooLarge:
+    """ASGI middleware outside Starlette's body limit: its 413 (plain `Content Too Large`, sent before any handler
+    when the declared Content-Length is over the limit) becomes JSON `{"detail": ...}` naming the limit on the REST
+    API (`limit_for(path)` in bytes); the UI's routes keep the plain text."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]):
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        held: dict | None = None
+
+        async def send_json(message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                if dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"text/plain"):
+                    held = message
+                    return
+            if held is not None and message["type"] == "http.response.body":
+                limit = self.limit_for(scope["path"]) / 2**20
+                body = json.dumps(
+                    {"detail": f"The request is larger than this endpoint accepts ({limit:g} MB): send fewer or smaller photos."}
+                ).encode()
+                headers = [(k, v) for k, v in held["headers"] if k not in (b"content-type", b"content-length")]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({**held, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                held = None
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_json)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -263,6 +263,18 @@ def test_bodies_and_file_counts_are_refused_while_reading(http, shared_data):
         start = time.perf_counter()
         assert raw_request(app_url(), head, b"--b\r\n").startswith("HTTP/1.1 413 "), path
         assert time.perf_counter() - start < 5
+    head = f"POST /api/v1/identify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {30 * 2**20}\r\n\r\n"
+    assert raw_request(app_url(), head, b"--b\r\n").startswith("HTTP/1.1 413 ")  # one photo: 21 MB at most
+    big = http.post("/api/v1/identify", files=[("photo", ("big.jpg", b"\xff\xd8\xff" + bytes(25 * 2**20), "image/jpeg"))])
+    assert big.status_code == 413 and "larger than this endpoint accepts (21 MB)" in big.json()["detail"]
+
+    def chunked():  # no Content-Length: counted while read, refused after 21 MB, not after the whole body
+        yield b'--b\r\nContent-Disposition: form-data; name="photo"; filename="big.jpg"\r\n\r\n\xff\xd8\xff'
+        for _ in range(60):
+            yield bytes(2**20)
+
+    streamed = http.post("/api/v1/identify", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert streamed.status_code == 413 and "(21 MB)" in streamed.json()["detail"]
     many = [("set_a", (f"{i}.jpg", b"\xff\xd8\xff", "image/jpeg")) for i in range(41)]
     out = http.post("/api/v1/match", files=many)
     assert out.status_code == 413 and "Too many files" in out.json()["detail"]
