@@ -176,6 +176,17 @@ def _thumbnail(path: str):
     return load_image(path, max_side=THUMBNAIL_SIDE)
 
 
+KIND_WORDS = {"dog_face": "dog face", "dog_body": "whole dog", "cat_face": "cat face", "cat_body": "cat"}
+
+
+def intake_view(seen, label: str):
+    """(thumbnail of what the intake cropped, caption: kind and any reshoot reason) for one photo."""
+    crop = (seen.crop or seen.image).copy()
+    crop.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    what = KIND_WORDS.get(seen.kind or "", "no dog or cat") + (" (cropped)" if seen.cropped else "")
+    return crop, f"{label}: {what}" + (f" - reshoot: {seen.reshoot}" if seen.reshoot else "")
+
+
 def uploads_only(fn):
     """Wrap a UI handler: every file it gets must be a file uploaded to this app (Gradio's upload folder), never
     a path a client names. Gradio checks this too once the Blocks count as launched (see `mount`); this is the
@@ -284,12 +295,22 @@ def compare_sets(files_a, files_b):
     pairs = [divmod(int(o), len(photos_b)) for o in order]
     i, j = pairs[0]
     verdict = "Same animal" if result.same else "Different animals"
+    decided = f", decided as {KIND_WORDS[result.kind]}s" if result.kind in KIND_WORDS else ""
     text = (
         f"{verdict}: probability {result.probability:.1%} (decision threshold {result.threshold:.1%} for "
-        f"{len(photos_a)} vs {len(photos_b)} photos). Most alike: photo {i + 1} of the first set and photo "
+        f"{len(photos_a)} vs {len(photos_b)} photos{decided}). Most alike: photo {i + 1} of the first set and photo "
         f"{j + 1} of the second (similarity {sim[i, j]:.2f})."
     )
-    best = [(photos_a[i], f"first set, photo {i + 1}"), (photos_b[j], f"second set, photo {j + 1}")]
+    if result.notes:
+        text += " Note: " + "; ".join(result.notes) + "."
+    if result.intake_a:  # what the intake saw: the most alike pair first, then every other photo
+        order_a = [i] + [k for k in range(len(photos_a)) if k != i]
+        order_b = [j] + [k for k in range(len(photos_b)) if k != j]
+        views = [intake_view(result.intake_a[k], f"first set, photo {k + 1}") for k in order_a]
+        views += [intake_view(result.intake_b[k], f"second set, photo {k + 1}") for k in order_b]
+        best = [views[0], views[len(order_a)]] + views[1 : len(order_a)] + views[len(order_a) + 1 :]
+    else:
+        best = [(_thumbnail(photos_a[i]), f"first set, photo {i + 1}"), (_thumbnail(photos_b[j]), f"second set, photo {j + 1}")]
     table = [
         [a + 1, os.path.basename(photos_a[a]), b + 1, os.path.basename(photos_b[b]), round(float(sim[a, b]), 3)] for a, b in pairs
     ]
@@ -332,6 +353,8 @@ def identify(photo, session=None):
     try:
         result = _run(g.identify, path)
         matches = [(_thumbnail(m.photo), f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
+        if result.intake is not None and result.intake.image is not None:  # the query as the intake saw it, last
+            matches.append(intake_view(result.intake, "your photo, as the intake saw it"))
     except (ImageLoadError, ValueError) as err:
         raise ui_error(err, [path]) from err
     details = {
@@ -339,6 +362,15 @@ def identify(photo, session=None):
         "score_threshold": result.score_threshold,
         "margin_threshold": result.margin_threshold,
     }
+    if result.intake is not None:
+        seen = result.intake
+        details["intake"] = {
+            "species": seen.species,
+            "kind": seen.kind,
+            "box": list(seen.box),
+            "reshoot": seen.reshoot,
+            "note": seen.note,
+        }
     return result.message(), matches, details
 
 
@@ -603,7 +635,12 @@ def build_demo(mode: str = "public") -> gr.Blocks:
             compare = gr.Button("Compare", variant="primary", elem_id="compare")
             verdict = gr.Textbox(label="Verdict", elem_id="verdict")
             probability = gr.Label(label="Probability")
-            best_pair = gr.Gallery(label="The two photos that agree most", columns=2, height=300, object_fit="contain")
+            best_pair = gr.Gallery(
+                label="What the intake saw (crops): the two photos that agree most first",
+                columns=4,
+                height=300,
+                object_fit="contain",
+            )
             top_pairs = gr.Dataframe(
                 headers=["first set #", "photo", "second set #", "photo", "similarity"],
                 label="Photo pairs that agree most",

@@ -37,10 +37,11 @@ def test_same_and_different_dogs(app, shared_data):
     assert same_text.startswith("Same animal") and same["same animal"] > 0.9
     assert diff_text.startswith("Different animals") and diff["same animal"] < 0.1
     # which photos agree most: the best pair first, shown as two thumbnails, and the top pairs (4 pairs here)
-    assert [caption.split(",")[0] for _, caption in best] == ["first set", "second set"]
+    # what the intake saw beside the answer: the best pair's crops first, then the other photos, each with its kind
+    assert [caption.split(",")[0] for _, caption in best] == ["first set", "second set", "first set", "second set"]
+    assert all("dog face" in caption for _, caption in best) and all(max(image.size) <= app.THUMBNAIL_SIDE for image, _ in best)
     assert len(table) == 4 and table[0][4] == max(row[4] for row in table)
-    threshold = app.pair_model.decision_threshold(2, 2)
-    assert f"decision threshold {threshold:.1%} for 2 vs 2 photos" in same_text
+    assert "decision threshold 50.0% for 2 vs 2 photos, decided as dog faces" in same_text
 
 
 def test_one_to_twenty_photos_per_side(app, shared_data):

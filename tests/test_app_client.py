@@ -53,7 +53,7 @@ def test_register_identify_and_reject(client, staff, shared_data):
 
 def test_demo_dog_identified_on_first_start(client):
     demo = os.path.join(app_module().SETTINGS.assets_dir, "demo_photos", "queries")
-    dog = sorted(os.listdir(demo), key=int)[0]
+    dog = sorted((d for d in os.listdir(demo) if d.isdigit()), key=int)[0]
     name = app_module().gallery.index.labels[[m.get("dog") for m in app_module().gallery.index.metadata].index(dog)]
     photo = os.path.join(demo, dog, sorted(os.listdir(os.path.join(demo, dog)))[0])
     answer, _, _ = client.predict(handle_file(photo), api_name="/identify")
