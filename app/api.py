@@ -97,6 +97,23 @@ class PhotoPair(BaseModel):
     similarity: float = Field(description="cosine similarity of the two photos' embeddings")
 
 
+class IntakeView(BaseModel):
+    """What the photo intake saw in one photo."""
+
+    species: str | None = Field(description="'dog', 'cat', or null when no dog or cat was found")
+    kind: str | None = Field(description="'dog_face', 'dog_body', 'cat_face' or 'cat_body'")
+    box: list[int] = Field(description="the animal's box (left, top, right, bottom) in the photo as loaded (at most 2,048 px)")
+    cropped: bool = Field(description="whether the models saw the box as well as the whole photo")
+    reshoot: str | None = Field(description="why this photo should be retaken; null when it is usable")
+    note: str | None = None
+
+
+def intake_view(seen) -> IntakeView:
+    return IntakeView(
+        species=seen.species, kind=seen.kind, box=list(seen.box), cropped=seen.cropped, reshoot=seen.reshoot, note=seen.note
+    )
+
+
 class MatchResponse(BaseModel):
     same_animal: bool = Field(description="probability >= threshold")
     probability: float = Field(description="probability that the two sets show the same animal")
@@ -104,6 +121,10 @@ class MatchResponse(BaseModel):
     set_sizes: list[int]
     most_alike: PhotoPair
     top_pairs: list[PhotoPair]
+    kind: str | None = Field(default=None, description="the kind of photo whose calibration decided")
+    notes: list[str] = Field(default_factory=list, description="photos left out, a species mismatch, an unsure species")
+    intake_a: list[IntakeView] = Field(default_factory=list, description="what the intake saw in each photo of set_a")
+    intake_b: list[IntakeView] = Field(default_factory=list)
 
 
 class Candidate(BaseModel):
@@ -120,7 +141,8 @@ class Match(BaseModel):
 
 class IdentifyResponse(BaseModel):
     decision: str = Field(
-        description="'identified', 'unknown' (nothing similar enough) or 'reshoot' (two animals about equally likely)"
+        description="'identified', 'unknown' (nothing similar enough) or 'reshoot' (two animals about equally likely, "
+        "or the intake found the photo unusable: `intake.reshoot` says why)"
     )
     name: str | None = Field(description="the identified animal, null when rejected")
     message: str = Field(description="one sentence for a person")
@@ -130,6 +152,7 @@ class IdentifyResponse(BaseModel):
     matches: list[Match] = Field(description="the best-matching animals, best first, with their best photo")
     score_threshold: float | None
     margin_threshold: float
+    intake: IntakeView | None = Field(default=None, description="what the intake saw in the photo")
 
 
 class RegisterResponse(BaseModel):
@@ -352,12 +375,16 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
             set_sizes=[len(a), len(b)],
             most_alike=pairs[0],
             top_pairs=pairs,
+            kind=result.kind,
+            notes=result.notes,
+            intake_a=[intake_view(seen) for seen in result.intake_a],
+            intake_b=[intake_view(seen) for seen in result.intake_b],
         )
 
     one_photo = route_limits[f"{API_PREFIX}/identify"]  # one photo and the form around it: refused while read
 
     @api.post(f"{API_PREFIX}/identify", response_model=IdentifyResponse, tags=["gallery"], max_body_size=one_photo)
-    async def identify(photo: UploadFile = File(..., description="a photo of the animal's face")) -> IdentifyResponse:
+    async def identify(photo: UploadFile = File(..., description="a photo of the animal: its face or its whole body, any resolution")) -> IdentifyResponse:
         """Which registered animal is this, or is it unknown (reshoot or register it)?"""
         gallery = gallery_or_503()
         with tempfile.TemporaryDirectory(prefix="petmatch-api-") as tmp:
@@ -380,6 +407,7 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
             ],
             score_threshold=result.score_threshold,
             margin_threshold=float(result.margin_threshold),
+            intake=None if result.intake is None else intake_view(result.intake),
         )
 
     @api.post(f"{API_PREFIX}/register", response_model=RegisterResponse, tags=["gallery (staff)"])

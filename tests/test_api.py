@@ -47,6 +47,30 @@ def test_match_two_sets(client, shared_data):
     assert body["most_alike"] == body["top_pairs"][0] and body["most_alike"]["filename_a"].startswith("0.")
 
 
+def test_match_says_what_the_intake_saw_and_never_matches_a_dog_to_a_cat(client):
+    from pathlib import Path
+
+    photos = Path(__file__).parent / "photos"
+
+    def files(folder, field, n):
+        return [(field, (p.name, p.read_bytes(), "image/jpeg")) for p in sorted((photos / folder).glob("*/*.jpg"))[:n]]
+
+    body = client.post("/api/v1/match", files=files("whole_dogs", "set_a", 2) + files("cat_photos", "set_b", 2)).json()
+    assert body["probability"] == 0.0 and body["same_animal"] is False and body["kind"] is None
+    assert any("never the same animal" in note for note in body["notes"])
+    assert [v["species"] for v in body["intake_a"]] == ["dog", "dog"] and [v["species"] for v in body["intake_b"]] == [
+        "cat",
+        "cat",
+    ]
+    cats = sorted((photos / "cat_faces" / "birba").glob("*.jpg"))
+    same = [("set_a", (p.name, p.read_bytes(), "image/jpeg")) for p in cats[:2]] + [
+        ("set_b", (cats[2].name, cats[2].read_bytes(), "image/jpeg"))
+    ]
+    body = client.post("/api/v1/match", files=same).json()
+    assert body["kind"] == "cat_face" and body["same_animal"] is True and body["threshold"] == 0.5
+    assert all(v["reshoot"] is None and len(v["box"]) == 4 for v in body["intake_a"] + body["intake_b"])
+
+
 def test_match_bad_input_is_a_clear_json_error(client, shared_data, monkeypatch):
     import app.api as api
 

@@ -77,9 +77,10 @@ def test_tabs_in_order(shipped_app):
 
 def test_overview_bars_with_goals_and_a_small_table_per_task(shipped_app):
     overview = tab(shipped_app, "Overview")
-    assert [s.value for s in overview.subheader] == ["Set vs set", "Gallery", "Text search"]
+    assert [s.value for s in overview.subheader] == ["Set vs set", "Gallery", "Every kind of photo", "Text search"]
     drawn = charts(overview)
-    assert len(drawn) == 2 + 3 + 4  # accuracy, ROC-AUC | rank-1, rank-5, AUROC | R@1, R@5, R@10, i2t R@1
+    # accuracy, ROC-AUC | rank-1, rank-5, AUROC | per kind: rank-1, AUROC, 1v1 ROC-AUC, 1v1 accuracy | R@1, R@5, R@10, i2t R@1
+    assert len(drawn) == 2 + 3 + 4 + 4
     spec, frames = drawn[0]
     assert spec["title"] == "accuracy %" and marks(spec) == ["bar", "text", "tick"]
     bars, goals = (frames[layer["data"]["name"]] for layer in (spec["layer"][0], spec["layer"][2]))
@@ -92,7 +93,7 @@ def test_overview_bars_with_goals_and_a_small_table_per_task(shipped_app):
     assert got == pytest.approx(100 * shipped_1v1["accuracy"])
     assert goals[(goals.protocol == "1v1 random") & (goals.kind == "target")]["value"].item() == 97.5  # issue 12
     tables = [t.value for t in overview.dataframe]
-    assert len(tables) == 3
+    assert len(tables) == 4
     shown = tables[0].set_index(["protocol", "metric"])
     assert list(shown.columns)[:3] == [data.BASELINE, data.SHIPPED, "change"]
     scores, goals = data.overview(REPO), data.overview_goals(data.overview(REPO))
