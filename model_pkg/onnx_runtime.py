@@ -27,7 +27,7 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -164,15 +164,19 @@ def exportable_towers(model: nn.Module) -> dict[str, tuple[OnnxRunnableModule, s
     """The towers of a petmatch model an export covers -> (module, feature layer of an image tower).
 
     `image`: the `Backbone` of a pair matcher / ArcFace embedder, or of a dual encoder's vision tower (at its
-    `feature_layer`); `text`: a dual encoder's transformers text tower (the LSTM baseline is not exported)."""
-    from .backbones import Backbone
+    `feature_layer`); `text`: a dual encoder's transformers text tower (the LSTM baseline is not exported).
+    A `Backbone` is an `OnnxRunnableModule` with `forward_tokens`: checked by that, so this module needs no import of
+    `backbones` (which builds on it)."""
+
+    def is_backbone(module: Any) -> TypeGuard[OnnxRunnableModule]:
+        return isinstance(module, OnnxRunnableModule) and callable(getattr(module, "forward_tokens", None))
 
     towers: dict[str, tuple[OnnxRunnableModule, str | None]] = {}
     backbone = getattr(model, "backbone", None)
     vision = getattr(model, "vision_model", None)
-    if isinstance(backbone, Backbone):
+    if is_backbone(backbone):
         towers["image"] = (backbone, None)
-    elif vision is not None and isinstance(getattr(vision, "backbone", None), Backbone):
+    elif vision is not None and is_backbone(getattr(vision, "backbone", None)):
         towers["image"] = (vision.backbone, getattr(vision, "layer", None))
     text = getattr(model, "text_model", None)
     if isinstance(text, OnnxRunnableModule):
