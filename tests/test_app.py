@@ -16,6 +16,15 @@ def app():
     return app_module()
 
 
+def shown_size(path: str) -> int:
+    """The longest side of an image the app shows: a file it wrote itself, never one of the data or gallery folders."""
+    from PIL import Image
+
+    assert path.startswith(str(app_module().SHOWN_DIR))
+    with Image.open(path) as image:
+        return max(image.size)
+
+
 def photos(shared_data, dog):
     folder = shared_data / "dogfacenet" / dog
     return [str(folder / f) for f in sorted(os.listdir(folder))]
@@ -39,7 +48,7 @@ def test_same_and_different_dogs(app, shared_data):
     # which photos agree most: the best pair first, shown as two thumbnails, and the top pairs (4 pairs here)
     # what the intake saw beside the answer: the best pair's crops first, then the other photos, each with its kind
     assert [caption.split(",")[0] for _, caption in best] == ["first set", "second set", "first set", "second set"]
-    assert all("dog face" in caption for _, caption in best) and all(max(image.size) <= app.THUMBNAIL_SIDE for image, _ in best)
+    assert all("dog face" in caption for _, caption in best) and all(shown_size(image) <= app.THUMBNAIL_SIDE for image, _ in best)
     assert len(table) == 4 and table[0][4] == max(row[4] for row in table)
     assert "decision threshold 50.0% for 2 vs 2 photos, decided as dog faces" in same_text
 
@@ -89,7 +98,8 @@ def test_register_then_identify(app, shared_data):
     answer, matches, details = app.identify(rex[3])
     assert answer.startswith("Identified: Rex") and details["label"] == "Rex"
     # thumbnails are images the app encodes, never paths into the gallery folder (which the app does not serve)
-    assert matches[0][1].startswith("Rex: similarity") and max(matches[0][0].size) <= app.THUMBNAIL_SIDE
+    assert matches[0][1].startswith("Rex: similarity") and shown_size(matches[0][0]) <= app.THUMBNAIL_SIDE
+    assert not matches[0][0].startswith(str(new))
     answer, _, details = app.identify(photos(shared_data, "1001")[0])
     assert answer.startswith("Unknown animal - reshoot") and details["reason"] == "unknown"
 
@@ -97,7 +107,7 @@ def test_register_then_identify(app, shared_data):
 def test_text_search_tab_says_why_it_is_unavailable(app):
     if app.wait_for_text_search()[0] is not None:
         hits = app.search_text("a dog running on the grass", 3)
-        assert len(hits) == 3 and all(max(image.size) <= app.THUMBNAIL_SIDE for image, _ in hits)
+        assert len(hits) == 3 and all(shown_size(image) <= app.THUMBNAIL_SIDE for image, _ in hits)
         return
     with pytest.raises(gr.Error, match="Text search unavailable: "):
         app.search_text("a dog running on the grass", 3)

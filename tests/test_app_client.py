@@ -33,7 +33,9 @@ def test_compare_sets(client, shared_data):
     text, probability, best, table = client.predict(dog0[:3], dog0[3:5], api_name="/compare_sets")
     assert text.startswith("Same animal") and probability["label"] == "same animal"
     assert probability["confidences"][0]["confidence"] > 0.9
-    assert len(best) == 2 and all(os.path.isfile(item["image"]) for item in best)
+    # every photo as the intake saw it (images the app encodes, downloaded), the most alike pair first
+    assert len(best) == 5 and all(os.path.isfile(item["image"]) for item in best)
+    assert best[0]["caption"].startswith("first set") and best[1]["caption"].startswith("second set")
     assert len(table["data"]) == 5
     text, probability, _, _ = client.predict(dog0[:1], dog5[:1], api_name="/compare_sets")
     assert text.startswith("Different animals") and probability["label"] == "different animals"
