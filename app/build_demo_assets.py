@@ -216,7 +216,7 @@ def ensure_text_index(engine, dual_model, assets_dir: Path = ASSETS_DIR, data_di
 
 
 def main(argv: list[str] | None = None) -> None:
-    from app.loading import load_embedder, load_text_search, model_flags
+    from app.models import load_embedder, load_text_search, model_flags
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     model_flags(parser)
