@@ -99,7 +99,8 @@ def test_gallery_and_data_folders_are_not_served(app, http):
         assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
         assert http.get(f"/staff/gradio_api/file={path}").status_code == 401, path  # the staff page needs its login
     readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")  # the cwd's files
-    for path in ("/etc/passwd", readme, os.path.join(gr_upload_folder(), "..", "..", "etc", "passwd")):
+    shown = app._thumbnail(str(photo))  # the app's own copy to show: served only after Gradio copies it to its cache
+    for path in ("/etc/passwd", readme, os.path.join(gr_upload_folder(), "..", "..", "etc", "passwd"), shown):
         assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
     for page in ("/config", "/", "/api/v1/animals", "/api/v1/health"):
         text = http.get(page).text
