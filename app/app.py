@@ -677,6 +677,7 @@ def build_demo(mode: str = "public") -> gr.Blocks:
                 columns=4,
                 height=300,
                 object_fit="contain",
+                elem_id="best-pair",
             )
             top_pairs = gr.Dataframe(
                 headers=["first set #", "photo", "second set #", "photo", "similarity"],
