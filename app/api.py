@@ -384,7 +384,9 @@ def create_api(services: Services, max_request_bytes: int = MAX_REQUEST_BYTES) -
     one_photo = route_limits[f"{API_PREFIX}/identify"]  # one photo and the form around it: refused while read
 
     @api.post(f"{API_PREFIX}/identify", response_model=IdentifyResponse, tags=["gallery"], max_body_size=one_photo)
-    async def identify(photo: UploadFile = File(..., description="a photo of the animal: its face or its whole body, any resolution")) -> IdentifyResponse:
+    async def identify(
+        photo: UploadFile = File(..., description="a photo of the animal: its face or its whole body, any resolution"),
+    ) -> IdentifyResponse:
         """Which registered animal is this, or is it unknown (reshoot or register it)?"""
         gallery = gallery_or_503()
         with tempfile.TemporaryDirectory(prefix="petmatch-api-") as tmp:
