@@ -92,14 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matcher", default="models/pair-matcher")
     parser.add_argument("--dogfacenet-split", default="val")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--json", required=True)
+    parser.add_argument("--json", required=True, help="results file; with --kinds, the other kinds' rows already there are kept")
+    parser.add_argument("--kinds", default=None, help="comma-separated subset of dog_face,dog_body,cat_face,cat_body,mixed")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     embedder, matcher = load_arcface_model(args.embedder), load_pair_model(args.matcher)
     gallery_models = {"imagenet": "imagenet", "trained alone": embedder, "shipped": embedder}
     pair_models = {"imagenet": "imagenet-cosine", "trained alone": matcher, "shipped": matcher}
     report: dict = {"dogfacenet_split": args.dogfacenet_split, "seeds": seeds, "kinds": {}}
+    if args.kinds and Path(args.json).is_file():
+        kept = json.loads(Path(args.json).read_text())
+        report = {**kept, **report, "kinds": kept.get("kinds", {})}
+    wanted = args.kinds.split(",") if args.kinds else None
     for kind, folder in kind_folders(cache_dir() / "bench-pets" / args.dogfacenet_split, args.dogfacenet_split).items():
+        if wanted is not None and kind not in wanted:
+            continue
         rows = {}
         for name in gallery_models:
             start = time.perf_counter()
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = row
             print(f"{kind:9s} {name:14s} " + " ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
         report["kinds"][kind] = rows
+        atomic_write_json(report, args.json)  # after each kind: a long run interrupted keeps what it measured
     atomic_write_json(report, args.json)
     print(markdown(report))
     return 0

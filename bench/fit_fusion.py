@@ -19,6 +19,8 @@ Validation pets (never the animals anyone reports on): the DogFaceNet validation
    size (1, 2, 3 photos per side): Platt scaling of that score (`LogisticRegression`'s slope) centred on its
    accuracy-optimal value on validation pairs -> `KindFusion.pair_score` / `slope` / `centres`.
 5. The gallery's unknown / reshoot thresholds are calibrated on a mixed validation gallery (all four kinds).
+6. Out of sample: for the kinds decided on the fused cosine, 1v1 thresholds fitted on half of the animals are
+   measured on the other half, beside the baseline at its best threshold (`cross_validated_decisions`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from model_pkg.data import sample_pairs  # noqa: E402
 from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
-from model_pkg.evaluation.common import cache_dir  # noqa: E402
+from model_pkg.evaluation.common import cache_dir, reference_features  # noqa: E402
 from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
 from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
 from model_pkg.fileio import atomic_save_npy, atomic_write_json  # noqa: E402
@@ -250,13 +252,20 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     fusion_config = FusionConfig(fusion)
+    reference = reference_features(list(paths))
+    baseline = np.stack([reference[p] for p in paths])
+    baseline /= np.linalg.norm(baseline, axis=1, keepdims=True)
+    fused_kinds = {
+        k: fused_vectors(t, u, np.full(len(t), fusion[k].trained_weight)) for k in KINDS if fusion[k].pair_score == "fused"
+    }
+    report["cross_validated_decisions"] = cross_validated_decisions(fused_kinds, baseline, ids, paths, kinds, for_fusion, index)
     intake = {**base_intake, **head}
     # The mixed gallery: every kind registered together, the vectors the app's gallery stores.
     model.config.intake, model.config.fusion = intake, fusion_config.to_dict()
     kind_of_photo = _predicted_kinds(intake, u)
     fused = fused_vectors(t, u, np.array(fusion_config.weights(kind_of_photo)))
     species = [k.split("_")[0] for k in kind_of_photo]
-    g = gallery_vectors(fused, species, [1.0] * len(species))
+    g = gallery_vectors(fused, species)
     groups = _groups(ids[for_fusion], paths[for_fusion])
     split = split_gallery_queries(groups, 1, 0.2, 0)
     gallery = GalleryIndex(g.shape[1], "ip")
@@ -280,6 +289,41 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(config, config_file)
         print(f"wrote intake + fusion into {config_file}")
     return 0
+
+
+def cross_validated_decisions(fused_by_kind, baseline, ids, paths, kinds, for_fusion, index, halvings: int = 5) -> dict:
+    """How the stored thresholds hold on animals they were not fitted on: per kind, the 1v1 threshold chosen on half
+    of the animals (random halvings, both ways), the accuracy on the other half's pairs beside the baseline's accuracy
+    at its best threshold on those same pairs, and both ROC-AUCs."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    out = {}
+    for kind, fused in fused_by_kind.items():
+        sel = (kinds == kind) & for_fusion
+        animals = sorted(set(ids[sel]))
+        rows = []
+        for _ in range(halvings):
+            half = set(rng.permutation(animals)[: len(animals) // 2])
+            for fit_side in (True, False):
+                fit = sel & np.array([(i in half) == fit_side for i in ids])
+                held = sel & ~fit
+                ys, ss = zip(*(pair_cosines(fused, _groups(ids[fit], paths[fit]), index, 1, seed) for seed in range(3)))
+                threshold = choose_threshold(np.concatenate(ys), np.concatenate(ss))
+                y, s = pair_cosines(fused, _groups(ids[held], paths[held]), index, 1, 11)
+                yb, sb = pair_cosines(baseline, _groups(ids[held], paths[held]), index, 1, 11)
+                base_acc = float(((sb >= choose_threshold(yb, sb)) == yb).mean())
+                rows.append([float(((s >= threshold) == y).mean()), base_acc, roc_auc_score(y, s), roc_auc_score(yb, sb)])
+        r = np.array(rows)
+        out[kind] = {
+            "accuracy_at_threshold_fitted_on_other_animals": float(r[:, 0].mean()),
+            "baseline_best_threshold_accuracy": float(r[:, 1].mean()),
+            "worst_gap_points": float(100 * (r[:, 0] - r[:, 1]).min()),
+            "roc_auc": float(r[:, 2].mean()),
+            "baseline_roc_auc": float(r[:, 3].mean()),
+        }
+        print(f"{kind}: held-out decisions {json.dumps(out[kind])}", flush=True)
+    return out
 
 
 def _predicted_kinds(intake: dict, u: np.ndarray) -> list[str]:

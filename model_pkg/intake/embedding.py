@@ -134,8 +134,7 @@ def embed_photos(
         return PhotoVectors(results, t, u, t, t)
     kinds = [r.kind or "dog_body" for r in results]
     fused = fused_vectors(t, u, np.array(fusion.weights(kinds)))
-    species_probability = [r.species_probability for r in results]
-    return PhotoVectors(results, t, u, fused, gallery_vectors(fused, [r.species for r in results], species_probability))
+    return PhotoVectors(results, t, u, fused, gallery_vectors(fused, [r.species for r in results]))
 
 
 def embed_photo_files(model, paths: Sequence[str], batch_size: int = 16) -> PhotoVectors:
