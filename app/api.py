@@ -102,7 +102,7 @@ class IntakeView(BaseModel):
 
     species: str | None = Field(description="'dog', 'cat', or null when no dog or cat was found")
     kind: str | None = Field(description="'dog_face', 'dog_body', 'cat_face' or 'cat_body'")
-    box: list[int] = Field(description="the animal's box (left, top, right, bottom) in the photo as loaded (at most 2,048 px)")
+    box: list[int] = Field(description="the animal's box (left, top, right, bottom) in the photo as loaded (at most 1,024 px)")
     cropped: bool = Field(description="whether the models saw the box as well as the whole photo")
     reshoot: str | None = Field(description="why this photo should be retaken; null when it is usable")
     note: str | None = None

@@ -7,7 +7,7 @@ whole photo once:
   gives the species. Strong enough to keep species apart (it never calls a dog a cat on ../shared), too weak to
   refuse a photo on its own: below `unsure_probability` the photo is still matched, with a note.
 * **where**: the class activation map (CAM) of the species' classes, each class weighted by its probability,
-  upsampled and thresholded, gives the animal's box; the crop is cut from the photo as loaded (up to 2,048 px),
+  upsampled and thresholded, gives the animal's box; the crop is cut from the photo as loaded (`embed_photos` loads up to 1,024 px),
   so a 4,000-pixel phone photo is never squashed whole into 224 px. A photo the animal already fills (a face
   crop, a box from a detector) is kept whole.
 * **usable?**: no dog or cat, two animals (two separate strong CAM regions), an animal too few pixels across,
@@ -288,7 +288,13 @@ class PhotoIntake:
             result.reshoot = (
                 f"the photo of the {result.species} is too blurred: hold still, focus on the animal and take it again"
             )
-        if result.animal_probability < cfg.unsure_probability:
+        unsure = (
+            result.species_probability < cfg.certain_species
+            if self._kind_w is not None
+            else result.animal_probability < cfg.unsure_probability
+        )
+        if unsure:
             result.note = (
-                f"the {result.species} is hard to make out in this photo; it was matched, but a clearer photo would be safer"
+                f"not sure this is a {result.species} ({result.species_probability:.0%}); it was matched as one, "
+                "a clearer photo would be safer"
             )

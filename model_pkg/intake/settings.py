@@ -30,8 +30,10 @@ class IntakeConfig:
     """The intake's rules, stored in each model's config (`config.intake`) so a saved model decides the same way.
 
     Args:
-        min_animal_probability: below this probability on the dog and on the cat classes: no animal, reshoot.
-        unsure_probability: below this, the photo is matched with a note that the species is unsure.
+        min_animal_probability: without a kind head, below this probability on the ImageNet dog and cat classes:
+            no animal, reshoot.
+        unsure_probability: at or above this ImageNet mass on dogs or cats, a photo is never refused as "no animal";
+            without a kind head, below it the photo is matched with a note that the species is unsure.
         cam_threshold: share of the CAM's peak that counts as the animal.
         crop_margin: the box grows by this share of its size on each side before cropping.
         crop_below: crop only when the box covers less than this share of the photo's area.
@@ -46,7 +48,7 @@ class IntakeConfig:
             without a dog or cat), when it is the likeliest, decides "no animal". None: every photo counts as a whole body of the species the
             ImageNet classes say, and "no animal" is their mass below `min_animal_probability`.
         certain_species: a species probability (of the kind head) at or above which two photos of different species
-            are never the same animal.
+            are never the same animal; below it the photo is matched with a note that its species is unsure.
     """
 
     min_animal_probability: float = 0.02
