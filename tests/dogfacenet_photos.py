@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-DOGS = Path("/work/shared/data/dogfacenet")
+DOGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogfacenet"  # ../shared beside the clone
 
 needs_dogfacenet = pytest.mark.skipif(not DOGS.is_dir(), reason="dogfacenet data not available")
 

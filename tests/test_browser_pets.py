@@ -18,21 +18,27 @@ from test_browser import SHOTS, TIMEOUT_MS, browser, new_page  # noqa: E402, F40
 PHOTOS = Path(__file__).parent / "photos"
 
 
-def test_whole_dogs_set_vs_set_shows_the_crops(browser):  # noqa: F811
-    page = new_page(browser, app_url())
+def compare_in_the_browser(chromium, set_a: list[str], set_b: list[str], verdict_pattern: str, screenshot: str) -> None:
+    """Upload two sets on the production server's page, wait for the verdict and for the intake's crops (at least 3
+    images decoded), then take a screenshot."""
+    page = new_page(chromium, app_url())
     try:
-        dog = sorted((PHOTOS / "whole_dogs" / "100").glob("*.jpg"))
-        page.locator("#set-a input[type=file]").set_input_files([str(p) for p in dog[:2]])
-        page.locator("#set-b input[type=file]").set_input_files([str(dog[2])])
+        page.locator("#set-a input[type=file]").set_input_files(set_a)
+        page.locator("#set-b input[type=file]").set_input_files(set_b)
         page.locator("#compare").click()
         verdict = page.locator("#verdict textarea")
-        playwright.expect(verdict).to_have_value(re.compile(r"^Same animal: .*decided as whole dogs"), timeout=TIMEOUT_MS)
+        playwright.expect(verdict).to_have_value(re.compile(verdict_pattern), timeout=TIMEOUT_MS)
         page.wait_for_function(
             "() => [...document.querySelectorAll('#best-pair img')].filter(i => i.complete && i.naturalWidth > 0).length >= 3"
         )
-        page.screenshot(path=str(SHOTS / "set_vs_set_whole_dogs.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / screenshot), full_page=True)
     finally:
         page.close()
+
+
+def test_whole_dogs_set_vs_set_shows_the_crops(browser):  # noqa: F811
+    dog = [str(p) for p in sorted((PHOTOS / "whole_dogs" / "100").glob("*.jpg"))]
+    compare_in_the_browser(browser, dog[:2], dog[2:3], r"^Same animal: .*decided as whole dogs", "set_vs_set_whole_dogs.png")
 
 
 def test_a_cats_full_resolution_phone_photo_in_the_browser(browser, tmp_path):  # noqa: F811
@@ -45,16 +51,5 @@ def test_a_cats_full_resolution_phone_photo_in_the_browser(browser, tmp_path):  
     scene.paste(cat.resize((cat.width * 3, cat.height * 3)), (1400, 500))
     phone = tmp_path / "IMG_0042.jpg"
     scene.save(phone, quality=90)
-    page = new_page(browser, app_url())
-    try:
-        page.locator("#set-a input[type=file]").set_input_files(str(phone))
-        page.locator("#set-b input[type=file]").set_input_files([str(p) for p in tigro[1:3]])
-        page.locator("#compare").click()
-        verdict = page.locator("#verdict textarea")
-        playwright.expect(verdict).to_have_value(re.compile(r"^Same animal: .*decided as cats"), timeout=TIMEOUT_MS)
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#best-pair img')].filter(i => i.complete && i.naturalWidth > 0).length >= 3"
-        )
-        page.screenshot(path=str(SHOTS / "set_vs_set_cat_phone_photo.png"), full_page=True)
-    finally:
-        page.close()
+    others = [str(p) for p in tigro[1:3]]
+    compare_in_the_browser(browser, [str(phone)], others, r"^Same animal: .*decided as cats", "set_vs_set_cat_phone_photo.png")
