@@ -37,19 +37,16 @@ _INTAKES: dict[str, PhotoIntake] = {}
 
 @dataclass
 class PhotoVectors:
-    """intake: what the intake saw in each photo. trained: (N, E) the trained embeddings of the crops. untrained:
-    (N, 1280) the untrained ImageNet features of the crops. fused: (N, F) unit vectors whose cosine is the
-    per-kind fused similarity. gallery: (N, F + 2) the fused vectors with their species block."""
+    """intake: what the intake saw in each photo. trained: (N, E) the trained embeddings, untrained: (N, 1280) the
+    untrained ImageNet features, each the mean of the photo's whole view and its crop (the whole view alone when it
+    was not cropped). fused: (N, F) unit vectors whose cosine is the per-kind fused similarity. gallery: (N, F + 2)
+    the fused vectors with their species block."""
 
     intake: list[IntakeResult]
     trained: np.ndarray
     untrained: np.ndarray = field(repr=False)
     fused: np.ndarray = field(repr=False)
     gallery: np.ndarray = field(repr=False)
-
-    @property
-    def kinds(self) -> list[str]:
-        return [r.kind or "dog_body" for r in self.intake]
 
 
 def model_intake(model) -> PhotoIntake | None:
