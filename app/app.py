@@ -83,54 +83,47 @@ MAX_SESSION_GALLERIES = 50  # demo mode: visitors' private galleries alive at on
 MAX_SESSION_ANIMALS = 20  # demo mode: registrations in one visitor's gallery
 
 
+def _env_option(parser: argparse.ArgumentParser, flag: str, env: str, default, kind, help: str) -> None:
+    """A flag whose default comes from `env`, then from `default`; the help names both."""
+    parser.add_argument(
+        flag, type=kind, default=kind(os.environ.get(env, str(default))), help=f"{help} (env {env}; default {default})"
+    )
+
+
 def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     parser = model_flags(argparse.ArgumentParser(description="petmatch Gradio app"))
     # a Space sets GRADIO_SERVER_NAME=0.0.0.0; elsewhere the app listens on this machine only
     parser.add_argument("--host", default=os.environ.get("PETMATCH_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PETMATCH_PORT", "7860")))
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        # 4, not 8: concurrent requests share backbone passes anyway, and with the 224 px embedder 8 threads
-        # grew the process by 430-470 MB under load (glibc heaps per thread) where 4 stay within the bound
-        # (bench/README.md, "App under load")
-        default=int(os.environ.get("PETMATCH_CONCURRENCY", "4")),
-        help="requests of each kind (compare, identify, register, search) run at once; more wait in Gradio's queue "
-        "(env PETMATCH_CONCURRENCY; default 4)",
-    )
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=int(os.environ.get("PETMATCH_MAX_BATCH_SIZE", "32")),
-        help="photos of concurrent requests embedded in one backbone pass at most; 0 = each request runs its own "
-        "pass (env PETMATCH_MAX_BATCH_SIZE; default 32)",
-    )
+    # 4, not 8: concurrent requests share backbone passes anyway, and with the 224 px embedder 8 threads grew the
+    # process by 430-470 MB under load (glibc heaps per thread) where 4 stay within the bound (bench/README.md)
+    _env_option(
+        parser, "--concurrency", "PETMATCH_CONCURRENCY", 4, int,
+        "requests of each kind (compare, identify, register, search) run at once; more wait in Gradio's queue",
+    )  # fmt: skip
+    _env_option(
+        parser, "--max-batch-size", "PETMATCH_MAX_BATCH_SIZE", 32, int,
+        "photos of concurrent requests embedded in one backbone pass at most; 0 = each request runs its own pass",
+    )  # fmt: skip
     parser.add_argument(
         "--api-keys-file",
         default=os.environ.get("PETMATCH_API_KEYS_FILE"),
         help="staff keys, one key or sha256:<hex of a key> per line (with PETMATCH_API_KEYS, comma-separated keys); "
         "none: a public demo whose visitors register into their own browser session only",
     )
-    parser.add_argument(
-        "--rate-limit",
-        type=float,
-        default=float(os.environ.get("PETMATCH_RATE_LIMIT", "120")),
-        help="requests that start work (model calls, REST writes, staff logins) per client address and minute, "
-        "in bursts of up to twice as many; 0 = no limit; staff keys are not limited (env PETMATCH_RATE_LIMIT; default 120)",
-    )
-    parser.add_argument(
-        "--max-request-mb",
-        type=float,
-        default=float(os.environ.get("PETMATCH_MAX_REQUEST_MB", str(MAX_REQUEST_BYTES // 2**20))),
-        help="a request body, refused with 413 while it is read (env PETMATCH_MAX_REQUEST_MB; default 200)",
-    )
-    parser.add_argument(
-        "--max-waiting",
-        type=int,
-        default=int(os.environ.get("PETMATCH_MAX_WAITING", "64")),
-        help="model calls (UI and REST together) that may wait for one of the --concurrency workers; more are "
-        "told to retry (env PETMATCH_MAX_WAITING; default 64)",
-    )
+    _env_option(
+        parser, "--rate-limit", "PETMATCH_RATE_LIMIT", 120, float,
+        "requests that start work (model calls, REST writes, staff logins) per client address and minute, in bursts "
+        "of up to twice as many; 0 = no limit; staff keys are not limited",
+    )  # fmt: skip
+    _env_option(
+        parser, "--max-request-mb", "PETMATCH_MAX_REQUEST_MB", MAX_REQUEST_BYTES // 2**20, float,
+        "a request body, refused with 413 while it is read",
+    )  # fmt: skip
+    _env_option(
+        parser, "--max-waiting", "PETMATCH_MAX_WAITING", 64, int,
+        "model calls (UI and REST together) that may wait for one of the --concurrency workers; more are told to retry",
+    )  # fmt: skip
     settings = parser.parse_args(argv)
     if settings.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {settings.concurrency}")
