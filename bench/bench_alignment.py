@@ -3,7 +3,7 @@
     nice -n 10 python bench/bench_alignment.py --cache-dir /work/feature_cache --json bench/results/alignment.json
 
 Pairs of embedders (space A -> space B), features from the shared feature cache (computed with
-`bench/embed_alignment_features.py` when missing):
+`scripts/embed_alignment_features.py` when missing):
 
 - text: all-MiniLM-L6-v2 <-> paraphrase-MiniLM-L3-v2, mean-pooled, on the 25,000 Flickr8k captions.
   `--eval-size` (8,192) held-back captions are scored; the other captions are split into two disjoint
@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
                 if fa is None or fb is None:
                     model, size = (model_a, size_a) if fa is None else (model_b, size_b)
                     raise SystemExit(
-                        "image features missing: run bench/embed_alignment_features.py --what image --dataset flickr8k "
+                        "image features missing: run scripts/embed_alignment_features.py --what image --dataset flickr8k "
                         f"--model {model} --image-size {size}"
                     )
                 (xa, xb), groups = paired_rows(fa, fb)
@@ -222,7 +222,7 @@ def main(argv=None) -> dict:
                     for model, size, loaded in ((model_a, size_a, da), (model_b, size_b, db)):
                         if loaded is None or len(loaded[0]) < dog_count:
                             raise SystemExit(
-                                f"dog features of {model}@{size} missing or incomplete: run bench/embed_alignment_features.py "
+                                f"dog features of {model}@{size} missing or incomplete: run scripts/embed_alignment_features.py "
                                 f"--what image --dataset dogfacenet --model {model} --image-size {size}"
                             )
                     (extra_a, extra_b), dog_photos = paired_rows(da, db)

@@ -183,7 +183,7 @@ def near_duplicates(counts: np.ndarray, dim: int, noise: float = 0.5, seed: int 
 
 def _real_embeddings(args) -> tuple[np.ndarray, np.ndarray, str, str]:
     """(vectors, dog labels, model, where): the unseen dogs of an embeddings folder (val + test split) or a
-    cached .npz of test-dog embeddings (bench/save_test_embeddings.py)."""
+    cached .npz of test-dog embeddings (scripts/save_test_embeddings.py)."""
     if args.embeddings.endswith(".npz"):
         with np.load(args.embeddings, allow_pickle=False) as f:
             return (

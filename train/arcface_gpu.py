@@ -19,7 +19,7 @@ the budget), so a run of any length ends annealed. Validation: one-shot Recall@1
 (one random photo per dog is the gallery, the others query it; mean of 5 draws), with flip TTA, every
 `--eval-seconds`. The best checkpoint is written whole (fp16 weights + config, a `from_pretrained` folder)
 each time it improves, so a killed run still leaves its best model; `run.json` holds the curve.
-Ship the result as the CPU run's: `python bench/ship_embedder.py OUT/NAME --sizes ... --out models/...`.
+Ship the result as the CPU run's: `python scripts/ship_embedder.py OUT/NAME --sizes ... --out models/...`.
 """
 
 from __future__ import annotations

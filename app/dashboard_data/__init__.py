@@ -15,7 +15,7 @@ default) plus the photo folder. A fresh clone has every file below in `bench/res
   matcher's stored threshold per set size is read from its ``config.json``.
 * Gallery confusion matrices: ``*confusion*.csv`` (``model_pkg.metrics.save_confusion``), with the PNG beside it.
 * Embeddings: ``*.npz`` with ``embeddings`` or ``features`` (N, D), ``labels`` (N,) or ``paths`` (N,); ``paths``
-  relative to the data root (``bench/save_test_embeddings.py``) give photo thumbnails.
+  relative to the data root (``scripts/save_test_embeddings.py``) give photo thumbnails.
 * Photos: the data root is ``PETMATCH_DATA`` or ``<repo>/../shared/data``, as for the app
   (``app/loading.py``); without it the app's demo photos (``PETMATCH_ASSETS_DIR`` or ``app/assets``:
   ``demo_photos/*/<dog>/<photo>``, 43 test dogs) fill in for the dogs they show.
@@ -74,7 +74,7 @@ __all__ = [
     "project_2d",
     "find_photo",
     "thumbnail_data_url",
-    # also read by the page (app/dashboard.py, app/dashboard_tabs/) and bench/screenshot_dashboard.py
+    # also read by the page (app/dashboard.py, app/dashboard_tabs/) and scripts/screenshot_dashboard.py
     "BASELINE",
     "DECISIONS",
     "OVERVIEW_SOURCES",

@@ -1,7 +1,7 @@
 """Where the dashboard looks, and the two readers every part of it shares.
 
 The root folders results are read under, the shipped models whose configs hold the stored thresholds, the tab names
-(the page and `bench/screenshot_dashboard.py` use them), a JSON reader that tolerates a missing or broken file, and
+(the page and `scripts/screenshot_dashboard.py` use them), a JSON reader that tolerates a missing or broken file, and
 a file finder. Separate so the overview, evaluations, runs, scores and gallery modules read files the same way
 without importing one another.
 """

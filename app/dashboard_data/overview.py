@@ -154,7 +154,7 @@ OVERVIEW_SOURCES = {  # task -> (files it reads, the command that writes them)
     ),
     "text search": (
         "bench/results/dual_encoder_curve.json",
-        "python bench/learning_curve.py runs/dual-encoder ... --json bench/results/dual_encoder_curve.json",
+        "python scripts/learning_curve.py runs/dual-encoder ... --json bench/results/dual_encoder_curve.json",
     ),
 }
 

@@ -89,7 +89,7 @@ def confusion_tab(root: Path, data_root: Path) -> None:
         st.caption(f"For scale: the shipped gallery accepts a match from a similarity of {accept:.3f} (its stored threshold).")
     shown = st.slider("Pairs shown", 1, min(len(pairs), 20), min(len(pairs), 6)) if len(pairs) > 1 else 1
     if emb is None:
-        st.info("No saved embeddings with photo paths (bench/save_test_embeddings.py): similarities and photos are not shown.")
+        st.info("No saved embeddings with photo paths (scripts/save_test_embeddings.py): similarities and photos are not shown.")
     missing_photos = False
     for row in pairs.head(shown).itertuples(index=False):
         a, b, ab, ba, total = row

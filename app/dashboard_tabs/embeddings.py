@@ -19,7 +19,7 @@ def embeddings_tab(root: Path, data_root: Path) -> None:
     if not files:
         st.info(
             "No saved embeddings: an .npz with 'embeddings' (or 'features') and 'labels' (or 'paths'), "
-            "e.g. `python bench/save_test_embeddings.py`."
+            "e.g. `python scripts/save_test_embeddings.py`."
         )
         return
     left, middle, right = st.columns([2, 1, 2])

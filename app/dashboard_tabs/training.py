@@ -42,7 +42,7 @@ def training_tab(root: Path) -> None:
     if not runs:
         st.info(
             f"No training runs: looked for {root / 'runs'}/<run>/**/trainer_state.json and "
-            f"{root / 'bench/results/runs'}/<run>/trainer_state.json (bench/learning_curve.py --keep-state)."
+            f"{root / 'bench/results/runs'}/<run>/trainer_state.json (scripts/learning_curve.py --keep-state)."
         )
         return
     names = st.multiselect("Runs", list(runs), default=list(runs))

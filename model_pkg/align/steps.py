@@ -2,7 +2,7 @@
 
 Apart from `modeling_mini_vec2vec`, which runs them in order (the pipeline in its docstring) and owns the
 fitted map, because each step is a self-contained piece of linear algebra or clustering that diagnostics
-(`bench/alignment_diagnostics.py`) call on their own. Every function that draws random numbers takes
+(`scripts/alignment_diagnostics.py`) call on their own. Every function that draws random numbers takes
 the pipeline's `np.random.Generator` and draws from it in a fixed order, so a seed gives one map.
 """
 

@@ -5,7 +5,7 @@ score and on the vote margin of its top k. After training, the val dogs are spli
 protocol of `python -m model_pkg.evaluate gallery` (`data.samplers.split_gallery_queries`: some photos
 per dog in the gallery, a share of the dogs held out as unknown), `GalleryIndex.calibrate` chooses the
 thresholds there, and `store_gallery_thresholds` writes them into the model config, so a saved embedder
-carries them. Separate from `training.py` because `bench/ship_embedder.py` recalibrates shipped models
+carries them. Separate from `training.py` because `scripts/ship_embedder.py` recalibrates shipped models
 with it too.
 """
 

@@ -137,6 +137,6 @@ def recall_metrics(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, 
 
 def compute_recall_metrics(eval_pred) -> dict[str, float]:
     """Recall@1/5 and mAP of the val photos, plus the wall-clock time (`unix_time`) for learning curves
-    against time (`bench/learning_curve.py`)."""
+    against time (`scripts/learning_curve.py`)."""
     predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     return {**recall_metrics(predictions, eval_pred.label_ids), "unix_time": time.time()}

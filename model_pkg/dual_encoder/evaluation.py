@@ -95,7 +95,7 @@ class DualEncoderTrainer(Trainer):
             cast(DualEncoderModel, self.model), **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(result).items()}
-        metrics[f"{metric_key_prefix}_unix_time"] = time.time()  # wall-clock for learning curves (bench/learning_curve.py)
+        metrics[f"{metric_key_prefix}_unix_time"] = time.time()  # wall-clock for learning curves (scripts/learning_curve.py)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

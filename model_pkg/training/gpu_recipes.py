@@ -5,7 +5,7 @@ Photos are decoded once into GPU memory as uint8 and augmented there a batch at 
 decoding on the CPU, not the network, would set the pace of a small backbone on a GPU. The loop follows
 wall-clock time rather than a step count, so a run of any length ends annealed and fits a lent machine's
 minutes. Each evaluation writes `run.json` (arguments, curve, best point) and the same curve as HF Trainer's
-`trainer_state.json`, so `bench/learning_curve.py` and the dashboard read a GPU run like a Trainer run.
+`trainer_state.json`, so `scripts/learning_curve.py` and the dashboard read a GPU run like a Trainer run.
 Apart from the rest of the package because none of it touches HF Trainer: these recipes run their own loop.
 """
 
@@ -92,7 +92,7 @@ def cosine_factor(progress: float, warmup: float) -> float:
 
 
 def trainer_state(record: dict, metrics: dict[str, str], scale: float = 1.0) -> dict:
-    """A run's curve in HF Trainer's trainer_state.json shape (`log_history`), so `bench/learning_curve.py` and the
+    """A run's curve in HF Trainer's trainer_state.json shape (`log_history`), so `scripts/learning_curve.py` and the
     dashboard read a GPU run like a Trainer run. `metrics`: curve key -> `eval_<name>` key; values times `scale`."""
     history = []
     for point in record["curve"]:

@@ -1,8 +1,8 @@
 """The learning curve of a run: a validation metric against steps, epochs and minutes.
 
-    python bench/learning_curve.py runs/arcface-cpu --json bench/results/arcface_cpu_curve.json \
+    python scripts/learning_curve.py runs/arcface-cpu --json bench/results/arcface_cpu_curve.json \
         --png bench/results/arcface_cpu_curve.png --keep-state bench/results/runs/arcface-cpu
-    python bench/learning_curve.py runs/dual-encoder --metrics t2i_r1,t2i_r10,i2t_r1 --json bench/results/dual_curve.json
+    python scripts/learning_curve.py runs/dual-encoder --metrics t2i_r1,t2i_r10,i2t_r1 --json bench/results/dual_curve.json
 
 `--metrics`: the `eval_<name>` keys of the log, the first one plotted (ArcFace: one-shot `recall_at_1`,
 `recall_at_5`, `map`; dual encoder: `t2i_r1`, `t2i_r5`, `t2i_r10`, `i2t_r1`, ..., `recall_mean`).

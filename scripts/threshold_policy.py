@@ -1,6 +1,6 @@
 """Which threshold policy decides best on pairs it was not chosen on? Validation dogs only (issue 12).
 
-    python bench/threshold_policy.py --models imagenet-cosine,models/pair-matcher --json bench/results/threshold_policy_val.json
+    python scripts/threshold_policy.py --models imagenet-cosine,models/pair-matcher --json bench/results/threshold_policy_val.json
 
 For each model and set size, the validation dogs' pairs are drawn twice with different seeds: thresholds
 are chosen on the first draw (random- and hard-negative pairs) and judged on the second, so a policy that

@@ -1,6 +1,6 @@
 """Ship a trained dual encoder with a query bank: choose the bank's size and temperature on the dev split, save.
 
-    python bench/ship_dual_encoder.py runs/dual-tuned/model --tta-flip --sizes 1000,2000,4000 \
+    python scripts/ship_dual_encoder.py runs/dual-tuned/model --tta-flip --sizes 1000,2000,4000 \
         --temperatures 0.05,0.0667,0.1,0.15 --out models/dual-encoder --json bench/results/dual_query_bank_tuned_flip.json
 
 Text-to-image search ranks photos by cosine plus a per-photo offset: minus a soft maximum (log-mean-exp at the bank's
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     if args.out:
         summary_file = args.summary or os.path.join(os.path.dirname(os.path.abspath(args.model)), "summary.json")
         training = (json.load(open(summary_file)).get("training") if os.path.isfile(summary_file) else None) or {}
-        training["shipped_by"] = f"bench/ship_dual_encoder.py{' --tta-flip' if args.tta_flip else ''}: " + (
+        training["shipped_by"] = f"scripts/ship_dual_encoder.py{' --tta-flip' if args.tta_flip else ''}: " + (
             f"query bank of {best['size']} training captions, temperature {best['temperature']}"
         )
         save_with_card(model, args.out, metrics={f"dev_{k}": v for k, v in flat_metrics(chosen).items()}, training=training)

@@ -1,7 +1,7 @@
 """Cache frozen-tower outputs of Flickr8k in the shared feature cache (an experiment speed-up only).
 
-    nice -n 10 python bench/cache_flickr8k_features.py --what image --model tf_efficientnet_lite0 --image-size 224
-    nice -n 10 python bench/cache_flickr8k_features.py --what text
+    nice -n 10 python scripts/cache_flickr8k_features.py --what image --model tf_efficientnet_lite0 --image-size 224
+    nice -n 10 python scripts/cache_flickr8k_features.py --what text
 
 Writes `{cache}/flickr8k__{model}__{size}__pooled.npz` (and `__tokens.npz` with `--tokens`) with arrays
 `features` (N, D) float32 (tokens: (N, T, D) float16) and `paths` (relative to the dataset root), or

@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p runs/flickr
 TXT=runs/flickr/flickr8k__all-MiniLM-L6-v2__0__meanpool.npz
-[ -f $TXT ] || python bench/cache_flickr8k_features.py --what text --cache-dir runs/flickr
+[ -f $TXT ] || python scripts/cache_flickr8k_features.py --what text --cache-dir runs/flickr
 run() { name=$1; shift; python train/run.py --task dual --config train/configs/dual_encoder.yaml --fresh \
   --set output_dir=runs/flickr/$name --set feature_cache_dir=runs/flickr/cache --set text_features_file=$TXT \
   --set model.text_config.freeze=true --set report_to=none "$@" > runs/flickr/$name.log 2>&1; echo "$name done"; }

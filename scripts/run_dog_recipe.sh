@@ -9,12 +9,12 @@ cd "$(dirname "$0")/.."
 #    python train/arcface_gpu.py --init lite0_imagenet.safetensors --out runs/arcface-gpu --name B --minutes 6 \
 #        --backbone-lr 3e-4 --head-lr 1e-3, then step 2 with runs/arcface-gpu/B --sizes 224.
 python train/run.py --task arcface --config train/configs/arcface_embedder_cpu.yaml
-python bench/learning_curve.py runs/arcface-cpu --json bench/results/arcface_cpu_curve.json \
+python scripts/learning_curve.py runs/arcface-cpu --json bench/results/arcface_cpu_curve.json \
     --png bench/results/arcface_cpu_curve.png --keep-state bench/results/runs/arcface-cpu
 
 # 2. Ship it: the input size that validates best (160 / 192 / 224 px), gallery thresholds recalibrated at that
 #    size, fp16 weights (computed in float32 when loaded) and the model card.
-python bench/ship_embedder.py runs/arcface-cpu/model --sizes 160,192,224 --out models/arcface-embedder \
+python scripts/ship_embedder.py runs/arcface-cpu/model --sizes 160,192,224 --out models/arcface-embedder \
     --json bench/results/arcface_cpu_sizes.json
 
 # 3. The pair matcher on that embedder: thresholds per set size on validation pairs with random negatives.

@@ -1,7 +1,7 @@
 """A screenshot of every dashboard tab, as a person sees it in Chromium: bench/screenshots/dashboard_<tab>.png.
 
-    python bench/screenshot_dashboard.py                       # the repository's shipped results, photos from ../shared/data
-    python bench/screenshot_dashboard.py --out /tmp/shots --port 8599
+    python scripts/screenshot_dashboard.py                       # the repository's shipped results, photos from ../shared/data
+    python scripts/screenshot_dashboard.py --out /tmp/shots --port 8599
 
 Starts `streamlit run app/dashboard.py` headless on a free port, opens it in Debian's chromium through Playwright
 (`/usr/bin/chromium`, no browser download), clicks each tab, waits until its charts are drawn, and saves the

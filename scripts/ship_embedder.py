@@ -1,7 +1,7 @@
 """Ship a trained ArcFace embedder: choose its input size on the validation dogs, recalibrate the gallery
 thresholds at that size, save it with fp16 weights and its model card.
 
-    python bench/ship_embedder.py runs/arcface-cpu/model --sizes 160,192,224 --out models/arcface-embedder \
+    python scripts/ship_embedder.py runs/arcface-cpu/model --sizes 160,192,224 --out models/arcface-embedder \
         --json bench/results/arcface_cpu_sizes.json
 
 A recipe that trains on cached 160 px activations can be evaluated at any size (the network is fully

@@ -9,7 +9,7 @@ number of training dogs, backward, AdamW step) on P x K batches:
   their activations (`config.activation_stage`); only the later stages and the head train;
 * `stem@S`: building that cache, images/s of the frozen stem's forward pass (no grad), per view.
 
-    python bench/bench_train_speed.py --threads 2 --json bench/results/train_speed.json
+    python scripts/bench_train_speed.py --threads 2 --json bench/results/train_speed.json
 
 Run it on an idle machine: a second heavy job halves every number.
 """

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The three frozen-tower recipes of bench/README.md "Text search" (bench/results/text_search_recipes.json).
-# Needs the shared feature cache (bench/cache_flickr8k_features.py); each run takes a few CPU-minutes.
+# Needs the shared feature cache (scripts/cache_flickr8k_features.py); each run takes a few CPU-minutes.
 IMG=/work/feature_cache/flickr8k__tf_efficientnet_lite0__224__pooled.npz
 TXT=/work/feature_cache/flickr8k__all-MiniLM-L6-v2__0__meanpool.npz
 run() { name=$1; shift; OMP_NUM_THREADS=1 nice -n 10 python train/run.py --task dual --config train/configs/dual_encoder.yaml --fresh \

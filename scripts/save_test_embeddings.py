@@ -1,6 +1,6 @@
 """Embeddings of the test dogs' photos, saved small for the dashboard (embedding map, "most confused dogs").
 
-    python bench/save_test_embeddings.py --model models/arcface-embedder \
+    python scripts/save_test_embeddings.py --model models/arcface-embedder \
         --out bench/results/embeddings/arcface_embedder_test.npz
 
 Every photo of every `--split` dog in the saved split file is embedded with the shipped embedder (its own

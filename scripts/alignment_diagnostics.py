@@ -1,6 +1,6 @@
 """Where unpaired alignment loses on the text pair: the ceiling of a linear map, and the anchor matching.
 
-    python bench/alignment_diagnostics.py --cache-dir /work/feature_cache
+    python scripts/alignment_diagnostics.py --cache-dir /work/feature_cache
 
 Uses the true caption pairs, which the aligner never sees, only to judge it:
 

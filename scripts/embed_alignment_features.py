@@ -1,7 +1,7 @@
 """Embed the shared data with the alignment benchmark's embedders, into the shared feature cache.
 
-    nice -n 10 python bench/embed_alignment_features.py --what text
-    nice -n 10 python bench/embed_alignment_features.py --what image --dataset dogfacenet --model tf_efficientnet_lite2
+    nice -n 10 python scripts/embed_alignment_features.py --what text
+    nice -n 10 python scripts/embed_alignment_features.py --what image --dataset dogfacenet --model tf_efficientnet_lite2
 
 Writes `{cache}/{dataset}__{model}__{size}__{what}.npz` with arrays `features` (N, D) float32 and `paths`
 (relative to the dataset root; for captions the `<image>.jpg#<n>` keys of Flickr8k.token.txt, in file
