@@ -17,7 +17,7 @@ def front_matter(path: str) -> dict:
 
 
 def pins() -> dict[str, str]:
-    lines = open(os.path.join(ROOT, "requirements.txt")).read().split()
+    lines = open(os.path.join(ROOT, "requirements-runtime.txt")).read().split()
     return dict(line.split("==") for line in lines)
 
 
@@ -28,7 +28,7 @@ def pins() -> dict[str, str]:
 def test_front_matter(readme, sdk, entry):
     meta = front_matter(readme)
     assert meta["sdk"] == sdk and meta["app_file"] == entry and os.path.isfile(os.path.join(ROOT, entry))
-    assert meta["sdk_version"] == pins()[sdk], "the Space's SDK must be the version requirements.txt pins"
+    assert meta["sdk_version"] == pins()[sdk], "the Space's SDK must be the version requirements-runtime.txt pins"
     assert meta["python_version"] == "3.11" and isinstance(meta["python_version"], str)
     assert meta["models"] and all(m.count("/") == 1 for m in meta["models"])
     for key in ("title", "emoji", "colorFrom", "colorTo", "license"):
