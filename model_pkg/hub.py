@@ -3,6 +3,8 @@
 * :func:`write_model_card` writes ``README.md`` (YAML front matter + sections)
   next to ``config.json`` / ``model.safetensors`` in a ``save_pretrained`` folder.
 * :func:`read_model_card_metrics` reads the metrics back from that front matter.
+* :func:`rewrite_model_card` writes a shipped model's card again from its own sections and front matter, with the
+  Hub metadata of :data:`HUB_METADATA` and measured results (``model-index``); weights and config stay untouched.
 * :func:`push_folder_to_hub` checks the folder is complete and uploads it.
 """
 
@@ -15,19 +17,36 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub.constants as hf_constants
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
 from .fileio import atomic_write_text
 
-__all__ = ["write_model_card", "read_model_card_metrics", "push_folder_to_hub", "LIBRARY_NAME"]
+__all__ = [
+    "HUB_METADATA",
+    "LIBRARY_NAME",
+    "push_folder_to_hub",
+    "read_model_card_metrics",
+    "rewrite_model_card",
+    "write_model_card",
+]
 
 LIBRARY_NAME = "petmatch"
 CARD_NAME = "README.md"
 METRICS_KEY = "petmatch_metrics"
 TRAINING_KEY = "petmatch_training"
 MODEL_TYPE_KEY = "petmatch_model_type"
+
+# What the Hub shows first, per model type. The pair matcher answers "same animal?" for two *sets* of photos: no
+# transformers pipeline takes that input, so its honest task is "other". The dual encoder embeds captions and photos
+# into one space for text-to-image search: "feature-extraction" (it is not evaluated as a zero-shot classifier).
+_PETS = ["DogFaceNet", "MPDD", "Cat-Faces-Identification"]  # the kind head and fusion are fitted on all three
+HUB_METADATA: dict[str, dict[str, Any]] = {
+    "petmatch_arcface_embedder": {"pipeline_tag": "image-feature-extraction", "datasets": _PETS},
+    "petmatch_pair_matcher": {"pipeline_tag": "other", "datasets": _PETS},
+    "petmatch_dual_encoder": {"pipeline_tag": "feature-extraction", "datasets": ["Flickr8k"]},
+}
 
 
 def _network_error_types() -> tuple[type[BaseException], ...]:
@@ -116,10 +135,13 @@ def write_model_card(
     intended_use: str | None = None,
     limitations: str | None = None,
     training: dict | None = None,
-    base_model: str | None = None,
+    base_model: str | list[str] | None = None,
     usage: str | None = None,
     tags: list[str] | None = None,
     license: str = "apache-2.0",
+    pipeline_tag: str | None = None,
+    datasets: list[str] | None = None,
+    eval_results: list[dict[str, Any]] | None = None,
 ) -> str:
     """Write ``<save_directory>/README.md`` (a Hugging Face model card) and return its text.
 
@@ -127,7 +149,10 @@ def write_model_card(
     ``library_name: petmatch``, ``tags`` (``petmatch``, ``model_type``, then
     ``tags``), ``model_name``, ``base_model`` (if given), ``petmatch_model_type``,
     ``petmatch_metrics`` (the ``metrics`` dict, numpy values converted to plain
-    Python) and ``petmatch_training`` (the ``training`` dict) when given.
+    Python) and ``petmatch_training`` (the ``training`` dict) when given; ``pipeline_tag`` and ``datasets``
+    (default: :data:`HUB_METADATA` for ``model_type``); ``model-index`` from ``eval_results`` (dicts of
+    ``huggingface_hub.EvalResult``'s fields: task_type, dataset_type, dataset_name, metric_type, metric_value, ...),
+    which the Evaluation section also lists as a table. ``base_model`` may be a list (one entry per tower).
 
     Body sections: Model description, Intended use, Training data, Training
     procedure (only if ``training``), Evaluation (metrics as a markdown table;
@@ -149,12 +174,17 @@ def write_model_card(
         extra[METRICS_KEY] = _plain(metrics)
     if training:
         extra[TRAINING_KEY] = _plain(training)
+    hub = HUB_METADATA.get(model_type, {})
+    results = [EvalResult(**r) for r in eval_results or []]
     card_data = ModelCardData(
         license=license,
         library_name=LIBRARY_NAME,
+        pipeline_tag=pipeline_tag or hub.get("pipeline_tag"),
+        datasets=list(datasets or hub.get("datasets") or []) or None,
         tags=all_tags,
         base_model=base_model,
         model_name=model_name,
+        eval_results=results or None,
         **extra,
     )
 
@@ -162,13 +192,22 @@ def write_model_card(
     sections = [f"# {model_name}", "## Model description", description.strip() or missing]
     sections.append(f"- **Model type:** `{model_type}`")
     if base_model:
-        sections[-1] += f"\n- **Base model:** `{base_model}`"
+        bases = [base_model] if isinstance(base_model, str) else base_model
+        sections[-1] += "\n- **Base model:** " + ", ".join(f"`{b}`" for b in bases)
     sections += ["## Intended use", (intended_use or "").strip() or missing]
     sections += ["## Training data", (data or "").strip() or missing]
     if training:
         sections += ["## Training procedure", _table(_plain(training), ("Setting", "Value"))]
     sections.append("## Evaluation")
     sections.append(_table(_plain(metrics), ("Metric", "Value")) if metrics else "No evaluation metrics were provided.")
+    if results:
+        rows = ["| Dataset | Split | Metric | Value |", "| --- | --- | --- | --- |"]
+        rows += [
+            f"| {_cell(r.dataset_name)} | {_cell(r.dataset_split or '')} | {_cell(r.metric_name or r.metric_type)} | "
+            f"{_cell(r.metric_value)} |"
+            for r in results
+        ]
+        sections.append("Measured results (the `model-index` above):\n\n" + "\n".join(rows))
     sections += ["## Limitations", (limitations or "").strip() or missing]
     sections.append("## How to use")
     if usage and usage.strip():
@@ -182,6 +221,60 @@ def write_model_card(
     content = str(card)
     atomic_write_text(folder / CARD_NAME, content)
     return content
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The ``## `` sections of a card body written by :func:`write_model_card`, by heading."""
+    parts = ("\n" + text).split("\n## ")[1:]
+    return {head.strip(): body.strip() for head, _, body in (p.partition("\n") for p in parts)}
+
+
+def rewrite_model_card(
+    save_directory: str | os.PathLike,
+    *,
+    eval_results: list[dict[str, Any]] | None = None,
+    base_model: str | list[str] | None = None,
+    license: str | None = None,
+) -> str:
+    """Write ``<save_directory>/README.md`` again with :func:`write_model_card`, from the card already there.
+
+    The description, intended use, data, limitations, usage, metrics and training settings are read back from the
+    card; the Hub metadata comes from :data:`HUB_METADATA`, ``eval_results`` becomes the ``model-index``, and
+    ``base_model`` / ``license`` replace the stored ones when given. Nothing else in the folder is touched.
+    """
+    path = Path(save_directory) / CARD_NAME
+    card = ModelCard.load(path)
+    data = card.data.to_dict()
+    body = _sections(card.text)
+    missing = "_Not provided._"
+
+    def text(heading: str) -> str | None:
+        value = body.get(heading, "")
+        return None if value in ("", missing) else value
+
+    description = "\n".join(
+        line
+        for line in body.get("Model description", "").splitlines()
+        if not line.startswith(("- **Model type:**", "- **Base model:**"))
+    ).strip()
+    model_type = data[MODEL_TYPE_KEY]
+    own_tags = [t for t in data.get("tags", []) if t not in (LIBRARY_NAME, model_type)]
+    return write_model_card(
+        save_directory,
+        model_name=card.data.model_name or Path(save_directory).name,
+        model_type=model_type,
+        description=description,
+        metrics=data.get(METRICS_KEY),
+        data=text("Training data"),
+        intended_use=text("Intended use"),
+        limitations=text("Limitations"),
+        training=data.get(TRAINING_KEY),
+        base_model=base_model or data.get("base_model"),
+        usage=text("How to use"),
+        tags=own_tags,
+        license=license or data.get("license") or "apache-2.0",
+        eval_results=eval_results,
+    )
 
 
 def read_model_card_metrics(save_directory: str | os.PathLike) -> dict:
