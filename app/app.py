@@ -72,6 +72,8 @@ from model_pkg.batching import batch_concurrent_calls  # noqa: E402
 from model_pkg.data import ImageLoadError, load_image  # noqa: E402
 from model_pkg.data.images import check_upload  # noqa: E402
 from model_pkg.gallery_store import SPECIES, PhotoGallery, UnknownAnimalError  # noqa: E402
+from model_pkg.intake.embedding import model_intake  # noqa: E402
+from model_pkg.intake.reference import reference_features  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
 MAX_PHOTOS = 20
@@ -303,6 +305,10 @@ if SETTINGS.max_batch_size > 0:
         batch_concurrent_calls(pair_model, "embed_photos", SETTINGS.max_batch_size)
     if gallery is not None:
         batch_concurrent_calls(gallery.embedder, "get_image_features", SETTINGS.max_batch_size)
+    models = [m for m in (pair_model, gallery.embedder if gallery is not None else None) if m is not None]
+    if any(model_intake(m) is not None for m in models):
+        # the intake's untrained network looks at every photo first (whole view, crop): one pass for all requests too
+        batch_concurrent_calls(reference_features(), "forward_features", SETTINGS.max_batch_size)
 
 
 # --------------------------------------------------------------------------------------------------

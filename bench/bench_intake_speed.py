@@ -7,6 +7,7 @@ The phone photo is a 4,032 x 3,024 JPEG (a cat photo of tests/photos enlarged on
 untrained Lite0), the trained embedder on the whole view and the crop, the fusion, and the kNN vote in the shipped
 demo gallery; "match 3v3" is `match_sets` on three such photos per side. Warm: three runs first, then the median and
 90th percentile of `--runs` runs. Set `--threads` to the cores the app gets (the app's default is torch's).
+`PETMATCH_INTAKE_ONNX=0` runs the intake's network on PyTorch instead of ONNX Runtime (`intake_runs_on` says which).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 from model_pkg.gallery import GalleryIndex  # noqa: E402
 from model_pkg.intake.embedding import embed_photos  # noqa: E402
+from model_pkg.intake.reference import reference_features  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "photo": "4032 x 3024 JPEG",
             "threads": args.threads,
+            "intake_runs_on": reference_features().source,
             "identify": timed(identify, args.runs),
             "match_3v3": timed(lambda: match_sets(matcher, photos[:3], photos[3:6]), max(args.runs // 4, 3)),
         }

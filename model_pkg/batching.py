@@ -133,7 +133,7 @@ class BatchedForward:
             self._cond.notify_all()
 
 
-def batch_concurrent_calls(model: torch.nn.Module, method: str, max_batch_size: int = 32) -> BatchedForward:
+def batch_concurrent_calls(model: object, method: str, max_batch_size: int = 32) -> BatchedForward:
     """Make ``model.<method>(pixel_values)`` batch concurrent calls (see :class:`BatchedForward`); -> the wrapper.
 
     The wrapper is set as an instance attribute, so code that calls ``model.<method>`` (``match_sets``,

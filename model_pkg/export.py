@@ -24,14 +24,10 @@ The comparison with PyTorch is `model_pkg.onnx_check`, the int8 step `model_pkg.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import os
 import sys
-import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +41,16 @@ from .fileio import atomic_write, atomic_write_json
 from .modeling_utils import UntrustedModelError, check_model_folder
 from .onnx_check import check_image_graph, relative_error
 from .onnx_quantization import quantize_image_tower
-from .onnx_runtime import MANIFEST_FILE, MANIFEST_FORMAT, ONNX_SUBDIR, create_session, exportable_towers, tower_checksum
+from .onnx_runtime import (
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    ONNX_SUBDIR,
+    ExportError,
+    create_session,
+    export_graph,
+    exportable_towers,
+    tower_checksum,
+)
 from .transforms import create_transform
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "export_onnx", "main", "quantize_image_tower"]
@@ -63,10 +68,6 @@ CHECK_SENTENCES = [
     "A man in a blue jacket rides a bicycle down a wet street while a small white dog runs beside him "
     "and people wait under umbrellas at the bus stop on the corner of the busy road.",
 ]
-
-
-class ExportError(ValueError):
-    """The model, the photos or the exported graph is not fit for export: the message says what to do."""
 
 
 # -- loading -------------------------------------------------------------------------------------------
@@ -135,38 +136,10 @@ class ImageTowerGraph(nn.Module):
         return self.backbone.forward_tokens(pixel_values, self.layer)
 
 
-def _export(graph: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: tuple, path: Path, opset: int) -> None:
-    """`torch.onnx.export` (the dynamo exporter) of `graph` in eval mode without gradients, written atomically."""
-    graph.eval()
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation chatter about its internals
-        try:
-            program = torch.onnx.export(
-                graph,
-                args,
-                dynamo=True,
-                opset_version=opset,
-                input_names=names[0],
-                output_names=names[1],
-                dynamic_shapes=dynamic,
-                verbose=False,
-            )
-        except ImportError as err:
-            raise ExportError(
-                f"exporting to ONNX needs the onnx and onnxscript packages ({err}): pip install -r requirements.txt"
-            ) from err
-    if program is None:
-        raise ExportError("torch.onnx.export returned no program")
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        # save() may write external weight files beside the graph for large models: keep them in one file.
-        program.save(os.path.join(tmp, path.name), external_data=False)
-        os.replace(os.path.join(tmp, path.name), path)
-
-
 def export_image_tower(backbone: Backbone, layer: str | None, path: Path, pixels: torch.Tensor, opset: int) -> dict[str, Any]:
     graph = ImageTowerGraph(backbone, layer)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    _export(graph, (pixels[:2],), (["pixel_values"], ["tokens"]), ({0: batch},), path, opset)
+    export_graph(graph, (pixels[:2],), (["pixel_values"], ["tokens"]), ({0: batch},), path, opset)
     return {
         "file": path.name,
         "inputs": ["pixel_values"],
@@ -185,7 +158,7 @@ def export_text_tower(model: Any, path: Path, opset: int) -> dict[str, Any]:
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=4096)
     shapes = ({0: batch, 1: length}, {0: batch, 1: length})
-    _export(tower, (ids[:2], mask[:2]), (["input_ids", "attention_mask"], ["text_features"]), shapes, path, opset)
+    export_graph(tower, (ids[:2], mask[:2]), (["input_ids", "attention_mask"], ["text_features"]), shapes, path, opset)
     session = create_session(path)
     with torch.no_grad():
         reference = tower(ids, mask).numpy()

@@ -88,6 +88,12 @@ def atomic_save_npy(path: PathLike, array: np.ndarray) -> None:
     atomic_write(path, lambda fh: np.save(fh, array), binary=True)
 
 
+def cache_dir() -> Path:
+    """Where petmatch keeps what it can recompute (reference features, derived ONNX graphs): ``$PETMATCH_CACHE`` or
+    ``~/.cache/petmatch``."""
+    return Path(os.environ.get("PETMATCH_CACHE") or Path.home() / ".cache" / "petmatch")
+
+
 def sha256_file(path: PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (the checksums galleries, indexes and manifests record)."""
     h = hashlib.sha256()

@@ -19,10 +19,13 @@ session for good (its weights may change from then on), so training never runs o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import tempfile
 import threading
 import warnings
 import weakref
@@ -36,6 +39,8 @@ from torch import nn
 from .fileio import sha256_file
 
 __all__ = [
+    "ExportError",
+    "export_graph",
     "MANIFEST_FILE",
     "ONNX_SUBDIR",
     "OnnxRunnableModule",
@@ -56,6 +61,40 @@ MANIFEST_FORMAT = 1
 # Idle intra-op threads sleep instead of spinning: between two batches the caller decodes JPEGs on the same
 # cores, and spinning threads slowed that down (bench/README.md, issue 14: 28-37% fewer images/s).
 SPINNING = False
+
+
+class ExportError(ValueError):
+    """The model, the photos or the exported graph is not fit for export: the message says what to do."""
+
+
+def export_graph(
+    graph: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic: tuple, path: Path, opset: int
+) -> None:
+    """`torch.onnx.export` (the dynamo exporter) of `graph` in eval mode without gradients, written atomically."""
+    graph.eval()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation chatter about its internals
+        try:
+            program = torch.onnx.export(
+                graph,
+                args,
+                dynamo=True,
+                opset_version=opset,
+                input_names=names[0],
+                output_names=names[1],
+                dynamic_shapes=dynamic,
+                verbose=False,
+            )
+        except ImportError as err:
+            raise ExportError(
+                f"exporting to ONNX needs the onnx and onnxscript packages ({err}): pip install -r requirements.txt"
+            ) from err
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        # save() may write external weight files beside the graph for large models: keep them in one file.
+        program.save(os.path.join(tmp, path.name), external_data=False)
+        os.replace(os.path.join(tmp, path.name), path)
 
 
 def create_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = SPINNING):

@@ -18,7 +18,7 @@ import torch
 
 from ..data import SplitFileError, as_dataset, group_paths, load_splits, nearest_identities, subset_by_identities
 from ..features import compute_pooled, compute_tokens
-from ..fileio import atomic_save_npy
+from ..fileio import atomic_save_npy, cache_dir
 from ..modeling_utils import UntrustedModelError, check_model_folder
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ _REFERENCE_CHUNK = 512
 
 class EvaluationError(ValueError):
     """The evaluation cannot run with these inputs (missing folder, wrong model, unknown split, too few dogs)."""
-
-
-def cache_dir() -> Path:
-    """Where reference features are cached: ``$PETMATCH_CACHE`` or ``~/.cache/petmatch``."""
-    return Path(os.environ.get("PETMATCH_CACHE") or Path.home() / ".cache" / "petmatch")
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,8 @@ _EXPORTS = {
     "KindFusion": "settings",
     "IntakeResult": "photo_intake",
     "PhotoIntake": "photo_intake",
-    "reference_network": "photo_intake",
+    "reference_network": "reference",
+    "reference_features": "reference",
     "PhotoVectors": "embedding",
     "embed_photos": "embedding",
     "fused_vectors": "fusion",
@@ -37,13 +38,15 @@ __all__ = [
     "fused_vectors",
     "gallery_vectors",
     "pair_kind",
+    "reference_features",
     "reference_network",
 ]
 
 if TYPE_CHECKING:
     from .embedding import PhotoVectors, embed_photos
     from .fusion import fused_vectors, gallery_vectors, pair_kind
-    from .photo_intake import IntakeResult, PhotoIntake, reference_network
+    from .photo_intake import IntakeResult, PhotoIntake
+    from .reference import reference_features, reference_network
     from .settings import KINDS, SPECIES, FusionConfig, IntakeConfig, KindFusion
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

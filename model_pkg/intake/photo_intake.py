@@ -25,11 +25,8 @@ give more mass to dogs than to cats for 5-7% of ordinary cat photos.
 
 from __future__ import annotations
 
-import functools
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.images import ImageSource, load_image
+from .reference import reference_features, reference_network
 from .settings import KIND_HEAD_CLASSES, KINDS, SPECIES, IntakeConfig
 
 __all__ = [
@@ -48,12 +46,10 @@ __all__ = [
     "IntakeResult",
     "PhotoIntake",
     "kind_of",
-    "reference_network",
 ]
 
 DOG_CLASSES = tuple(range(151, 269))  # ImageNet-1k: Chihuahua ... Mexican hairless
 CAT_CLASSES = tuple(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-REFERENCE_NETWORK = "tf_efficientnet_lite0"
 _SIZE = 224
 _CAM_SIZE = 56  # the 7 x 7 CAM is upsampled to this grid before it is thresholded
 _MEAN, _STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # tf_efficientnet_lite's data config (timm)
@@ -94,22 +90,6 @@ class IntakeResult:
         return self.reshoot is None
 
 
-@functools.lru_cache(maxsize=1)
-def reference_network() -> Any:
-    """The untrained ImageNet EfficientNet-Lite0 with its classifier (offline weights), eval mode, shared by the
-    process (the app's matcher and gallery use one copy)."""
-    import timm
-
-    from ..backbones import load_offline_state_dict
-
-    net = timm.create_model(REFERENCE_NETWORK, pretrained=False)
-    net.load_state_dict(load_offline_state_dict(REFERENCE_NETWORK, net))
-    return net.eval()
-
-
-_NETWORK_LOCK = threading.Lock()
-
-
 def _pixels(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL images -> (B, 3, 224, 224), squashed whole as the ImageNet baseline does (bicubic), normalised."""
     arrays = [np.asarray(img.resize((_SIZE, _SIZE), Image.Resampling.BICUBIC), np.float32) for img in images]
@@ -139,6 +119,7 @@ class PhotoIntake:
     def __init__(self, config: IntakeConfig | dict | None = None):
         self.config = config if isinstance(config, IntakeConfig) else IntakeConfig.from_dict(config)
         self.network = reference_network()
+        self.features = reference_features()  # ONNX Runtime when it can; the app batches it across requests
         cfg = self.config
         self._kind_w = None if cfg.kind_weights is None else torch.tensor(cfg.kind_weights, dtype=torch.float32)
         self._kind_b = None if cfg.kind_bias is None else torch.tensor(cfg.kind_bias, dtype=torch.float32)
@@ -151,7 +132,7 @@ class PhotoIntake:
     @torch.no_grad()
     def _look(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (ImageNet probabilities (B, 1000), feature maps (B, 1280, 7, 7), pooled features (B, 1280))."""
-        maps = self.network.forward_features(_pixels(images))
+        maps = self.features.forward_features(_pixels(images))
         pooled = self.network.forward_head(maps, pre_logits=True)
         logits = self.network.get_classifier()(pooled)
         return logits.float().softmax(-1), maps.float(), pooled.float()
@@ -216,23 +197,22 @@ class PhotoIntake:
         images = [load_image(p) for p in photos]
         if not images:
             return []
-        with _NETWORK_LOCK:  # the app's threads share one network: one forward at a time keeps memory flat
-            probs, maps, whole = self._look(images)
-            plans = []
-            for image, p, fmap in zip(images, probs, maps):
-                dog, cat = float(p[self._classes["dog"]].sum()), float(p[self._classes["cat"]].sum())
-                animal = "dog" if dog >= cat else "cat"
-                cells, others = self._regions(self._cam(p, fmap, animal))
-                box = self._box(cells, image.size)
-                two = any(self._second_animal(image, self._box(other, image.size)) for other in others)
-                covered = (box[2] - box[0]) * (box[3] - box[1]) / float(image.size[0] * image.size[1])
-                crop = image.crop(box) if covered < self.config.crop_below else image
-                plans.append((image, animal, max(dog, cat), box if crop is not image else (0, 0, *image.size), crop, two))
-            cropped = [i for i, plan in enumerate(plans) if plan[4] is not plan[0]]
-            views = whole.clone()
-            if cropped:
-                _, _, crop_feats = self._look([plans[i][4] for i in cropped])
-                views[cropped] += crop_feats * (whole[cropped].norm(dim=-1, keepdim=True) / crop_feats.norm(dim=-1, keepdim=True))
+        probs, maps, whole = self._look(images)
+        plans = []
+        for image, p, fmap in zip(images, probs, maps):
+            dog, cat = float(p[self._classes["dog"]].sum()), float(p[self._classes["cat"]].sum())
+            animal = "dog" if dog >= cat else "cat"
+            cells, others = self._regions(self._cam(p, fmap, animal))
+            box = self._box(cells, image.size)
+            two = any(self._second_animal(image, self._box(other, image.size)) for other in others)
+            covered = (box[2] - box[0]) * (box[3] - box[1]) / float(image.size[0] * image.size[1])
+            crop = image.crop(box) if covered < self.config.crop_below else image
+            plans.append((image, animal, max(dog, cat), box if crop is not image else (0, 0, *image.size), crop, two))
+        cropped = [i for i, plan in enumerate(plans) if plan[4] is not plan[0]]
+        views = whole.clone()
+        if cropped:
+            _, _, crop_feats = self._look([plans[i][4] for i in cropped])
+            views[cropped] += crop_feats * (whole[cropped].norm(dim=-1, keepdim=True) / crop_feats.norm(dim=-1, keepdim=True))
         features = F.normalize(views, dim=-1)
         kinds = self._kinds(features)
         results = []
