@@ -54,9 +54,15 @@ def model_intake(model) -> PhotoIntake | None:
     settings = getattr(model.config, "intake", None)
     if settings is None:
         return None
+    # The settings hold the kind head's weights (~190 KB of JSON): a model remembers the intake of the settings object
+    # it has now, so a request does not serialise them again (new settings are assigned whole, as the configs do).
+    seen = model.__dict__.get("_petmatch_intake")
+    if seen is not None and seen[0] is settings:
+        return seen[1]
     key = json.dumps(settings, sort_keys=True)
     if key not in _INTAKES:
         _INTAKES[key] = PhotoIntake(settings)
+    model.__dict__["_petmatch_intake"] = (settings, _INTAKES[key])
     return _INTAKES[key]
 
 
@@ -95,7 +101,8 @@ def embed_photos(
     why): the caller decides (the app refuses them, the evaluation scores them as they are). `keep_pixels=False`
     drops each photo's pixels once it is embedded (`intake[i].image` / `.crop` are None), for thousands of photos."""
     images: list = [load_image(p, max_side=MAX_SIDE) for p in photos] if keep_pixels else list(photos)
-    model.eval()
+    if model.training:  # eval() walks every module: not on each request
+        model.eval()
     intake = model_intake(model)
     fusion = model_fusion(model)
     results: list[IntakeResult] = []
