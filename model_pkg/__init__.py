@@ -69,6 +69,9 @@ __all__ = [  # _EXPORTS and register_auto_classes, spelled out for linters and `
 # imported, it imports configuration_auto first; registering then fails on the half-imported modeling_auto and
 # happens when modeling_auto itself has loaded.
 _AUTO_MODULES = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
+# `from transformers import pipeline` imports modeling_auto while PreTrainedModel is still half-imported, so registering
+# fails at both of the modules above; it succeeds once modeling_utils, or the pipelines package, has finished loading.
+_RETRY_MODULES = ("transformers.modeling_utils", "transformers.pipelines")
 _lock = threading.RLock()
 _registered = False
 
@@ -114,7 +117,7 @@ def _register_after_auto_import(module: object) -> None:
 
 # One-shot: when transformers' auto classes are first imported, register ours right after, so `import model_pkg`
 # (lazy) followed by `AutoModel.from_pretrained(...)` works as it did when the registration happened at import.
-_AFTER_AUTO_IMPORT = AfterImport(_AUTO_MODULES, _register_after_auto_import)
+_AFTER_AUTO_IMPORT = AfterImport(_AUTO_MODULES + _RETRY_MODULES, _register_after_auto_import)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), on_load=register_auto_classes)
 
 

@@ -5,6 +5,8 @@
 * :func:`read_model_card_metrics` reads the metrics back from that front matter.
 * :func:`rewrite_model_card` writes a shipped model's card again from its own sections and front matter, with the
   Hub metadata of :data:`HUB_METADATA` and measured results (``model-index``); weights and config stay untouched.
+* :func:`save_image_processor` writes ``preprocessor_config.json``, so ``AutoImageProcessor.from_pretrained(folder)``
+  prepares photos as the model's own eval transform does (``model_pkg.transforms.create_transform``).
 * :func:`push_folder_to_hub` checks the folder is complete and uploads it.
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "push_folder_to_hub",
     "read_model_card_metrics",
     "rewrite_model_card",
+    "save_image_processor",
     "write_model_card",
 ]
 
@@ -275,6 +278,49 @@ def rewrite_model_card(
         license=license or data.get("license") or "apache-2.0",
         eval_results=eval_results,
     )
+
+
+def image_data_config(model: Any) -> dict | None:
+    """The timm data config of a model's image tower (``input_size``, ``mean``, ``std``, ``interpolation``), if any."""
+    vision = getattr(model, "vision_model", None)
+    backbone = getattr(vision, "backbone", None)
+    config = getattr(backbone, "data_config", None) if backbone is not None else getattr(model, "data_config", None)
+    return config if isinstance(config, dict) else None
+
+
+def image_processor_settings(data_config: dict) -> dict[str, Any]:
+    """transformers ``ViTImageProcessor`` settings equal to ``create_transform(data_config)`` at eval: the whole photo
+    resized to size x size (no crop), with the backbone's resampling filter, scaled to [0, 1], then normalised."""
+    from PIL import Image
+
+    size = int(data_config["input_size"][-1])
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+    return dict(
+        do_resize=True,
+        size={"height": size, "width": size},
+        resample=int(resample.get(data_config.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)),
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[float(v) for v in data_config["mean"]],
+        image_std=[float(v) for v in data_config["std"]],
+        do_convert_rgb=True,
+    )
+
+
+def save_image_processor(model: Any, save_directory: str | os.PathLike) -> bool:
+    """Write ``preprocessor_config.json`` for a model with an image tower; False (nothing written) without one.
+
+    ``AutoImageProcessor.from_pretrained(save_directory)`` then gives a ``ViTImageProcessor`` with the model's size,
+    resampling, mean and std. Its default (torchvision) backend matches the model's own transform to one grey level
+    (1/127.5 after normalisation); ``backend="pil"`` matches it exactly."""
+    data_config = image_data_config(model)
+    if data_config is None:
+        return False
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(**image_processor_settings(data_config)).save_pretrained(str(save_directory))
+    return True
 
 
 def read_model_card_metrics(save_directory: str | os.PathLike) -> dict:

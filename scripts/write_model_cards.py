@@ -1,8 +1,10 @@
-"""Write the shipped models' cards again, with the Hub metadata and the results measured in bench/results/.
+"""Write the shipped models' cards again, with the Hub metadata and the results measured in bench/results/, and
+their image processors (preprocessor_config.json).
 
     python scripts/write_model_cards.py                       # models/arcface-embedder, pair-matcher, dual-encoder
+    python scripts/write_model_cards.py --processors          # also preprocessor_config.json (loads each model)
 
-Only each folder's README.md changes (`model_pkg.hub.rewrite_model_card`): the card's own sections and metrics stay,
+Only each folder's README.md (and with --processors its preprocessor_config.json) changes (`model_pkg.hub.rewrite_model_card`): the card's own sections and metrics stay,
 `license`, `pipeline_tag`, `datasets` and `base_model` follow `model_pkg.hub.HUB_METADATA`, and `model-index` gets:
 
 - the embedder: gallery rank-1 and open-set AUROC per kind of photo, as the app runs it (intake + per-kind fusion),
@@ -23,7 +25,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from model_pkg.hub import rewrite_model_card  # noqa: E402
+from model_pkg.hub import rewrite_model_card, save_image_processor  # noqa: E402
 
 # bench_pets_quality.py's kinds: what was photographed, and where the validation photos come from
 KINDS = {
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=os.path.join(ROOT, "models"))
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--processors", action="store_true", help="also write each model's preprocessor_config.json")
     args = parser.parse_args(argv)
 
     def load(name: str) -> dict:
@@ -145,6 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     bases = [timm_hub_id(cfg["vision_config"]["backbone"]), HUB_IDS.get(text_tower, text_tower)]
     rewrite_model_card(dual, eval_results=rows, base_model=bases)
     print(f"{dual}: {len(rows)} results")
+    if args.processors:
+        from transformers import AutoModel
+
+        import model_pkg
+
+        model_pkg.register_auto_classes()
+        for folder in (embedder, matcher, dual):
+            written = save_image_processor(AutoModel.from_pretrained(folder), folder)
+            print(f"{folder}: preprocessor_config.json {'written' if written else 'not needed (no image tower)'}")
 
 
 def load_config(folder: str) -> dict:

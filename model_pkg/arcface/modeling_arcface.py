@@ -41,14 +41,15 @@ class ArcFaceOutput(ModelOutput):
     """
     Args:
         loss: (1,) ArcFace loss (cross-entropy of the margin logits), when `labels` are given.
+        embeddings: (B, E) L2-normalised identity embeddings. Before `logits`, so that without labels they are
+            the output's first item (`output[0]`): what transformers' "image-feature-extraction" pipeline returns.
         logits: (B, C) `scale * cos` to each training identity's centre, without margin; None when the
             model has no margin head (`num_classes=0`).
-        embeddings: (B, E) L2-normalised identity embeddings.
     """
 
     loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 class ArcFaceEmbedderPreTrainedModel(PreTrainedModel):
@@ -233,4 +234,4 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
             loss, logits = self.margin_head(embeddings, labels)
         elif labels is not None:
             raise ValueError("This embedder has no margin head (num_classes=0), so it cannot compute a loss.")
-        return ArcFaceOutput(loss=loss, logits=logits, embeddings=embeddings)
+        return ArcFaceOutput(loss=loss, embeddings=embeddings, logits=logits)

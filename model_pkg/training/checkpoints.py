@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..hub import write_model_card
+from ..hub import save_image_processor, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,12 @@ def save_atomically(directory: str | os.PathLike, write: Callable[[str], Any]) -
 
 def save_with_model_card(model: Any, save_directory: str, weights_dtype: torch.dtype | None = None, **card: Any) -> None:
     """`model.save_pretrained` + a model card (README.md, `hub.write_model_card(**card)`, named after the
-    folder), swapped into place atomically; ready for `push_folder_to_hub`."""
+    folder) + the image processor of a model with an image tower (`hub.save_image_processor`), swapped into place
+    atomically; ready for `push_folder_to_hub`."""
 
     def write(directory: str) -> None:
         model.save_pretrained(directory, weights_dtype=weights_dtype)
+        save_image_processor(model, directory)
         write_model_card(directory, model_name=os.path.basename(os.path.normpath(save_directory)), **card)
 
     save_atomically(save_directory, write)
