@@ -28,7 +28,7 @@ the shared readers), `overview`, `evaluations`, `runs`, `scores` (ROC / PR), `ga
 from __future__ import annotations
 
 from .embeddings import Embeddings, closest_photos, load_embeddings, project_2d
-from .evaluations import KINDS, Kind, evaluation_groups
+from .evaluations import KINDS, Kind, chart_frame, evaluation_groups
 from .files import (
     REPO,
     RESULT_DIRS,
@@ -55,6 +55,7 @@ __all__ = [
     "default_assets_dir",
     "overview",
     "overview_goals",
+    "chart_frame",
     "evaluation_groups",
     "find_runs",
     "run_history",

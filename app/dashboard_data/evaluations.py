@@ -1,5 +1,6 @@
 """Evaluations: every results JSON, grouped by kind (`KINDS`, matched by file name), each group with its own
-columns. Its own module because the kinds and the flattening of nested JSON rows are a job of their own.
+columns, and what each group's chart draws (`chart_frame`). Its own module because the kinds and the flattening of
+nested JSON rows are a job of their own.
 """
 
 from __future__ import annotations
@@ -185,3 +186,48 @@ def evaluation_groups(root: Path, all_columns: bool = False) -> list[tuple[str, 
                 grouped.setdefault(index, []).extend(rows)
     tables += [(i, KINDS[i].title, _table(rows, KINDS[i].columns, all_columns)) for i, rows in grouped.items()]
     return [(title, table) for _, title, table in sorted(tables, key=lambda t: t[0])]
+
+
+# Numbers that describe a row rather than measure it: part of its label, never drawn as a metric
+_SETTINGS = {"set_size", "image_size", "size", "step", "epoch", "gallery_per_id"}
+_NOT_METRICS = ("threshold", "seconds", "num_", "unix_time", "temperature", "best_global_step", "epochs", "minutes", "seed")
+_NOT_METRIC_PREFIXES = ("config.", "args.", "chosen.", "fitted_on.", "threads", "cpu", "clients", "queries", "repeats", "photos")
+
+
+def chart_frame(table: pd.DataFrame, max_metrics: int = 4, max_rows: int = 30) -> pd.DataFrame:
+    """What the Evaluations tab draws for one group: a long frame (row, metric, value) of its first `max_metrics`
+    measured columns, in the table's order, for its first `max_rows` rows; empty when the group has none.
+
+    A row's label joins its text and setting columns (model, set size, negatives ...), and the file's name when two
+    rows would otherwise read the same. Thresholds, timings and counts are settings, not drawn."""
+    numeric = [
+        c
+        for c in table.columns
+        if pd.api.types.is_numeric_dtype(table[c])
+        and not pd.api.types.is_bool_dtype(table[c])
+        and c not in _SETTINGS
+        and not any(part in c for part in _NOT_METRICS)
+        and not c.split(".", 1)[-1].startswith(_NOT_METRIC_PREFIXES)
+        and not c.startswith(_NOT_METRIC_PREFIXES)
+        and table[c].notna().any()
+    ]
+    metrics = numeric[:max_metrics]
+    if not metrics:
+        return pd.DataFrame(columns=["row", "metric", "value"])
+    rows = table.head(max_rows)
+    described = [
+        c
+        for c in rows.columns
+        if c != "file" and c not in numeric and (c in _SETTINGS or not pd.api.types.is_numeric_dtype(rows[c]))
+    ]
+    labels = (
+        rows[described[:4]].apply(lambda r: " · ".join(str(v) for v in r if pd.notna(v)), axis=1)
+        if described
+        else rows["file"].astype(str)
+    )
+    if labels.duplicated().any():
+        labels = labels + " (" + rows["file"].astype(str).map(lambda f: Path(f).stem) + ")"
+    if labels.duplicated().any():
+        labels = labels + " #" + pd.Series(range(len(rows)), index=rows.index).astype(str)
+    frame = rows[metrics].assign(row=labels.values).melt(id_vars="row", var_name="metric", value_name="value")
+    return frame.dropna(subset=["value"]).reset_index(drop=True)
