@@ -7,7 +7,7 @@
     python train/run.py --task pair --config train/configs/pair_matcher.yaml --set output_dir=runs/x --fresh
 
 Several GPUs or machines: `accelerate launch --config_file train/accelerate/multi_gpu.yaml train/run.py ...`
-(also `multi_node.yaml`, `fsdp.yaml`; README "Training on several processes"). Every process runs this
+(also `multi_node.yaml`, `fsdp.yaml`; docs/training.md, "Training on several processes"). Every process runs this
 script; batch sizes in a recipe are per process, so N processes train on N times the batch each step.
 
 A run resumes from its latest checkpoint unless `--fresh` is given. `--set key=value` overrides one
