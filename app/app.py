@@ -300,7 +300,7 @@ else:
     services.text_unavailable = "the text-search model is still loading; try again in a few seconds"
 if SETTINGS.max_batch_size > 0:
     # Concurrent requests share one backbone pass instead of each running its own, several at once, on the same
-    # cores; a lone request runs at once (bench/README.md, "App under load" compares the options).
+    # cores; a lone request runs at once (bench/README.md, "Load").
     if pair_model is not None:
         batch_concurrent_calls(pair_model, "embed_photos", SETTINGS.max_batch_size)
     if gallery is not None:

@@ -8,7 +8,7 @@ Tabs: an overview (shipped model vs untrained baseline per task and protocol, go
 grouped by kind; learning curves per training run; ROC and PR curves of saved per-pair scores with a threshold
 slider and the shipped model's stored threshold; the gallery's confusion matrix as a heatmap and the most
 confused dogs side by side; a 2-D map (PCA / t-SNE) of saved test embeddings with photos on hover.
-A fresh clone has every file this needs in bench/results/ (bench/README.md, "Dashboard"); the photos come from the
+A fresh clone has every file this needs in bench/results/ (docs/app-and-api.md, "Dashboard and Spaces"); the photos come from the
 data folder when it is there. What is read, and the formats: `app/dashboard_data/`; each tab: `app/dashboard_tabs/`.
 """
 

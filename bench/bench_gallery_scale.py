@@ -1,6 +1,6 @@
 """Gallery search at scale on realistic dog-face embeddings: exact vs HNSW vs IVF-Flat vs IVF-PQ.
 
-Three steps (bench/README.md, "Gallery at scale"):
+Three steps (bench/README.md, "Scale"):
 
     # 1. fit a generator on real embeddings of the DogFaceNet training dogs, check it against held-out dogs
     python -m model_pkg.embed --model models/arcface-embedder --images ../shared/data/dogfacenet --out runs/emb/dogfacenet-arcface

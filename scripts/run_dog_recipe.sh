@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # 1. The embedder (~15 min to cache 10 views of the 5,153 training photos once, then ~35 min of training).
-#    The shipped embedder came from the GPU recipe instead (bench/README.md, "Full fine-tuning on a lent GPU"):
+#    The shipped embedder came from the GPU recipe instead (docs/training.md, "Recipe results"):
 #    python train/arcface_gpu.py --init lite0_imagenet.safetensors --out runs/arcface-gpu --name B --minutes 6 \
 #        --backbone-lr 3e-4 --head-lr 1e-3, then step 2 with runs/arcface-gpu/B --sizes 224.
 python train/run.py --task arcface --config train/configs/arcface_embedder_cpu.yaml

@@ -21,7 +21,7 @@ Rules
   holds more than ``approximate_above`` vectors, the next ``search``/``classify``/``save``
   builds an approximate index and uses it; :meth:`GalleryIndex.build_approximate` builds it now
   whatever the size.  Which one (``approximate_index="auto"``) depends on the size
-  (:func:`model_pkg.vector_index.choose_spec`, numbers in bench/README.md "Gallery at scale"):
+  (:func:`model_pkg.vector_index.choose_spec`, numbers in bench/README.md "Scale"):
   fast-scan IVF-PQ (4-bit codes, about ``2 sqrt(n)`` cells of which 3/32 are scanned); ``"hnsw"`` (M=32,
   float16 vectors inside the graph, ``ef_search`` configurable) when asked for; either way the candidates are
   re-scored exactly against the kept vectors, so every score is exact.
@@ -101,14 +101,14 @@ class GalleryIndex(GalleryStorage, Identification):
         metric: ``"ip"`` (cosine similarity on L2-normalised vectors) or ``"l2"``.
         approximate_above: switch to the approximate index when the gallery holds more than this
             many vectors (default ``vector_index.IVF_MIN``, 100,000: up to there an exact search takes
-            milliseconds; bench/README.md, "Gallery at scale").
+            milliseconds; bench/README.md, "Scale").
         model_id: which embedder made the vectors (e.g. model folder + config hash); recorded
             in ``gallery.json`` so ``load(expected_model_id=...)`` can refuse a gallery made by
             another model.
         score_threshold: minimum ``top_score`` to accept (``None``: never reject as unknown).
         margin_threshold: minimum vote-share margin to accept (else "reshoot").
         ef_search: HNSW search breadth (higher = better recall, slower; default ``vector_index.HNSW_EF_SEARCH``,
-            chosen at 1M vectors: bench/README.md, "Gallery at scale").
+            chosen at 1M vectors: bench/README.md, "Scale").
         ef_construction: HNSW build breadth (default ``vector_index.HNSW_EF_CONSTRUCTION``).
         approximate_index: ``"auto"`` (by size, :func:`model_pkg.vector_index.choose_spec`), ``"hnsw"``,
             ``"ivf_flat"`` or ``"ivf_pq"`` (IVF needs ``vector_index.IVF_MIN_TRAIN`` vectors; a smaller

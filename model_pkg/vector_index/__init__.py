@@ -17,7 +17,7 @@ Kinds (:class:`IndexSpec`, faiss ``index_factory`` strings):
   recall back to that of IVF-Flat at a fraction of its memory.
 
 :func:`choose_spec` picks the kind and its parameters from the number of vectors; the thresholds and
-numbers come from ``bench/bench_gallery_scale.py`` (``bench/README.md``, "Gallery at scale"). IVF
+numbers come from ``bench/bench_gallery_scale.py`` (``bench/README.md``, "Scale"). IVF
 indexes are trained on a random sample (:func:`train_sample_size`), never on all vectors.
 
 ``python -m model_pkg.gallery build --embeddings DIR --out DIR`` reads the shards written by

@@ -30,7 +30,7 @@ __all__ = [
 
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 
-# Chosen from bench/bench_gallery_scale.py (bench/README.md, "Gallery at scale"); see choose_spec.
+# Chosen from bench/bench_gallery_scale.py (bench/README.md, "Scale"); see choose_spec.
 EXACT_MAX = 20_000  # exact scan: 18 ms per query at 100k, 233 ms at 1M on 2 cores (about 4 ms here)
 IVF_MIN = 100_000  # approximate from here (HNSW below, no training needed); also the size from which a GalleryIndex
 # goes approximate (`approximate_above`: exact search takes 18 ms per query at 100k)
