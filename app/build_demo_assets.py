@@ -14,7 +14,10 @@ is only needed to rebuild the shipped assets after a new model is shipped.
 2. ``<assets>/demo_gallery/``: a :class:`~model_pkg.gallery.GalleryIndex` of the gallery photos tagged with the
    embedder's id, its "unknown"/"reshoot" thresholds calibrated on the query and unknown photos.
 3. ``<assets>/text_index/``: the text-search database of the Flickr8k dev images and the demo dogs
-   (``ImageSearchEngine``), when a dual encoder is given.
+   (``ImageSearchEngine``), when a dual encoder is given. Its paths are relative to ``<assets>``; the Flickr8k
+   photos it shows ship as 128 px thumbnails in ``<assets>/text_photos/`` (copied once, with ``--recopy-photos``),
+   so a clone without ``../shared`` answers text searches with photos that load. The shipped vectors were computed
+   on the 224 px originals; an index rebuilt for another dual encoder embeds the thumbnails.
 """
 
 from __future__ import annotations
@@ -178,13 +181,40 @@ def ensure_demo_gallery(embedder, assets_dir: Path = ASSETS_DIR, data_dir: Path 
     return build_demo_gallery(embedder, assets_dir, log)
 
 
-def text_index_paths(assets_dir: Path, data_dir: Path) -> list[str]:
-    """The photos the demo text index covers: the Flickr8k dev images (when the shared data is there) and the demo dogs."""
+TEXT_PHOTOS, TEXT_PHOTO_SIDE, TEXT_PHOTO_QUALITY = "text_photos", 128, 70  # ~3.8 KB a photo, 3.8 MB for 1,000
+
+
+def _flickr_dev_photos(data_dir: Path) -> list[Path]:
     flickr = Path(data_dir) / "flickr8k"
-    paths = []
-    if (flickr / "Flickr_8k.devImages.txt").is_file():
-        names = [n.strip() for n in (flickr / "Flickr_8k.devImages.txt").read_text().split() if n.strip()]
-        paths = [str((flickr / "images" / n).resolve()) for n in names if (flickr / "images" / n).is_file()]
+    if not (flickr / "Flickr_8k.devImages.txt").is_file():
+        return []
+    names = [n.strip() for n in (flickr / "Flickr_8k.devImages.txt").read_text().split() if n.strip()]
+    return [flickr / "images" / n for n in names if (flickr / "images" / n).is_file()]
+
+
+def copy_text_photos(assets_dir: Path, data_dir: Path, log: Log = print) -> int:
+    """Write the Flickr8k dev images as the small thumbnails the text index shows (``<assets>/text_photos/``)."""
+    from PIL import Image
+
+    target = Path(assets_dir) / TEXT_PHOTOS
+    target.mkdir(parents=True, exist_ok=True)
+    sources = _flickr_dev_photos(data_dir)
+    for source in sources:
+        with Image.open(source) as image:
+            thumb = image.convert("RGB").resize((TEXT_PHOTO_SIDE, TEXT_PHOTO_SIDE), Image.Resampling.LANCZOS)
+        thumb.save(target / source.name, quality=TEXT_PHOTO_QUALITY, optimize=True)
+    log(f"{len(sources)} text-search photos written to {target}")
+    return len(sources)
+
+
+def text_index_paths(assets_dir: Path, data_dir: Path) -> list[str]:
+    """The photos the demo text index covers: the Flickr8k dev images (the shipped thumbnails, else the shared data's
+    originals) and the demo dogs."""
+    shipped = Path(assets_dir) / TEXT_PHOTOS
+    if shipped.is_dir() and any(shipped.iterdir()):
+        paths = [str(p.resolve()) for p in sorted(shipped.iterdir()) if p.suffix.lower() == ".jpg"]
+    else:
+        paths = [str(p.resolve()) for p in _flickr_dev_photos(data_dir)]
     photos = Path(assets_dir) / "demo_photos"
     for folder in ("gallery", "queries", "new"):
         if (photos / folder).is_dir():
@@ -202,15 +232,19 @@ def ensure_text_index(engine, dual_model, assets_dir: Path = ASSETS_DIR, data_di
         try:
             built_by = json.loads(source_file.read_text()).get("model_id")
             if built_by == model_id:
-                engine.load_database(str(index_dir / "database"), root=str(ROOT))
+                engine.load_database(str(index_dir / "database"), root=str(assets_dir))
                 return
             log(f"the text index was made by {built_by}, not {model_id}: rebuilding it")
         except (GalleryFileError, GalleryMismatchError, ValueError, OSError) as err:
             log(f"the text index does not fit this dual encoder ({type(err).__name__}: {err}): rebuilding it")
     paths = text_index_paths(Path(assets_dir), Path(data_dir))
     log(f"indexing {len(paths)} photos for text search ...")
-    # paths stored relative to the repository, so the shipped index works in any clone with shared/ beside it
-    engine.build_image_database(paths, progress=lambda done, total: log(f"  text index: {done}/{total} photos"), root=str(ROOT))
+
+    # paths stored relative to the assets folder, so the shipped index works in any clone and any copy of the assets
+    def progress(done: int, total: int) -> None:
+        log(f"  text index: {done}/{total} photos")
+
+    engine.build_image_database(paths, progress=progress, root=str(assets_dir))
     engine.save_database(str(index_dir / "database"))
     atomic_write_json({"model_id": model_id, "num_images": len(paths)}, source_file)
 
@@ -225,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     assets = Path(args.assets_dir)
     if args.recopy_photos:
         copy_demo_photos(assets, Path(args.data) / "dogfacenet")
+        copy_text_photos(assets, Path(args.data))
     embedder, why = load_embedder(args.embedder_model)
     if embedder is None:
         raise SystemExit(f"cannot build the demo gallery: {why}")

@@ -68,7 +68,7 @@ def test_shipped_text_index_is_accepted_from_another_folder_and_another_minilm_p
     text_config.transformers_version = "9.9.9"
     engine = ImageSearchEngine(model)
     assert model_fingerprint(model) == json.loads((TEXT_INDEX / "source.json").read_text())["model_id"]
-    engine.load_database(str(TEXT_INDEX / "database"), root=str(REPO))  # raised GalleryMismatchError before
+    engine.load_database(str(TEXT_INDEX / "database"), root=str(TEXT_INDEX.parent))  # raised GalleryMismatchError before
     hits = engine.search_database("a dog running on the grass", top_k=3)
     assert len(hits) == 3 and all(os.path.isfile(h.path) for h in hits)
 
@@ -95,11 +95,14 @@ def _free_port() -> int:
 @pytest.mark.skipif(
     not (REPO / ".git").exists() or not (DUAL / "config.json").is_file(), reason="needs a git checkout with the shipped models"
 )
-def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path, shared_data):
+def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path, dog_faces):
+    """A fresh clone elsewhere, without ../shared beside it (what anyone outside the team has): the shipped models,
+    demo gallery and text index answer on all three tabs, and a text search's photos download (HTTP 200)."""
     pytest.importorskip("gradio_client")
+    import httpx
     from gradio_client import Client, handle_file
 
-    # a fresh clone elsewhere: the tracked files (as in this working tree), with shared/ beside it
+    # the tracked files (as in this working tree), and no shared/ beside them
     clone = tmp_path / "clone" / "petmatch"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
@@ -107,7 +110,6 @@ def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path,
         if source.is_file():
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, clone / name)
-    os.symlink(shared_data.parent, clone.parent / "shared")
     port = _free_port()
     env = {**os.environ, "PETMATCH_GALLERY_DIR": str(tmp_path / "gallery"), "PYTHONUNBUFFERED": "1"}
     for key in ("PETMATCH_PAIR_MODEL", "PETMATCH_EMBEDDER_MODEL", "PETMATCH_DUAL_MODEL", "PETMATCH_ASSETS_DIR", "PETMATCH_DATA"):
@@ -127,13 +129,21 @@ def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path,
         assert proc.poll() is None, f"the app stopped:\n{text[-3000:]}"
         assert "unavailable" not in text and "rebuilding" not in text, text[-3000:]
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        dog = sorted((shared_data / "dogfacenet" / "0").glob("*.jpg"))
+        dog = sorted((dog_faces / "327").glob("*.jpg"))
         answer, *_ = client.predict([handle_file(str(p)) for p in dog[:2]], [handle_file(str(dog[2]))], api_name="/compare_sets")
-        assert answer.startswith(("Same animal", "Different animals"))
+        assert answer.startswith("Same animal")
+        demo = clone / "app" / "assets" / "demo_photos" / "queries" / "64"  # Bella, a demo dog
+        answer, *_ = client.predict(handle_file(str(sorted(demo.glob("*.jpg"))[0])), api_name="/identify")
+        assert answer.startswith("Identified: Bella")
         answer, *_ = client.predict(handle_file(str(dog[3])), api_name="/identify")
-        assert answer
+        assert answer.startswith("Unknown animal")
         results = client.predict("a dog running on the grass", 3, api_name="/search_text")
         assert len(results) == 3 and all(os.path.isfile(item["image"]) for item in results)
+        found = httpx.post(f"http://127.0.0.1:{port}/api/v1/search", json={"text": "a dog running on the grass", "top_k": 5})
+        assert found.status_code == 200, found.text
+        for hit in found.json()["results"]:  # the photos the text index shows ship with the repository
+            photo = httpx.get(f"http://127.0.0.1:{port}{hit['url']}")
+            assert photo.status_code == 200 and photo.content[:3] == b"\xff\xd8\xff", hit
     finally:
         proc.terminate()
         try:
