@@ -1,8 +1,10 @@
 """Shared fixtures.
 
-The real photos the backbone tests classify live outside the repository, in `<repo>/../shared/data`
-(CI clones the repository with `shared/` beside it). Tests that need them take the `shared_data`
-fixture and are skipped, with the reason, when that folder is missing.
+Real photos that ship with the repository are in `tests/photos/` (`PHOTOS`, the `dog_faces` fixture; see its README): every
+test that needs real pets or captioned photos reads them there, so a plain clone runs it. Only the few dataset-scale
+tests (the full DogFaceNet split counts, a model's accuracy on its held-out dogs) read `<repo>/../shared/data` (CI clones
+the repository with `shared/` beside it): they take the `shared_data` fixture and are skipped, with the one reason
+`DATASET_SCALE_SKIP`, when that folder is missing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PHOTOS = REPO_ROOT / "tests" / "photos"
+DATASET_SCALE_SKIP = "dataset-scale test: needs the full data in ../shared/data beside the repository"
 
 # `pytest` (not only `python -m pytest`) must be able to import model_pkg from the checkout.
 if str(REPO_ROOT) not in sys.path:
@@ -23,13 +27,16 @@ if str(REPO_ROOT) not in sys.path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """`<repo>/../shared/data`, or skip the test when it is not there."""
+    """`<repo>/../shared/data`, for a dataset-scale test; skipped (`DATASET_SCALE_SKIP`) when it is not there."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(
-            f"shared data folder {SHARED_DATA} is missing: clone/copy the project's shared/ folder "
-            "next to the repository to run the tests on real photos"
-        )
+        pytest.skip(f"{DATASET_SCALE_SKIP} (no {SHARED_DATA.name} folder at ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def dog_faces() -> Path:
+    """`tests/photos/dog_faces`: aligned DogFaceNet faces, one folder per dog, laid out as `../shared/data/dogfacenet`."""
+    return PHOTOS / "dog_faces"
 
 
 @pytest.fixture

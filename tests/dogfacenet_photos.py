@@ -1,7 +1,8 @@
-"""The real dogfacenet photos that tests/test_data_images.py and tests/test_data_pairs.py read (never write).
+"""The dog faces that tests/test_data_images.py and tests/test_data_pairs.py read (never write).
 
-Plain names, not fixtures: each test file sets `pytestmark = needs_dogfacenet` itself, so the skip applies
-to those files only.
+`DOGS` is `tests/photos/dog_faces` (22 DogFaceNet dogs that ship with the repository, laid out as the full set:
+`<dog>/<dog>.<n>.jpg`), so these tests run on any clone. `FULL_DOGS` is the full DogFaceNet in `../shared/data`, read
+only by the dataset-scale tests (its split sizes), which take the `shared_data` fixture and skip without it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-import pytest
 
-DOGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogfacenet"  # ../shared beside the clone
-
-needs_dogfacenet = pytest.mark.skipif(not DOGS.is_dir(), reason="dogfacenet data not available")
+TESTS = Path(__file__).resolve().parent
+DOGS = TESTS / "photos" / "dog_faces"
+FULL_DOGS = TESTS.parents[1] / "shared" / "data" / "dogfacenet"  # ../shared beside the clone
 
 
 def col(ds: datasets.Dataset, name: str) -> list:

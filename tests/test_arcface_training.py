@@ -21,8 +21,8 @@ from transformers import AutoModel
 
 import model_pkg  # noqa: F401  (registers the Auto classes)
 from model_pkg import ArcFaceEmbedderModel
+from model_pkg.arcface.embedding import embed_paths
 from model_pkg.arcface.trainer import MarginScheduleCallback, phase_cosine_schedule
-from model_pkg.arcface.training import embed_paths
 from model_pkg.training import ActivationViewCollator, resolve_mixed_precision
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -86,8 +86,8 @@ def test_mixed_precision_choice(monkeypatch):
 
 # -- training entry and gallery evaluation on real photos -------------------------------------------
 @pytest.fixture(scope="module")
-def dog_tree(shared_data, tmp_path_factory):
-    source = shared_data / "dogfacenet"
+def dog_tree(dog_faces, tmp_path_factory):
+    source = dog_faces
     root = tmp_path_factory.mktemp("dogs")
     for dog in sorted(os.listdir(source), key=int)[:12]:
         shutil.copytree(source / dog, root / dog)
@@ -296,7 +296,7 @@ def test_embed_paths_matches_forward(trained, dog_tree):
     from model_pkg.transforms import create_transform
 
     model = ArcFaceEmbedderModel.from_pretrained(trained[0] / "model").eval()
-    paths = sorted(str(p) for p in (dog_tree / "0").glob("*.jpg"))[:3]
+    paths = sorted(str(p) for p in (dog_tree / "327").glob("*.jpg"))[:3]
     emb = embed_paths(model, paths)
     assert emb.shape == (3, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     transform = create_transform(model.data_config, train=False)

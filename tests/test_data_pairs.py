@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from dogfacenet_photos import DOGS, col, needs_dogfacenet
+from dogfacenet_photos import DOGS, FULL_DOGS, col
 from PIL import Image
 
 from model_pkg.data import (
@@ -32,11 +32,10 @@ from model_pkg.data import (
     subset_by_identities,
 )
 
-pytestmark = needs_dogfacenet
-
 
 @pytest.fixture(scope="module")
 def dog_dataset() -> datasets.Dataset:
+    """The 22 dogs of tests/photos/dog_faces (20 with 5-6 photos, 2 with 3)."""
     return load_identity_folder(DOGS)
 
 
@@ -53,11 +52,20 @@ def to_tensor_32(img: Image.Image) -> torch.Tensor:
 # --------------------------------------------------------------------------- splits
 
 
+def test_dataset_scale_dogfacenet_split_sizes(shared_data):
+    """Dataset-scale: the whole DogFaceNet's split sizes (train/splits/dogfacenet.json was made this way)."""
+    labels = col(load_identity_folder(FULL_DOGS), "label")
+    splits = split_identities(labels)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 828, "val": 178, "test": 178}  # 1184 dogs, 15% / 15%
+    assert splits == load_splits(DOGS.parents[2] / "train" / "splits" / "dogfacenet.json")
+    assert sum(1 for n in Counter(labels).values() if n < 4) == 152  # 47 dogs with 2 photos and 105 with 3
+
+
 def test_split_real_identities(dog_dataset):
     labels = col(dog_dataset, "label")
     splits = split_identities(labels)
     sizes = {k: len(v) for k, v in splits.items()}
-    assert sizes == {"train": 828, "val": 178, "test": 178}  # 1184 identities, 15% / 15%
+    assert sum(sizes.values()) == len(set(labels)) == 22 and sizes["val"] == sizes["test"] == 3  # 15% / 15%
     sets = {k: set(v) for k, v in splits.items()}
     assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"] or sets["val"] & sets["test"])
     assert sets["train"] | sets["val"] | sets["test"] == set(labels)
@@ -141,7 +149,7 @@ def test_pairs_balance_and_reproducibility(dog_groups):
 def test_pairs_positive_sets_disjoint_and_small_identities_only_negative(dog_groups, dog_dataset):
     pairs = sample_pairs(dog_dataset, 3000, set_size=2, seed=1)
     small = {i for i, paths in dog_groups.items() if len(paths) < 4}
-    assert len(small) == 152  # dogfacenet has 47 dogs with 2 photos and 105 with 3
+    assert small == {"1000", "1001"}  # 3 photos each: too few for two disjoint sets of 2
     for p in pairs:
         assert len(p.paths_a) == len(p.paths_b) == 2
         assert set(p.paths_a) <= set(dog_groups[p.id_a]) and set(p.paths_b) <= set(dog_groups[p.id_b])
@@ -151,7 +159,7 @@ def test_pairs_positive_sets_disjoint_and_small_identities_only_negative(dog_gro
         else:
             assert p.id_a != p.id_b
     in_negatives = {i for p in pairs if p.label == 0 for i in (p.id_a, p.id_b)}
-    assert len(small & in_negatives) > 50
+    assert small <= in_negatives
 
 
 def test_pairs_set_size_range():
@@ -217,10 +225,10 @@ def test_pair_sampling_errors(dog_groups):
 
 
 def test_set_pair_collator_shapes_masks_padding(dog_groups):
-    dog = dog_groups["100"]
+    dog = dog_groups["460"]
     features = [
         {"paths_a": dog[:1], "paths_b": dog[1:4], "label": 1},
-        {"paths_a": dog[4:7], "paths_b": dog_groups["0"][:2], "label": 0},
+        {"paths_a": dog[3:6], "paths_b": dog_groups["327"][:2], "label": 0},
     ]
     batch = SetPairCollator(to_tensor_32)(features)
     assert batch["pixel_values_a"].shape == (2, 3, 3, 32, 32)
@@ -241,7 +249,7 @@ def test_set_pair_collator_shapes_masks_padding(dog_groups):
 
 
 def test_collator_errors(dog_groups, tmp_path):
-    dog = dog_groups["100"]
+    dog = dog_groups["460"]
     collate = SetPairCollator(to_tensor_32, max_set_size=2)
     with pytest.raises(ValueError, match=r"set A of example 1 is empty: give at least one photo per side"):
         collate([{"paths_a": dog[:1], "paths_b": dog[1:2]}, {"paths_a": [], "paths_b": dog[:1]}])

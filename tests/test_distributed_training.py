@@ -64,10 +64,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def dog_tree(shared_data, tmp_path_factory):
+def dog_tree(dog_faces, tmp_path_factory):
     """12 DogFaceNet dogs: 8 train (ArcFace classes), 2 val, 2 test."""
     root = tmp_path_factory.mktemp("dogs")
-    source = shared_data / "dogfacenet"
+    source = dog_faces
     for dog in sorted(os.listdir(source), key=int)[:12]:
         shutil.copytree(source / dog, root / dog)
     return root

@@ -31,9 +31,9 @@ REQUIRED_KEYS = METRIC_KEYS + (
 
 
 @pytest.fixture(scope="module")
-def dogs(shared_data, tmp_path_factory):
+def dogs(dog_faces, tmp_path_factory):
     """The first 10 dogs (by id) of the read-only DogFaceNet copy with >= 6 photos, copied into a temporary tree."""
-    source = shared_data / "dogfacenet"
+    source = dog_faces
     root = tmp_path_factory.mktemp("data") / "dogs"
     ids = sorted((d for d in os.listdir(source) if len(os.listdir(source / d)) >= 6), key=int)[:10]
     for dog in ids:

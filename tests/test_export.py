@@ -44,8 +44,8 @@ def save_tiny_embedder(folder, seed: int = 0) -> None:
 
 
 @pytest.fixture(scope="module")
-def dogs(shared_data):
-    return shared_data / "dogfacenet"
+def dogs(dog_faces):
+    return dog_faces
 
 
 @pytest.fixture(scope="module")

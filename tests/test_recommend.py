@@ -141,11 +141,11 @@ def test_parse_candidate_specs(tmp_path):
 
 # -- recommend_backbones ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dog_folder(shared_data, tmp_path_factory):
+def dog_folder(dog_faces, tmp_path_factory):
     root = tmp_path_factory.mktemp("dogs")
-    for dog in ("0", "1", "2"):
+    for dog in ("327", "335", "367"):
         (root / dog).mkdir()
-        for photo in sorted((shared_data / "dogfacenet" / dog).glob("*.jpg"))[:3]:
+        for photo in sorted((dog_faces / dog).glob("*.jpg"))[:3]:
             shutil.copy(photo, root / dog / photo.name)
     return root
 
@@ -193,7 +193,7 @@ def test_recommend_backbones_ranks_timm_and_saved_candidates(dog_folder, saved_e
 
 def test_recommend_bad_input_is_clear(dog_folder, saved_embedder, tmp_path, capsys):
     one_class = tmp_path / "one"
-    shutil.copytree(dog_folder / "0", one_class / "0")
+    shutil.copytree(dog_folder / "327", one_class / "327")
     with pytest.raises(RecommendationError, match="need at least two identities"):
         recommend_backbones(one_class, ["tf_efficientnet_lite0@64", "tf_efficientnet_lite0@64:stage3"])
     with pytest.raises(RecommendationError, match="at least 2 candidates"):

@@ -31,18 +31,17 @@ def test_shipped_weights_are_fp16_and_within_budget(name, budget_mb):
     assert (folder / "README.md").read_text().startswith("---\n")  # a model card with Hub front matter
 
 
-def test_arcface_embedder_loads_offline_and_separates_dogs(hub_offline, shared_data, torch_single_thread):
+def test_arcface_embedder_loads_offline_and_separates_dogs(hub_offline, dog_faces, torch_single_thread):
     from transformers import AutoModel
 
     from model_pkg.arcface import ArcFaceEmbedderModel
-    from model_pkg.arcface.training import embed_paths
+    from model_pkg.arcface.embedding import embed_paths
 
     model = AutoModel.from_pretrained(MODELS / "arcface-embedder")
     assert isinstance(model, ArcFaceEmbedderModel)
     assert model.config.score_threshold is not None  # gallery thresholds calibrated on val ship with it
-    dogs = shared_data / "dogfacenet"
-    same = sorted((dogs / "0").glob("*.jpg"))[:2]
-    other = sorted((dogs / "1").glob("*.jpg"))[:1]
+    same = sorted((dog_faces / "327").glob("*.jpg"))[:2]  # test-split dogs, never trained on
+    other = sorted((dog_faces / "335").glob("*.jpg"))[:1]
     emb = embed_paths(model.eval(), [str(p) for p in [*same, *other]])
     assert emb.shape == (3, 512) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]

@@ -15,14 +15,12 @@ from model_pkg.pair_matcher import PairMatcherModel
 from model_pkg.pair_matcher.pipeline import PairMatchingTrainer, match_sets, save_with_card
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOGS = os.path.join(ROOT, "..", "shared", "data", "dogfacenet")
+DOGS = os.path.join(ROOT, "tests", "photos", "dog_faces")  # real dog faces that ship with the repository
 TINY_MODEL = {"backbone": "test_efficientnet", "backbone_pretrained": False, "image_size": 32, "hidden_size": 32}
 
 
 @pytest.fixture(scope="module")
 def dog_tree(tmp_path_factory):
-    if not os.path.isdir(DOGS):
-        pytest.skip("shared DogFaceNet data not found beside the repo")
     root = tmp_path_factory.mktemp("dogs")
     for dog in sorted(os.listdir(DOGS), key=int)[:12]:
         shutil.copytree(os.path.join(DOGS, dog), root / dog)
@@ -116,7 +114,7 @@ def test_high_level_api_with_dataframe(dog_tree, tmp_path):
 
 def test_match_sets_errors(tmp_path):
     model = PairMatcherModel.from_pretrained(_tiny_saved(tmp_path))
-    photo = os.path.join(DOGS, "0", "0.0.jpg")
+    photo = os.path.join(DOGS, "1000", "1000.0.jpg")
     with pytest.raises(ValueError, match="Set A is empty"):
         match_sets(model, [], [photo])
     with pytest.raises(TypeError, match="single path"):
@@ -129,7 +127,7 @@ def test_match_sets_errors(tmp_path):
 
 def test_set_of_fifty_photos(tmp_path):
     model = PairMatcherModel.from_pretrained(_tiny_saved(tmp_path))
-    photos = [os.path.join(DOGS, "0", f) for f in sorted(os.listdir(os.path.join(DOGS, "0")))]
+    photos = [os.path.join(DOGS, "1000", f) for f in sorted(os.listdir(os.path.join(DOGS, "1000")))]
     result = match_sets(model, (photos * 50)[:50], photos[:1])
     assert result.photo_similarity.shape == (50, 1)
 
@@ -137,8 +135,6 @@ def test_set_of_fifty_photos(tmp_path):
 def _tiny_saved(tmp_path) -> str:
     from model_pkg import PairMatcherConfig
 
-    if not os.path.isdir(DOGS):
-        pytest.skip("shared DogFaceNet data not found beside the repo")
     path = str(tmp_path / "tiny")
     save_with_card(PairMatcherModel(PairMatcherConfig(**TINY_MODEL)), path, weights_dtype=torch.float16)
     return path
@@ -146,7 +142,7 @@ def _tiny_saved(tmp_path) -> str:
 
 def test_per_set_size_thresholds():
     from model_pkg import PairMatcherConfig
-    from model_pkg.pair_matcher.training import calibrate_thresholds
+    from model_pkg.pair_matcher.calibration import calibrate_thresholds
 
     model = PairMatcherModel(PairMatcherConfig(**TINY_MODEL, threshold=0.5, set_size_thresholds={1: 0.2, 3: 0.9}))
     assert model.decision_threshold(1, 5) == pytest.approx(0.2)
