@@ -70,11 +70,6 @@ def test_pos_weight_reaches_the_loss():
     assert not torch.allclose(out.loss, plain)
 
 
-def test_output_without_labels_has_no_loss():
-    out = run(tiny_model().eval(), **batch())
-    assert out.loss is None and out.logits.shape == (2,)
-
-
 # -- invariances ----------------------------------------------------------------------------------
 
 
