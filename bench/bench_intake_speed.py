@@ -25,12 +25,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
 
-from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
-from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 from model_pkg.gallery import GalleryIndex  # noqa: E402
 from model_pkg.intake.embedding import embed_photos  # noqa: E402
 from model_pkg.intake.reference import reference_features  # noqa: E402
+from model_pkg.loading import load_arcface_model, load_pair_model  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

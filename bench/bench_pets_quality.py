@@ -32,9 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from model_pkg.evaluation import evaluate_gallery_protocol, evaluate_pair  # noqa: E402
 from model_pkg.evaluation.common import cache_dir  # noqa: E402
-from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
-from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
+from model_pkg.loading import load_arcface_model, load_pair_model  # noqa: E402
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))
 KIND_NAMES = {"dog_face": "dog faces", "dog_body": "whole dogs", "cat_face": "cat faces", "cat_body": "cats in photos"}

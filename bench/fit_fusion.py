@@ -41,13 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from model_pkg.data import sample_pairs  # noqa: E402
 from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
 from model_pkg.evaluation.common import cache_dir, reference_features  # noqa: E402
-from model_pkg.evaluation.gallery import load_arcface_model  # noqa: E402
-from model_pkg.evaluation.pair import load_pair_model  # noqa: E402
 from model_pkg.fileio import atomic_save_npy, atomic_write_json  # noqa: E402
 from model_pkg.gallery import GalleryIndex  # noqa: E402
 from model_pkg.intake import KINDS, FusionConfig, KindFusion, embed_photos, fused_vectors, gallery_vectors  # noqa: E402
 from model_pkg.intake.photo_intake import PhotoIntake  # noqa: E402
 from model_pkg.intake.settings import KIND_HEAD_CLASSES, IntakeConfig  # noqa: E402
+from model_pkg.loading import load_arcface_model, load_pair_model  # noqa: E402
 from model_pkg.metrics import choose_threshold  # noqa: E402
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))

@@ -188,11 +188,11 @@ def _embed_shard(model, photos: Sequence[Photo], device, batch_size: int, num_wo
 
 
 def _load_model(path: str | os.PathLike):
-    from .evaluation import EvaluationError, load_arcface_model  # the shared loading rules (safetensors only, clear errors)
+    from .loading import ModelLoadError, load_arcface_model  # the shared loading rules (safetensors only, clear errors)
 
     try:
         return load_arcface_model(path)
-    except EvaluationError as exc:
+    except ModelLoadError as exc:
         raise EmbeddingsError(str(exc).replace("`evaluate gallery`", "`model_pkg.embed`")) from exc
 
 

@@ -18,7 +18,9 @@ from .backbones import Backbone
 from .data import load_image
 from .transforms import create_transform
 
-__all__ = ["compute_activation_views", "compute_tokens", "compute_pooled", "compute_layer_features"]
+__all__ = ["compute_activation_views", "compute_tokens", "compute_pooled", "compute_pooled_features", "compute_layer_features"]
+
+_FEATURE_CHUNK = 512  # photos per compute_tokens call in compute_pooled_features, so token memory stays bounded
 
 
 @torch.no_grad()
@@ -147,6 +149,18 @@ def compute_pooled(backbone: Backbone, tokens: torch.Tensor, batch_size: int = 2
         for i in tqdm(range(0, len(tokens), batch_size), desc="pool", disable=True)
     ]
     return torch.cat(out) if out else torch.zeros(0, backbone.token_dim)
+
+
+def compute_pooled_features(
+    backbone: Backbone, image_paths: Sequence[str], batch_size: int = 32, desc: str = "pooled features"
+) -> torch.Tensor:
+    """The backbone's pooled features (N, D) float32 of `image_paths` (eval transform): `compute_tokens` then
+    `compute_pooled`, 512 photos at a time so the float16 tokens of a big collection never sit in memory at once."""
+    chunks = []
+    for start in range(0, len(image_paths), _FEATURE_CHUNK):
+        tokens = compute_tokens(backbone, image_paths[start : start + _FEATURE_CHUNK], batch_size=batch_size, desc=desc)
+        chunks.append(compute_pooled(backbone, tokens))
+    return torch.cat(chunks) if chunks else torch.zeros(0, backbone.token_dim)
 
 
 @torch.no_grad()

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from model_pkg.arcface.training import embed_paths  # noqa: E402
-from model_pkg.evaluation import load_arcface_model  # noqa: E402
+from model_pkg.arcface.embedding import embed_paths  # noqa: E402
 from model_pkg.fileio import atomic_write  # noqa: E402
+from model_pkg.loading import load_arcface_model  # noqa: E402
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -25,13 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import model_pkg  # noqa: E402,F401
 from model_pkg import ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.arcface.training import (  # noqa: E402
-    calibrate_gallery_thresholds,
-    embed_paths,
-    model_card_metrics,
-    recall_metrics,
-    save_with_card,
-)
+from model_pkg.arcface.calibration import calibrate_gallery_thresholds  # noqa: E402
+from model_pkg.arcface.embedding import embed_paths  # noqa: E402
+from model_pkg.arcface.trainer import recall_metrics  # noqa: E402
+from model_pkg.arcface.training import model_card_metrics, save_with_card  # noqa: E402
 from model_pkg.evaluation import load_groups  # noqa: E402
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 

@@ -109,11 +109,11 @@ def test_model_folders_from_strangers_are_refused_before_loading(tmp_path):
         check_model_folder(cut)
 
     from app.loading import load_embedder
-    from model_pkg.evaluation import EvaluationError, load_pair_model
+    from model_pkg.loading import ModelLoadError, load_pair_model
 
     loaded, why = load_embedder(str(pickled))
     assert loaded is None and "pickle" in why
-    with pytest.raises(EvaluationError, match="tampered"):
+    with pytest.raises(ModelLoadError, match="tampered"):
         load_pair_model(cut)  # refused for what it is before its model type is even considered
 
 

@@ -2,8 +2,8 @@
 
 `embed_paths` is how everything outside the model's forward embeds photos: training (validation
 embeddings), the gallery evaluation, the pair matcher's s-norm cohort, the benchmarks. It goes through the
-backbone's pooled features (`model_pkg.training.pooled_features`: eval transform, float16 tokens), so it
-runs on the CPU. `embed_pooled` embeds pooled features computed before, e.g. a training run's cache.
+backbone's pooled features (`model_pkg.features.compute_pooled_features`: eval transform, float16 tokens), so
+it runs on the CPU. `embed_pooled` embeds pooled features computed before, e.g. a training run's cache.
 Importable from `model_pkg.arcface.training` too, where saved model cards point.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..training import pooled_features
+from ..features import compute_pooled_features
 from .modeling_arcface import ArcFaceEmbedderModel
 
 __all__ = ["embed_paths", "embed_pooled"]
@@ -42,4 +42,4 @@ def embed_paths(model: ArcFaceEmbedderModel, paths: Sequence[str], batch_size: i
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"embed_paths runs on the CPU but the model is on {device}: call model.cpu() first.")
-    return embed_pooled(model, pooled_features(model.backbone, list(paths), batch_size=batch_size))
+    return embed_pooled(model, compute_pooled_features(model.backbone, list(paths), batch_size=batch_size))

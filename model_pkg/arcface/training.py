@@ -66,14 +66,11 @@ from .embedding import embed_paths, embed_pooled
 from .modeling_arcface import ArcFaceEmbedderModel
 from .trainer import ArcFaceTrainer, MarginScheduleCallback, compute_recall_metrics, phase_cosine_schedule, recall_metrics
 
-# `embed_paths`, `recall_metrics` and `calibrate_gallery_thresholds` live in their own modules; they are
-# importable from here too, where saved model cards and the benchmarks import them
+# `embed_paths` lives in `embedding.py`; it is importable from here too, where the saved model card imports it
 __all__ = [
     "ArcFaceTrainingConfig",
-    "calibrate_gallery_thresholds",
     "embed_paths",
     "model_card_metrics",
-    "recall_metrics",
     "save_with_card",
     "train_arcface",
 ]

@@ -26,6 +26,7 @@ _EXPORTS = {
     "SetPair": "pairs",
     "group_paths": "pairs",
     "nearest_identities": "pairs",
+    "pair_records": "pairs",
     "sample_pairs": "pairs",
     "SplitFileError": "splits",
     "get_or_create_splits": "splits",
@@ -53,6 +54,7 @@ __all__ = [
     "load_splits",
     "nearest_identities",
     "pad_sets",
+    "pair_records",
     "sample_pairs",
     "save_splits",
     "split_identities",
@@ -70,7 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         load_identity_folder,
     )
     from .images import ImageLoadError, load_image
-    from .pairs import SetPair, group_paths, nearest_identities, sample_pairs
+    from .pairs import SetPair, group_paths, nearest_identities, pair_records, sample_pairs
     from .splits import (
         SplitFileError,
         get_or_create_splits,

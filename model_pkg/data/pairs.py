@@ -26,6 +26,11 @@ class SetPair:
     id_b: str
 
 
+def pair_records(pairs: Sequence[SetPair], augment: bool) -> list[dict]:
+    """SetPair objects -> the dict rows the collators take (`augment`: whether the collator augments them)."""
+    return [{"paths_a": p.paths_a, "paths_b": p.paths_b, "label": p.label, "augment": augment} for p in pairs]
+
+
 def group_paths(dataset: datasets.Dataset) -> dict[str, list[str]]:
     """Map each identity to its sorted, de-duplicated image paths."""
     missing = [c for c in ("image_path", "label") if c not in dataset.column_names]

@@ -50,13 +50,9 @@ from .data import caption_pairs, load_flickr8k_splits
 from .evaluation import DualEncoderTrainer, evaluate_retrieval, flat_metrics
 from .modeling_dual_encoder import DualEncoderModel, build_vocab
 
-# `evaluate_retrieval` and `flat_metrics` live in `evaluation.py`; they are importable from here too, where
-# `model_pkg.evaluation` and the benchmarks import them
 __all__ = [
     "CaptionBatchCollator",
     "DualTrainingConfig",
-    "evaluate_retrieval",
-    "flat_metrics",
     "image_tower_outputs",
     "save_with_card",
     "train_dual_encoder",

@@ -1,6 +1,6 @@
 """Evaluation per task: `pair` (set-vs-set verification), `gallery` (identification with open-set rejection),
-`text_search` (image-text retrieval), on `common` (reference features, data, model loading). The command line
-is `python -m model_pkg.evaluate <task> ...` (`model_pkg/evaluate.py`)."""
+`text_search` (image-text retrieval), on `common` (reference features, data); saved models load through
+`model_pkg.loading`. The command line is `python -m model_pkg.evaluate <task> ...` (`model_pkg/evaluate.py`)."""
 
 from .common import (
     BASELINE,
@@ -12,9 +12,9 @@ from .common import (
     load_groups,
     reference_features,
 )
-from .gallery import evaluate_gallery_protocol, load_arcface_model
-from .pair import NEGATIVE_MODES, draw_pairs, evaluate_pair, load_pair_model, save_pair_scores
-from .text_search import evaluate_text_search, load_dual_model
+from .gallery import evaluate_gallery_protocol
+from .pair import NEGATIVE_MODES, draw_pairs, evaluate_pair, save_pair_scores
+from .text_search import evaluate_text_search
 
 __all__ = [
     "BASELINE",
@@ -28,10 +28,7 @@ __all__ = [
     "evaluate_pair",
     "evaluate_text_search",
     "hard_neighbours",
-    "load_arcface_model",
-    "load_dual_model",
     "load_groups",
-    "load_pair_model",
     "reference_features",
     "save_pair_scores",
 ]

@@ -1,11 +1,10 @@
 """What every evaluation task shares: the untrained ImageNet reference features (the baselines and the hard
-negatives), reading an identity tree with its splits, loading a saved model with clear errors, JSON-safe values."""
+negatives), reading an identity tree with its splits, JSON-safe values (saved models load through `model_pkg.loading`)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import math
 import os
@@ -14,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data import SplitFileError, as_dataset, group_paths, load_splits, nearest_identities, subset_by_identities
 from ..features import compute_pooled, compute_tokens
 from ..fileio import atomic_save_npy, cache_dir
-from ..modeling_utils import UntrustedModelError, check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +29,6 @@ __all__ = [
     "hard_neighbours",
     "json_safe",
     "load_groups",
-    "load_saved_model",
     "reference_features",
 ]
 
@@ -145,35 +141,6 @@ def load_groups(data: Any, splits: Any, split: str, threshold_split: str | None)
             raise EvaluationError(f"{role} split {name!r}: {exc}") from exc
 
     return subset(split, "evaluated"), (subset(threshold_split, "threshold") if threshold_split else None)
-
-
-def load_saved_model(path: str | os.PathLike, model_cls, name: str, baseline: str, kind: str, hint: str):
-    """Load a saved `model_cls` in float32 on CPU; `name`, `kind` and `hint` word the errors for wrong folders."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise EvaluationError(
-            f"model folder {str(folder)!r} does not exist: pass a folder saved by {model_cls.__name__}.save_pretrained"
-            + (f" or {baseline!r} for the ImageNet baseline" if baseline else "")
-        )
-    try:
-        check_model_folder(folder)  # pickles, remote code, damaged safetensors: refused before anything is read
-    except UntrustedModelError as exc:
-        raise EvaluationError(str(exc)) from exc
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise EvaluationError(f"{str(folder)!r} has no config.json: it is not a saved {name}")
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise EvaluationError(f"{str(config_file)!r} is not a valid config file ({exc})") from exc
-    expected = model_cls.config_class.model_type
-    if model_type != expected:
-        raise EvaluationError(f"{str(folder)!r} holds a {model_type!r} model, not {kind} ({expected!r}); {hint}")
-    try:
-        model = model_cls.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-    except OSError as exc:
-        raise EvaluationError(f"could not load the {name} from {str(folder)!r}: {exc}") from exc
-    return model.eval()
 
 
 def json_safe(value: Any) -> Any:

@@ -11,15 +11,16 @@ from typing import Any
 import numpy as np
 
 from ..arcface import ArcFaceEmbedderModel
-from ..arcface.training import embed_paths
+from ..arcface.embedding import embed_paths
 from ..data.samplers import GallerySplit, split_gallery_queries
 from ..gallery import GalleryIndex
 from ..intake.embedding import embed_photo_files, model_fusion
+from ..loading import load_arcface_model
 from ..metrics import confusion as confusion_matrix_of
 from ..metrics import save_confusion
-from .common import BASELINE, GALLERY_BASELINE, EvaluationError, json_safe, load_groups, load_saved_model, reference_features
+from .common import BASELINE, GALLERY_BASELINE, EvaluationError, json_safe, load_groups, reference_features
 
-__all__ = ["GALLERY_RESULT_KEYS", "RESHOOT", "UNKNOWN", "evaluate_gallery_protocol", "load_arcface_model"]
+__all__ = ["GALLERY_RESULT_KEYS", "RESHOOT", "UNKNOWN", "evaluate_gallery_protocol"]
 
 GALLERY_RESULT_KEYS = (
     "rank1",
@@ -41,18 +42,6 @@ GALLERY_RESULT_KEYS = (
     "num_unknown",
     "num_gallery",
 )
-
-
-def load_arcface_model(path: str | os.PathLike) -> ArcFaceEmbedderModel:
-    """Load a saved :class:`ArcFaceEmbedderModel` in float32 on CPU, with clear errors for wrong folders."""
-    return load_saved_model(
-        path,
-        ArcFaceEmbedderModel,
-        "ArcFace embedder",
-        GALLERY_BASELINE,
-        "an ArcFace embedder",
-        "`evaluate gallery` needs a model that embeds single photos",
-    )
 
 
 def _gallery_split(groups, gallery_per_id: int, unknown_fraction: float, seed: int, where: str) -> GallerySplit:

@@ -12,17 +12,18 @@ import numpy as np
 import torch
 
 from ..data import CachedSetPairCollator, sample_pairs
-from ..data.pairs import SetPair
+from ..data.pairs import SetPair, pair_records
 from ..features import compute_tokens
 from ..fileio import atomic_write
 from ..intake.embedding import embed_photo_files, model_fusion, model_intake
 from ..intake.fusion import DECISION_THRESHOLD, decide_pair
+from ..loading import load_pair_model
 from ..metrics import choose_threshold, verification_metrics
 from ..pair_matcher import PairMatcherModel
-from ..pair_matcher.training import pair_records, predict_pair_scores
-from .common import BASELINE, EvaluationError, hard_neighbours, json_safe, load_groups, load_saved_model, reference_features
+from ..pair_matcher.calibration import predict_pair_scores
+from .common import BASELINE, EvaluationError, hard_neighbours, json_safe, load_groups, reference_features
 
-__all__ = ["NEGATIVE_MODES", "RESULT_KEYS", "draw_pairs", "evaluate_pair", "load_pair_model", "save_pair_scores"]
+__all__ = ["NEGATIVE_MODES", "RESULT_KEYS", "draw_pairs", "evaluate_pair", "save_pair_scores"]
 
 NEGATIVE_MODES = ("random", "hard")
 RESULT_KEYS = (
@@ -54,13 +55,6 @@ def _check_pairable(groups: Mapping[str, Sequence[str]], set_size, num_pairs: in
         )
     if num_pairs < 2:
         raise EvaluationError(f"need at least 2 pairs (one positive, one negative), got {num_pairs}")
-
-
-def load_pair_model(path: str | os.PathLike) -> PairMatcherModel:
-    """Load a saved :class:`PairMatcherModel` in float32 on CPU, with clear errors for wrong folders."""
-    return load_saved_model(
-        path, PairMatcherModel, "pair-matcher model", BASELINE, "a pair matcher", "`evaluate pair` needs a PairMatcherModel"
-    )
 
 
 def draw_pairs(groups, num_pairs, set_size, seed, negatives, batch_size, where):

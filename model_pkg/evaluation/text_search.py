@@ -9,23 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import EvaluationError, load_saved_model
+from ..loading import load_dual_model
+from .common import EvaluationError
 
-__all__ = ["evaluate_text_search", "load_dual_model"]
-
-
-def load_dual_model(path: str | os.PathLike):
-    """Load a saved :class:`DualEncoderModel` in float32 on CPU, with clear errors for wrong folders."""
-    from ..dual_encoder import DualEncoderModel
-
-    return load_saved_model(
-        path,
-        DualEncoderModel,
-        "dual encoder",
-        "",
-        "a dual encoder",
-        "`evaluate text-search` needs a DualEncoderModel (e.g. models/dual-encoder)",
-    )
+__all__ = ["evaluate_text_search"]
 
 
 def evaluate_text_search(
@@ -38,7 +25,7 @@ def evaluate_text_search(
     """
     from ..dual_encoder import DualEncoderModel
     from ..dual_encoder.data import caption_pairs, load_flickr8k_splits
-    from ..dual_encoder.training import evaluate_retrieval
+    from ..dual_encoder.evaluation import evaluate_retrieval
 
     start = time.perf_counter()
     image_dir = Path(images)

@@ -26,6 +26,7 @@ from ..data import (
     get_or_create_splits,
     group_paths,
     nearest_identities,
+    pair_records,
     sample_pairs,
     subset_by_identities,
 )
@@ -61,14 +62,8 @@ from .calibration import (
 from .configuration_pair_matcher import COHORT_STATS, PairMatcherConfig
 from .modeling_pair_matcher import PairMatcherModel
 
-# `calibrate_thresholds`, `calibrate_embedder_matcher` and `predict_pair_scores` live in `calibration.py`; they are
-# importable from here too, where evaluation and the tests import them
 __all__ = [
     "PairTrainingConfig",
-    "calibrate_embedder_matcher",
-    "calibrate_thresholds",
-    "pair_records",
-    "predict_pair_scores",
     "train_pair_matcher",
 ]
 
@@ -159,11 +154,6 @@ class PairTrainingConfig:
         if "calibration_set_sizes" in values:
             values["calibration_set_sizes"] = tuple(int(v) for v in values["calibration_set_sizes"])
         return cls(**values)
-
-
-def pair_records(pairs, augment: bool) -> list[dict]:
-    """SetPair objects -> the dict rows the collators take."""
-    return [{"paths_a": p.paths_a, "paths_b": p.paths_b, "label": p.label, "augment": augment} for p in pairs]
 
 
 def mixed_pairs(groups, num_pairs, set_size, seed, hard_fraction, neighbours) -> list:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data import load_image
-from ..features import compute_activation_views, compute_pooled, compute_tokens
+from ..features import compute_activation_views, compute_pooled_features
 from ..fileio import atomic_save_npy
 from .distributed import log_cache, main_process_first
 
@@ -35,8 +35,6 @@ __all__ = [
     "backbone_cache_key",
     "pooled_features",
 ]
-
-_FEATURE_CHUNK = 512  # photos per compute_tokens call, so token memory stays bounded
 
 
 def _targets(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -125,8 +123,7 @@ def backbone_cache_key(backbone, paths: Sequence[str]) -> str:
 
 
 def pooled_features(backbone, paths: Sequence[str], cache_dir: str | None = None, batch_size: int = 32) -> torch.Tensor:
-    """The backbone's pooled features (N, D) float32 of `paths` (eval transform, `compute_tokens` +
-    `compute_pooled` in chunks). With `cache_dir` they are stored once as an .npy keyed by the backbone's
+    """The backbone's pooled features (N, D) float32 of `paths` (`features.compute_pooled_features`). With `cache_dir` they are stored once as an .npy keyed by the backbone's
     weights and the photos' paths, sizes and times, written atomically, and reused (e.g. on resume)."""
     file = None
     if cache_dir:
@@ -139,11 +136,7 @@ def pooled_features(backbone, paths: Sequence[str], cache_dir: str | None = None
                     return torch.from_numpy(array)
             except (OSError, ValueError) as err:
                 logger.warning("ignoring unreadable feature cache %s (%s)", file, err)
-    chunks = []
-    for start in range(0, len(paths), _FEATURE_CHUNK):
-        tokens = compute_tokens(backbone, paths[start : start + _FEATURE_CHUNK], batch_size=batch_size, desc="pooled features")
-        chunks.append(compute_pooled(backbone, tokens))
-    features = torch.cat(chunks) if chunks else torch.zeros(0, backbone.token_dim)
+    features = compute_pooled_features(backbone, paths, batch_size=batch_size)
     if file is not None:
         atomic_save_npy(file, features.numpy())
     return features

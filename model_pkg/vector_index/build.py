@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     b.add_argument("--part", default=None, help="I/S: index only every S-th embeddings shard from the I-th (one of S parts)")
     b.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from ..embed import EmbeddingsError
+    from ..embedding_store import EmbeddingsError
 
     part = None
     if args.part:
