@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "bench"))
 
 TEXT_A, TEXT_B = "all-MiniLM-L6-v2", "paraphrase-MiniLM-L3-v2"
 

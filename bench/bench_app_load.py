@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from model_pkg.fileio import atomic_write_json
 
-from model_pkg.fileio import atomic_write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 DEMO = ROOT / "app" / "assets" / "demo_photos"
 

@@ -32,13 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_app_load import dog_photos, free_port, stop_app, wait_until_up
+
+from model_pkg.fileio import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_app_load import dog_photos, free_port, stop_app, wait_until_up  # noqa: E402
-
-from model_pkg.fileio import atomic_write_json  # noqa: E402
 
 IMPORTS = {
     "import model_pkg": "import model_pkg",
@@ -54,8 +53,7 @@ IMPORTS = {
 # the app's two dog models, loaded as app/app.py does, after their imports (not timed): the second one builds the
 # same backbone as the first (the shape-probe reuse of model_pkg.backbones)
 _LOAD_SETUP = (
-    "import sys\nsys.path.insert(0, '.')\nfrom app.loading import load_embedder, load_pair_model\n"
-    "import model_pkg.arcface, model_pkg.pair_matcher, onnxruntime"
+    "from app.loading import load_embedder, load_pair_model\nimport model_pkg.arcface, model_pkg.pair_matcher, onnxruntime"
 )
 LOADS = {
     "load the pair matcher": (_LOAD_SETUP, "load_pair_model('models/pair-matcher')"),

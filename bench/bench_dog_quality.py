@@ -26,22 +26,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import model_pkg  # noqa: E402,F401
-from model_pkg.data import load_image  # noqa: E402
-from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
-from model_pkg.evaluation import draw_pairs, load_groups  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.metrics import retrieval_metrics, verification_metrics  # noqa: E402
-from model_pkg.transforms import create_transform  # noqa: E402
+import model_pkg  # noqa: F401
+from model_pkg.data import load_image
+from model_pkg.data.samplers import split_gallery_queries
+from model_pkg.evaluation import draw_pairs, load_groups
+from model_pkg.fileio import atomic_write_json
+from model_pkg.metrics import retrieval_metrics, verification_metrics
+from model_pkg.transforms import create_transform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -31,26 +31,24 @@ import itertools
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import timm
 import torch
 
+from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+from model_pkg.backbones import load_offline_state_dict
+from model_pkg.data import load_image
+from model_pkg.export import export_onnx, list_photos, photo_pixels, quantize_image_tower, spread
+from model_pkg.fileio import atomic_write_json
+from model_pkg.onnx_runtime import SPINNING, OnnxTower
+from model_pkg.transforms import create_transform
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import timm  # noqa: E402
-
-from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.backbones import load_offline_state_dict  # noqa: E402
-from model_pkg.data import load_image  # noqa: E402
-from model_pkg.export import export_onnx, list_photos, photo_pixels, quantize_image_tower, spread  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.onnx_runtime import SPINNING, OnnxTower  # noqa: E402
-from model_pkg.transforms import create_transform  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data", "dogfacenet")
 SPLITS = os.path.join(ROOT, "train", "splits", "dogfacenet.json")

@@ -31,14 +31,11 @@ import sys
 import time
 
 import faiss
+import gallery_measure as measure  # a sibling of this script
 import numpy as np
 import psutil
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import gallery_measure as measure  # noqa: E402  (a sibling of this script)
-
-from model_pkg.gallery import HNSW_M  # noqa: E402
+from model_pkg.gallery import HNSW_M
 
 
 def synthetic(size: int, dim: int, queries: int, per_id: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,18 +39,15 @@ import sys
 import time
 
 import faiss
+import gallery_measure as measure
 import numpy as np
+from gallery_scale_sim import cmd_sim, ivf_pq
+from gallery_vectors import DogEmbeddingGenerator, cmd_fit, load_stats
+
+from model_pkg import vector_index as vi
+from model_pkg.fileio import atomic_write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-
-import gallery_measure as measure  # noqa: E402
-from gallery_scale_sim import cmd_sim, ivf_pq  # noqa: E402
-from gallery_vectors import DogEmbeddingGenerator, cmd_fit, load_stats  # noqa: E402
-
-from model_pkg import vector_index as vi  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
 
 
 def cmd_speed(args) -> dict:

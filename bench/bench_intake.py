@@ -14,19 +14,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 from pathlib import Path
 
+from fit_fusion import photos_without_pets, validation_photos
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from fit_fusion import photos_without_pets, validation_photos  # noqa: E402
-
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.intake import KINDS, PhotoIntake  # noqa: E402
+from model_pkg.fileio import atomic_write_json
+from model_pkg.intake import KINDS, PhotoIntake
 
 TILE = 160
 

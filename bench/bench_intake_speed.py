@@ -13,7 +13,6 @@ demo gallery; "match 3v3" is `match_sets` on three such photos per side. Warm: t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -23,14 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
-
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.gallery import GalleryIndex  # noqa: E402
-from model_pkg.intake.embedding import embed_photos  # noqa: E402
-from model_pkg.intake.reference import reference_features  # noqa: E402
-from model_pkg.loading import load_arcface_model, load_pair_model  # noqa: E402
-from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
+from model_pkg.fileio import atomic_write_json
+from model_pkg.gallery import GalleryIndex
+from model_pkg.intake.embedding import embed_photos
+from model_pkg.intake.reference import reference_features
+from model_pkg.loading import load_arcface_model, load_pair_model
+from model_pkg.pair_matcher.pipeline import match_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 

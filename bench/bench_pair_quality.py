@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from model_pkg.evaluation import evaluate_pair  # noqa: E402
+from model_pkg.evaluation import evaluate_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

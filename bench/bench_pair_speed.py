@@ -12,17 +12,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from model_pkg.data import load_image  # noqa: E402
-from model_pkg.pair_matcher import PairMatcherModel  # noqa: E402
-from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
-from model_pkg.transforms import create_transform  # noqa: E402
+from model_pkg.data import load_image
+from model_pkg.pair_matcher import PairMatcherModel
+from model_pkg.pair_matcher.pipeline import match_sets
+from model_pkg.transforms import create_transform
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "dogfacenet")
 

@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
-
-from model_pkg.evaluation import evaluate_gallery_protocol, evaluate_pair  # noqa: E402
-from model_pkg.evaluation.common import cache_dir  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.loading import load_arcface_model, load_pair_model  # noqa: E402
+from model_pkg.evaluation import evaluate_gallery_protocol, evaluate_pair
+from model_pkg.evaluation.common import cache_dir
+from model_pkg.fileio import atomic_write_json
+from model_pkg.loading import load_arcface_model, load_pair_model
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))
 KIND_NAMES = {"dog_face": "dog faces", "dog_body": "whole dogs", "cat_face": "cat faces", "cat_body": "cats in photos"}

@@ -36,23 +36,20 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from recommend_features import caption_embeddings, dog_sets, embed_datasets, flickr_sets, model_tag
+from recommend_scoring import TRUTH_OF, append_rows, correlate, flickr_t2i_r10, merge, one_shot_rank1
+
+from model_pkg.fileio import atomic_write_json
+from model_pkg.recommend.candidates import parse_candidates
+from model_pkg.recommend.scores import knn_loo_score, logme
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from recommend_features import caption_embeddings, dog_sets, embed_datasets, flickr_sets, model_tag  # noqa: E402
-from recommend_scoring import TRUTH_OF, append_rows, correlate, flickr_t2i_r10, merge, one_shot_rank1  # noqa: E402
-
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.recommend.candidates import parse_candidates  # noqa: E402
-from model_pkg.recommend.scores import knn_loo_score, logme  # noqa: E402
 
 DEFAULT_CANDIDATES = [
     "models/pair-matcher@224:pooled",

@@ -24,20 +24,17 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import model_pkg  # noqa: E402,F401
-from model_pkg.dual_encoder.data import caption_pairs, load_flickr8k_splits  # noqa: E402
-from model_pkg.dual_encoder.evaluation import evaluate_retrieval, flat_metrics  # noqa: E402
-from model_pkg.dual_encoder.search import ImageSearchEngine, database_vectors, query_vectors  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.loading import load_dual_model  # noqa: E402
+import model_pkg  # noqa: F401
+from model_pkg.dual_encoder.data import caption_pairs, load_flickr8k_splits
+from model_pkg.dual_encoder.evaluation import evaluate_retrieval, flat_metrics
+from model_pkg.dual_encoder.search import ImageSearchEngine, database_vectors, query_vectors
+from model_pkg.fileio import atomic_write_json
+from model_pkg.loading import load_dual_model
 
 QUERIES = [
     "a black dog running on the beach",

@@ -38,7 +38,6 @@ import argparse
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +46,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the kill drill forks workers from this process
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import drill_app  # noqa: E402
 import requests  # noqa: E402

@@ -31,12 +31,11 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from scipy.optimize import linear_sum_assignment, quadratic_assignment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from model_pkg.align import MiniVec2VecAligner, MiniVec2VecConfig
+from model_pkg.align.steps import centre_and_normalize, centred_kernel, procrustes
+from model_pkg.metrics import alignment_metrics
 
-from model_pkg.align import MiniVec2VecAligner, MiniVec2VecConfig  # noqa: E402
-from model_pkg.align.steps import centre_and_normalize, centred_kernel, procrustes  # noqa: E402
-from model_pkg.metrics import alignment_metrics  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def centred_unit(x: np.ndarray, mean: np.ndarray) -> np.ndarray:

@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
+from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+from model_pkg.fileio import atomic_write_json
 
 DEFAULT_RECIPES = (
     "full@224,full@160,full@128,full@112,last3@224,"

@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TEXT_MODELS = ("all-MiniLM-L6-v2", "paraphrase-MiniLM-L3-v2")
 

@@ -19,12 +19,9 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from model_pkg.fileio import atomic_write_json  # noqa: E402
+from model_pkg.fileio import atomic_write_json
 
 
 def newest_state(run: Path) -> Path:

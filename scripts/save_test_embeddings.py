@@ -17,19 +17,18 @@ import argparse
 import io
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from model_pkg.arcface.embedding import embed_paths
+from model_pkg.fileio import atomic_write
+from model_pkg.loading import load_arcface_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from model_pkg.arcface.embedding import embed_paths  # noqa: E402
-from model_pkg.fileio import atomic_write  # noqa: E402
-from model_pkg.loading import load_arcface_model  # noqa: E402
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

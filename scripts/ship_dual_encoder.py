@@ -18,20 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import model_pkg  # noqa: E402,F401
-from model_pkg.dual_encoder.data import caption_pairs, load_flickr8k_splits  # noqa: E402
-from model_pkg.dual_encoder.evaluation import flat_metrics  # noqa: E402
-from model_pkg.dual_encoder.search import database_vectors, embed_images, query_vectors  # noqa: E402
-from model_pkg.dual_encoder.training import query_bank_captions, save_with_card  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.loading import load_dual_model  # noqa: E402
-from model_pkg.metrics import text_image_retrieval_metrics  # noqa: E402
+import model_pkg  # noqa: F401
+from model_pkg.dual_encoder.data import caption_pairs, load_flickr8k_splits
+from model_pkg.dual_encoder.evaluation import flat_metrics
+from model_pkg.dual_encoder.search import database_vectors, embed_images, query_vectors
+from model_pkg.dual_encoder.training import query_bank_captions, save_with_card
+from model_pkg.fileio import atomic_write_json
+from model_pkg.loading import load_dual_model
+from model_pkg.metrics import text_image_retrieval_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import model_pkg  # noqa: E402,F401
-from model_pkg import ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.arcface.calibration import calibrate_gallery_thresholds  # noqa: E402
-from model_pkg.arcface.embedding import embed_paths  # noqa: E402
-from model_pkg.arcface.trainer import recall_metrics  # noqa: E402
-from model_pkg.arcface.training import model_card_metrics, save_with_card  # noqa: E402
-from model_pkg.evaluation import load_groups  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
+import model_pkg  # noqa: F401
+from model_pkg import ArcFaceEmbedderModel
+from model_pkg.arcface.calibration import calibrate_gallery_thresholds
+from model_pkg.arcface.embedding import embed_paths
+from model_pkg.arcface.trainer import recall_metrics
+from model_pkg.arcface.training import model_card_metrics, save_with_card
+from model_pkg.evaluation import load_groups
+from model_pkg.fileio import atomic_write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from model_pkg.evaluation import BASELINE, evaluate_pair  # noqa: E402
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.loading import load_pair_model  # noqa: E402
-from model_pkg.metrics import choose_guarded_threshold, choose_threshold  # noqa: E402
+from model_pkg.evaluation import BASELINE, evaluate_pair
+from model_pkg.fileio import atomic_write_json
+from model_pkg.loading import load_pair_model
+from model_pkg.metrics import choose_guarded_threshold, choose_threshold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

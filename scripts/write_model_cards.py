@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from model_pkg.hub import rewrite_model_card, save_image_processor
 
-from model_pkg.hub import rewrite_model_card, save_image_processor  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 # bench_pets_quality.py's kinds: what was photographed, and where the validation photos come from
 KINDS = {

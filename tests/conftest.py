@@ -10,7 +10,6 @@ the repository with `shared/` beside it): they take the `shared_data` fixture an
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 PHOTOS = REPO_ROOT / "tests" / "photos"
 DATASET_SCALE_SKIP = "dataset-scale test: needs the full data in ../shared/data beside the repository"
-
-# `pytest` (not only `python -m pytest`) must be able to import model_pkg from the checkout.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(scope="session")

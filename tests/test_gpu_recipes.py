@@ -4,21 +4,15 @@ checkpoint is a `from_pretrained` folder."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-
-from arcface_gpu import one_shot_recall, pk_batches, save_best  # noqa: E402
-from dual_image_gpu import recalls  # noqa: E402
-
-from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.training.gpu_recipes import augment, cosine_factor  # noqa: E402
+from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+from model_pkg.training.gpu_recipes import augment, cosine_factor
+from train.arcface_gpu import one_shot_recall, pk_batches, save_best
+from train.dual_image_gpu import recalls
 
 
 def test_augment_keeps_shape_and_range_and_follows_its_generator():

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,10 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel  # noqa: E402
-from model_pkg.training.gpu_recipes import (  # noqa: E402
+from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
+from model_pkg.training.gpu_recipes import (
     Normalizer,
     add_run_arguments,
     augment,

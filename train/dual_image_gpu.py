@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -37,11 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-
-from model_pkg.backbones import create_backbone  # noqa: E402
-from model_pkg.training.gpu_recipes import Normalizer, add_run_arguments, augment, setup_device, train_for, write_record  # noqa: E402
+from model_pkg.backbones import create_backbone
+from model_pkg.training.gpu_recipes import Normalizer, add_run_arguments, augment, setup_device, train_for, write_record
 
 DUAL_CURVE = {k: k for k in ("recall_mean", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")}
 

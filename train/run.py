@@ -20,15 +20,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from model_pkg.arcface.training import ArcFaceTrainingConfig, train_arcface  # noqa: E402
-from model_pkg.dual_encoder.training import DualTrainingConfig, train_dual_encoder  # noqa: E402
-from model_pkg.pair_matcher.training import PairTrainingConfig, train_pair_matcher  # noqa: E402
+from model_pkg.arcface.training import ArcFaceTrainingConfig, train_arcface
+from model_pkg.dual_encoder.training import DualTrainingConfig, train_dual_encoder
+from model_pkg.pair_matcher.training import PairTrainingConfig, train_pair_matcher
 
 TASKS = {"pair": (PairTrainingConfig, train_pair_matcher), "arcface": (ArcFaceTrainingConfig, train_arcface)}
 TASKS["dual"] = (DualTrainingConfig, train_dual_encoder)
