@@ -2,26 +2,23 @@
 
 Every dev image against all dev captions: text->image and image->text R@1/5/10 (percent) and MRR
 (`metrics.text_image_retrieval_metrics`), from pixels and text or from the cached outputs of frozen towers.
-`DualEncoderTrainer` makes this HF Trainer's evaluation (instead of a loss), and `flat_metrics` names the
-numbers the way the Trainer logs them, with `recall_mean`, the mean of the six recalls, that selects the
+`trainer.DualEncoderTrainer` makes this HF Trainer's evaluation (instead of a loss), and `flat_metrics` names
+the numbers the way the Trainer logs them, with `recall_mean`, the mean of the six recalls, that selects the
 best checkpoint. Separate from `training.py` because `python -m model_pkg.evaluate text-search` and the
 text-search benchmark evaluate saved models with it too.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 import torch
-from transformers import Trainer
 
 from ..metrics import text_image_retrieval_metrics
 from .modeling_dual_encoder import DualEncoderModel
 
-__all__ = ["DualEncoderTrainer", "evaluate_retrieval", "flat_metrics"]
+__all__ = ["evaluate_retrieval", "flat_metrics"]
 
 
 @torch.no_grad()
@@ -81,21 +78,3 @@ def flat_metrics(result: dict[str, dict[str, float]]) -> dict[str, float]:
     out = {f"{short[d]}_{k}": v for d, values in result.items() for k, v in values.items()}
     out["recall_mean"] = float(np.mean([v for k, v in out.items() if "_r" in k]))
     return out
-
-
-class DualEncoderTrainer(Trainer):
-    """HF Trainer whose evaluation is cross-modal retrieval on the whole dev split (not a loss)."""
-
-    def __init__(self, *args, retrieval_eval: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.retrieval_eval = retrieval_eval
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        result = evaluate_retrieval(
-            cast(DualEncoderModel, self.model), **self.retrieval_eval, batch_size=self.args.per_device_eval_batch_size
-        )
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in flat_metrics(result).items()}
-        metrics[f"{metric_key_prefix}_unix_time"] = time.time()  # wall-clock for learning curves (scripts/learning_curve.py)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics

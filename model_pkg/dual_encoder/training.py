@@ -7,7 +7,7 @@
   with `features.compute_tokens`, or read from `image_features_file`); a frozen text tower likewise on
   cached mean-pooled sentence features. The LiT recipe: frozen EfficientNet-Lite0, MiniLM's top
   layers trained, MLP projections.
-* `DualEncoderTrainer.evaluate` (`evaluation.py`) embeds every dev image and every dev caption and reports
+* `DualEncoderTrainer.evaluate` (`trainer.py`, `evaluation.py`) embeds every dev image and every dev caption and reports
   text->image and image->text R@1/5/10 and MRR (`metrics.text_image_retrieval_metrics`) at each evaluation;
   the mean of the six recalls selects the best checkpoint. Checkpoints, auto-resume, mixed precision and
   atomic saving as the other tasks (`model_pkg.training`).
@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data import load_image
 from ..features import compute_tokens
 from ..fileio import atomic_write_json
 from ..modeling_utils import model_identity
@@ -47,11 +46,11 @@ from ..training import (
 from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
-from .evaluation import DualEncoderTrainer, evaluate_retrieval, flat_metrics
+from .evaluation import evaluate_retrieval, flat_metrics
 from .modeling_dual_encoder import DualEncoderModel, build_vocab
+from .trainer import CaptionBatchCollator, DualEncoderTrainer
 
 __all__ = [
-    "CaptionBatchCollator",
     "DualTrainingConfig",
     "image_tower_outputs",
     "save_with_card",
@@ -162,41 +161,6 @@ def query_bank_captions(split: datasets.Dataset, size: int, seed: int = 0) -> li
     captions = split["captions"][:]
     rows = random.Random(seed).sample(range(len(captions)), min(size, len(captions)))
     return [captions[i][0] for i in sorted(rows)]
-
-
-# -- batches ---------------------------------------------------------------------------------------------
-class CaptionBatchCollator:
-    """Rows `{row, image_path, captions}` -> one random caption per image, tokenized (or its cached text
-    features), and the image's pixels (or cached image-tower outputs); `return_loss=True`."""
-
-    def __init__(
-        self,
-        model: DualEncoderModel,
-        image_features: torch.Tensor | None = None,
-        transform=None,
-        text_features: dict[tuple[int, int], int] | None = None,
-        text_table: torch.Tensor | None = None,
-        seed: int = 0,
-    ):
-        self.model = model
-        self.image_features = image_features
-        self.transform = transform
-        self.text_index = text_features
-        self.text_table = text_table
-        self.rng = random.Random(seed)
-
-    def __call__(self, rows: Sequence[dict]) -> dict:
-        picks = [self.rng.randrange(len(r["captions"])) for r in rows]
-        batch: dict = {"return_loss": True}
-        if self.text_table is not None and self.text_index is not None:
-            batch["text_features"] = self.text_table[[self.text_index[(r["row"], j)] for r, j in zip(rows, picks)]]
-        else:
-            batch.update(self.model.tokenize([r["captions"][j] for r, j in zip(rows, picks)]))
-        if self.image_features is not None:
-            batch["image_features"] = self.image_features[[r["row"] for r in rows]].float()
-        else:
-            batch["pixel_values"] = torch.stack([self.transform(load_image(r["image_path"])) for r in rows])
-        return batch
 
 
 # -- saving ---------------------------------------------------------------------------------------------------
