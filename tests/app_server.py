@@ -1,13 +1,14 @@
-"""One petmatch app per test session, shared by test_app*.py, test_space.py and test_browser.py.
+"""One petmatch app per test session, shared by test_app*.py, test_space.py, test_security.py and test_browser*.py.
 
-`app_env()` prepares, once, a temporary folder with a stand-in embedder (an ArcFace embedder built from its
-config with the real offline ImageNet EfficientNet-Lite0 backbone; the trained `models/arcface-embedder` may
-not be there), a reduced copy of the committed demo photos (6 gallery dogs, 12 unknown ones, so the demo
-gallery builds in seconds), a writable user gallery and a small Flickr8k folder (copies of 24 dev images) for the text
-index. `app_module()` imports `app.app` under that environment (models load once) with one staff key
-(`STAFF_KEY`); `app_url()` serves it as production does, uvicorn + the mounted app (`app.app:app`: REST API,
-staff page at /staff/, visitors' page at /), on 127.0.0.1 in this process, for `gradio_client` and the browser;
-`demo_url()` serves the same models as the app without staff keys (public demo mode).
+`app_env()` prepares, once, a temporary folder holding a copy of the shipped demo assets (`app/assets`: the demo
+photos, the demo gallery, the text index and its photos) and an empty writable user gallery, and points the app at
+the shipped models (`models/pair-matcher`, `models/arcface-embedder`, `models/dual-encoder`) and at a data folder that
+does not exist: the app answers as it does on a plain clone, with the shipped thresholds, and never reads
+`../shared`. The shipped demo gallery and text index were made by the shipped models, so nothing is rebuilt at start.
+`app_module()` imports `app.app` under that environment (models load once) with one staff key (`STAFF_KEY`);
+`app_url()` serves it as production does, uvicorn + the mounted app (`app.app:app`: REST API, staff page at /staff/,
+visitors' page at /), on 127.0.0.1 in this process, for `gradio_client` and the browser; `demo_url()` serves the same
+models as the app without staff keys (public demo mode).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
-import json
 import os
 import shutil
 import socket
@@ -25,54 +25,24 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-DEMO_PHOTOS = REPO_ROOT / "app" / "assets" / "demo_photos"
-GALLERY_DOGS, UNKNOWN_DOGS, FLICKR_IMAGES = 6, 12, 24
+MODELS = REPO_ROOT / "models"
 STAFF_KEY = "test-staff-key-0123456789abcdef"
-
-
-def _reduced_demo_photos(target: Path) -> None:
-    manifest = json.loads((DEMO_PHOTOS / "manifest.json").read_text())
-    gallery, unknown = manifest["gallery_dogs"][:GALLERY_DOGS], manifest["unknown_dogs"][:UNKNOWN_DOGS]
-    for folder, dogs in (("gallery", gallery), ("queries", gallery), ("unknown", unknown), ("new", manifest["new_dogs"])):
-        for dog in dogs:
-            shutil.copytree(DEMO_PHOTOS / folder / dog, target / folder / dog)
-    manifest.update(gallery_dogs=gallery, unknown_dogs=unknown, names={d: manifest["names"][d] for d in gallery})
-    (target / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _small_flickr(target: Path) -> None:
-    source = SHARED_DATA / "flickr8k"
-    if not (source / "Flickr_8k.devImages.txt").is_file():
-        return
-    names = (source / "Flickr_8k.devImages.txt").read_text().split()[:FLICKR_IMAGES]
-    (target / "images").mkdir(parents=True)
-    for name in names:
-        # copies, not symlinks: gradio serves a result only from an allowed folder, and it resolves links
-        shutil.copyfile(source / "images" / name, target / "images" / name)
-    (target / "Flickr_8k.devImages.txt").write_text("\n".join(names) + "\n")
 
 
 @functools.cache
 def app_env() -> dict[str, str]:
-    import torch
-
-    from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
-
     root = Path(tempfile.mkdtemp(prefix="petmatch-app-test-"))
     atexit.register(shutil.rmtree, root, True)
-    torch.manual_seed(0)
-    ArcFaceEmbedderModel(ArcFaceEmbedderConfig(num_classes=0)).save_pretrained(root / "embedder")
-    _reduced_demo_photos(root / "assets" / "demo_photos")
-    _small_flickr(root / "data" / "flickr8k")
-    dual = REPO_ROOT / "models" / "dual-encoder"
+    # a copy, so that the app's writes (a demo gallery or text index rebuilt for another model) never touch the
+    # checkout; copies, not symlinks: gradio serves a file only from an allowed folder, and it resolves links
+    shutil.copytree(REPO_ROOT / "app" / "assets", root / "assets")
     return {
-        "PETMATCH_PAIR_MODEL": str(REPO_ROOT / "models" / "pair-matcher"),
-        "PETMATCH_EMBEDDER_MODEL": str(root / "embedder"),
-        "PETMATCH_DUAL_MODEL": str(dual if dual.is_dir() else root / "no-dual-encoder"),
+        "PETMATCH_PAIR_MODEL": str(MODELS / "pair-matcher"),
+        "PETMATCH_EMBEDDER_MODEL": str(MODELS / "arcface-embedder"),
+        "PETMATCH_DUAL_MODEL": str(MODELS / "dual-encoder"),
         "PETMATCH_GALLERY_DIR": str(root / "user-gallery"),
         "PETMATCH_ASSETS_DIR": str(root / "assets"),
-        "PETMATCH_DATA": str(root / "data"),
+        "PETMATCH_DATA": str(root / "no-shared-data"),  # as on a clone without ../shared
         "PETMATCH_API_KEYS": STAFF_KEY,
     }
 

@@ -43,8 +43,7 @@ def test_whole_dogs_set_vs_set_shows_the_crops(browser):  # noqa: F811
 
 def test_a_cats_full_resolution_phone_photo_in_the_browser(browser, tmp_path):  # noqa: F811
     """A 4,032 x 3,024 phone photo of a cat against two other photos of it: the intake cuts the cat out of the scene
-    (the crop is shown), and the pair is decided as cats. (The test server's gallery runs a stand-in embedder, so the
-    cat goes through set vs set, which runs the shipped matcher.)"""
+    (the crop is shown), and the shipped pair matcher decides the pair as cats."""
     tigro = sorted((PHOTOS / "cat_photos" / "tigro").glob("*.jpg"))
     scene = Image.new("RGB", (4032, 3024), (214, 204, 188))
     cat = Image.open(tigro[0]).convert("RGB")

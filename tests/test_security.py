@@ -39,8 +39,8 @@ def staff_ui(app):
     return Client(app_url() + "/staff/", auth=("staff", STAFF_KEY), verbose=False)
 
 
-def dog(shared_data, name: str) -> list[str]:
-    folder = shared_data / "dogfacenet" / name
+def dog(dog_faces, name: str) -> list[str]:
+    folder = dog_faces / name  # tests/photos/dog_faces: test-split dogs, never trained on
     return [str(folder / f) for f in sorted(os.listdir(folder))]
 
 
@@ -66,14 +66,14 @@ def file_data(path: str) -> dict:
 
 
 # -- 1. server files named as a file input ---------------------------------------------------------------------------
-def test_a_server_file_named_as_a_file_input_is_refused(app, shared_data, tmp_path):
+def test_a_server_file_named_as_a_file_input_is_refused(app, dog_faces, tmp_path):
     """Attack 1: `{"path": "/some/private/photo.jpg"}` as the input of /compare_sets or /identify: refused,
     nothing copied into Gradio's cache, no URL handed back, on the visitors' page and the demo page alike."""
     import gradio as gr
 
     private = tmp_path / "private" / "owner-photo.jpg"
     private.parent.mkdir()
-    shutil.copyfile(dog(shared_data, "0")[0], private)
+    shutil.copyfile(dog(dog_faces, "327")[0], private)
     cache = gr.utils.get_upload_folder()
     before = {p for p, _, names in os.walk(cache) for n in names if n == private.name}
     for base in (app_url(), demo_url()):
@@ -95,7 +95,9 @@ def test_gallery_and_data_folders_are_not_served(app, http):
     photo = gallery / app.gallery.index.metadata[0]["photo"]
     data = os.path.realpath(app.SETTINGS.data)
     flickr = next((os.path.join(r, n) for r, _, ns in os.walk(data) for n in ns if n.endswith(".jpg")), None)
-    for path in filter(None, (gallery / "index" / "gallery.json", photo, gallery / "audit.log", flickr)):
+    text_photos = os.path.join(app.SETTINGS.assets_dir, "text_photos")  # the text index's shipped photos
+    text_photo = os.path.join(text_photos, sorted(os.listdir(text_photos))[0])
+    for path in filter(None, (gallery / "index" / "gallery.json", photo, gallery / "audit.log", flickr, text_photo)):
         assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
         assert http.get(f"/staff/gradio_api/file={path}").status_code == 401, path  # the staff page needs its login
     readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")  # the cwd's files
@@ -109,10 +111,10 @@ def test_gallery_and_data_folders_are_not_served(app, http):
 
 
 # -- 2. roles ------------------------------------------------------------------------------------------------------
-def test_writes_need_a_staff_key(app, http, shared_data):
+def test_writes_need_a_staff_key(app, http, dog_faces):
     """Attack 3: REST writes without a key are 401, with a wrong key 403; the visitors' page has no /register; the
     staff page refuses a wrong key."""
-    photo = files(dog(shared_data, "1012")[:1], "photos")
+    photo = files(dog(dog_faces, "508")[:1], "photos")
     none = http.post("/api/v1/register", data={"name": "Bella"}, files=photo)
     assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer" and "Bearer" in none.json()["detail"]
     wrong = http.post("/api/v1/register", data={"name": "Bella"}, files=photo, headers={"Authorization": "Bearer guess"})
@@ -127,7 +129,7 @@ def test_writes_need_a_staff_key(app, http, shared_data):
     assert app.gallery.animal(some.id).name == some.name
     visitor = Client(app_url(), verbose=False)
     with pytest.raises(ValueError, match="register"):
-        visitor.predict("Bella", [handle_file(dog(shared_data, "1012")[0])], api_name="/register")
+        visitor.predict("Bella", [handle_file(dog(dog_faces, "508")[0])], api_name="/register")
     with pytest.raises(Exception):  # noqa: B017  (gradio_client raises its own error types for a refused login)
         Client(app_url() + "/staff/", auth=("staff", "not-a-staff-key-at-all"), verbose=False)
 
@@ -150,10 +152,10 @@ def test_staff_keys_from_a_file_of_keys_and_hashes(tmp_path):
 
 
 # -- 3. records, 409, audit ------------------------------------------------------------------------------------------
-def test_animal_records_over_rest(app, http, shared_data):
+def test_animal_records_over_rest(app, http, dog_faces):
     """Register -> 409 on the same name (NFKC, any case) -> add photos -> rename (409 when taken) -> delete; the
     public record has no note; every change is in the audit log with the key's fingerprint, never the key."""
-    biscuit = dog(shared_data, "1005")
+    biscuit = dog(dog_faces, "421")
     out = http.post(
         "/api/v1/register",
         data={"name": "Biscuit", "species": "dog", "note": "finder: +41 79 000 00 00"},
@@ -190,8 +192,8 @@ def test_animal_records_over_rest(app, http, shared_data):
     assert STAFF_KEY not in audit_text and "+41" not in audit_text
 
 
-def test_names_are_normalised_and_invisible_characters_refused(http, shared_data):
-    photo = files(dog(shared_data, "1013")[:1], "photos")
+def test_names_are_normalised_and_invisible_characters_refused(http, dog_faces):
+    photo = files(dog(dog_faces, "510")[:1], "photos")
     for name in ("Bel\u200bla", "Rex\u202egnal", "Max\x00", "Luna\x1b[31m"):
         out = http.post("/api/v1/register", data={"name": name}, files=photo, headers=STAFF)
         assert out.status_code == 400 and "control or invisible characters" in out.json()["detail"], name
@@ -199,22 +201,22 @@ def test_names_are_normalised_and_invisible_characters_refused(http, shared_data
     assert out.status_code == 200 and out.json()["name"] == "fido No1"  # NFKC: ligature and full-width folded
 
 
-def test_staff_page_registers_edits_and_deletes(app, staff_ui, shared_data):
+def test_staff_page_registers_edits_and_deletes(app, staff_ui, dog_faces):
     """The staff page's flows, as a script calls them: a registered name is asked about, not merged silently."""
-    coco = [handle_file(p) for p in dog(shared_data, "1007")]
-    status, listing = staff_ui.predict("Coco", coco[:2], api_name="/register")
-    assert "Registered 2 photo(s) of Coco" in status and "Coco (2)" in listing
-    with pytest.raises(Exception, match="Coco is already registered.*Tick 'Add these photos"):
-        staff_ui.predict("coco", coco[2:3], api_name="/register")
-    status, _ = staff_ui.predict("Coco", coco[2:3], "dog", "", True, api_name="/register")
-    assert "Coco now has 3 photo(s)" in status
-    animal = app.gallery.find_name("Coco")
-    status, listing, _ = staff_ui.predict(animal.id, "Coco Chanel", "", "", api_name="/update_animal")
-    assert "Saved: Coco Chanel" in status and "Coco Chanel (3)" in listing
+    pippa = [handle_file(p) for p in dog(dog_faces, "427")]
+    status, listing = staff_ui.predict("Pippa", pippa[:2], api_name="/register")
+    assert "Registered 2 photo(s) of Pippa" in status and "Pippa (2)" in listing
+    with pytest.raises(Exception, match="Pippa is already registered.*Tick 'Add these photos"):
+        staff_ui.predict("pippa", pippa[2:3], api_name="/register")
+    status, _ = staff_ui.predict("Pippa", pippa[2:3], "dog", "", True, api_name="/register")
+    assert "Pippa now has 3 photo(s)" in status
+    animal = app.gallery.find_name("Pippa")
+    status, listing, _ = staff_ui.predict(animal.id, "Pippa Chanel", "", "", api_name="/update_animal")
+    assert "Saved: Pippa Chanel" in status and "Pippa Chanel (3)" in listing
     with pytest.raises(Exception, match="Tick 'Yes, delete it'"):
         staff_ui.predict(animal.id, False, api_name="/delete_animal")
     status, listing, _ = staff_ui.predict(animal.id, True, api_name="/delete_animal")
-    assert "Deleted Coco Chanel" in status and "Coco Chanel" not in listing
+    assert "Deleted Pippa Chanel" in status and "Pippa Chanel" not in listing
     rows = staff_ui.predict(200, api_name="/audit_log")["data"]
     mine = [row for row in rows if row[3] == animal.id]
     assert [row[2] for row in mine] == ["delete", "update", "add_photos", "register"]  # newest first
@@ -222,11 +224,11 @@ def test_staff_page_registers_edits_and_deletes(app, staff_ui, shared_data):
 
 
 # -- 4. the public demo (no keys) ------------------------------------------------------------------------------------
-def test_demo_mode_keeps_each_visitors_gallery_private(app, shared_data):
+def test_demo_mode_keeps_each_visitors_gallery_private(app, dog_faces):
     """Without keys: REST writes are 403 saying how to enable keys; a visitor registers into a gallery only their
     session sees; another visitor, the REST API and the shared gallery never see it; there is no staff page."""
     base = demo_url()
-    secret = dog(shared_data, "1008")
+    secret = dog(dog_faces, "534")
     refused = httpx.post(f"{base}/api/v1/register", data={"name": "Secret"}, files=files(secret[:1], "photos"))
     assert refused.status_code == 403 and "PETMATCH_API_KEYS" in refused.json()["detail"]
     refused = httpx.post(f"{base}/api/v1/register", data={"name": "Secret"}, files=files(secret[:1], "photos"), headers=STAFF)
@@ -253,7 +255,7 @@ def raw_request(base: str, head: str, body: bytes = b"") -> str:
         return s.recv(4096).decode(errors="replace").split("\r\n")[0]
 
 
-def test_bodies_and_file_counts_are_refused_while_reading(http, shared_data):
+def test_bodies_and_file_counts_are_refused_while_reading(http, dog_faces):
     """Attack 4: a body claiming 300 MB is refused at once (413, nothing read), on the REST API and on Gradio's
     upload route; 41 files in one form are refused by the parser (413), not spooled and then counted."""
     for path in ("/api/v1/match", "/gradio_api/upload"):
@@ -281,7 +283,7 @@ def test_bodies_and_file_counts_are_refused_while_reading(http, shared_data):
     assert out.status_code == 413 and "Too many files" in out.json()["detail"]
 
 
-def test_only_jpeg_png_webp_and_no_progressive_bombs(http, shared_data, monkeypatch):
+def test_only_jpeg_png_webp_and_no_progressive_bombs(http, dog_faces, monkeypatch):
     from model_pkg.data import images
 
     one = [("photo", ("a.jpg", b"GIF89a" + b"\x00" * 64, "image/jpeg"))]
@@ -294,7 +296,7 @@ def test_only_jpeg_png_webp_and_no_progressive_bombs(http, shared_data, monkeypa
     eps = [("photo", ("scan.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n", "image/jpeg"))]
     assert http.post("/api/v1/identify", files=eps).status_code == 400
     progressive, baseline = io.BytesIO(), io.BytesIO()
-    picture = Image.open(dog(shared_data, "0")[0]).convert("RGB").resize((400, 400))
+    picture = Image.open(dog(dog_faces, "327")[0]).convert("RGB").resize((400, 400))
     picture.save(progressive, "JPEG", progressive=True)
     picture.save(baseline, "JPEG")
     monkeypatch.setattr(images, "MAX_PROGRESSIVE_PIXELS", 100_000)  # stands for 50 MP, on a small photo
@@ -321,19 +323,19 @@ def test_rate_limit_answers_429_with_retry_after(app, monkeypatch):
     assert httpx.get(f"{base}/api/v1/health").status_code == 200 and httpx.get(f"{base}/").status_code == 200
 
 
-def test_rest_and_ui_share_one_bounded_queue(app, http, staff_ui, shared_data, monkeypatch):
+def test_rest_and_ui_share_one_bounded_queue(app, http, staff_ui, dog_faces, monkeypatch):
     """Model work from REST and the UI goes through the same queue: when it is full both are told to retry."""
     from app.security import ModelWork
 
     monkeypatch.setattr(app.services, "work", ModelWork(1, 0))  # no one may wait
-    photo = dog(shared_data, "0")[0]
+    photo = dog(dog_faces, "327")[0]
     out = http.post("/api/v1/identify", files=files([photo], "photo"))
     assert out.status_code == 503 and out.headers["retry-after"] == "5" and "busy" in out.json()["detail"]
     with pytest.raises(Exception, match="busy"):
         Client(app_url(), verbose=False).predict(handle_file(photo), api_name="/identify")
 
 
-def test_unexpected_errors_do_not_reach_the_client_with_server_paths(app, shared_data, monkeypatch):
+def test_unexpected_errors_do_not_reach_the_client_with_server_paths(app, dog_faces, monkeypatch):
     """An exception the handlers do not expect (a disk error naming a gallery file) is logged, not shown: the
     client gets a generic error, on the page and through the REST API."""
     secret = f"[Errno 13] Permission denied: '{app.gallery.directory}/index/gallery.json'"
@@ -343,7 +345,7 @@ def test_unexpected_errors_do_not_reach_the_client_with_server_paths(app, shared
             raise PermissionError(secret)
 
     monkeypatch.setattr(app.services, "work", Broken())
-    photo = dog(shared_data, "0")[0]
+    photo = dog(dog_faces, "327")[0]
     with pytest.raises(Exception) as caught:
         Client(app_url(), verbose=False).predict(handle_file(photo), api_name="/identify")
     assert "PermissionError" in str(caught.value) and str(app.gallery.directory) not in str(caught.value)
