@@ -2,7 +2,7 @@
 
 Real photos that ship with the repository are in `tests/photos/` (`PHOTOS`, the `dog_faces` fixture; see its README): every
 test that needs real pets or captioned photos reads them there, so a plain clone runs it. Only the few dataset-scale
-tests (the full DogFaceNet split counts, a model's accuracy on its held-out dogs) read `<repo>/../shared/data` (CI clones
+tests (the whole DogFaceNet's split sizes, the dashboard's photos of the held-out dogs it plots) read `<repo>/../shared/data` (CI clones
 the repository with `shared/` beside it): they take the `shared_data` fixture and are skipped, with the one reason
 `DATASET_SCALE_SKIP`, when that folder is missing.
 """
