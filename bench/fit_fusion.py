@@ -18,7 +18,8 @@ Validation pets (never the animals anyone reports on): the DogFaceNet validation
    s-norm against training dogs) where that has the higher 1v1 ROC-AUC on the validation pairs. Per kind and set
    size (1, 2, 3 photos per side): Platt scaling of that score (`LogisticRegression`'s slope) centred on its
    accuracy-optimal value on validation pairs -> `KindFusion.pair_score` / `slope` / `centres`.
-5. The gallery's unknown / reshoot thresholds are calibrated on a mixed validation gallery (all four kinds).
+5. The gallery's unknown / reshoot thresholds are calibrated on a mixed validation gallery (all four kinds), and
+   per kind on the queries of that kind in the same mixed galleries (5 draws, median): `KindFusion.gallery_*`.
 6. Out of sample: for the kinds decided on the fused cosine, 1v1 thresholds fitted on half of the animals are
    measured on the other half, beside the baseline at its best threshold (`cross_validated_decisions`).
 """
@@ -40,8 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from model_pkg.data import sample_pairs  # noqa: E402
 from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
-from model_pkg.evaluation.common import cache_dir, reference_features  # noqa: E402
-from model_pkg.fileio import atomic_save_npy, atomic_write_json  # noqa: E402
+from model_pkg.features import reference_features  # noqa: E402
+from model_pkg.fileio import (  # noqa: E402
+    atomic_save_npy,
+    atomic_write_json,
+    cache_dir,  # noqa: E402
+)
 from model_pkg.gallery import GalleryIndex  # noqa: E402
 from model_pkg.intake import KINDS, FusionConfig, KindFusion, embed_photos, fused_vectors, gallery_vectors  # noqa: E402
 from model_pkg.intake.photo_intake import PhotoIntake  # noqa: E402
@@ -274,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     known_labels = [lab for lab, unk in zip(split.query_labels, unknown) if not unk]
     gallery.calibrate(q[~unknown], known_labels, q[unknown], k=20)
     report["gallery_thresholds"] = {"score_threshold": gallery.score_threshold, "margin_threshold": gallery.margin_threshold}
+    report["gallery_thresholds_per_kind"] = gallery_thresholds_per_kind(g, groups, index, np.array(kind_of_photo), fusion_config)
     report["fusion"] = fusion_config.to_dict()
     report["intake"] = {k: v for k, v in intake.items() if k not in ("kind_weights", "kind_bias")}
     atomic_write_json(report, args.json)
@@ -288,6 +294,35 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(config, config_file)
         print(f"wrote intake + fusion into {config_file}")
     return 0
+
+
+def gallery_thresholds_per_kind(g, groups, index, query_kinds: np.ndarray, fusion_config, draws: int = 5) -> dict:
+    """Per kind of query photo (as the intake reads it), the thresholds `GalleryIndex.calibrate` chooses on that kind's
+    known and unknown queries against mixed validation galleries (G = 1, 20% unknown, `draws` draws); the median
+    over draws is stored in `fusion_config`."""
+    chosen: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    for seed in range(draws):
+        split = split_gallery_queries(groups, 1, 0.2, seed)
+        gallery = GalleryIndex(g.shape[1], "ip")
+        gallery.add(g[[index[p] for p in split.gallery_paths]], split.gallery_labels)
+        rows = np.array([index[p] for p in split.query_paths])
+        labels = np.array(split.query_labels)
+        unknown = np.isin(labels, list(split.unknown_labels))
+        for kind in KINDS:
+            known, unseen = (query_kinds[rows] == kind) & ~unknown, (query_kinds[rows] == kind) & unknown
+            if known.any() and unseen.any():
+                fit = gallery.calibrate(g[rows[known]], list(labels[known]), g[rows[unseen]], k=20)
+                chosen[kind].append((float(fit["score_threshold"]), float(fit["margin_threshold"])))
+    report = {}
+    for kind, fits in chosen.items():
+        if fits:
+            settings = fusion_config.kinds[kind]
+            settings.gallery_score_threshold = round(float(np.median([f[0] for f in fits])), 6)
+            settings.gallery_margin_threshold = round(
+                float(np.median([f[1] for f in fits])), 6
+            )  # 1e-6: exact ties stay "reshoot"
+            report[kind] = {"draws": fits, "score": settings.gallery_score_threshold, "margin": settings.gallery_margin_threshold}
+    return report
 
 
 def cross_validated_decisions(fused_by_kind, baseline, ids, paths, kinds, for_fusion, index, halvings: int = 5) -> dict:

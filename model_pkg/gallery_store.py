@@ -60,8 +60,9 @@ from .data import load_image
 from .fileio import atomic_write
 from .gallery import META_FILE, GalleryIndex, GalleryMismatchError, Prediction
 from .intake.embedding import embed_photos as intake_embed_photos
-from .intake.embedding import vector_size
+from .intake.embedding import model_fusion, vector_size
 from .intake.photo_intake import IntakeResult
+from .intake.settings import FusionConfig
 from .modeling_utils import model_identity
 
 __all__ = [
@@ -71,8 +72,10 @@ __all__ = [
     "NameTakenError",
     "PhotoGallery",
     "UnknownAnimalError",
+    "decide_identification",
     "embed_photos",
     "embedder_id",
+    "kind_thresholds",
     "normalize_name",
     "MAX_NAME_LENGTH",
 ]
@@ -89,6 +92,42 @@ def embedder_id(model: torch.nn.Module) -> str:
     """`<model_type>:<16 hex>`: galleries record it and refuse vectors of another embedder; the same rule
     as the text index (`modeling_utils.model_identity`: weights and forward-pass config, never paths)."""
     return model_identity(model)
+
+
+def kind_thresholds(
+    fusion: FusionConfig | None, kind: str | None, score_threshold: float | None, margin_threshold: float
+) -> tuple[float | None, float]:
+    """The gallery's (score, margin) thresholds for a query of `kind`: the fusion's for that kind
+    (`KindFusion.gallery_score_threshold` / `gallery_margin_threshold`), the gallery's own where it has none."""
+    settings = fusion.kinds.get(kind) if fusion is not None and kind is not None else None
+    if settings is not None and settings.gallery_score_threshold is not None:
+        score_threshold = settings.gallery_score_threshold
+    if settings is not None and settings.gallery_margin_threshold is not None:
+        margin_threshold = settings.gallery_margin_threshold
+    return score_threshold, margin_threshold
+
+
+def decide_identification(prediction: Prediction, score_threshold: float | None, margin_threshold: float) -> Prediction:
+    """The vote of `GalleryIndex.classify` decided again at other thresholds, by its rule: "unknown" below the score
+    threshold, else "reshoot" below the margin threshold, else the voted animal."""
+    if score_threshold is not None and prediction.top_score < score_threshold:
+        reason: str | None = "unknown"
+    else:
+        reason = "reshoot" if prediction.margin < margin_threshold else None
+    best = prediction.candidates[0][0] if prediction.candidates else prediction.label
+    return replace(prediction, label=best if reason is None else None, accepted=reason is None, reason=reason)
+
+
+def _refuse_reshoots(photos: Sequence, seen: Sequence[IntakeResult]) -> None:
+    """A photo the intake would have the person retake (no dog or cat, two animals, too small, blurred) is never
+    registered: every later identify would be compared with it. Nothing of the upload is kept."""
+    bad = [(i, photo, r.reshoot) for i, (photo, r) in enumerate(zip(photos, seen), 1) if r.reshoot]
+    if bad:
+        named = "; ".join(
+            f"photo {i}" + (f" ({Path(photo).name})" if isinstance(photo, (str, os.PathLike)) else "") + f": {why}"
+            for i, photo, why in bad
+        )
+        raise ValueError(f"Nothing was registered. Retake or leave out {named}.")
 
 
 def embed_photos(model, paths: Sequence, progress: ProgressFn | None = None, batch_size: int = 16) -> np.ndarray:
@@ -498,7 +537,9 @@ class PhotoGallery:
         # identifications go on meanwhile. Only adding to the index and saving it are serialised.
         stored = [self._store_photo(photo, name) for photo in photos]
         try:
-            embeddings = embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress)
+            vectors = intake_embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress=progress)
+            _refuse_reshoots(photos, vectors.intake)
+            embeddings = vectors.gallery
             with self._locked():
                 self.refresh()  # another process may have registered animals since this one last looked
                 records = self._records()
@@ -656,6 +697,10 @@ class PhotoGallery:
                     matches.append(GalleryMatch(label, float(score), str(self.directory / meta["photo"]), animal))
                 if len(matches) == top:
                     break
+        score_threshold, margin_threshold = kind_thresholds(
+            model_fusion(self.embedder), seen.kind, self.index.score_threshold, self.index.margin_threshold
+        )
+        prediction = decide_identification(prediction, score_threshold, margin_threshold)
         if not seen.usable:  # the intake's reason beats any vote: the photo itself must be retaken
             prediction = replace(prediction, label=None, accepted=False, reason="reshoot")
-        return Identification(prediction, matches, self.index.score_threshold, self.index.margin_threshold, seen)
+        return Identification(prediction, matches, score_threshold, margin_threshold, seen)

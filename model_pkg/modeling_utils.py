@@ -104,6 +104,8 @@ IDENTITY_IGNORED_CONFIG_KEYS = frozenset(
         "use_cache",
         "score_threshold",
         "margin_threshold",
+        "gallery_score_threshold",
+        "gallery_margin_threshold",
         "gallery_k",
         "gallery_per_id",
         "threshold",

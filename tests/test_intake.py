@@ -115,7 +115,12 @@ def test_kind_fusion_probability_is_monotone_and_centred():
 def test_fusion_settings_round_trip_through_a_saved_model(tmp_path):
     from model_pkg import PairMatcherConfig
 
-    fusion = FusionConfig({k: KindFusion(0.1 * (i + 1), 10.0 + i, {"1": 0.5, "2": 0.6}) for i, k in enumerate(KINDS)})
+    fusion = FusionConfig(
+        {
+            k: KindFusion(0.1 * (i + 1), 10.0 + i, {"1": 0.5, "2": 0.6}, gallery_score_threshold=0.9 + i / 100)
+            for i, k in enumerate(KINDS)
+        }
+    )
     config = PairMatcherConfig(intake=IntakeConfig(min_sharpness=9.0).to_dict(), fusion=fusion.to_dict())
     config.save_pretrained(tmp_path)
     loaded = PairMatcherConfig.from_pretrained(tmp_path)
@@ -127,6 +132,25 @@ def test_fusion_settings_round_trip_through_a_saved_model(tmp_path):
         PairMatcherConfig(intake={"min_sharpnes": 3})
     with pytest.raises(ValueError, match="no settings for the kinds"):
         FusionConfig({"dog_face": KindFusion(0.5)})
+
+
+def test_gallery_decides_each_query_at_the_thresholds_of_its_kind():
+    """Two different cats look more alike to these features than two different dogs: an unknown cat face that
+    would pass the one threshold of every kind is "unknown" at the cat faces' own threshold."""
+    from model_pkg.gallery import Prediction
+    from model_pkg.gallery_store import decide_identification, kind_thresholds
+
+    fusion = FusionConfig.from_dict(SHIPPED["fusion"])
+    cat = fusion.kinds["cat_face"].gallery_score_threshold
+    assert cat is not None and cat > SHIPPED["score_threshold"]
+    assert all(fusion.kinds[k].gallery_score_threshold is not None for k in KINDS)
+    vote = Prediction("Tigro", 0.9, (SHIPPED["score_threshold"] + cat) / 2, 0.8, True, None, [("Tigro", 0.9), ("Birba", 0.1)])
+    as_cat = decide_identification(vote, *kind_thresholds(fusion, "cat_face", SHIPPED["score_threshold"], 0.003))
+    assert (as_cat.label, as_cat.accepted, as_cat.reason) == (None, False, "unknown")
+    global_only = decide_identification(vote, *kind_thresholds(None, "cat_face", SHIPPED["score_threshold"], 0.003))
+    assert (global_only.label, global_only.accepted) == ("Tigro", True)
+    close_call = decide_identification(vote, *kind_thresholds(None, None, 0.0, 0.9))
+    assert (close_call.label, close_call.reason) == (None, "reshoot")
 
 
 def test_fused_cosine_is_the_weighted_sum_of_the_two_matchers():
@@ -190,3 +214,20 @@ def test_intake_network_runs_on_onnx_runtime_and_recovers_a_damaged_export(tmp_p
     with torch.no_grad():
         expected = network.forward_features(pixels)
     assert torch.allclose(features.forward_features(pixels), expected, atol=1e-3)
+
+
+def test_registration_refuses_a_photo_the_intake_would_have_retaken(tmp_path):
+    """A shelter registering an animal with a photo of no animal gets the reason and the photo's number; nothing of
+    that upload is stored, so later identifications are never compared with it."""
+    from model_pkg import ArcFaceEmbedderModel
+    from model_pkg.gallery_store import PhotoGallery
+
+    street = tmp_path / "street.jpg"
+    Image.fromarray((np.random.default_rng(1).random((480, 640, 3)) * 255).astype(np.uint8)).save(street)
+    gallery = PhotoGallery(tmp_path / "gallery", ArcFaceEmbedderModel.from_pretrained(ROOT / "models" / "arcface-embedder"))
+    dog = photos("whole_dogs")[:2]
+    with pytest.raises(ValueError, match=r"Nothing was registered\. Retake or leave out photo 2 \(street\.jpg\): no dog or cat"):
+        gallery.register_animal("Rex", [dog[0], street, dog[1]], by="test")
+    assert len(gallery) == 0 and not [p for p in (tmp_path / "gallery").rglob("*.jpg")]
+    gallery.register_animal("Rex", dog, by="test")
+    assert gallery.photo_counts() == {"Rex": 2}

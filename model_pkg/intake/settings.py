@@ -84,12 +84,17 @@ class KindFusion:
     kind are made on: "fused" (the fused cosine) or "matcher" (the pair matcher's own score of the trained
     embeddings: its adaptive s-norm against training dogs, chosen where it beats the fused cosine on validation
     pairs). slope: Platt slope on that score. centres: set size ("1", "2", "3", ...) -> the score at probability
-    0.5; larger sets use the largest size's centre (a mean of more photos has a higher cosine)."""
+    0.5; larger sets use the largest size's centre (a mean of more photos has a higher cosine).
+    gallery_score_threshold / gallery_margin_threshold: the gallery's "unknown" / "reshoot" thresholds for a query of
+    this kind (None: the model's `score_threshold` / `margin_threshold`): the fused similarities of two different cats
+    run higher than those of two different dogs, so one threshold for every kind let most unknown cats through."""
 
     trained_weight: float
     slope: float = 20.0
     centres: dict[str, float] = field(default_factory=lambda: {"1": 0.5})
     pair_score: str = "fused"
+    gallery_score_threshold: float | None = None
+    gallery_margin_threshold: float | None = None
 
     def centre(self, set_size: int) -> float:
         sizes = sorted(int(k) for k in self.centres)
