@@ -1,24 +1,41 @@
 """Backbone features of many photos at once, cached with `datasets.map` so a frozen backbone runs once.
 
-Used by the frozen-backbone training phase (train on cached tokens, not pixels), by evaluation
-(each photo is embedded once however many pairs it appears in) and by the hard-negative reference.
+Used by the frozen-backbone training phase (train on cached tokens, not pixels) and by evaluation (each photo
+is embedded once however many pairs it appears in). At the end, the untrained ImageNet reference features
+(`reference_features`, cached on disk): the evaluation's baselines, and `hard_neighbours`, the hard-negative
+mining of training and evaluation (each dog's nearest other dogs).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import datasets
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import Backbone
-from .data import load_image
+from .backbones import Backbone, create_backbone
+from .data import load_image, nearest_identities
+from .fileio import atomic_save_npy, cache_dir
 from .transforms import create_transform
 
-__all__ = ["compute_activation_views", "compute_tokens", "compute_pooled", "compute_pooled_features", "compute_layer_features"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "REFERENCE_BACKBONE",
+    "compute_activation_views",
+    "compute_layer_features",
+    "compute_pooled",
+    "compute_pooled_features",
+    "compute_tokens",
+    "hard_neighbours",
+    "reference_features",
+]
 
 _FEATURE_CHUNK = 512  # photos per compute_tokens call in compute_pooled_features, so token memory stays bounded
 
@@ -187,3 +204,63 @@ def compute_layer_features(
     finally:
         backbone.train(was_training)
     return {name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in chunks.items()}
+
+
+# -- the untrained ImageNet reference: the evaluation's baselines and the hard negatives of training and evaluation --
+REFERENCE_BACKBONE = "tf_efficientnet_lite0"
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_backbone():
+    backbone = create_backbone(REFERENCE_BACKBONE, pretrained=True)
+    backbone.eval()
+    return backbone
+
+
+def _paths_key(paths: Sequence[str], image_size: int) -> str:
+    digest = hashlib.sha256(f"{REFERENCE_BACKBONE}:{image_size}\n".encode())
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{path}\t{st.st_mtime_ns}\t{st.st_size}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def reference_features(paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Pooled features (float32, D=1280) of the untrained ImageNet ``tf_efficientnet_lite0`` for each photo.
+
+    Returns ``{path: vector}``. The features of a given set of photos are computed once and cached as
+    ``<cache_dir()>/reference-tf_efficientnet_lite0-<hash>.npy`` (hash of the sorted paths with their
+    modification times and sizes, so edited photos are recomputed), written atomically.
+    """
+    ordered = sorted({os.fspath(p) for p in paths})
+    if not ordered:
+        return {}
+    backbone = _reference_backbone()
+    key = _paths_key(ordered, backbone.image_size)
+    file = cache_dir() / f"reference-{REFERENCE_BACKBONE}-{key}.npy"
+    array = None
+    if file.is_file():
+        try:
+            array = np.load(file)
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable reference cache %s (%s): recomputing", file, exc)
+        if array is not None and (array.ndim != 2 or array.shape[0] != len(ordered)):
+            logger.warning("reference cache %s has shape %s for %d photos: recomputing", file, array.shape, len(ordered))
+            array = None
+    if array is None:
+        array = compute_pooled_features(backbone, ordered, batch_size=batch_size, desc="reference features").numpy()
+        array = array.astype(np.float32)
+        atomic_save_npy(file, array)
+    return {path: array[i] for i, path in enumerate(ordered)}
+
+
+def hard_neighbours(
+    groups: Mapping[str, Sequence[str]], batch_size: int = 32, k: int = 1
+) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """Each dog's ``k`` nearest other dogs (cosine of mean reference features) among ``groups``.
+
+    Returns the neighbours and the per-photo reference features of all photos of ``groups``.
+    """
+    feats = reference_features([p for ps in groups.values() for p in ps], batch_size=batch_size)
+    means = {dog: np.mean([feats[p] for p in ps], axis=0) for dog, ps in groups.items() if ps}
+    return nearest_identities(means, k=k), feats

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model_pkg import PairMatcherConfig, PairMatcherModel, evaluate, evaluation
+from model_pkg import PairMatcherConfig, PairMatcherModel, evaluate, evaluation, features
 from model_pkg.data import as_dataset, save_splits, subset_by_identities
-from model_pkg.evaluation import common as evaluation_common
 
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 REQUIRED_KEYS = METRIC_KEYS + (
@@ -160,7 +159,7 @@ def test_pair_hard_saved_model_is_deterministic_and_cached(dogs, model_dir, spli
     def no_recompute(*args, **kwargs):
         raise AssertionError("reference features recomputed despite the cache")
 
-    monkeypatch.setattr(evaluation_common, "compute_pooled", no_recompute)
+    monkeypatch.setattr(features, "compute_pooled", no_recompute)
     second = run(argv)
     assert without_time(second) == without_time(first)
     assert sorted(cache.glob("reference-tf_efficientnet_lite0-*.npy")) == files

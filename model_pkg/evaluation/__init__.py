@@ -1,17 +1,9 @@
 """Evaluation per task: `pair` (set-vs-set verification), `gallery` (identification with open-set rejection),
-`text_search` (image-text retrieval), on `common` (reference features, data); saved models load through
-`model_pkg.loading`. The command line is `python -m model_pkg.evaluate <task> ...` (`model_pkg/evaluate.py`)."""
+`text_search` (image-text retrieval), on `common` (the baselines, data), `model_pkg.features` (the ImageNet reference features, hard
+negatives) and `model_pkg.loading` (saved models). The command line is `python -m model_pkg.evaluate <task> ...` (`model_pkg/evaluate.py`)."""
 
-from .common import (
-    BASELINE,
-    GALLERY_BASELINE,
-    REFERENCE_BACKBONE,
-    EvaluationError,
-    cache_dir,
-    hard_neighbours,
-    load_groups,
-    reference_features,
-)
+from ..features import REFERENCE_BACKBONE, hard_neighbours, reference_features
+from .common import BASELINE, GALLERY_BASELINE, EvaluationError, cache_dir, load_groups
 from .gallery import evaluate_gallery_protocol
 from .pair import NEGATIVE_MODES, draw_pairs, evaluate_pair, save_pair_scores
 from .text_search import evaluate_text_search

@@ -13,13 +13,14 @@ import numpy as np
 from ..arcface import ArcFaceEmbedderModel
 from ..arcface.embedding import embed_paths
 from ..data.samplers import GallerySplit, split_gallery_queries
+from ..features import reference_features
 from ..gallery import GalleryIndex
 from ..gallery_store import decide_identification, kind_thresholds
 from ..intake.embedding import embed_photo_files, model_fusion
 from ..loading import load_arcface_model
 from ..metrics import confusion as confusion_matrix_of
 from ..metrics import save_confusion
-from .common import BASELINE, GALLERY_BASELINE, EvaluationError, json_safe, load_groups, reference_features
+from .common import BASELINE, GALLERY_BASELINE, EvaluationError, json_safe, load_groups
 
 __all__ = ["GALLERY_RESULT_KEYS", "RESHOOT", "UNKNOWN", "evaluate_gallery_protocol"]
 

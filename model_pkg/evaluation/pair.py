@@ -13,7 +13,7 @@ import torch
 
 from ..data import CachedSetPairCollator, sample_pairs
 from ..data.pairs import SetPair, pair_records
-from ..features import compute_tokens
+from ..features import compute_tokens, hard_neighbours, reference_features
 from ..fileio import atomic_write
 from ..intake.embedding import embed_photo_files, model_fusion, model_intake
 from ..intake.fusion import DECISION_THRESHOLD, decide_pair
@@ -21,7 +21,7 @@ from ..loading import load_pair_model
 from ..metrics import choose_threshold, verification_metrics
 from ..pair_matcher import PairMatcherModel
 from ..pair_matcher.calibration import predict_pair_scores
-from .common import BASELINE, EvaluationError, hard_neighbours, json_safe, load_groups, reference_features
+from .common import BASELINE, EvaluationError, json_safe, load_groups
 
 __all__ = ["NEGATIVE_MODES", "RESULT_KEYS", "draw_pairs", "evaluate_pair", "save_pair_scores"]
 

@@ -30,7 +30,7 @@ from ..data import (
     sample_pairs,
     subset_by_identities,
 )
-from ..features import compute_pooled, compute_tokens
+from ..features import compute_pooled, compute_tokens, hard_neighbours
 from ..fileio import atomic_write_json
 from ..metrics import verification_metrics
 from ..modeling_utils import model_identity
@@ -218,8 +218,6 @@ def train_pair_matcher(cfg: PairTrainingConfig) -> dict:
 
     # 3. Hard negatives: nearest other dogs under the untrained backbone's mean pooled feature.
     if cfg.embedder:  # the backbone is trained: take the untrained ImageNet reference, as evaluation does
-        from ..evaluation import hard_neighbours
-
         val_nn, _ = hard_neighbours(val_groups, k=1)  # the pairs `evaluate pair --negatives hard` draws
         train_nn = None
     else:
