@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from model_pkg.evaluation import evaluate_gallery_protocol, evaluate_pair
-from model_pkg.evaluation.common import cache_dir
-from model_pkg.fileio import atomic_write_json
+from model_pkg.fileio import atomic_write_json, cache_dir
 from model_pkg.loading import load_arcface_model, load_pair_model
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))

@@ -3,7 +3,7 @@
 negatives) and `model_pkg.loading` (saved models). The command line is `python -m model_pkg.evaluate <task> ...` (`model_pkg/evaluate.py`)."""
 
 from ..features import REFERENCE_BACKBONE, hard_neighbours, reference_features
-from .common import BASELINE, GALLERY_BASELINE, EvaluationError, cache_dir, load_groups
+from .common import BASELINE, GALLERY_BASELINE, EvaluationError, load_groups
 from .gallery import evaluate_gallery_protocol
 from .pair import NEGATIVE_MODES, draw_pairs, evaluate_pair, save_pair_scores
 from .text_search import evaluate_text_search
@@ -14,7 +14,6 @@ __all__ = [
     "NEGATIVE_MODES",
     "REFERENCE_BACKBONE",
     "EvaluationError",
-    "cache_dir",
     "draw_pairs",
     "evaluate_gallery_protocol",
     "evaluate_pair",

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..data import SplitFileError, as_dataset, group_paths, load_splits, subset_by_identities
-from ..fileio import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +19,6 @@ __all__ = [
     "BASELINE",
     "GALLERY_BASELINE",
     "EvaluationError",
-    "cache_dir",
     "json_safe",
     "load_groups",
 ]
