@@ -42,8 +42,9 @@ import torch
 from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
 from model_pkg.backbones import load_offline_state_dict
 from model_pkg.data import load_image
-from model_pkg.export import export_onnx, list_photos, photo_pixels, quantize_image_tower, spread
+from model_pkg.export import export_onnx, list_photos, photo_pixels, spread
 from model_pkg.fileio import atomic_write_json
+from model_pkg.onnx_quantization import quantize_image_tower
 from model_pkg.onnx_runtime import SPINNING, OnnxTower
 from model_pkg.transforms import create_transform
 

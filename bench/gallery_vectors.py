@@ -193,7 +193,7 @@ def _real_embeddings(args) -> tuple[np.ndarray, np.ndarray, str, str]:
                 f"{f['split']} split (cached npz)",
             )
     from model_pkg.data import load_splits
-    from model_pkg.embed import load_embeddings, read_manifest
+    from model_pkg.embedding_store import load_embeddings, read_manifest
 
     _, labels, x = load_embeddings(args.embeddings)
     splits = load_splits(args.splits)

@@ -33,7 +33,7 @@ from ..backbones import create_backbone
 from ..losses import max_violation_loss, symmetric_contrastive_loss
 from ..onnx_runtime import attach_exported
 from .configuration_dual_encoder import DualEncoderConfig
-from .tokenization import WordTokenizer, build_vocab
+from .tokenization import WordTokenizer
 from .towers import (
     MINILM_PACKAGE,
     AttentionPool,
@@ -48,7 +48,6 @@ __all__ = [
     "DualEncoderModel",
     "DualEncoderOutput",
     "DualEncoderPreTrainedModel",
-    "build_vocab",  # defined in `tokenization`; training imports it from here
 ]
 
 

@@ -47,7 +47,8 @@ from ..transforms import create_transform
 from .configuration_dual_encoder import DualEncoderConfig
 from .data import caption_pairs, load_flickr8k_splits
 from .evaluation import evaluate_retrieval, flat_metrics
-from .modeling_dual_encoder import DualEncoderModel, build_vocab
+from .modeling_dual_encoder import DualEncoderModel
+from .tokenization import build_vocab
 from .trainer import CaptionBatchCollator, DualEncoderTrainer
 
 __all__ = [

@@ -61,10 +61,10 @@ from typing import Any
 
 import numpy as np
 
+from ..vector_index.spec import HNSW_M  # the one HNSW degree, for galleries and `gallery build`
 from .common import (
     DEFAULT_MARGIN_THRESHOLD,
     GALLERY_FILES,
-    HNSW_M,
     INDEX_FILE,
     META_FILE,
     VECTORS_FILE,

@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from ..vector_index.spec import HNSW_M as HNSW_M  # re-exported: the one HNSW degree, for galleries and `gallery build`
-
 FORMAT = "petmatch-gallery"
 FORMAT_VERSION = 2  # 2: IVF indexes; flat and HNSW galleries are still written as version 1
 INDEX_FILE = "index.faiss"

@@ -17,12 +17,12 @@ from typing_extensions import Self
 
 from .. import vector_index as vi
 from ..fileio import backup_path, sha256_file, swap_folder
+from ..vector_index.spec import HNSW_M
 from .common import (
     DEFAULT_MARGIN_THRESHOLD,
     FORMAT,
     FORMAT_VERSION,
     GALLERY_FILES,
-    HNSW_M,
     INDEX_FILE,
     META_FILE,
     VECTORS_FILE,
