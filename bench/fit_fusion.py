@@ -37,22 +37,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # as the other bench scripts
-
-from model_pkg.data import sample_pairs  # noqa: E402
-from model_pkg.data.samplers import split_gallery_queries  # noqa: E402
-from model_pkg.features import reference_features  # noqa: E402
-from model_pkg.fileio import (  # noqa: E402
+from model_pkg.data import sample_pairs
+from model_pkg.data.samplers import split_gallery_queries
+from model_pkg.features import reference_features
+from model_pkg.fileio import (
     atomic_save_npy,
     atomic_write_json,
-    cache_dir,  # noqa: E402
+    cache_dir,
 )
-from model_pkg.gallery import GalleryIndex  # noqa: E402
-from model_pkg.intake import KINDS, FusionConfig, KindFusion, embed_photos, fused_vectors, gallery_vectors  # noqa: E402
-from model_pkg.intake.photo_intake import PhotoIntake  # noqa: E402
-from model_pkg.intake.settings import KIND_HEAD_CLASSES, IntakeConfig  # noqa: E402
-from model_pkg.loading import load_arcface_model, load_pair_model  # noqa: E402
-from model_pkg.metrics import choose_threshold  # noqa: E402
+from model_pkg.gallery import GalleryIndex
+from model_pkg.intake import KINDS, FusionConfig, KindFusion, embed_photos, fused_vectors, gallery_vectors
+from model_pkg.intake.photo_intake import PhotoIntake
+from model_pkg.intake.settings import KIND_HEAD_CLASSES, IntakeConfig
+from model_pkg.loading import load_arcface_model, load_pair_model
+from model_pkg.metrics import choose_threshold
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))
 GRID = [round(0.1 * i, 1) for i in range(11)]
