@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.embedding_store": BASE,
     "model_pkg.hub": BASE,
     # models: backbones, features, the families' configs and models, loading, ONNX Runtime, the intake
-    "model_pkg": MODELS,  # the package root: the lazy model and config classes
+    "model_pkg": MODELS,  # the package root only (`EXACT`): the lazy model and config classes
     "model_pkg.backbones": MODELS,
     "model_pkg.transforms": MODELS,
     "model_pkg.features": MODELS,
@@ -83,11 +83,15 @@ LAYERS: dict[str, int] = {
 }
 
 
+# keys that name one module, not a prefix: a new module at the package root must be given its layer
+EXACT = frozenset({"model_pkg"})
+
+
 def layer_of(module: str, layers: Mapping[str, int] = LAYERS) -> int | None:
     """The layer of the longest prefix of `module` in `layers` (None: no prefix matches, e.g. a third party)."""
     name = module
     while name:
-        if name in layers:
+        if name in layers and (name == module or name not in EXACT):
             return layers[name]
         name = name.rpartition(".")[0]
     return None
@@ -268,3 +272,4 @@ def test_deferred_relative_and_type_checking_imports_are_read():
     assert not any(name.startswith("model_pkg.training") for name, _ in names)
     assert layer_of("model_pkg.arcface.training") == TRAINING and layer_of("model_pkg.arcface.modeling_arcface") == MODELS
     assert layer_of("numpy") is None
+    assert layer_of("model_pkg") == MODELS and layer_of("model_pkg.new_root_module") is None
