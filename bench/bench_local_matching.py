@@ -20,21 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from fit_fusion import _groups, photo_vectors, validation_photos  # bench/ is the script's own folder
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from fit_fusion import _groups, photo_vectors, validation_photos  # noqa: E402
-
-from model_pkg.data import sample_pairs  # noqa: E402
-from model_pkg.fileio import atomic_write, atomic_write_json, cache_dir  # noqa: E402
-from model_pkg.intake import FusionConfig, IntakeConfig, PhotoIntake, fused_vectors  # noqa: E402
-from model_pkg.intake.settings import KINDS  # noqa: E402
-from model_pkg.loading import load_arcface_model  # noqa: E402
+from model_pkg.data import sample_pairs
+from model_pkg.fileio import atomic_write, atomic_write_json, cache_dir
+from model_pkg.intake import FusionConfig, IntakeConfig, PhotoIntake, fused_vectors
+from model_pkg.intake.settings import KINDS
+from model_pkg.loading import load_arcface_model
 
 
 def sift_features(paths: list[str], intake_settings: dict, side: int) -> list[np.ndarray]:

@@ -86,6 +86,7 @@ SPECIES = ("dog", "cat", "other")
 AUDIT_FILE = "audit.log"
 _THUMBNAIL_SIDE = 448
 ProgressFn = Callable[[int, int], None]
+KIND_NAMES = {"dog_face": "dog faces", "dog_body": "whole dogs", "cat_face": "cat faces", "cat_body": "cats in photos"}
 
 
 def embedder_id(model: torch.nn.Module) -> str:
@@ -168,14 +169,26 @@ class Identification:
         if p.reason == "unknown":
             return (
                 f"Unknown animal - reshoot or register it: the best similarity {p.top_score:.2f} is below the "
-                f"gallery's threshold {self.score_threshold:.2f} (closest: {closest}). Take a sharp, frontal photo of "
-                "the face, or register this animal if it is new."
+                f"gallery's threshold{self._for_kind} {self.score_threshold:.2f} (closest: {closest}). {self._retake}, "
+                "or register this animal if it is new."
             )
         runner_up = p.candidates[1][0] if len(p.candidates) > 1 else "another animal"
         return (
             f"Not sure - reshoot: {p.candidates[0][0]} and {runner_up} are about equally likely (vote margin "
-            f"{p.margin:.2f} < {self.margin_threshold:.2f}). Take another photo, frontal and well lit."
+            f"{p.margin:.2f} < {self.margin_threshold:.2f}). {self._retake}."
         )
+
+    @property
+    def _for_kind(self) -> str:
+        kind = self.intake.kind if self.intake is not None else None
+        return f" for {KIND_NAMES[kind]}" if kind in KIND_NAMES else ""
+
+    @property
+    def _retake(self) -> str:
+        """What to photograph instead: the face for a face photo, the whole animal for a photo of its body."""
+        if self.intake is not None and self.intake.kind is not None and self.intake.kind.endswith("_body"):
+            return f"Take a sharp, well-lit photo of the whole {self.intake.species}, filling most of the frame"
+        return "Take a sharp, frontal, well-lit photo of the face"
 
 
 class NameTakenError(ValueError):
