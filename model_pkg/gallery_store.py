@@ -698,8 +698,8 @@ class PhotoGallery:
             self.refresh()
             if len(self.index) == 0:  # the last animal was removed while the photo was being embedded
                 raise ValueError(empty)
-            prediction = self.index.classify(query, k=self.k)[0]
-            scores, labels, ids = self.index.search(query, k=min(len(self.index), max(self.k, 50)))
+            # one search: the vote of the k nearest photos, and the 50 nearest for the matches shown beside it
+            (prediction,), scores, labels, ids = self.index.classify_and_search(query, k=self.k, nearest=50)
             position = {id_: i for i, id_ in enumerate(self.index.ids)}
             metadata = self.index.metadata
             matches: list[GalleryMatch] = []

@@ -51,6 +51,27 @@ def test_register_save_reopen_and_identify(tmp_path, photos):
     assert all(m.photo.startswith(str(tmp_path / "g" / "photos")) for m in result.matches) and result.message()
 
 
+def test_identify_searches_once_and_matches_classify(tmp_path, photos, monkeypatch):
+    # issue 34: one search per identify; its vote is classify's and its matches are the nearest animals by search
+    from model_pkg.intake.embedding import embed_photos
+
+    gallery = PhotoGallery(tmp_path / "g", tiny(0), score_threshold=None, margin_threshold=0.0)
+    gallery.register("Bella", photos["a"][:2])
+    gallery.register("Max", photos["b"][:2])
+    query = embed_photos(gallery.embedder, [photos["a"][2]]).gallery
+    expected = gallery.index.classify(query, k=gallery.k)[0]
+    scores, labels, _ = gallery.index.search(query, k=50)
+    nearest = [(lab, float(s)) for lab, s in zip(labels[0], scores[0])]
+    best = [(lab, s) for i, (lab, s) in enumerate(nearest) if lab not in {n for n, _ in nearest[:i]}]
+    calls = []
+    search_raw = type(gallery.index)._search_raw
+    monkeypatch.setattr(type(gallery.index), "_search_raw", lambda self, *a, **kw: calls.append(1) or search_raw(self, *a, **kw))
+    result = gallery.identify(photos["a"][2])
+    assert len(calls) == 1
+    assert result.prediction.to_dict() == expected.to_dict()  # thresholds None / 0.0: the vote stands as it is
+    assert [(m.label, m.score) for m in result.matches] == best
+
+
 def test_bad_photo_leaves_the_gallery_unchanged(tmp_path, photos):
     gallery = PhotoGallery(tmp_path / "g", tiny(0))
     gallery.register("Bella", photos["a"][:1])

@@ -76,6 +76,20 @@ def test_classify_votes_right_label(world):
     json.dumps(preds[0].to_dict())
 
 
+def test_classify_and_search_is_classify_plus_search(world):
+    # one search (issue 34): the vote equals classify's, the neighbours equal search's, with thresholds set
+    centres, _, _ = world
+    g = build(world)
+    g.score_threshold, g.margin_threshold = 0.9, 0.3  # some accepted, some unknown, some reshoot
+    q, _ = noisy(centres[:30], 2, seed=11)
+    for k, nearest in ((10, 50), (20, 5), (200, 50)):  # nearest below k, and both above the gallery's 150
+        preds, scores, labels, ids = g.classify_and_search(q, k=k, nearest=nearest)
+        assert [p.to_dict() for p in preds] == [p.to_dict() for p in g.classify(q, k=k)]
+        s2, l2, i2 = g.search(q, k=max(k, nearest))
+        np.testing.assert_array_equal(scores, s2)
+        assert (labels, ids) == (l2, i2)
+
+
 def test_vote_weights_are_inverse_distance():
     # one very close "a" photo outweighs two farther "b" photos
     e = np.eye(4, dtype=np.float32)

@@ -62,7 +62,12 @@ class Identification(VectorStore):
 
     def _vote(self, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[str], list[list[tuple[str, float]]]]:
         """Weighted kNN vote: (top_score (Q,), margin (Q,), best label per query, shares per query)."""
-        scores, pos = self._search_raw(vecs, k)
+        return self._tally(*self._search_raw(vecs, k))
+
+    def _tally(
+        self, scores: np.ndarray, pos: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[str], list[list[tuple[str, float]]]]:
+        """The vote of :meth:`_vote` over already searched neighbours (`_search_raw`'s scores and positions)."""
         weights = 1.0 / self._distances(scores)
         top = scores[:, 0].astype(np.float64)
         margin = np.empty(len(pos))
@@ -91,7 +96,27 @@ class Identification(VectorStore):
 
         See the module docstring for the voting and rejection rules.
         """
-        top, margin, best, shares = self._vote(self._prepare(queries, "queries"), k)
+        return self._predictions(*self._vote(self._prepare(queries, "queries"), k))
+
+    def classify_and_search(
+        self, queries: np.ndarray, k: int = 20, nearest: int = 50
+    ) -> tuple[list[Prediction], np.ndarray, list[list[str]], list[list[str]]]:
+        """``classify(queries, k)`` and ``search(queries, max(k, nearest))`` from one search of the index.
+
+        The vote is over the first ``k`` of the ``max(k, nearest)`` nearest photos, which are the ``k`` nearest
+        that ``classify`` votes over. Returns the predictions and ``search``'s ``(scores, labels, ids)``.
+        """
+        k = check_k(k)
+        scores, pos = self._search_raw(self._prepare(queries, "queries"), max(k, check_k(nearest)))
+        predictions = self._predictions(*self._tally(scores[:, :k], pos[:, :k]))
+        labels = [[self._labels[p] for p in row] for row in pos]
+        ids = [[self._ids[p] for p in row] for row in pos]
+        return predictions, scores, labels, ids
+
+    def _predictions(
+        self, top: np.ndarray, margin: np.ndarray, best: list[str], shares: list[list[tuple[str, float]]]
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per query from the vote, rejected as "unknown" or "reshoot" by the thresholds."""
         out = []
         for i, reason in enumerate(self._reasons(top, margin)):
             out.append(
