@@ -1,4 +1,4 @@
-"""One petmatch app per test session, shared by test_app*.py, test_space.py, test_security.py and test_browser*.py.
+"""One petmatch app per test session, shared by tests/app/ (test_app*.py, test_space.py, test_security.py and test_browser*.py).
 
 `app_env()` prepares, once, a temporary folder holding a copy of the shipped demo assets (`app/assets`: the demo
 photos, the demo gallery, the text index and its photos) and an empty writable user gallery, and points the app at

@@ -1,4 +1,4 @@
-"""The dog faces that tests/test_data_images.py and tests/test_data_pairs.py read (never write).
+"""The dog faces that tests/data/test_data_images.py and tests/data/test_data_pairs.py read (never write).
 
 `DOGS` is `tests/photos/dog_faces` (22 DogFaceNet dogs that ship with the repository, laid out as the full set:
 `<dog>/<dog>.<n>.jpg`), so these tests run on any clone. `FULL_DOGS` is the full DogFaceNet in `../shared/data`, read

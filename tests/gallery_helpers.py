@@ -1,5 +1,5 @@
-"""Synthetic clustered vectors and a small registered gallery, shared by tests/test_gallery.py and
-tests/test_gallery_files.py (numpy RNG only, one faiss thread: fast on a busy CPU).
+"""Synthetic clustered vectors and a small registered gallery, shared by tests/gallery/test_gallery.py and
+tests/gallery/test_gallery_files.py (numpy RNG only, one faiss thread: fast on a busy CPU).
 
 Plain functions, not fixtures: each test file wraps them in its own module-scoped fixtures, so that the
 single-thread setting applies to those files only and not to every test that imports faiss.
