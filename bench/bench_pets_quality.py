@@ -125,15 +125,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(report: dict) -> str:
     lines = [
-        "| kind | model | gallery rank-1 | open-set AUROC | 1v1 ROC-AUC | 1v1 accuracy (stored thr.; baseline: best thr.) |",
-        "|---|---|---|---|---|---|",
+        "| kind | model | gallery rank-1 | open-set AUROC | known accepted right / unknown rejected | 1v1 ROC-AUC "
+        "| 1v1 accuracy (stored thr.; baseline: best thr.) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, rows in report["kinds"].items():
         for name, row in rows.items():
             acc = row.get("pair_best_accuracy" if name == "imagenet" else "pair_accuracy")
             pair = f"{row['pair_roc_auc']:.4f} | {acc:.3f}" if "pair_roc_auc" in row else "- | -"
+            decisions = f"{row['known_accuracy']:.3f} / {row['unknown_rejection']:.3f}" if "unknown_rejection" in row else "-"
             lines.append(
-                f"| {KIND_NAMES.get(kind, 'mixed gallery')} | {name} | {row['rank1'] / 100:.3f} | {row['open_set_auroc']:.3f} | {pair} |"
+                f"| {KIND_NAMES.get(kind, 'mixed gallery')} | {name} | {row['rank1'] / 100:.3f} | {row['open_set_auroc']:.3f} "
+                f"| {decisions} | {pair} |"
             )
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ Validation pets (never the animals anyone reports on): the DogFaceNet validation
    size (1, 2, 3 photos per side): Platt scaling of that score (`LogisticRegression`'s slope) centred on its
    accuracy-optimal value on validation pairs -> `KindFusion.pair_score` / `slope` / `centres`.
 5. The gallery's unknown / reshoot thresholds are calibrated on a mixed validation gallery (all four kinds), and
-   per kind on the queries of that kind in the same mixed galleries (5 draws, median): `KindFusion.gallery_*`.
+   per kind on galleries of that kind's animals (5 draws, median): `KindFusion.gallery_*`.
 6. Out of sample: for the kinds decided on the fused cosine, 1v1 thresholds fitted on half of the animals are
    measured on the other half, beside the baseline at its best threshold (`cross_validated_decisions`).
 """
@@ -177,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="train/splits/dogfacenet.json")
     parser.add_argument("--json", required=True, help="write the fit and its validation figures here")
     parser.add_argument("--write", nargs="*", default=[], help="model folders whose config.json gets intake + fusion")
+    parser.add_argument(
+        "--keep-kind-head",
+        action="store_true",
+        help="--write keeps the intake (kind head) already in each config: refitting the fusion alone leaves the model's "
+        "identity, and the galleries embedded with it, valid",
+    )
     args = parser.parse_args(argv)
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -277,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     known_labels = [lab for lab, unk in zip(split.query_labels, unknown) if not unk]
     gallery.calibrate(q[~unknown], known_labels, q[unknown], k=20)
     report["gallery_thresholds"] = {"score_threshold": gallery.score_threshold, "margin_threshold": gallery.margin_threshold}
-    report["gallery_thresholds_per_kind"] = gallery_thresholds_per_kind(g, groups, index, np.array(kind_of_photo), fusion_config)
+    report["gallery_thresholds_per_kind"] = gallery_thresholds_per_kind(
+        g, ids[for_fusion], paths[for_fusion], index, kinds[for_fusion], np.array(kind_of_photo), fusion_config
+    )
     report["fusion"] = fusion_config.to_dict()
     report["intake"] = {k: v for k, v in intake.items() if k not in ("kind_weights", "kind_bias")}
     atomic_write_json(report, args.json)
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.write:
         config_file = Path(folder) / "config.json"
         config = json.loads(config_file.read_text())
-        config["intake"], config["fusion"] = intake, fusion_config.to_dict()
+        config["intake"], config["fusion"] = config["intake"] if args.keep_kind_head else intake, fusion_config.to_dict()
         if config.get("model_type") == "petmatch_arcface_embedder":
             config["score_threshold"] = gallery.score_threshold
             config["margin_threshold"] = gallery.margin_threshold
@@ -294,32 +302,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def gallery_thresholds_per_kind(g, groups, index, query_kinds: np.ndarray, fusion_config, draws: int = 5) -> dict:
-    """Per kind of query photo (as the intake reads it), the thresholds `GalleryIndex.calibrate` chooses on that kind's
-    known and unknown queries against mixed validation galleries (G = 1, 20% unknown, `draws` draws); the median
-    over draws is stored in `fusion_config`."""
-    chosen: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
-    for seed in range(draws):
-        split = split_gallery_queries(groups, 1, 0.2, seed)
-        gallery = GalleryIndex(g.shape[1], "ip")
-        gallery.add(g[[index[p] for p in split.gallery_paths]], split.gallery_labels)
-        rows = np.array([index[p] for p in split.query_paths])
-        labels = np.array(split.query_labels)
-        unknown = np.isin(labels, list(split.unknown_labels))
-        for kind in KINDS:
-            known, unseen = (query_kinds[rows] == kind) & ~unknown, (query_kinds[rows] == kind) & unknown
-            if known.any() and unseen.any():
-                fit = gallery.calibrate(g[rows[known]], list(labels[known]), g[rows[unseen]], k=20)
-                chosen[kind].append((float(fit["score_threshold"]), float(fit["margin_threshold"])))
+def gallery_thresholds_per_kind(
+    g, ids, paths, index, kinds: np.ndarray, query_kinds: np.ndarray, fusion_config, draws: int = 5
+) -> dict:
+    """Per kind of photo, the thresholds `GalleryIndex.calibrate` chooses on galleries of that kind's validation
+    animals (G = 1, 20% unknown, `draws` draws), each query decided at the thresholds of its kind as the intake reads
+    it; the median over draws is stored in `fusion_config`. One kind per gallery: in a mixed validation gallery a
+    cat's face photos and its ordinary photos are two identities, so the same cat would count as an impostor."""
     report = {}
-    for kind, fits in chosen.items():
-        if fits:
-            settings = fusion_config.kinds[kind]
-            settings.gallery_score_threshold = round(float(np.median([f[0] for f in fits])), 6)
-            settings.gallery_margin_threshold = round(
-                float(np.median([f[1] for f in fits])), 6
-            )  # 1e-6: exact ties stay "reshoot"
-            report[kind] = {"draws": fits, "score": settings.gallery_score_threshold, "margin": settings.gallery_margin_threshold}
+    for kind in KINDS:
+        sel = kinds == kind
+        groups = _groups(ids[sel], paths[sel])
+        fits = []
+        for seed in range(draws):
+            split = split_gallery_queries(groups, 1, 0.2, seed)
+            gallery = GalleryIndex(g.shape[1], "ip")
+            gallery.add(g[[index[p] for p in split.gallery_paths]], split.gallery_labels)
+            rows = np.array([index[p] for p in split.query_paths])
+            labels = np.array(split.query_labels)
+            unknown = np.isin(labels, list(split.unknown_labels))
+            seen_as = query_kinds[rows] == kind
+            known, unseen = seen_as & ~unknown, seen_as & unknown
+            fit = gallery.calibrate(g[rows[known]], list(labels[known]), g[rows[unseen]], k=20)
+            fits.append((float(fit["score_threshold"]), float(fit["margin_threshold"])))
+        settings = fusion_config.kinds[kind]
+        settings.gallery_score_threshold = round(float(np.median([f[0] for f in fits])), 6)
+        settings.gallery_margin_threshold = round(float(np.median([f[1] for f in fits])), 6)  # 1e-6: ties stay "reshoot"
+        report[kind] = {"draws": fits, "score": settings.gallery_score_threshold, "margin": settings.gallery_margin_threshold}
     return report
 
 
