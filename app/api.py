@@ -48,7 +48,7 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBody
 from app.security import Busy, JsonTooLarge, ModelWork, StaffKeys, bearer_key, redact_paths
 from model_pkg.data import ImageLoadError
 from model_pkg.data.images import check_upload
-from model_pkg.gallery_store import SPECIES, NameTakenError, UnknownAnimalError
+from model_pkg.gallery_store.records import SPECIES, NameTakenError, UnknownAnimalError
 from model_pkg.pair_matcher.pipeline import match_sets
 
 API_PREFIX = "/api/v1"
@@ -70,7 +70,7 @@ class Services:
 
     pair_model: Any = None
     pair_unavailable: str | None = None
-    gallery: Any = None  # model_pkg.gallery_store.PhotoGallery
+    gallery: Any = None  # model_pkg.gallery_store.store.PhotoGallery
     gallery_unavailable: str | None = None
     text: Any = None  # app.loading.TextSearch (model + ImageSearchEngine)
     text_unavailable: str | None = None

@@ -71,7 +71,8 @@ from app.security import Busy, ModelWork, RateLimit, StaffKeys, TokenBuckets, re
 from model_pkg.batching import batch_concurrent_calls  # noqa: E402
 from model_pkg.data import ImageLoadError, load_image  # noqa: E402
 from model_pkg.data.images import check_upload  # noqa: E402
-from model_pkg.gallery_store import SPECIES, PhotoGallery, UnknownAnimalError  # noqa: E402
+from model_pkg.gallery_store.records import SPECIES, UnknownAnimalError  # noqa: E402
+from model_pkg.gallery_store.store import PhotoGallery  # noqa: E402
 from model_pkg.intake.embedding import model_intake  # noqa: E402
 from model_pkg.intake.reference import reference_features  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402

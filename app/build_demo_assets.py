@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run a
 
 from model_pkg.fileio import atomic_write_json  # noqa: E402
 from model_pkg.gallery import META_FILE, GalleryFileError, GalleryIndex, GalleryMismatchError  # noqa: E402
-from model_pkg.gallery_store import embed_photos, embedder_id  # noqa: E402
+from model_pkg.gallery_store.folder import embed_photos, embedder_id  # noqa: E402
 
 ASSETS_DIR = ROOT / "app" / "assets"
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -31,7 +31,7 @@ from app.models import (  # noqa: F401  (re-exported: the app, the benchmarks an
 def load_gallery(settings: argparse.Namespace, log: Callable[[str], None]):
     """-> (PhotoGallery, None) or (None, why): the user gallery, seeded with the demo dogs on first start."""
     from app.build_demo_assets import ensure_demo_gallery
-    from model_pkg.gallery_store import PhotoGallery
+    from model_pkg.gallery_store.store import PhotoGallery
 
     embedder, why = load_embedder(settings.embedder_model)
     if embedder is None:

@@ -25,7 +25,7 @@ def drill_kill_registration(work: Path, rounds: int, seed: int) -> dict:
 
     torch.set_num_threads(1)
     from model_pkg import ArcFaceEmbedderModel
-    from model_pkg.gallery_store import PhotoGallery
+    from model_pkg.gallery_store.store import PhotoGallery
 
     embedder = ArcFaceEmbedderModel.from_pretrained(ROOT / "models" / "arcface-embedder").float().eval()
     gallery_dir, confirmed_file = work / "gallery-kill", work / "confirmed.jsonl"

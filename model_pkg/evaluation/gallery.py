@@ -15,7 +15,7 @@ from ..arcface.embedding import embed_paths
 from ..data.samplers import GallerySplit, split_gallery_queries
 from ..features import reference_features
 from ..gallery import GalleryIndex
-from ..gallery_store import decide_identification, kind_thresholds
+from ..gallery_store.identification import decide_identification, kind_thresholds
 from ..intake.embedding import embed_photo_files, model_fusion
 from ..loading import load_arcface_model
 from ..metrics import confusion as confusion_matrix_of
