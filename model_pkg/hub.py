@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import validate_repo_id
 
 from .fileio import atomic_write_text
+from .markdown_tables import markdown_table, plain, table_cell
 
 __all__ = [
     "HUB_METADATA",
@@ -72,50 +72,6 @@ _NETWORK_ERRORS = _network_error_types()
 # --------------------------------------------------------------------------- #
 # Model card
 # --------------------------------------------------------------------------- #
-def _plain(value: Any) -> Any:
-    """Convert numpy scalars/arrays, tuples and Paths to YAML/JSON-safe Python values."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalar or array
-        return _plain(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows.extend(_flatten(value, f"{name}."))
-        else:
-            rows.append((name, value))
-    return rows
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bool):
-        text = str(value)
-    elif isinstance(value, float):
-        text = f"{value:.4f}" if math.isfinite(value) and value != 0 and 1e-4 <= abs(value) < 1e6 else f"{value:g}"
-    elif isinstance(value, list):
-        text = json.dumps(value)
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _table(d: dict[str, Any], header: tuple[str, str]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
-    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in _flatten(d)]
-    return "\n".join(lines)
-
-
 def _default_usage(model_name: str, model_type: str) -> str:
     return (
         "```python\n"
@@ -174,9 +130,9 @@ def write_model_card(
     all_tags = list(dict.fromkeys([LIBRARY_NAME, model_type, *(tags or [])]))
     extra: dict[str, Any] = {MODEL_TYPE_KEY: model_type}
     if metrics:
-        extra[METRICS_KEY] = _plain(metrics)
+        extra[METRICS_KEY] = plain(metrics)
     if training:
-        extra[TRAINING_KEY] = _plain(training)
+        extra[TRAINING_KEY] = plain(training)
     hub = HUB_METADATA.get(model_type, {})
     results = [EvalResult(**r) for r in eval_results or []]
     card_data = ModelCardData(
@@ -200,14 +156,14 @@ def write_model_card(
     sections += ["## Intended use", (intended_use or "").strip() or missing]
     sections += ["## Training data", (data or "").strip() or missing]
     if training:
-        sections += ["## Training procedure", _table(_plain(training), ("Setting", "Value"))]
+        sections += ["## Training procedure", markdown_table(plain(training), ("Setting", "Value"))]
     sections.append("## Evaluation")
-    sections.append(_table(_plain(metrics), ("Metric", "Value")) if metrics else "No evaluation metrics were provided.")
+    sections.append(markdown_table(plain(metrics), ("Metric", "Value")) if metrics else "No evaluation metrics were provided.")
     if results:
         rows = ["| Dataset | Split | Metric | Value |", "| --- | --- | --- | --- |"]
         rows += [
-            f"| {_cell(r.dataset_name)} | {_cell(r.dataset_split or '')} | {_cell(r.metric_name or r.metric_type)} | "
-            f"{_cell(r.metric_value)} |"
+            f"| {table_cell(r.dataset_name)} | {table_cell(r.dataset_split or '')} | {table_cell(r.metric_name or r.metric_type)} | "
+            f"{table_cell(r.metric_value)} |"
             for r in results
         ]
         sections.append("Measured results (the `model-index` above):\n\n" + "\n".join(rows))

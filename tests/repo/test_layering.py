@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.lazy": BASE,
     "model_pkg.embedding_store": BASE,
     "model_pkg.hub": BASE,
+    "model_pkg.markdown_tables": BASE,  # the model cards' tables (hub)
     # models: backbones, features, the families' configs and models, loading, ONNX Runtime, the intake
     "model_pkg": MODELS,  # the package root only (`EXACT`): the lazy model and config classes
     "model_pkg.backbones": MODELS,
