@@ -65,7 +65,8 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from app.api import MAX_REQUEST_BYTES, TEXT_LOAD_WAIT_S, Services, create_api  # noqa: E402
+from app.api import MAX_REQUEST_BYTES, create_api  # noqa: E402
+from app.api_common import TEXT_LOAD_WAIT_S, Services  # noqa: E402
 from app.loading import BackgroundLoad, load_gallery, load_pair_model, load_text, missing_model, model_flags  # noqa: E402
 from app.security import Busy, ModelWork, RateLimit, StaffKeys, TokenBuckets, redact_paths  # noqa: E402
 from model_pkg.batching import batch_concurrent_calls  # noqa: E402
@@ -282,7 +283,7 @@ for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailab
         log(f"{tab} unavailable: {why}")
 # The text-search model loads in the background once the UI is built (started at the end of this file): the other
 # tabs answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
-# What the UI and the REST API answer with (`app.api.Services`): one place, which the background load fills in.
+# What the UI and the REST API answer with (`app.api_common.Services`): one place, which the background load fills in.
 log(f"{len(STAFF)} staff key(s): staff page at /staff/" if STAFF.enabled else "no staff keys: public demo mode")
 services = Services(
     pair_model,

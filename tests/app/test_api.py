@@ -79,7 +79,7 @@ def test_match_says_what_the_intake_saw_and_never_matches_a_dog_to_a_cat(client)
 
 
 def test_match_bad_input_is_a_clear_json_error(client, dog_faces, monkeypatch):
-    import app.api as api
+    import app.api_common as api_common
 
     one = dog_files(dog_faces, "327", 1, "set_b")
     bad = client.post("/api/v1/match", files=[("set_a", ("scan.jpg", b"not an image", "image/jpeg"))] + one)
@@ -92,7 +92,7 @@ def test_match_bad_input_is_a_clear_json_error(client, dog_faces, monkeypatch):
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     many = client.post("/api/v1/match", files=dog_files(dog_faces, "327", 1, "set_a") * 21 + one)
     assert many.status_code == 413 and "at most 20" in many.json()["detail"]
-    monkeypatch.setattr(api, "MAX_UPLOAD_BYTES", 1000)  # the server runs in this process
+    monkeypatch.setattr(api_common, "MAX_UPLOAD_BYTES", 1000)  # the server runs in this process
     large = client.post("/api/v1/match", files=dog_files(dog_faces, "327", 1, "set_a") + one)
     assert large.status_code == 413 and "larger than" in large.json()["detail"]
     missing = client.post("/api/v1/match", files=one)
@@ -138,7 +138,8 @@ def test_search_and_fetch_photos(client):
 
 def test_missing_model_answers_503_with_the_reason():
     """A missing model's endpoints say why (without the server's paths); /health only says 'degraded'."""
-    from app.api import Services, create_api
+    from app.api import create_api
+    from app.api_common import Services
 
     bare = TestClient(
         create_api(
@@ -159,7 +160,8 @@ def test_missing_model_answers_503_with_the_reason():
 def test_a_search_waits_for_the_text_model_loading_in_the_background():
     """The app loads the text model after start (app.loading.BackgroundLoad): an early search waits for the load,
     then answers, or says why it cannot; a loader's exception disables only text search."""
-    from app.api import Services, create_api
+    from app.api import create_api
+    from app.api_common import Services
     from app.loading import BackgroundLoad
 
     services = Services(text_unavailable="the text-search model is still loading", text_loaded=threading.Event())
