@@ -103,8 +103,10 @@ class Identification(VectorStore):
     ) -> tuple[list[Prediction], np.ndarray, list[list[str]], list[list[str]]]:
         """``classify(queries, k)`` and ``search(queries, max(k, nearest))`` from one search of the index.
 
-        The vote is over the first ``k`` of the ``max(k, nearest)`` nearest photos, which are the ``k`` nearest
-        that ``classify`` votes over. Returns the predictions and ``search``'s ``(scores, labels, ids)``.
+        The vote is over the first ``k`` of the ``max(k, nearest)`` nearest photos: on the exact index the ``k``
+        nearest that ``classify`` votes over; an approximate index (over ``approximate_above`` photos) searched
+        wider may find nearer ones than its ``k``-search. Returns the predictions and ``search``'s
+        ``(scores, labels, ids)``.
         """
         k = check_k(k)
         scores, pos = self._search_raw(self._prepare(queries, "queries"), max(k, check_k(nearest)))
