@@ -36,22 +36,11 @@ Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import contextlib
-import functools
-import hashlib
 import html
-import io
 import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
-import time
-import uuid
-import weakref
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,79 +54,26 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from app.api import MAX_REQUEST_BYTES, create_api  # noqa: E402
+from app.api import create_api  # noqa: E402
 from app.api_common import TEXT_LOAD_WAIT_S, Services  # noqa: E402
-from app.loading import BackgroundLoad, load_gallery, load_pair_model, load_text, missing_model, model_flags  # noqa: E402
+from app.loading import BackgroundLoad, load_gallery, load_pair_model, load_text, missing_model  # noqa: E402
 from app.security import Busy, ModelWork, RateLimit, StaffKeys, TokenBuckets, redact_paths  # noqa: E402
+from app.session_gallery import SessionGallery, close_session  # noqa: E402
+from app.settings import log, parse_settings  # noqa: E402
+from app.shown_images import KIND_WORDS, intake_view, thumbnail  # noqa: E402
+from app.uploads import check_count, check_formats, checked, ui_error, upload_paths  # noqa: E402
 from model_pkg.batching import batch_concurrent_calls  # noqa: E402
-from model_pkg.data import ImageLoadError, load_image  # noqa: E402
-from model_pkg.data.images import check_upload  # noqa: E402
+from model_pkg.data import ImageLoadError  # noqa: E402
 from model_pkg.gallery_store.records import SPECIES, UnknownAnimalError  # noqa: E402
 from model_pkg.gallery_store.store import PhotoGallery  # noqa: E402
 from model_pkg.intake.embedding import model_intake  # noqa: E402
 from model_pkg.intake.reference import reference_features  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
-MAX_PHOTOS = 20
 TOP_PAIRS = 5
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file; Gradio refuses larger uploads before they reach the models
 MAX_QUERY_LENGTH = 1000  # characters of a text-search description
-THUMBNAIL_SIDE = 448  # photos the app shows are re-encoded at most this big, never served from their folder
-MAX_SESSION_GALLERIES = 50  # demo mode: visitors' private galleries alive at once
 MAX_SESSION_ANIMALS = 20  # demo mode: registrations in one visitor's gallery
-
-
-def _env_option(parser: argparse.ArgumentParser, flag: str, env: str, default, kind, help: str) -> None:
-    """A flag whose default comes from `env`, then from `default`; the help names both."""
-    parser.add_argument(
-        flag, type=kind, default=kind(os.environ.get(env, str(default))), help=f"{help} (env {env}; default {default})"
-    )
-
-
-def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = model_flags(argparse.ArgumentParser(description="petmatch Gradio app"))
-    # a Space sets GRADIO_SERVER_NAME=0.0.0.0; elsewhere the app listens on this machine only
-    parser.add_argument("--host", default=os.environ.get("PETMATCH_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PETMATCH_PORT", "7860")))
-    # 4, not 8: concurrent requests share backbone passes anyway, and with the 224 px embedder 8 threads grew the
-    # process by 430-470 MB under load (glibc heaps per thread) where 4 stay within the bound (bench/README.md)
-    _env_option(
-        parser, "--concurrency", "PETMATCH_CONCURRENCY", 4, int,
-        "requests of each kind (compare, identify, register, search) run at once; more wait in Gradio's queue",
-    )  # fmt: skip
-    _env_option(
-        parser, "--max-batch-size", "PETMATCH_MAX_BATCH_SIZE", 32, int,
-        "photos of concurrent requests embedded in one backbone pass at most; 0 = each request runs its own pass",
-    )  # fmt: skip
-    parser.add_argument(
-        "--api-keys-file",
-        default=os.environ.get("PETMATCH_API_KEYS_FILE"),
-        help="staff keys, one key or sha256:<hex of a key> per line (with PETMATCH_API_KEYS, comma-separated keys); "
-        "none: a public demo whose visitors register into their own browser session only",
-    )
-    _env_option(
-        parser, "--rate-limit", "PETMATCH_RATE_LIMIT", 120, float,
-        "requests that start work (model calls, REST writes, staff logins) per client address and minute, in bursts "
-        "of up to twice as many; 0 = no limit; staff keys are not limited",
-    )  # fmt: skip
-    _env_option(
-        parser, "--max-request-mb", "PETMATCH_MAX_REQUEST_MB", MAX_REQUEST_BYTES // 2**20, float,
-        "a request body, refused with 413 while it is read",
-    )  # fmt: skip
-    _env_option(
-        parser, "--max-waiting", "PETMATCH_MAX_WAITING", 64, int,
-        "model calls (UI and REST together) that may wait for one of the --concurrency workers; more are told to retry",
-    )  # fmt: skip
-    settings = parser.parse_args(argv)
-    if settings.concurrency < 1:
-        parser.error(f"--concurrency must be at least 1, got {settings.concurrency}")
-    if settings.max_batch_size < 0:
-        parser.error(f"--max-batch-size must be 0 (no batching) or more, got {settings.max_batch_size}")
-    return settings
-
-
-def log(message: str) -> None:
-    print(f"[petmatch] {message}", flush=True)
 
 
 # `python app/app.py` reads flags; `gradio app/app.py`, a Space or an import read the environment only.
@@ -148,128 +84,12 @@ except (OSError, ValueError) as err:  # a missing keys file or a short key: say 
     raise SystemExit(f"[petmatch] staff keys (PETMATCH_API_KEYS / --api-keys-file): {err}") from err
 
 
-def _paths(files) -> list[str]:
-    return [f if isinstance(f, str) else getattr(f, "name", None) or f["path"] for f in (files or [])]
-
-
-def ui_error(err: Exception, photos: list[str] = ()) -> gr.Error:
-    """A gr.Error with the message, uploads named by their file name and no server path."""
-    return gr.Error(redact_paths(str(err), {p: os.path.basename(p) for p in photos}))
-
-
-def _check_formats(photos: list[str]) -> None:
-    for path in photos:
-        try:
-            check_upload(path)
-        except (ImageLoadError, OSError) as err:
-            raise ui_error(err, photos) from err
-
-
 def _run(fn, *args, **kwargs):
     """Model work through the queue the REST API shares (app.security.ModelWork)."""
     try:
         return services.work.run(fn, *args, **kwargs)
     except Busy as err:
         raise gr.Error(str(err)) from err
-
-
-# Images the app shows are files it writes here, named by their content and written once (temporary name, then
-# rename): Gradio copies a returned file into its cache race-free, whereas a PIL image returned to two requests at once
-# is rewritten in place by each (gradio's save_pil_to_cache), and a client downloading it meanwhile got 0 bytes.
-# Files older than an hour are removed as new ones are written, like Gradio's own cache; all of them at exit.
-SHOWN_DIR = Path(tempfile.gettempdir()) / f"petmatch-shown-{os.getpid()}"
-atexit.register(shutil.rmtree, SHOWN_DIR, True)
-_shown_sweep = [0.0]
-
-
-def _image_file(image) -> str:
-    """An image to show (a PIL image), as a JPEG file named by its content; -> its path."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=90)
-    data = buffer.getvalue()
-    target = SHOWN_DIR / f"{hashlib.sha256(data).hexdigest()[:32]}.jpg"
-    try:
-        os.utime(target)  # shown again: not swept for another hour
-    except FileNotFoundError:
-        SHOWN_DIR.mkdir(exist_ok=True)
-        tmp = SHOWN_DIR / f".{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    now = time.time()
-    if now - _shown_sweep[0] > 600:
-        _shown_sweep[0] = now
-        for old in SHOWN_DIR.iterdir():
-            with contextlib.suppress(OSError):
-                if now - old.stat().st_mtime > 3600:
-                    old.unlink()
-    return str(target)
-
-
-def _thumbnail(path: str) -> str:
-    """A photo as a file the app writes (at most 448 px): the photo's own folder is never exposed."""
-    return _image_file(load_image(path, max_side=THUMBNAIL_SIDE))
-
-
-KIND_WORDS = {"dog_face": "dog face", "dog_body": "whole dog", "cat_face": "cat face", "cat_body": "cat"}
-
-
-def intake_view(seen, label: str):
-    """(thumbnail of what the intake cropped, caption: kind and any reshoot reason) for one photo."""
-    crop = (seen.crop or seen.image).copy()
-    crop.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    what = KIND_WORDS.get(seen.kind or "", "no dog or cat") + (" (cropped)" if seen.cropped else "")
-    return _image_file(crop), f"{label}: {what}" + (f" - reshoot: {seen.reshoot}" if seen.reshoot else "")
-
-
-def uploads_only(fn):
-    """Wrap a UI handler: every file it gets must be a file uploaded to this app (Gradio's upload folder), never
-    a path a client names. Gradio checks this too once the Blocks count as launched (see `mount`); this is the
-    handler's own check, whatever Gradio's state. An exception the handler does not expect reaches the client
-    without server paths (Gradio would show its text as it is)."""
-    upload_root = os.path.realpath(gr.utils.get_upload_folder())
-
-    def check(value) -> None:
-        if isinstance(value, (list, tuple)):
-            for v in value:
-                check(v)
-            return
-        path = value if isinstance(value, str) else getattr(value, "path", None)
-        if isinstance(value, dict):
-            path = value.get("path")
-        if path is None:
-            return
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, upload_root]) != upload_root:
-            raise gr.Error(f"{os.path.basename(path)!r} was not uploaded to this app: upload the photo itself.")
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        for i, value in enumerate(args):
-            if i in wrapper.file_args:
-                check(value)
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as err:  # unexpected: the full text goes to the server's log, the client's copy has no paths
-            log(f"{fn.__name__} failed: {type(err).__name__}: {err}")
-            raise gr.Error(f"The server could not answer ({type(err).__name__}: {redact_paths(str(err))}).") from err
-
-    wrapper.file_args = set()  # type: ignore[attr-defined]
-    return wrapper
-
-
-def checked(fn, *file_positions: int):
-    wrapped = uploads_only(fn)
-    wrapped.file_args.update(file_positions)
-    return wrapped
-
-
-def _check_count(photos: list[str], what: str) -> None:
-    if not photos:
-        raise gr.Error(f"The {what} is empty: upload at least one photo.")
-    if len(photos) > MAX_PHOTOS:
-        raise gr.Error(f"The {what} has {len(photos)} photos; upload at most {MAX_PHOTOS}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,10 +140,10 @@ def compare_sets(files_a, files_b):
     """Two uploads of 1-20 photos each -> verdict, probability, the most alike photo pair, the top photo pairs."""
     if pair_model is None:
         raise gr.Error(f"Set vs set is unavailable: {redact_paths(pair_unavailable or '')}")
-    photos_a, photos_b = _paths(files_a), _paths(files_b)
-    _check_count(photos_a, "first set")
-    _check_count(photos_b, "second set")
-    _check_formats(photos_a + photos_b)
+    photos_a, photos_b = upload_paths(files_a), upload_paths(files_b)
+    check_count(photos_a, "first set")
+    check_count(photos_b, "second set")
+    check_formats(photos_a + photos_b)
     try:
         result = _run(match_sets, pair_model, photos_a, photos_b)
     except (ImageLoadError, ValueError) as err:
@@ -348,7 +168,7 @@ def compare_sets(files_a, files_b):
         views += [intake_view(result.intake_b[k], f"second set, photo {k + 1}") for k in order_b]
         best = [views[0], views[len(order_a)]] + views[1 : len(order_a)] + views[len(order_a) + 1 :]
     else:
-        best = [(_thumbnail(photos_a[i]), f"first set, photo {i + 1}"), (_thumbnail(photos_b[j]), f"second set, photo {j + 1}")]
+        best = [(thumbnail(photos_a[i]), f"first set, photo {i + 1}"), (thumbnail(photos_b[j]), f"second set, photo {j + 1}")]
     table = [
         [a + 1, os.path.basename(photos_a[a]), b + 1, os.path.basename(photos_b[b]), round(float(sim[a, b]), 3)] for a, b in pairs
     ]
@@ -386,11 +206,11 @@ def identify(photo, session=None):
     g = session.gallery if session is not None else _require_gallery()
     if not photo:
         raise gr.Error("Upload a photo of the animal to identify.")
-    path = _paths([photo])[0]
-    _check_formats([path])
+    path = upload_paths([photo])[0]
+    check_formats([path])
     try:
         result = _run(g.identify, path)
-        matches = [(_thumbnail(m.photo), f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
+        matches = [(thumbnail(m.photo), f"{m.label}: similarity {m.score:.2f}") for m in result.matches]
         if result.intake is not None and result.intake.image is not None:  # the query as the intake saw it, last
             matches.append(intake_view(result.intake, "your photo, as the intake saw it"))
     except (ImageLoadError, ValueError) as err:
@@ -410,56 +230,6 @@ def identify(photo, session=None):
             "note": seen.note,
         }
     return result.message(), matches, details
-
-
-class SessionGallery:
-    """A demo visitor's private gallery: a copy of the shared gallery (vectors and 448 px photos) in a temporary
-    folder, plus what the visitor registers. Lives in the browser session's `gr.State`; removed with it (and at exit)."""
-
-    live = 0
-    _lock = threading.Lock()
-    _open: weakref.WeakSet[SessionGallery] = weakref.WeakSet()
-
-    def __init__(self, shared: PhotoGallery):
-        with SessionGallery._lock:
-            if SessionGallery.live >= MAX_SESSION_GALLERIES:
-                raise gr.Error("Too many visitors are trying the demo gallery right now: try again in a few minutes.")
-            SessionGallery.live += 1
-        self.folder = tempfile.mkdtemp(prefix="petmatch-session-")
-        try:
-            index = shared.index
-            self.gallery = PhotoGallery(
-                self.folder, shared.embedder, score_threshold=index.score_threshold, margin_threshold=index.margin_threshold
-            )
-            with shared._lock:
-                self.gallery.add_gallery(shared.index, shared.directory)
-        except BaseException:
-            self.close()
-            raise
-        SessionGallery._open.add(self)
-
-    @classmethod
-    def close_all(cls) -> None:
-        for session in list(cls._open):
-            session.close()
-
-    def __deepcopy__(self, memo):  # gr.State copies values; this one holds locks and a folder
-        return self
-
-    def close(self) -> None:
-        if self.folder and os.path.isdir(self.folder):
-            shutil.rmtree(self.folder, ignore_errors=True)
-            with SessionGallery._lock:
-                SessionGallery.live -= 1
-        self.folder = ""
-
-
-atexit.register(SessionGallery.close_all)
-
-
-def _close_session(session) -> None:
-    if session is not None:
-        session.close()
 
 
 def _who(request: gr.Request | None) -> str:
@@ -482,9 +252,9 @@ def register(name, files, species="dog", note="", add_to_existing=False, request
     """Staff: a name and 1-20 photos -> a new animal in the shared gallery (saved to disk), or more photos of the
     animal of that name when `add_to_existing` is ticked; a registered name without it is refused with a question."""
     g = _require_gallery()
-    photos = _paths(files)
-    _check_count(photos, "upload")
-    _check_formats(photos)
+    photos = upload_paths(files)
+    check_count(photos, "upload")
+    check_formats(photos)
     try:
         name = PhotoGallery.check_name(name)
         holder = g.find_name(name)
@@ -511,9 +281,9 @@ def register(name, files, species="dog", note="", add_to_existing=False, request
 def register_in_session(name, files, session, progress=gr.Progress()):
     """Demo mode: a name and 1-20 photos -> registered in the visitor's private gallery, created on first use."""
     g = _require_gallery()
-    photos = _paths(files)
-    _check_count(photos, "upload")
-    _check_formats(photos)
+    photos = upload_paths(files)
+    check_count(photos, "upload")
+    check_formats(photos)
     try:
         name = PhotoGallery.check_name(name)
         if session is None:
@@ -609,7 +379,7 @@ def search_text(query, top_k=8):
     def run():
         with text.lock:
             hits = text.engine.search_database(query.strip(), top_k=int(top_k))
-        return [(_thumbnail(hit.path), f"{hit.score:.3f}") for hit in hits]
+        return [(thumbnail(hit.path), f"{hit.score:.3f}") for hit in hits]
 
     return _run(run)
 
@@ -659,7 +429,7 @@ def build_demo(mode: str = "public") -> gr.Blocks:
             "# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
             f"or search photos by description. {intro}"
         )
-        session = gr.State(None, time_to_live=3600, delete_callback=_close_session) if mode == "demo" else None
+        session = gr.State(None, time_to_live=3600, delete_callback=close_session) if mode == "demo" else None
         with gr.Tab("Set vs set"):
             if pair_model is None:
                 gr.Markdown(f"**Set vs set unavailable:** {redact_paths(pair_unavailable or '')}")

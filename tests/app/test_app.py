@@ -8,6 +8,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
+from app.shown_images import SHOWN_DIR, THUMBNAIL_SIDE  # noqa: E402
 from tests.app_server import app_module  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def shown_size(path: str) -> int:
     """The longest side of an image the app shows: a file it wrote itself, never one of the data or gallery folders."""
     from PIL import Image
 
-    assert path.startswith(str(app_module().SHOWN_DIR))
+    assert path.startswith(str(SHOWN_DIR))
     with Image.open(path) as image:
         return max(image.size)
 
@@ -49,7 +50,7 @@ def test_same_and_different_dogs(app, dog_faces):
     # which photos agree most: the best pair first, shown as two thumbnails, and the top pairs (4 pairs here)
     # what the intake saw beside the answer: the best pair's crops first, then the other photos, each with its kind
     assert [caption.split(",")[0] for _, caption in best] == ["first set", "second set", "first set", "second set"]
-    assert all("dog face" in caption for _, caption in best) and all(shown_size(image) <= app.THUMBNAIL_SIDE for image, _ in best)
+    assert all("dog face" in caption for _, caption in best) and all(shown_size(image) <= THUMBNAIL_SIDE for image, _ in best)
     assert len(table) == 4 and table[0][4] == max(row[4] for row in table)
     assert "decision threshold 50.0% for 2 vs 2 photos, decided as dog faces" in same_text
 
@@ -102,7 +103,7 @@ def test_register_then_identify(app, dog_faces):
     answer, matches, details = app.identify(pepper[3])
     assert answer.startswith("Identified: Pepper") and details["label"] == "Pepper"
     # thumbnails are images the app encodes, never paths into the gallery folder (which the app does not serve)
-    assert matches[0][1].startswith("Pepper: similarity") and shown_size(matches[0][0]) <= app.THUMBNAIL_SIDE
+    assert matches[0][1].startswith("Pepper: similarity") and shown_size(matches[0][0]) <= THUMBNAIL_SIDE
     assert not matches[0][0].startswith(str(new))
     answer, _, details = app.identify(photos(dog_faces, "403")[0])
     assert answer.startswith("Unknown animal - reshoot") and details["reason"] == "unknown"
@@ -113,7 +114,7 @@ def test_text_search_answers_from_the_shipped_index(app):
     text, why = app.wait_for_text_search()
     assert text is not None, why
     hits = app.search_text("a dog running on the grass", 3)
-    assert len(hits) == 3 and all(shown_size(image) <= app.THUMBNAIL_SIDE for image, _ in hits)
+    assert len(hits) == 3 and all(shown_size(image) <= THUMBNAIL_SIDE for image, _ in hits)
     assert [float(score) for _, score in hits] == sorted((float(score) for _, score in hits), reverse=True)
     found = text.engine.search_database("a dog running on the grass", top_k=3)
     assets = os.path.realpath(app.SETTINGS.assets_dir)
@@ -133,6 +134,7 @@ def test_text_search_unavailable_says_why(app, monkeypatch):
 
 def test_model_flags_resolve_paths_env_and_hub_ids(app, monkeypatch, hub_offline):
     from app.loading import ROOT, load_embedder, load_pair_model, resolve_model
+    from app.settings import parse_settings
 
     assert resolve_model("models/pair-matcher") == str(ROOT / "models" / "pair-matcher")
     assert resolve_model("someone/pet-embedder") == "someone/pet-embedder"  # a Hub id
@@ -141,8 +143,8 @@ def test_model_flags_resolve_paths_env_and_hub_ids(app, monkeypatch, hub_offline
     model, why = load_embedder(str(ROOT / "models" / "pair-matcher"))
     assert model is None and "holds a 'petmatch_pair_matcher' model, not a ArcFaceEmbedderModel" in why
     monkeypatch.setenv("PETMATCH_PAIR_MODEL", "/elsewhere/pair")
-    assert app.parse_settings([]).pair_model == "/elsewhere/pair"
-    assert app.parse_settings(["--pair-model", "x/y"]).pair_model == "x/y"
+    assert parse_settings([]).pair_model == "/elsewhere/pair"
+    assert parse_settings(["--pair-model", "x/y"]).pair_model == "x/y"
     model, why = load_pair_model("someone/not-on-this-offline-machine")
     assert model is None and "could not load the pair matcher from 'someone/not-on-this-offline-machine'" in why
 
@@ -163,6 +165,7 @@ def test_concurrent_requests_run_together_with_the_same_answers(app, dog_faces):
     """Issue 14: requests run `--concurrency` at a time and share backbone passes; each gets its own answer."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from app.settings import parse_settings
     from model_pkg.batching import BatchedForward
 
     assert app.SETTINGS.concurrency == 4 and app.demo._queue.default_concurrency_limit == 4
@@ -190,6 +193,6 @@ def test_concurrent_requests_run_together_with_the_same_answers(app, dog_faces):
     assert rows_together == rows_alone and calls_together < calls_alone
     assert len({answer for answer, _, _ in identified}) == 1  # the same photo gets the same answer
     assert identified[0][0].startswith("Unknown animal")  # a dog no test registers
-    assert app.parse_settings(["--concurrency", "2", "--max-batch-size", "0"]).max_batch_size == 0
+    assert parse_settings(["--concurrency", "2", "--max-batch-size", "0"]).max_batch_size == 0
     with pytest.raises(SystemExit):
-        app.parse_settings(["--concurrency", "0"])
+        parse_settings(["--concurrency", "0"])

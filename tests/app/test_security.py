@@ -72,6 +72,8 @@ def test_a_server_file_named_as_a_file_input_is_refused(app, dog_faces, tmp_path
     nothing copied into Gradio's cache, no URL handed back, on the visitors' page and the demo page alike."""
     import gradio as gr
 
+    from app import uploads
+
     private = tmp_path / "private" / "owner-photo.jpg"
     private.parent.mkdir()
     shutil.copyfile(dog(dog_faces, "327")[0], private)
@@ -87,7 +89,7 @@ def test_a_server_file_named_as_a_file_input_is_refused(app, dog_faces, tmp_path
     assert after == before  # never copied into the cache
     # each handler checks too, whatever Gradio's state (a future Gradio, another way of mounting)
     with pytest.raises(gr.Error, match="'owner-photo.jpg' was not uploaded to this app"):
-        app.checked(app.identify, 0)(str(private))
+        uploads.checked(app.identify, 0)(str(private))
 
 
 def test_gallery_and_data_folders_are_not_served(app, http):
@@ -104,7 +106,9 @@ def test_gallery_and_data_folders_are_not_served(app, http):
     readme = os.path.join(
         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md"
     )  # the cwd's files
-    shown = app._thumbnail(str(photo))  # the app's own copy to show: served only after Gradio copies it to its cache
+    from app.shown_images import thumbnail
+
+    shown = thumbnail(str(photo))  # the app's own copy to show: served only after Gradio copies it to its cache
     for path in ("/etc/passwd", readme, os.path.join(gr_upload_folder(), "..", "..", "etc", "passwd"), shown):
         assert http.get(f"/gradio_api/file={path}").status_code in (403, 404), path
     for page in ("/config", "/", "/api/v1/animals", "/api/v1/health"):
