@@ -31,7 +31,8 @@ minute; default 120, 0 = off), `--max-request-mb` / `PETMATCH_MAX_REQUEST_MB` (a
 `--max-waiting` / `PETMATCH_MAX_WAITING` (model calls that may wait for a worker; default 64). A missing model
 disables only its tab, with the reason shown there. Missing or
 outdated demo assets are (re)built at start (`app/build_demo_assets.py`).
-Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine`); this file is the UI.
+Inference lives in the library (`match_sets`, `PhotoGallery`, `ImageSearchEngine`); this file holds what the UI's
+buttons call, on the models loaded once (`app/loading.py`); the pages' layout is `app/pages.py`, the server `app/server.py`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import html
 import os
 import re
 import sys
-import threading
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,24 +55,21 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from app.api import create_api  # noqa: E402
-from app.api_common import TEXT_LOAD_WAIT_S, Services  # noqa: E402
-from app.loading import BackgroundLoad, load_gallery, load_pair_model, load_text, missing_model  # noqa: E402
-from app.security import Busy, ModelWork, RateLimit, StaffKeys, TokenBuckets, redact_paths  # noqa: E402
-from app.session_gallery import SessionGallery, close_session  # noqa: E402
+from app.api_common import TEXT_LOAD_WAIT_S  # noqa: E402
+from app.loading import BackgroundLoad, load_services, load_text  # noqa: E402
+from app.pages import PageHandlers  # noqa: E402
+from app.security import Busy, StaffKeys, redact_paths  # noqa: E402
+from app.server import create_server  # noqa: E402
+from app.session_gallery import SessionGallery  # noqa: E402
 from app.settings import log, parse_settings  # noqa: E402
 from app.shown_images import KIND_WORDS, intake_view, thumbnail  # noqa: E402
-from app.uploads import check_count, check_formats, checked, ui_error, upload_paths  # noqa: E402
-from model_pkg.batching import batch_concurrent_calls  # noqa: E402
+from app.uploads import check_count, check_formats, ui_error, upload_paths  # noqa: E402
 from model_pkg.data import ImageLoadError  # noqa: E402
-from model_pkg.gallery_store.records import SPECIES, UnknownAnimalError  # noqa: E402
+from model_pkg.gallery_store.records import UnknownAnimalError  # noqa: E402
 from model_pkg.gallery_store.store import PhotoGallery  # noqa: E402
-from model_pkg.intake.embedding import model_intake  # noqa: E402
-from model_pkg.intake.reference import reference_features  # noqa: E402
 from model_pkg.pair_matcher.pipeline import match_sets  # noqa: E402
 
 TOP_PAIRS = 5
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # per file; Gradio refuses larger uploads before they reach the models
 MAX_QUERY_LENGTH = 1000  # characters of a text-search description
 MAX_SESSION_ANIMALS = 20  # demo mode: registrations in one visitor's gallery
 
@@ -95,42 +93,11 @@ def _run(fn, *args, **kwargs):
 # --------------------------------------------------------------------------------------------------
 # Models and galleries, loaded once
 # --------------------------------------------------------------------------------------------------
-log("loading models ...")
-pair_model, pair_unavailable = load_pair_model(SETTINGS.pair_model)
-gallery, gallery_unavailable = load_gallery(SETTINGS, log)
-for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable)):
-    if why:
-        log(f"{tab} unavailable: {why}")
-# The text-search model loads in the background once the UI is built (started at the end of this file): the other
-# tabs answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
-# What the UI and the REST API answer with (`app.api_common.Services`): one place, which the background load fills in.
-log(f"{len(STAFF)} staff key(s): staff page at /staff/" if STAFF.enabled else "no staff keys: public demo mode")
-services = Services(
-    pair_model,
-    pair_unavailable,
-    gallery,
-    gallery_unavailable,
-    text_loaded=threading.Event(),
-    staff=STAFF,
-    work=ModelWork(SETTINGS.concurrency, SETTINGS.max_waiting),
-)
-services.text_unavailable = missing_model(SETTINGS.dual_model, "dual encoder", "--dual-model")
-if services.text_unavailable:
-    log(f"text search unavailable: {services.text_unavailable}")
-    services.text_loaded.set()
-else:
-    services.text_unavailable = "the text-search model is still loading; try again in a few seconds"
-if SETTINGS.max_batch_size > 0:
-    # Concurrent requests share one backbone pass instead of each running its own, several at once, on the same
-    # cores; a lone request runs at once (bench/README.md, "Load").
-    if pair_model is not None:
-        batch_concurrent_calls(pair_model, "embed_photos", SETTINGS.max_batch_size)
-    if gallery is not None:
-        batch_concurrent_calls(gallery.embedder, "get_image_features", SETTINGS.max_batch_size)
-    models = [m for m in (pair_model, gallery.embedder if gallery is not None else None) if m is not None]
-    if any(model_intake(m) is not None for m in models):
-        # the intake's untrained network looks at every photo first (whole view, crop): one pass for all requests too
-        batch_concurrent_calls(reference_features(), "forward_features", SETTINGS.max_batch_size)
+# What the UI and the REST API answer with (`app.api_common.Services`): one place, which the background load of the
+# text-search model (started at the end of this file) fills in.
+services = load_services(SETTINGS, STAFF, log)
+pair_model, pair_unavailable = services.pair_model, services.pair_unavailable
+gallery, gallery_unavailable = services.gallery, services.gallery_unavailable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,222 +351,31 @@ def search_text(query, top_k=8):
     return _run(run)
 
 
-def build_text_search_tab() -> None:
-    if services.text_loaded.is_set() and services.text is None:  # known at start: no model there to load
-        gr.Markdown(f"**Text search unavailable:** {redact_paths(services.text_unavailable or '')}")
-    query = gr.Textbox(label="Describe the photo", placeholder="a brown dog running on the grass", elem_id="text-query")
-    top_k = gr.Slider(1, 24, value=8, step=1, label="Photos to show")
-    button = gr.Button("Search", variant="primary")
-    results = gr.Gallery(label="Best matching photos (score)", columns=4, height="auto", elem_id="text-results")
-    button.click(checked(search_text), inputs=[query, top_k], outputs=results, api_name="search_text")
-    gr.Examples([["a dog running on the grass", 8], ["two children playing in the water", 8]], inputs=[query, top_k])
-
-
 # --------------------------------------------------------------------------------------------------
-# The UI
+# The pages and the REST API on one server
 # --------------------------------------------------------------------------------------------------
-def _demo_photos(*parts: str) -> list[str]:
-    folder = Path(SETTINGS.assets_dir, "demo_photos", *parts)
-    if not folder.is_dir():
-        return []
-    files = sorted(p for p in folder.rglob("*.jpg"))
-    return [str(p) for p in files]
-
-
-def _dogs(role: str) -> list[str]:
-    folder = Path(SETTINGS.assets_dir, "demo_photos", role)
-    # numbered dogs first, in number order, then named ones (cat-birba, mpdd-56): a key of int or str alone fails on both
-    return sorted(os.listdir(folder), key=lambda d: (0, int(d), "") if d.isdigit() else (1, 0, d)) if folder.is_dir() else []
-
-
-def build_demo(mode: str = "public") -> gr.Blocks:
-    """The UI: "public" (visitors: match, identify, search), "demo" (the same, plus registering into a gallery
-    private to the browser session; the app without staff keys) or "staff" (plus register, edit, delete and the
-    audit log on the shared gallery; served at /staff/ behind Gradio's login)."""
-    gallery_dogs, new_dogs = _dogs("gallery"), _dogs("new")
-    staff = mode == "staff"
-    # uploads and result copies older than an hour are removed hourly, so a long-running app does not fill the disk
-    with gr.Blocks(title="petmatch (staff)" if staff else "petmatch", delete_cache=(3600, 3600)) as demo:
-        intro = {
-            "public": "Registering animals is for staff.",
-            "demo": "This is a public demo: animals you register stay in a gallery only you see, gone when you close the page.",
-            "staff": "**Staff page**: register, edit and delete animals in the shared gallery; every change is logged.",
-        }[mode]
-        gr.Markdown(
-            "# petmatch\nIs this the same animal? Compare two photo sets, identify an animal in a gallery, "
-            f"or search photos by description. {intro}"
-        )
-        session = gr.State(None, time_to_live=3600, delete_callback=close_session) if mode == "demo" else None
-        with gr.Tab("Set vs set"):
-            if pair_model is None:
-                gr.Markdown(f"**Set vs set unavailable:** {redact_paths(pair_unavailable or '')}")
-            with gr.Row():
-                set_a = gr.File(
-                    file_count="multiple", file_types=["image"], label="Photos of the first animal (1-20)", elem_id="set-a"
-                )
-                set_b = gr.File(
-                    file_count="multiple", file_types=["image"], label="Photos of the second animal (1-20)", elem_id="set-b"
-                )
-            compare = gr.Button("Compare", variant="primary", elem_id="compare")
-            verdict = gr.Textbox(label="Verdict", elem_id="verdict")
-            probability = gr.Label(label="Probability")
-            best_pair = gr.Gallery(
-                label="What the intake saw (crops): the two photos that agree most first",
-                columns=4,
-                height=300,
-                object_fit="contain",
-                elem_id="best-pair",
-            )
-            top_pairs = gr.Dataframe(
-                headers=["first set #", "photo", "second set #", "photo", "similarity"],
-                label="Photo pairs that agree most",
-                interactive=False,
-            )
-            compare.click(
-                checked(compare_sets, 0, 1),
-                inputs=[set_a, set_b],
-                outputs=[verdict, probability, best_pair, top_pairs],
-                api_name="compare_sets",
-            )
-            if len(gallery_dogs) >= 2:
-                same = _demo_photos("gallery", gallery_dogs[0]), _demo_photos("queries", gallery_dogs[0])
-                other = _demo_photos("gallery", gallery_dogs[1])
-                gr.Examples([[same[0][:2], same[1][:2]], [same[0][:2], other[:2]]], inputs=[set_a, set_b])
-
-        with gr.Tab("Gallery"):
-            animals = gr.Markdown(registered_animals())
-            with gr.Row():
-                with gr.Column():
-                    gr.Markdown("### Identify")
-                    # a File, not an Image: gr.Image decodes uploads itself, so a bad file would get its generic
-                    # error instead of ours naming the file and the problem
-                    query = gr.File(file_types=["image"], label="Photo of the animal to identify", elem_id="identify-photo")
-                    identify_button = gr.Button("Identify", variant="primary", elem_id="identify")
-                    if gallery_dogs and new_dogs:
-                        gr.Examples(
-                            [_demo_photos("queries", gallery_dogs[0])[:1], _demo_photos("new", new_dogs[0])[:1]],
-                            inputs=[query],
-                            label="A registered dog (new photo) / a dog not in the gallery",
-                        )
-                if mode != "public":
-                    with gr.Column():
-                        gr.Markdown("### Register" + (" (your private demo gallery)" if mode == "demo" else ""))
-                        name = gr.Textbox(label="Name", placeholder="Bella", elem_id="register-name")
-                        register_files = gr.File(
-                            file_count="multiple", file_types=["image"], label="Photos (1-20)", elem_id="register-photos"
-                        )
-                        if staff:
-                            species = gr.Dropdown(list(SPECIES), value="dog", label="Species")
-                            note = gr.Textbox("", label="Staff note (never shown publicly, e.g. how to reach the finder)")
-                            add_existing = gr.Checkbox(False, label="Add these photos to the registered animal of this name")
-                        register_button = gr.Button("Register", elem_id="register")
-                        register_status = gr.Textbox(label="Registration", elem_id="register-status")
-                        if len(new_dogs) >= 2:
-                            gr.Examples([["Rex", _demo_photos("new", new_dogs[1])[:3]]], inputs=[name, register_files])
-            answer = gr.Textbox(label="Answer", elem_id="answer")
-            matches = gr.Gallery(
-                label="Top matches (best photo of each animal)", columns=5, height=260, object_fit="contain", elem_id="matches"
-            )
-            details = gr.JSON(label="Details")
-            if mode == "demo":
-                identify_button.click(
-                    checked(identify, 0), inputs=[query, session], outputs=[answer, matches, details], api_name="identify"
-                )
-                register_button.click(
-                    checked(register_in_session, 1),
-                    inputs=[name, register_files, session],
-                    outputs=[register_status, animals, session],
-                    api_name="register",
-                )
-            else:
-                identify_button.click(checked(identify, 0), inputs=query, outputs=[answer, matches, details], api_name="identify")
-            if staff:
-                register_button.click(
-                    checked(register, 1),
-                    inputs=[name, register_files, species, note, add_existing],
-                    outputs=[register_status, animals],
-                    api_name="register",
-                )
-                build_staff_tools(animals)
-
-        with gr.Tab("Text search"):
-            build_text_search_tab()
-    return demo
-
-
-def build_staff_tools(animals: gr.Markdown) -> None:
-    """Edit, delete and the audit log, under the gallery tab of the staff page."""
-    with gr.Row():
-        with gr.Column():
-            gr.Markdown("### Edit an animal")
-            # ids are checked by the gallery (unknown: a clear error), so a script may pass any id
-            edit_id = gr.Dropdown(_animal_choices(), value=None, label="Animal", elem_id="edit-animal", allow_custom_value=True)
-            new_name = gr.Textbox(label="New name (empty: unchanged)")
-            new_species = gr.Dropdown(["", *SPECIES], value="", label="Species (empty: unchanged)")
-            new_note = gr.Textbox(label="Staff note (replaces the old one)")
-            save = gr.Button("Save")
-            edit_status = gr.Textbox(label="Edit")
-        with gr.Column():
-            gr.Markdown("### Delete an animal")
-            delete_id = gr.Dropdown(
-                _animal_choices(), value=None, label="Animal", elem_id="delete-animal", allow_custom_value=True
-            )
-            confirm = gr.Checkbox(False, label="Yes, delete it and its photos")
-            delete = gr.Button("Delete", variant="stop")
-            delete_status = gr.Textbox(label="Delete")
-    save.click(
-        checked(update_animal),
-        inputs=[edit_id, new_name, new_species, new_note],
-        outputs=[edit_status, animals, edit_id],
-        api_name="update_animal",
-    )
-    delete.click(
-        checked(delete_animal), inputs=[delete_id, confirm], outputs=[delete_status, animals, delete_id], api_name="delete_animal"
-    )
-    for dropdown in (edit_id, delete_id):  # the animals as they are when the page is opened
-        dropdown.focus(lambda: gr.update(choices=_animal_choices()), outputs=dropdown, api_name=False)
-    gr.Markdown("### Audit log (newest first)")
-    refresh = gr.Button("Refresh")
-    log_table = gr.Dataframe(headers=["when (UTC)", "who", "what", "animal id", "name"], interactive=False)
-    refresh.click(checked(audit_log), inputs=None, outputs=log_table, api_name="audit_log")
-
-
-def mount(api: FastAPI, demo: gr.Blocks, path: str, **kwargs) -> FastAPI:
-    """`gr.mount_gradio_app` with Gradio's own upload check on: it only runs for Blocks marked as launched, which
-    `launch()` does and mounting does not, so without this any server file could be named as a file input."""
-    app = gr.mount_gradio_app(api, demo, path=path, allowed_paths=ALLOWED_PATHS, max_file_size=MAX_UPLOAD_BYTES, **kwargs)
-    demo.has_launched = True
-    return app
+# The pages' buttons call the handlers above (`app/pages.py` lays the pages out)
+PAGES = PageHandlers(
+    compare_sets=compare_sets,
+    identify=identify,
+    register=register,
+    register_in_session=register_in_session,
+    update_animal=update_animal,
+    delete_animal=delete_animal,
+    audit_log=audit_log,
+    search_text=search_text,
+    registered_animals=registered_animals,
+    animal_choices=_animal_choices,
+    services=services,
+    assets_dir=SETTINGS.assets_dir,
+)
 
 
 def create_app(staff_keys: StaffKeys) -> tuple[FastAPI, gr.Blocks, gr.Blocks | None]:
-    """One FastAPI application on the models loaded above: the REST API under /api/v1, the staff page at /staff/
-    (with keys) and the visitors' page at / ("demo" mode without keys). -> (app, public page, staff page)."""
-    limit = int(SETTINGS.max_request_mb * 2**20)
-    api = create_api(services if staff_keys is STAFF else _with_keys(staff_keys), max_request_bytes=limit)
-    # bursts of two minutes' worth: 8 clients x 25 calls of bench/bench_app_load.py, one address, pass
-    buckets = TokenBuckets(SETTINGS.rate_limit, max(1, int(2 * SETTINGS.rate_limit))) if SETTINGS.rate_limit > 0 else None
-    api.add_middleware(RateLimit, buckets=buckets, staff=staff_keys)
-    # Requests of each kind run SETTINGS.concurrency at a time (Gradio's default is 1); the REST API and every page
-    # share `services.work`, which bounds the model work of all of them together.
-    public = build_demo("public" if staff_keys.enabled else "demo").queue(default_concurrency_limit=SETTINGS.concurrency)
-    staff_page = None
-    if staff_keys.enabled:
-        staff_page = build_demo("staff").queue(default_concurrency_limit=SETTINGS.concurrency)
-        api = mount(
-            api,
-            staff_page,
-            "/staff",
-            auth=staff_login,
-            auth_message="petmatch staff: any user name, a staff key as the password.",
-        )
-    return mount(api, public, "/"), public, staff_page
-
-
-def _with_keys(staff_keys: StaffKeys) -> Services:
-    from dataclasses import replace
-
-    return replace(services, staff=staff_keys)
+    """One FastAPI application on the models loaded above (`app/server.py`): the REST API under /api/v1, the staff page
+    at /staff/ (with keys) and the visitors' page at / ("demo" mode without keys). -> (app, public page, staff page)."""
+    api_services = services if staff_keys is STAFF else replace(services, staff=staff_keys)
+    return create_server(api_services, PAGES, SETTINGS, staff_keys, staff_login, ALLOWED_PATHS)
 
 
 # What the pages may serve besides uploads and their own results: the demo photos of the examples (public). Never

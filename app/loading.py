@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.api_common import Services
 from app.models import (  # noqa: F401  (re-exported: the app, the benchmarks and the tests import them from here)
     FLAGS,
     ROOT,
@@ -26,6 +27,10 @@ from app.models import (  # noqa: F401  (re-exported: the app, the benchmarks an
     model_flags,
     resolve_model,
 )
+from app.security import ModelWork, StaffKeys
+from model_pkg.batching import batch_concurrent_calls
+from model_pkg.intake.embedding import model_intake
+from model_pkg.intake.reference import reference_features
 
 
 def load_gallery(settings: argparse.Namespace, log: Callable[[str], None]):
@@ -107,3 +112,44 @@ class BackgroundLoad:
             self._on_done(value, why)
         finally:
             self.done.set()
+
+
+def load_services(settings: argparse.Namespace, staff: StaffKeys, log: Callable[[str], None]) -> Services:
+    """The models and the gallery, loaded once at start (the text-search model is only looked for: it loads in the
+    background, `BackgroundLoad`), with concurrent requests batched into shared backbone passes."""
+    log("loading models ...")
+    pair_model, pair_unavailable = load_pair_model(settings.pair_model)
+    gallery, gallery_unavailable = load_gallery(settings, log)
+    for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable)):
+        if why:
+            log(f"{tab} unavailable: {why}")
+    # The text-search model loads in the background once the UI is built (`app/app.py` starts it): the other tabs
+    # answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
+    log(f"{len(staff)} staff key(s): staff page at /staff/" if staff.enabled else "no staff keys: public demo mode")
+    services = Services(
+        pair_model,
+        pair_unavailable,
+        gallery,
+        gallery_unavailable,
+        text_loaded=threading.Event(),
+        staff=staff,
+        work=ModelWork(settings.concurrency, settings.max_waiting),
+    )
+    services.text_unavailable = missing_model(settings.dual_model, "dual encoder", "--dual-model")
+    if services.text_unavailable:
+        log(f"text search unavailable: {services.text_unavailable}")
+        services.text_loaded.set()
+    else:
+        services.text_unavailable = "the text-search model is still loading; try again in a few seconds"
+    if settings.max_batch_size > 0:
+        # Concurrent requests share one backbone pass instead of each running its own, several at once, on the same
+        # cores; a lone request runs at once (bench/README.md, "Load").
+        if pair_model is not None:
+            batch_concurrent_calls(pair_model, "embed_photos", settings.max_batch_size)
+        if gallery is not None:
+            batch_concurrent_calls(gallery.embedder, "get_image_features", settings.max_batch_size)
+        models = [m for m in (pair_model, gallery.embedder if gallery is not None else None) if m is not None]
+        if any(model_intake(m) is not None for m in models):
+            # the intake's untrained network looks at every photo first (whole view, crop): one pass for all requests too
+            batch_concurrent_calls(reference_features(), "forward_features", settings.max_batch_size)
+    return services

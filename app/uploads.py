@@ -39,7 +39,7 @@ def check_formats(photos: list[str]) -> None:
 
 def uploads_only(fn):
     """Wrap a UI handler: every file it gets must be a file uploaded to this app (Gradio's upload folder), never
-    a path a client names. Gradio checks this too once the Blocks count as launched (see `mount`); this is the
+    a path a client names. Gradio checks this too once the Blocks count as launched (see `app.server.mount`); this is the
     handler's own check, whatever Gradio's state. An exception the handler does not expect reaches the client
     without server paths (Gradio would show its text as it is)."""
     upload_root = os.path.realpath(gr.utils.get_upload_folder())
