@@ -7,7 +7,8 @@ weights, into ``<cache_dir()>/onnx/`` (keyed by the weights' checksum, written a
 against PyTorch before it is used). Without onnxruntime/onnxscript, or when the export or the check fails, PyTorch
 runs instead, with a warning: the answers are the same to 1e-4.
 
-`reference_features().forward_features` is a function of one batch tensor, rows independent, so the app can batch
+The process's instance (`reference_features()`) attaches its session in the background, so an app's first start on
+a machine answers on PyTorch while the graph is exported. `reference_features().forward_features` is a function of one batch tensor, rows independent, so the app can batch
 the intake's passes of concurrent requests with `model_pkg.batching` as it does the trained towers'.
 """
 
@@ -16,6 +17,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +50,15 @@ def reference_network() -> Any:
     return net.eval()
 
 
+def export_reference(network: Any, path: str | os.PathLike) -> None:
+    """Write the ONNX graph `pixels -> feature maps` of `network` to `path` (atomically)."""
+    from ..onnx_runtime import export_graph
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    pixels = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    export_graph(_FeatureMaps(network), (pixels,), (["pixel_values"], ["maps"]), ({0: batch},), Path(path), ONNX_OPSET)
+
+
 class _FeatureMaps(torch.nn.Module):
     def __init__(self, network: Any):
         super().__init__()
@@ -58,16 +72,28 @@ class ReferenceFeatures:
     """`forward_features(pixels (B, 3, 224, 224)) -> (B, 1280, 7, 7)` of `reference_network()`; `source` says what
     computes it ("onnxruntime" or "torch")."""
 
-    def __init__(self, network: Any, use_onnx: bool = True):
+    def __init__(self, network: Any, use_onnx: bool = True, background: bool = False):
         self.network = network
         self.session: Any = None
         self.source = "torch"
-        if use_onnx:
-            try:
-                self.session = self._onnx_session()
-                self.source = "onnxruntime"
-            except Exception as err:  # an optional accelerator: PyTorch computes the same maps
-                logger.warning("the intake runs on PyTorch (ONNX Runtime unavailable: %s)", err)
+        self.ready = threading.Event()  # set once the ONNX session is attached, or known to be unavailable
+        if not use_onnx:
+            self.ready.set()
+        elif background:
+            # A first start on a machine exports the graph (7 s on 2 cores): PyTorch answers meanwhile, so the app's
+            # first answer does not wait for it (bench/results/cold_start_first_export.json).
+            threading.Thread(target=self._attach, args=(True,), name="intake onnx export", daemon=True).start()
+        else:
+            self._attach()
+
+    def _attach(self, background: bool = False) -> None:
+        try:
+            self.session = self._onnx_session(in_subprocess=background)
+            self.source = "onnxruntime"
+        except Exception as err:  # an optional accelerator: PyTorch computes the same maps
+            logger.warning("the intake runs on PyTorch (ONNX Runtime unavailable: %s)", err)
+        finally:
+            self.ready.set()
 
     @torch.no_grad()
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -76,10 +102,10 @@ class ReferenceFeatures:
             return torch.from_numpy(maps)
         return self.network.forward_features(pixel_values)
 
-    def _onnx_session(self) -> Any:
+    def _onnx_session(self, in_subprocess: bool = False) -> Any:
         from filelock import FileLock
 
-        from ..onnx_runtime import export_graph, shared_session, tower_checksum
+        from ..onnx_runtime import shared_session, tower_checksum
 
         folder = cache_dir() / "onnx"
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,11 +113,15 @@ class ReferenceFeatures:
         with FileLock(str(path) + ".lock", timeout=300):  # the app and a test, or two workers, starting at once
             for attempt in range(2):
                 if not path.exists():
-                    batch = torch.export.Dim("batch", min=1, max=4096)
-                    pixels = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
-                    export_graph(
-                        _FeatureMaps(self.network), (pixels,), (["pixel_values"], ["maps"]), ({0: batch},), path, ONNX_OPSET
-                    )
+                    if in_subprocess:
+                        # torch.export traces under a fake-tensor mode that breaks PyTorch forwards running in other
+                        # threads of the process (the app answering meanwhile): export in a process of its own
+                        root = str(Path(__file__).resolve().parents[2])
+                        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+                        command = [sys.executable, "-m", "model_pkg.intake.reference", str(path)]
+                        subprocess.run(command, check=True, capture_output=True, timeout=900, env=env)
+                    else:
+                        export_reference(self.network, path)
                 try:
                     session = shared_session(path)
                     self._check(session)
@@ -114,5 +144,11 @@ class ReferenceFeatures:
 
 @functools.lru_cache(maxsize=1)
 def reference_features() -> ReferenceFeatures:
-    """The process's one `ReferenceFeatures` (ONNX Runtime unless ``PETMATCH_INTAKE_ONNX=0``)."""
-    return ReferenceFeatures(reference_network(), use_onnx=os.environ.get("PETMATCH_INTAKE_ONNX", "1") != "0")
+    """The process's one `ReferenceFeatures` (ONNX Runtime unless ``PETMATCH_INTAKE_ONNX=0``), its session attached in
+    the background: the first photos may run on PyTorch, with the same answers to 1e-6."""
+    use_onnx = os.environ.get("PETMATCH_INTAKE_ONNX", "1") != "0"
+    return ReferenceFeatures(reference_network(), use_onnx=use_onnx, background=True)
+
+
+if __name__ == "__main__":  # python -m model_pkg.intake.reference PATH: the export, in a process of its own
+    export_reference(reference_network(), sys.argv[1])
