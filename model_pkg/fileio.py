@@ -94,6 +94,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PETMATCH_CACHE") or Path.home() / ".cache" / "petmatch")
 
 
+def update_with_weights(digest: Any, state_dict: dict[str, Any]) -> Any:
+    """Feed a module's weights to a hashlib digest: each name, then its tensor as float32 bytes, in name order. The one
+    weight hash behind model identities (galleries, text indexes), ONNX exports' staleness and feature caches: weights
+    stored in float16 and loaded in float32 hash the same."""
+    for name, tensor in sorted(state_dict.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest
+
+
 def sha256_file(path: PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (the checksums galleries, indexes and manifests record)."""
     h = hashlib.sha256()

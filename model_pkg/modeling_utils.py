@@ -20,6 +20,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from .backbones import Backbone, create_backbone
+from .fileio import update_with_weights
 from .onnx_runtime import attach_exported
 
 __all__ = ["BackboneModelMixin", "IDENTITY_IGNORED_CONFIG_KEYS", "UntrustedModelError", "check_model_folder", "model_identity"]
@@ -136,9 +137,7 @@ def model_identity(model: torch.nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
         digest.update(json.dumps(_identity_config(config.to_dict()), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    update_with_weights(digest, model.state_dict())
     return f"{getattr(config, 'model_type', None) or type(model).__name__}:{digest.hexdigest()[:16]}"
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fileio import sha256_file
+from .fileio import sha256_file, update_with_weights
 
 __all__ = [
     "ExportError",
@@ -192,11 +192,7 @@ class OnnxRunnableModule(nn.Module):
 
 def tower_checksum(module: nn.Module) -> str:
     """sha256 (16 hex) of a tower's weights as float32, in name order: an export of other weights is stale."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return update_with_weights(hashlib.sha256(), module.state_dict()).hexdigest()[:16]
 
 
 def exportable_towers(model: nn.Module) -> dict[str, tuple[OnnxRunnableModule, str | None]]:

@@ -22,7 +22,7 @@ import torch
 
 from ..data import load_image
 from ..features import compute_activation_views, compute_pooled_features
-from ..fileio import atomic_save_npy
+from ..fileio import atomic_save_npy, update_with_weights
 from .distributed import log_cache, main_process_first
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ def backbone_cache_key(backbone, paths: Sequence[str]) -> str:
     """A short hash of the backbone (name, size, flip TTA, weights) and of the photos' paths, sizes and times."""
     flip = ":flip" if getattr(backbone, "tta_flip", False) else ""  # flip-TTA features differ from single-view ones
     digest = hashlib.sha256(f"{backbone.model_name}:{backbone.image_size}{flip}\n".encode())
-    for tensor in backbone.state_dict().values():  # the weights, so fine-tuned backbones never share a cache
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    update_with_weights(digest, backbone.state_dict())  # the weights, so fine-tuned backbones never share a cache
     for path in paths:
         st = os.stat(path)
         digest.update(f"{path}\t{st.st_mtime_ns}\t{st.st_size}\n".encode())
