@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,11 @@ async def save_uploads(files: list[UploadFile], folder: Path, what: str) -> list
     return saved
 
 
-def bad_input(err: Exception, uploads: list[tuple[str, str]] = ()) -> HTTPException:
-    """400 with the error's message, uploads named as the client named them and no other server path."""
-    return HTTPException(400, redact_paths(str(err), {path: name for path, name in uploads}))
+def bad_input(err: Exception, uploads: Sequence[tuple[str, str]] = ()) -> HTTPException:
+    """400 with the error's message, uploads named as the client named them (by their saved path or its file name)
+    and no other server path."""
+    known = {path: name for path, name in uploads} | {os.path.basename(path): name for path, name in uploads}
+    return HTTPException(400, redact_paths(str(err), known))
 
 
 async def model_work(services: Services, fn, *args, **kwargs):
@@ -107,10 +110,10 @@ async def model_work(services: Services, fn, *args, **kwargs):
         raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from err
 
 
-def gallery_error(err: Exception) -> HTTPException:
-    """404 for an unknown animal, 409 for a name already registered, else 400 with the message."""
+def gallery_error(err: Exception, uploads: Sequence[tuple[str, str]] = ()) -> HTTPException:
+    """404 for an unknown animal, 409 for a name already registered, else 400 with the message (`bad_input`)."""
     if isinstance(err, UnknownAnimalError):
         return HTTPException(404, str(err))
     if isinstance(err, NameTakenError):
         return HTTPException(409, str(err))
-    return bad_input(err)
+    return bad_input(err, uploads)

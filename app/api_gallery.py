@@ -105,7 +105,7 @@ def add_gallery_routes(
                     services, gallery.register_animal, name, [p for p, _ in saved], who, species=species, note=note
                 )
             except (ImageLoadError, ValueError, UnknownAnimalError) as err:
-                raise gallery_error(err) if not isinstance(err, ImageLoadError) else bad_input(err, saved) from err
+                raise gallery_error(err, saved) from err
         return RegisterResponse(id=record.id, name=record.name, added=len(saved), photos=len(record.photos))
 
     @api.post(f"{API_PREFIX}/animals/{{animal_id}}/photos", response_model=RegisterResponse, tags=["gallery (staff)"])
@@ -121,7 +121,7 @@ def add_gallery_routes(
             try:
                 record = await model_work(services, gallery.add_photos, animal_id, [p for p, _ in saved], who)
             except (ImageLoadError, ValueError, UnknownAnimalError) as err:
-                raise gallery_error(err) if not isinstance(err, ImageLoadError) else bad_input(err, saved) from err
+                raise gallery_error(err, saved) from err
         return RegisterResponse(id=record.id, name=record.name, added=len(saved), photos=len(record.photos))
 
     @api.get(f"{API_PREFIX}/animals", response_model=AnimalsResponse, tags=["gallery"])

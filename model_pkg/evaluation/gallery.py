@@ -15,7 +15,7 @@ from ..arcface.embedding import embed_paths
 from ..data.samplers import GallerySplit, split_gallery_queries
 from ..features import reference_features
 from ..gallery import GalleryIndex
-from ..gallery_store.identification import decide_identification, kind_thresholds
+from ..gallery_store.identification import kind_thresholds
 from ..intake.embedding import embed_photo_files, model_fusion
 from ..loading import load_arcface_model
 from ..metrics import confusion as confusion_matrix_of
@@ -52,29 +52,6 @@ def _gallery_split(groups, gallery_per_id: int, unknown_fraction: float, seed: i
     except ValueError as exc:
         message = str(exc).replace("gallery_per_id=", "--gallery-per-id ").replace("gallery_per_id", "--gallery-per-id")
         raise EvaluationError(f"{where}: {message}") from exc
-
-
-def _decided_by_kind(gallery: GalleryIndex, split: GallerySplit, queries: np.ndarray, k: int, kinds, net) -> dict[str, Any]:
-    """known_accuracy, unknown_rejection, balanced_accuracy, known_acceptance, known_misidentified with each query decided
-    at its kind's thresholds (`kind_thresholds`), as the app's gallery decides."""
-    fusion, unknown_labels = model_fusion(net), set(split.unknown_labels)
-    decided = [
-        decide_identification(p, *kind_thresholds(fusion, kind, gallery.score_threshold, gallery.margin_threshold))
-        for p, kind in zip(gallery.classify(queries, k=k), kinds)
-    ]
-    unknown = np.array([label in unknown_labels for label in split.query_labels])
-    accepted = np.array([p.accepted for p in decided])
-    right = np.array([p.label == label for p, label in zip(decided, split.query_labels)])
-    known_accuracy = float(np.mean(accepted[~unknown] & right[~unknown]))
-    out = {
-        "known_accuracy": known_accuracy,
-        "known_acceptance": float(np.mean(accepted[~unknown])),
-        "known_misidentified": float(np.mean(accepted[~unknown] & ~right[~unknown])),
-    }
-    if unknown.any():
-        rejection = float(np.mean(~accepted[unknown]))
-        out.update(unknown_rejection=rejection, balanced_accuracy=(known_accuracy + rejection) / 2.0)
-    return out
 
 
 def _split_arrays(split: GallerySplit, emb: Mapping[str, np.ndarray]):
@@ -221,9 +198,12 @@ def evaluate_gallery_protocol(
         margin_threshold=margin_threshold,
     )
     gallery.add(gallery_emb, evaluated.gallery_labels)
-    metrics = gallery.evaluate(query_emb, evaluated.query_labels, evaluated.unknown_labels, k=k)
+    thresholds = None
     if kinds is not None and source == "stored":  # as PhotoGallery.identify decides: at the thresholds of each query's kind
-        metrics.update(_decided_by_kind(gallery, evaluated, query_emb, k, [kinds[p] for p in evaluated.query_paths], net))
+        fusion = model_fusion(net)
+        per_query = [kind_thresholds(fusion, kinds[p], score_threshold, margin_threshold) for p in evaluated.query_paths]
+        thresholds = (np.array([np.nan if s is None else s for s, _ in per_query]), np.array([m for _, m in per_query]))
+    metrics = gallery.evaluate(query_emb, evaluated.query_labels, evaluated.unknown_labels, k=k, thresholds=thresholds)
     result = {key: metrics[key] for key in GALLERY_RESULT_KEYS}
     if confusion is not None:
         result["confusion_csv"], result["confusion_png"] = _write_gallery_confusion(confusion, gallery, evaluated, query_emb, k)

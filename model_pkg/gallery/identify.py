@@ -21,7 +21,11 @@ from .common import (
 )
 from .index import VectorStore
 
-__all__ = ["Identification"]
+__all__ = ["Identification", "Thresholds"]
+
+# (score, margin) thresholds of a decision: each one value for every query or one per query; a score of None or NaN
+# rejects nothing as unknown.
+Thresholds = tuple[Any, Any]
 
 
 def _above(x: float) -> float:
@@ -86,20 +90,25 @@ class Identification(VectorStore):
             shares_all.append(shares)
         return top, margin, best, shares_all
 
-    def _reasons(self, top: np.ndarray, margin: np.ndarray) -> list[str | None]:
-        unknown = np.zeros(top.shape, bool) if self.score_threshold is None else top < self.score_threshold
-        reshoot = margin < self.margin_threshold
+    def _reasons(self, top: np.ndarray, margin: np.ndarray, thresholds: Thresholds | None = None) -> list[str | None]:
+        """ "unknown" below the score threshold, else "reshoot" below the margin threshold, else None. `thresholds`:
+        (score, margin), each one value or one per query (a score of None or NaN: nothing is unknown); default the
+        gallery's own."""
+        score, least_margin = (self.score_threshold, self.margin_threshold) if thresholds is None else thresholds
+        unknown = top < np.asarray(np.nan if score is None else score, dtype=np.float64)  # NaN: never below
+        reshoot = margin < np.asarray(least_margin, dtype=np.float64)
         return ["unknown" if u else ("reshoot" if r else None) for u, r in zip(unknown, reshoot)]
 
-    def classify(self, queries: np.ndarray, k: int = 20) -> list[Prediction]:
+    def classify(self, queries: np.ndarray, k: int = 20, thresholds: Thresholds | None = None) -> list[Prediction]:
         """Identify each query by 1/d-weighted voting over its ``k`` nearest gallery photos.
 
-        See the module docstring for the voting and rejection rules.
+        See the module docstring for the voting and rejection rules; ``thresholds`` (score, margin), one value or
+        one per query, replace the gallery's own (e.g. the thresholds of each query's kind of photo).
         """
-        return self._predictions(*self._vote(self._prepare(queries, "queries"), k))
+        return self._predictions(*self._vote(self._prepare(queries, "queries"), k), thresholds)
 
     def classify_and_search(
-        self, queries: np.ndarray, k: int = 20, nearest: int = 50
+        self, queries: np.ndarray, k: int = 20, nearest: int = 50, thresholds: Thresholds | None = None
     ) -> tuple[list[Prediction], np.ndarray, list[list[str]], list[list[str]]]:
         """``classify(queries, k)`` and ``search(queries, max(k, nearest))`` from one search of the index.
 
@@ -110,17 +119,22 @@ class Identification(VectorStore):
         """
         k = check_k(k)
         scores, pos = self._search_raw(self._prepare(queries, "queries"), max(k, check_k(nearest)))
-        predictions = self._predictions(*self._tally(scores[:, :k], pos[:, :k]))
+        predictions = self._predictions(*self._tally(scores[:, :k], pos[:, :k]), thresholds)
         labels = [[self._labels[p] for p in row] for row in pos]
         ids = [[self._ids[p] for p in row] for row in pos]
         return predictions, scores, labels, ids
 
     def _predictions(
-        self, top: np.ndarray, margin: np.ndarray, best: list[str], shares: list[list[tuple[str, float]]]
+        self,
+        top: np.ndarray,
+        margin: np.ndarray,
+        best: list[str],
+        shares: list[list[tuple[str, float]]],
+        thresholds: Thresholds | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per query from the vote, rejected as "unknown" or "reshoot" by the thresholds."""
         out = []
-        for i, reason in enumerate(self._reasons(top, margin)):
+        for i, reason in enumerate(self._reasons(top, margin, thresholds)):
             out.append(
                 Prediction(
                     label=best[i] if reason is None else None,
@@ -252,6 +266,7 @@ class Identification(VectorStore):
         query_labels: Sequence[str],
         unknown_labels: Iterable[str] = (),
         k: int = 20,
+        thresholds: Thresholds | None = None,
     ) -> dict[str, Any]:
         """Retrieval, identification and open-set numbers of this gallery on labelled queries.
 
@@ -264,7 +279,7 @@ class Identification(VectorStore):
         * ``known_accuracy`` -- known queries accepted with the right label; ``known_acceptance``,
           ``known_misidentified`` (accepted, wrong label); ``unknown_rejection`` -- unknown
           queries rejected; ``balanced_accuracy`` -- mean of the two (all at the gallery's
-          ``score_threshold`` / ``margin_threshold``, reported too).
+          ``score_threshold`` / ``margin_threshold``, reported too, or at ``thresholds`` as in ``classify``).
         * ``open_set_auroc`` -- known vs unknown queries by ``top_score``
           (:func:`model_pkg.metrics.open_set_metrics`).
         * ``unknown_rejection``, ``balanced_accuracy``, ``open_set_auroc`` are ``None`` without
@@ -301,7 +316,7 @@ class Identification(VectorStore):
         n_known = int(known_idx.size)
 
         top, margin, best, _ = self._vote(q, k)
-        reasons = self._reasons(top, margin)
+        reasons = self._reasons(top, margin, thresholds)
         accepted = np.array([r is None for r in reasons])
         correct = np.array([b == t for b, t in zip(best, ql)])
         known = ~is_unknown

@@ -13,7 +13,7 @@ disk, shared by processes and threads), `records` (animals as records, names, no
 from __future__ import annotations
 
 from .folder import embed_photos, embedder_id
-from .identification import GalleryMatch, Identification, decide_identification, kind_thresholds
+from .identification import GalleryMatch, Identification, kind_thresholds
 from .records import MAX_NAME_LENGTH, SPECIES, AnimalRecord, NameTakenError, UnknownAnimalError, normalize_name
 from .store import PhotoGallery
 
@@ -24,7 +24,6 @@ __all__ = [
     "NameTakenError",
     "PhotoGallery",
     "UnknownAnimalError",
-    "decide_identification",
     "embed_photos",
     "embedder_id",
     "kind_thresholds",

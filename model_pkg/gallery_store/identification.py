@@ -1,15 +1,15 @@
-"""What an identification answers: the vote decided at the thresholds of the photo's kind, the best-matching
+"""What an identification answers: the vote (decided at the thresholds of the photo's kind, `kind_thresholds`), the best-matching
 animals beside it, and the sentence a person reads (who it is, or why the photo was rejected and what to do)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..gallery import Prediction
 from ..intake.photo_intake import IntakeResult
 from ..intake.settings import FusionConfig
 
-__all__ = ["KIND_NAMES", "GalleryMatch", "Identification", "decide_identification", "kind_thresholds"]
+__all__ = ["KIND_NAMES", "GalleryMatch", "Identification", "kind_thresholds"]
 
 KIND_NAMES = {"dog_face": "dog faces", "dog_body": "whole dogs", "cat_face": "cat faces", "cat_body": "cats in photos"}
 
@@ -25,17 +25,6 @@ def kind_thresholds(
     if settings is not None and settings.gallery_margin_threshold is not None:
         margin_threshold = settings.gallery_margin_threshold
     return score_threshold, margin_threshold
-
-
-def decide_identification(prediction: Prediction, score_threshold: float | None, margin_threshold: float) -> Prediction:
-    """The vote of `GalleryIndex.classify` decided again at other thresholds, by its rule: "unknown" below the score
-    threshold, else "reshoot" below the margin threshold, else the voted animal."""
-    if score_threshold is not None and prediction.top_score < score_threshold:
-        reason: str | None = "unknown"
-    else:
-        reason = "reshoot" if prediction.margin < margin_threshold else None
-    best = prediction.candidates[0][0] if prediction.candidates else prediction.label
-    return replace(prediction, label=best if reason is None else None, accepted=reason is None, reason=reason)
 
 
 @dataclass

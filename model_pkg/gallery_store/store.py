@@ -33,7 +33,7 @@ from ..intake.embedding import embed_photos as intake_embed_photos
 from ..intake.embedding import model_fusion
 from ..intake.photo_intake import IntakeResult
 from .folder import GalleryFolder, ProgressFn
-from .identification import GalleryMatch, Identification, decide_identification, kind_thresholds
+from .identification import GalleryMatch, Identification, kind_thresholds
 from .records import (
     SPECIES,
     AnimalRecord,
@@ -260,12 +260,14 @@ class PhotoGallery(GalleryFolder):
             raise ValueError(empty)
         vectors = intake_embed_photos(self.embedder, [photo])
         query, seen = vectors.gallery, vectors.intake[0]
+        fusion = model_fusion(self.embedder)
         with self._lock:  # a registration may be changing the index in another thread
             self.refresh()
             if len(self.index) == 0:  # the last animal was removed while the photo was being embedded
                 raise ValueError(empty)
             # one search: the vote of the k nearest photos, and the 50 nearest for the matches shown beside it
-            (prediction,), scores, labels, ids = self.index.classify_and_search(query, k=self.k, nearest=50)
+            thresholds = kind_thresholds(fusion, seen.kind, self.index.score_threshold, self.index.margin_threshold)
+            (prediction,), scores, labels, ids = self.index.classify_and_search(query, self.k, 50, thresholds)
             position = {id_: i for i, id_ in enumerate(self.index.ids)}
             metadata = self.index.metadata
             matches: list[GalleryMatch] = []
@@ -276,10 +278,6 @@ class PhotoGallery(GalleryFolder):
                     matches.append(GalleryMatch(label, float(score), str(self.directory / meta["photo"]), animal))
                 if len(matches) == top:
                     break
-        score_threshold, margin_threshold = kind_thresholds(
-            model_fusion(self.embedder), seen.kind, self.index.score_threshold, self.index.margin_threshold
-        )
-        prediction = decide_identification(prediction, score_threshold, margin_threshold)
         if not seen.usable:  # the intake's reason beats any vote: the photo itself must be retaken
             prediction = replace(prediction, label=None, accepted=False, reason="reshoot")
-        return Identification(prediction, matches, score_threshold, margin_threshold, seen)
+        return Identification(prediction, matches, *thresholds, seen)

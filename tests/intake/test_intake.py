@@ -137,19 +137,26 @@ def test_fusion_settings_round_trip_through_a_saved_model(tmp_path):
 def test_gallery_decides_each_query_at_the_thresholds_of_its_kind():
     """Two different cats look more alike to these features than two different dogs: an unknown cat face that
     would pass the one threshold of every kind is "unknown" at the cat faces' own threshold."""
-    from model_pkg.gallery import Prediction
-    from model_pkg.gallery_store import decide_identification, kind_thresholds
+    from model_pkg.gallery import GalleryIndex
+    from model_pkg.gallery_store import kind_thresholds
 
     fusion = FusionConfig.from_dict(SHIPPED["fusion"])
     cat = fusion.kinds["cat_face"].gallery_score_threshold
     assert cat is not None and cat > SHIPPED["score_threshold"]
     assert all(fusion.kinds[k].gallery_score_threshold is not None for k in KINDS)
-    vote = Prediction("Tigro", 0.9, (SHIPPED["score_threshold"] + cat) / 2, 0.8, True, None, [("Tigro", 0.9), ("Birba", 0.1)])
-    as_cat = decide_identification(vote, *kind_thresholds(fusion, "cat_face", SHIPPED["score_threshold"], 0.003))
+    gallery = GalleryIndex(3, "ip")
+    gallery.add(np.eye(3, dtype=np.float32)[:2], ["Tigro", "Birba"])
+    similarity = (SHIPPED["score_threshold"] + cat) / 2  # between the one threshold and the cat faces' own
+    query = np.array([[similarity, 0.0, math.sqrt(1 - similarity**2)]], np.float32)
+
+    def vote(thresholds):
+        return gallery.classify(query, k=2, thresholds=thresholds)[0]
+
+    as_cat = vote(kind_thresholds(fusion, "cat_face", SHIPPED["score_threshold"], 0.003))
     assert (as_cat.label, as_cat.accepted, as_cat.reason) == (None, False, "unknown")
-    global_only = decide_identification(vote, *kind_thresholds(None, "cat_face", SHIPPED["score_threshold"], 0.003))
+    global_only = vote(kind_thresholds(None, "cat_face", SHIPPED["score_threshold"], 0.003))
     assert (global_only.label, global_only.accepted) == ("Tigro", True)
-    close_call = decide_identification(vote, *kind_thresholds(None, None, 0.0, 0.9))
+    close_call = vote(kind_thresholds(None, None, 0.0, 0.9))
     assert (close_call.label, close_call.reason) == (None, "reshoot")
 
 
