@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from model_pkg.data.splits import split_by_group
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEXT_A, TEXT_B = "all-MiniLM-L6-v2", "paraphrase-MiniLM-L3-v2"
@@ -81,27 +83,6 @@ def text_features(cache_dir: str, data_root: str) -> dict[str, tuple[np.ndarray,
             loaded = load_features(cache_dir, "flickr8k", model, 0, "meanpool")
         out[model] = loaded
     return out
-
-
-def split_by_group(groups: np.ndarray, eval_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices (eval, half A, half B): groups in a seeded random order; eval takes whole groups up to
-    `eval_size` rows (the group cut at the boundary gives its other rows to nobody); the remaining groups
-    are dealt into two halves of about equal size."""
-    rng = np.random.default_rng(seed)
-    names, inverse = np.unique(groups, return_inverse=True)
-    order = rng.permutation(len(names))
-    rows_by_group = [np.flatnonzero(inverse == g) for g in order]
-    eval_rows, rest, taken = [], [], 0
-    for rows in rows_by_group:
-        if taken < eval_size:
-            take = rows[: eval_size - taken]
-            eval_rows.append(take)
-            taken += len(take)
-        else:
-            rest.append(rows)
-    half = len(rest) // 2
-    held = np.concatenate(eval_rows) if eval_rows else np.zeros(0, dtype=int)
-    return held, np.concatenate(rest[:half]), np.concatenate(rest[half:])
 
 
 def run_pair(name, xa_all, xb_all, groups, eval_size, preset, args, extra=None) -> dict:

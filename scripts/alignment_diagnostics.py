@@ -13,7 +13,7 @@ Uses the true caption pairs, which the aligner never sees, only to judge it:
   the solver, not the kernels, is what fails).
 
 With `--fixed-point`: where unpaired self-learning settles *if it starts at the answer*. On the
-benchmark's split (seed 0; `bench_alignment.split_by_group`), the map is started at the paired optimum
+benchmark's split (seed 0; `model_pkg.data.splits.split_by_group`, as bench_alignment.py), the map is started at the paired optimum
 (orthogonal Procrustes on the true pairs of both fitting halves) and then refined without pairs, as the
 aligner does: 10 CSLS self-learning steps (our last stage) or 100 Refine-1 steps; the first with the
 fitting halves cut to 2,000 / 4,000 / all points per side. The top-1 it drifts to bounds what an
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -33,9 +32,8 @@ from scipy.optimize import linear_sum_assignment, quadratic_assignment
 
 from model_pkg.align import MiniVec2VecAligner, MiniVec2VecConfig
 from model_pkg.align.steps import centre_and_normalize, centred_kernel, procrustes
+from model_pkg.data.splits import split_by_group
 from model_pkg.metrics import alignment_metrics
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def centred_unit(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -102,9 +100,6 @@ def main() -> None:
 
 
 def fixed_point(cache_dir: str) -> None:
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    from bench_alignment import split_by_group
-
     za = np.load(os.path.join(cache_dir, "flickr8k__all-MiniLM-L6-v2__0__meanpool.npz"))
     zb = np.load(os.path.join(cache_dir, "flickr8k__paraphrase-MiniLM-L3-v2__0__meanpool.npz"))
     a_all, b_all = za["features"].astype(np.float32), zb["features"].astype(np.float32)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from ..fileio import atomic_write_json
 from .folders import column_values
@@ -193,3 +194,24 @@ def subset_by_identities(dataset: datasets.Dataset, identities: Iterable[str]) -
             f"the dataset: was the split made for another dataset?"
         )
     return dataset.select(indices)
+
+
+def split_by_group(groups: np.ndarray, eval_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices (eval, half A, half B): groups in a seeded random order; eval takes whole groups up to
+    ``eval_size`` rows (the group cut at the boundary gives its other rows to nobody); the remaining groups
+    are dealt into two halves of about equal size."""
+    rng = np.random.default_rng(seed)
+    names, inverse = np.unique(groups, return_inverse=True)
+    order = rng.permutation(len(names))
+    rows_by_group = [np.flatnonzero(inverse == g) for g in order]
+    eval_rows, rest, taken = [], [], 0
+    for rows in rows_by_group:
+        if taken < eval_size:
+            take = rows[: eval_size - taken]
+            eval_rows.append(take)
+            taken += len(take)
+        else:
+            rest.append(rows)
+    half = len(rest) // 2
+    held = np.concatenate(eval_rows) if eval_rows else np.zeros(0, dtype=int)
+    return held, np.concatenate(rest[:half]), np.concatenate(rest[half:])

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from model_pkg import ArcFaceEmbedderConfig, ArcFaceEmbedderModel, embed, embedding_store
+from model_pkg.embed.__main__ import main as embed_main
 from model_pkg.gallery_store import embed_photos
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -86,7 +87,7 @@ def test_resume_after_a_kill_embeds_only_what_is_missing(collection, tmp_path):
     victim.unlink()
     (out / f".{victim.name}.abc123.tmp").write_bytes(b"half a parquet file")
     kept = {p.name: p.stat().st_mtime_ns for p in shards if p != victim}
-    embed.main(["--model", str(model_dir), "--images", str(photos), "--out", str(out), "--shard-size", "4"])
+    embed_main(["--model", str(model_dir), "--images", str(photos), "--out", str(out), "--shard-size", "4"])
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
     assert all(after[name] == t for name, t in kept.items())  # finished shards were not touched
     new = [name for name in after if name not in kept]
@@ -112,7 +113,7 @@ def test_a_second_shard_with_the_same_photos_is_dropped(collection, tmp_path):
 def test_clear_errors(collection, tmp_path, capsys):
     model_dir, photos, _ = collection
     with pytest.raises(SystemExit) as exit_info:
-        embed.main(["--model", str(model_dir), "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+        embed_main(["--model", str(model_dir), "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     with pytest.raises(embed.EmbeddingsError, match="no photos"):

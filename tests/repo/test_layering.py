@@ -73,6 +73,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.evaluate": COMMAND_LINES,
     "model_pkg.export": COMMAND_LINES,
     "model_pkg.match": COMMAND_LINES,
+    "model_pkg.embed.__main__": COMMAND_LINES,
     "model_pkg.gallery.__main__": COMMAND_LINES,
     "model_pkg.recommend.__main__": COMMAND_LINES,
     # apps, and the scripts beside them (never imported by the library)

@@ -31,10 +31,8 @@ Read the result with :func:`iter_embeddings` (shard by shard, bounded memory) or
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import load_image
-from .data.folders import IMAGE_EXTENSIONS
-from .data.images import ImageLoadError
-from .embedding_store import (
+from ..data import load_image
+from ..data.folders import IMAGE_EXTENSIONS
+from ..data.images import ImageLoadError
+from ..embedding_store import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -61,8 +59,8 @@ from .embedding_store import (
     write_manifest,
     write_shard,
 )
-from .modeling_utils import model_identity
-from .transforms import create_transform
+from ..modeling_utils import model_identity
+from ..transforms import create_transform
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +72,6 @@ __all__ = [
     "iter_embeddings",
     "list_photos",
     "load_embeddings",
-    "main",
     "part_shards",
     "read_manifest",
 ]
@@ -188,7 +185,7 @@ def _embed_shard(model, photos: Sequence[Photo], device, batch_size: int, num_wo
 
 
 def _load_model(path: str | os.PathLike):
-    from .loading import ModelLoadError, load_arcface_model  # the shared loading rules (safetensors only, clear errors)
+    from ..loading import ModelLoadError, load_arcface_model  # the shared loading rules (safetensors only, clear errors)
 
     try:
         return load_arcface_model(path)
@@ -269,41 +266,3 @@ def embed_collection(
     manifest = write_manifest(out_dir, base, len(photos)) if state.is_main_process else {}
     state.wait_for_everyone()
     return manifest if state.is_main_process else read_manifest(out_dir)
-
-
-# --------------------------------------------------------------------------- #
-# Command line
-# --------------------------------------------------------------------------- #
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m model_pkg.embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, help="a saved ArcFace embedder folder (e.g. models/arcface-embedder)")
-    parser.add_argument("--images", required=True, help="a folder of photos (recursive) or a saved datasets folder")
-    parser.add_argument("--out", required=True, help="the embeddings folder (created; an existing one is resumed)")
-    parser.add_argument("--shard-size", type=int, default=4096, help="photos per shard (the unit of resuming)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        manifest = embed_collection(args.model, args.images, args.out, args.shard_size, args.batch_size, args.num_workers)
-    except EmbeddingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    from accelerate import PartialState
-
-    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
-        print(
-            f"{manifest['num_embeddings']} embeddings in {len(manifest['shards'])} shards, {len(manifest['failed'])} "
-            f"unreadable photos, complete={manifest['complete']}: {args.out}"
-        )
-    return manifest
-
-
-if __name__ == "__main__":
-    main()
