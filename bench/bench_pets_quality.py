@@ -48,11 +48,19 @@ def link_tree(root: Path, sources: dict[str, Path]) -> Path:
     return root
 
 
-def kind_folders(tmp: Path, dogfacenet_split: str) -> dict[str, Path]:
+def mpdd_dogs(which: str) -> list[str]:
+    """ "all" 95 MPDD dogs, or "val": the 47 the all-pets embedder never trained on (train/splits/all_pets.json)."""
+    if which == "all":
+        return sorted(os.listdir(DATA / "mpdd"))
+    splits = json.loads(Path("train/splits/all_pets.json").read_text())
+    return sorted(name.removeprefix("mpdd-") for name in splits["val"] if name.startswith("mpdd-"))
+
+
+def kind_folders(tmp: Path, dogfacenet_split: str, mpdd: str = "all") -> dict[str, Path]:
     splits = json.loads(Path("train/splits/dogfacenet.json").read_text())
     trees = {
         "dog_face": {d: DATA / "dogfacenet" / d for d in splits[dogfacenet_split]},
-        "dog_body": {d: DATA / "mpdd" / d for d in sorted(os.listdir(DATA / "mpdd"))},
+        "dog_body": {d: DATA / "mpdd" / d for d in mpdd_dogs(mpdd)},
         "cat_face": {c: DATA / "cats" / "faces" / c for c in sorted(os.listdir(DATA / "cats" / "faces"))},
         "cat_body": {c: DATA / "cats" / "photos" / c for c in sorted(os.listdir(DATA / "cats" / "photos"))},
     }
@@ -87,23 +95,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", default="models/arcface-embedder")
     parser.add_argument("--matcher", default="models/pair-matcher")
     parser.add_argument("--dogfacenet-split", default="val")
+    parser.add_argument(
+        "--mpdd",
+        choices=("all", "val"),
+        default="all",
+        help="whole dogs: all 95 MPDD dogs, or the 47 of the all-pets split's val",
+    )
+    parser.add_argument("--variants", default="imagenet,trained alone,shipped", help="comma-separated subset of the rows")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--json", required=True, help="results file; with --kinds, the other kinds' rows already there are kept")
     parser.add_argument("--kinds", default=None, help="comma-separated subset of dog_face,dog_body,cat_face,cat_body,mixed")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     embedder, matcher = load_arcface_model(args.embedder), load_pair_model(args.matcher)
-    gallery_models = {"imagenet": "imagenet", "trained alone": embedder, "shipped": embedder}
+    names = args.variants.split(",")
+    gallery_models = {
+        n: m for n, m in {"imagenet": "imagenet", "trained alone": embedder, "shipped": embedder}.items() if n in names
+    }
     pair_models = {"imagenet": "imagenet-cosine", "trained alone": matcher, "shipped": matcher}
-    report: dict = {"dogfacenet_split": args.dogfacenet_split, "seeds": seeds, "kinds": {}}
+    report: dict = {
+        "dogfacenet_split": args.dogfacenet_split,
+        "mpdd": args.mpdd,
+        "embedder": args.embedder,
+        "matcher": args.matcher,
+        "seeds": seeds,
+        "kinds": {},
+    }
     if args.kinds and Path(args.json).is_file():
         kept = json.loads(Path(args.json).read_text())
         report = {**kept, **report, "kinds": kept.get("kinds", {})}
     wanted = args.kinds.split(",") if args.kinds else None
-    for kind, folder in kind_folders(cache_dir() / "bench-pets" / args.dogfacenet_split, args.dogfacenet_split).items():
+    tree = (
+        cache_dir()
+        / "bench-pets"
+        / (args.dogfacenet_split if args.mpdd == "all" else f"{args.dogfacenet_split}-mpdd-{args.mpdd}")
+    )
+    for kind, folder in kind_folders(tree, args.dogfacenet_split, args.mpdd).items():
         if wanted is not None and kind not in wanted:
             continue
-        rows = {}
+        rows = dict(report["kinds"].get(kind, {})) if args.kinds else {}
         for name in gallery_models:
             start = time.perf_counter()
             with variant(gallery_models[name], name) as model:

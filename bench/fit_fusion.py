@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_pets_quality import mpdd_dogs  # bench/ is the script's own folder
 
 from model_pkg.data import sample_pairs
 from model_pkg.data.samplers import split_gallery_queries
@@ -51,13 +52,15 @@ from model_pkg.intake.photo_intake import PhotoIntake
 from model_pkg.intake.settings import KIND_HEAD_CLASSES, IntakeConfig
 from model_pkg.loading import load_arcface_model, load_pair_model
 from model_pkg.metrics import choose_threshold
+from model_pkg.modeling_utils import model_identity
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data"))
 GRID = [round(0.1 * i, 1) for i in range(11)]
 
 
-def validation_photos(splits_file: str) -> list[tuple[str, str, str, bool]]:
-    """-> (path, identity, kind, used for fusion) of every validation photo."""
+def validation_photos(splits_file: str, mpdd: str = "all") -> list[tuple[str, str, str, bool]]:
+    """-> (path, identity, kind, used for fusion) of every validation photo; `mpdd="val"`: only the 47 MPDD dogs the
+    all-pets embedder did not train on."""
     splits = json.loads(Path(splits_file).read_text())
     rng = np.random.default_rng(0)
     rows: list[tuple[str, str, str, bool]] = []
@@ -69,7 +72,7 @@ def validation_photos(splits_file: str) -> list[tuple[str, str, str, bool]]:
 
     add(DATA / "dogfacenet", splits["val"], "dog_face", "dfn", True)
     add(DATA / "dogfacenet", sorted(rng.choice(splits["train"], 60, replace=False)), "dog_face", "dfn", False)
-    add(DATA / "mpdd", sorted(os.listdir(DATA / "mpdd")), "dog_body", "mpdd", True)
+    add(DATA / "mpdd", mpdd_dogs(mpdd), "dog_body", "mpdd", True)
     add(DATA / "cats" / "faces", sorted(os.listdir(DATA / "cats" / "faces")), "cat_face", "catface", True)
     add(DATA / "cats" / "photos", sorted(os.listdir(DATA / "cats" / "photos")), "cat_body", "catphoto", True)
     return rows
@@ -96,7 +99,9 @@ def photos_without_pets(count: int = 300) -> list[str]:
 
 
 def photo_vectors(model, paths: list[str], cache: Path) -> dict[str, np.ndarray]:
-    """Untrained (N, 1280) and trained (N, E) vectors and the intake's reshoot reasons, cached by the paths."""
+    """Untrained (N, 1280) and trained (N, E) vectors and the intake's reshoot reasons, cached by the paths and the
+    embedder (its identity hashes its weights and config)."""
+    cache = cache.with_name(f"{cache.name}-{model_identity(model).split(':')[-1]}")
     if cache.with_suffix(".json").is_file():
         meta = json.loads(cache.with_suffix(".json").read_text())
         if meta["paths"] == paths:
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matcher", default="models/pair-matcher", help="the pair matcher whose own score is compared")
     parser.add_argument("--splits", default="train/splits/dogfacenet.json")
     parser.add_argument("--json", required=True, help="write the fit and its validation figures here")
+    parser.add_argument(
+        "--mpdd", choices=("all", "val"), default="all", help="whole dogs: all of MPDD, or the all-pets split's val dogs"
+    )
     parser.add_argument("--write", nargs="*", default=[], help="model folders whose config.json gets intake + fusion")
     parser.add_argument(
         "--keep-kind-head",
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    rows = validation_photos(args.splits)
+    rows = validation_photos(args.splits, args.mpdd)
     paths = np.array([r[0] for r in rows])
     ids = np.array([r[1] for r in rows])
     kinds = np.array([r[2] for r in rows])

@@ -140,17 +140,25 @@ class ArcFaceEmbedderModel(BackboneModelMixin, ArcFaceEmbedderPreTrainedModel):
         running_var.copy_(variance.to(running_var.dtype))
         self.bn.weight.copy_((torch.ones_like(variance) if whiten else (variance + eps).sqrt()).to(self.bn.weight.dtype))
         self.bn.bias.zero_()
-        if self.margin_head is not None:
-            was_training = self.training
-            self.eval()
-            emb = F.normalize(self.bn(self.proj(pooled_features.to(self.proj.weight.dtype))), dim=-1)
-            self.train(was_training)
-            labels = torch.as_tensor(labels, dtype=torch.long)
-            centres = torch.zeros_like(self.margin_head.weight)
-            centres.index_add_(0, labels, emb.to(centres.dtype))
-            seen = torch.bincount(labels, minlength=centres.shape[0]) > 0
-            self.margin_head.weight[seen] = F.normalize(centres[seen], dim=-1)
+        self.init_centres_from_features(pooled_features, labels)
         return {"pca_explained_variance": float(variance.sum() / (singular**2 / max(n - 1, 1)).sum())}
+
+    @torch.no_grad()
+    def init_centres_from_features(self, pooled_features: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> None:
+        """Each training identity's ArcFace centre becomes the mean direction of its photos' embeddings under the
+        current projection: a new set of identities starts where the embedding already is (PCA init, or
+        fine-tuning a trained embedder on other animals)."""
+        if self.margin_head is None:
+            return
+        was_training = self.training
+        self.eval()
+        emb = F.normalize(self.bn(self.proj(pooled_features.to(self.proj.weight.dtype))), dim=-1)
+        self.train(was_training)
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        centres = torch.zeros_like(self.margin_head.weight)
+        centres.index_add_(0, labels, emb.to(centres.dtype))
+        seen = torch.bincount(labels, minlength=centres.shape[0]) > 0
+        self.margin_head.weight[seen] = F.normalize(centres[seen], dim=-1)
 
     def set_margin(self, margin: float):
         """Set the margin head's runtime margin (the margin schedule); `config.margin` stays the target."""

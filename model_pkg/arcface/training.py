@@ -38,6 +38,7 @@ from ..data import as_dataset, get_or_create_splits, group_paths, subset_by_iden
 from ..data.samplers import PKBatchSampler
 from ..fileio import atomic_write_json
 from ..intake.settings import limitations_text
+from ..loading import load_arcface_model
 from ..training import (
     MIXED_PRECISION,
     Collator,
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 LR_SCHEDULERS = ("cosine_restarts", "reduce_on_plateau")
-HEAD_INITS = ("random", "pca")
+HEAD_INITS = ("random", "pca", "pretrained")
 
 
 @dataclass
@@ -99,6 +100,12 @@ class ArcFaceTrainingConfig:
     frozen_margin: float = 0.0
     margin_ramp_steps: int = 0  # fine-tuning raises the margin linearly over this many steps
     head_init: str = "random"  # "pca": start from the untrained backbone's cosine baseline (init_head_from_features)
+    # "pretrained": start from the saved embedder `init_from` (backbone, projection, BatchNorm), every training
+    # identity's centre the mean direction of its photos' embeddings: fine-tuning a trained embedder on other animals
+    init_from: str | None = None
+    # Kind-balanced batches: identity-name prefix -> identities per batch (summing to p; the longest prefix that
+    # matches names an identity's group, "" matches every name), e.g. {"dfn-": 12, "mpdd-": 4}
+    identity_groups: dict[str, int] | None = None
     head_init_whiten: bool = False
     activation_views: int = 8  # model.activation_stage: cached views per training photo (view 0 un-augmented)
     activation_image_size: int | None = None  # resolution of the training cache; default model.image_size
@@ -139,6 +146,13 @@ class ArcFaceTrainingConfig:
             raise ValueError(f"save_steps={self.save_steps} must be a multiple of eval_steps={self.eval_steps}.")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init={self.head_init!r} is not one of {HEAD_INITS}.")
+        if (self.head_init == "pretrained") != (self.init_from is not None):
+            raise ValueError(
+                f"head_init='pretrained' and init_from go together (head_init={self.head_init!r}, init_from={self.init_from!r}):"
+                " init_from names the saved embedder to start from."
+            )
+        if self.identity_groups is not None and sum(self.identity_groups.values()) != self.p:
+            raise ValueError(f"identity_groups={self.identity_groups} must give p={self.p} identities per batch in all.")
         if self.activation_views < 1:
             raise ValueError(f"activation_views={self.activation_views} must be >= 1.")
         if not 0.0 <= self.calibration_unknown_fraction < 1.0:
@@ -196,6 +210,29 @@ def save_with_card(
     )
 
 
+def identity_group(name: str, groups: dict[str, int]) -> str:
+    """The longest prefix in `groups` that `name` starts with."""
+    matches = [prefix for prefix in groups if name.startswith(prefix)]
+    if not matches:
+        raise ValueError(f"identity {name!r} starts with none of the identity_groups prefixes {sorted(groups)}.")
+    return max(matches, key=len)
+
+
+def start_from_embedder(model: ArcFaceEmbedderModel, path: str) -> None:
+    """Copy a saved embedder's weights (all but its class centres, which belong to its own identities) into `model`."""
+    source = load_arcface_model(path)
+    weights = {k: v for k, v in source.state_dict().items() if not k.startswith("margin_head.")}
+    own = model.state_dict()
+    missing = [k for k in own if not k.startswith("margin_head.") and k not in weights]
+    unexpected = [k for k in weights if k not in own or own[k].shape != weights[k].shape]
+    if missing or unexpected:
+        raise ValueError(
+            f"init_from={path!r} does not fit this recipe's model (missing {missing[:5]}, unexpected or another shape"
+            f" {unexpected[:5]}): give the recipe the same backbone and embedding_size as the saved embedder."
+        )
+    model.load_state_dict(weights, strict=False)
+
+
 def _steps(epochs: float | None, steps: int, updates_per_epoch: int) -> int:
     return int(math.ceil(epochs * updates_per_epoch)) if epochs is not None else int(steps)
 
@@ -231,6 +268,8 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
 
     # 2. Model, and the frozen backbone's pooled features of every train/val photo (cached on disk).
     model = ArcFaceEmbedderModel(ArcFaceEmbedderConfig(**{**cfg.model, "num_classes": len(class_of)}))
+    if cfg.init_from is not None:
+        start_from_embedder(model, cfg.init_from)
     paths = sorted({r["image_path"] for r in train_rows + val_rows})
     with main_process_first("pooled features"):  # built once, then read by the other processes
         features = pooled_features(model.backbone, paths, cache_dir=os.path.join(cfg.output_dir, "feature_cache"))
@@ -240,6 +279,9 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     if cfg.head_init == "pca":  # start at the untrained cosine baseline, not from a random head
         train_idx = [index[r["image_path"]] for r in train_rows]
         head_init = model.init_head_from_features(features[train_idx], [r["label"] for r in train_rows], cfg.head_init_whiten)
+    elif cfg.head_init == "pretrained":
+        train_idx = [index[r["image_path"]] for r in train_rows]
+        model.init_centres_from_features(features[train_idx], [r["label"] for r in train_rows])
 
     stage = model.config.activation_stage
     train_collator: Collator
@@ -263,7 +305,16 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     collator = PhaseCollator(PooledFeatureCollator(features, index), train_collator, eval_collator)
     # With N processes every one takes its own P x K batches of the same sampler (accelerate hands process i
     # batches i, i + N, ...: `BatchSamplerShard`), so a step trains on N x P x K photos and an epoch has 1/N the steps.
-    sampler = PKBatchSampler([r["label"] for r in train_rows], cfg.p, cfg.k, seed=cfg.seed)
+    group_of = None
+    if cfg.identity_groups is not None:
+        groups, dog_of = cfg.identity_groups, {i: dog for dog, i in class_of.items()}
+
+        def group_of(label: int) -> str:
+            return identity_group(dog_of[label], groups)
+
+    sampler = PKBatchSampler(
+        [r["label"] for r in train_rows], cfg.p, cfg.k, seed=cfg.seed, group_p=cfg.identity_groups, group_of=group_of
+    )
     updates_per_epoch = max(1, math.ceil(len(sampler) / state.num_processes) // cfg.gradient_accumulation_steps)
     frozen_steps = _steps(cfg.frozen_epochs, cfg.frozen_steps, updates_per_epoch)
     finetune_steps = _steps(cfg.finetune_epochs, cfg.finetune_steps, updates_per_epoch)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -44,9 +46,23 @@ class PKBatchSampler(Sampler[list[int]]):
         k: photos per identity.
         seed: base seed.
         drop_last: drop the last, smaller batch of an epoch.
+        group_p: identities per batch from each group of identities (kind-balanced batches, e.g. 12 dog-face
+            dogs + 4 whole-body dogs); the values sum to ``p`` and ``group_of`` names each identity's group. Each
+            group then walks its own random order, starting a new one when it runs out, so a small group is
+            visited more often; an epoch is as long as the largest group needs (``drop_last`` is then ignored).
+        group_of: identity -> group (required with ``group_p``).
     """
 
-    def __init__(self, labels: Sequence[Hashable], p: int, k: int, seed: int = 0, drop_last: bool = True):
+    def __init__(
+        self,
+        labels: Sequence[Hashable],
+        p: int,
+        k: int,
+        seed: int = 0,
+        drop_last: bool = True,
+        group_p: Mapping[Any, int] | None = None,
+        group_of: Callable[[Any], Any] | None = None,
+    ):
         for name, value in (("p", p), ("k", k)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -63,9 +79,26 @@ class PKBatchSampler(Sampler[list[int]]):
                 "(or pass drop_last=False for one smaller batch per epoch)"
             )
         # Sorted by the label's string form, so the order never depends on the order of `labels`.
-        self._groups = [np.asarray(by_label[label]) for label in sorted(by_label, key=str)]
+        ordered = sorted(by_label, key=str)
+        self._groups = [np.asarray(by_label[label]) for label in ordered]
         self.p, self.k, self.seed, self.drop_last = int(p), int(k), int(seed), drop_last
         self.epoch = 0
+        self._kind_groups: list[tuple[np.ndarray, int]] = []  # (identity positions, identities per batch)
+        if group_p is not None:
+            if group_of is None:
+                raise ValueError("group_p needs group_of: the group of each identity")
+            if sum(group_p.values()) != self.p:
+                raise ValueError(f"group_p={dict(group_p)} must sum to p={self.p} identities per batch")
+            members: dict[Hashable, list[int]] = {g: [] for g in group_p}
+            for position, label in enumerate(ordered):
+                group = group_of(label)
+                if group not in members:
+                    raise ValueError(f"identity {label!r} is in group {group!r}, which group_p={dict(group_p)} lacks")
+                members[group].append(position)
+            for group, count in group_p.items():
+                if count < 1 or len(members[group]) < count:
+                    raise ValueError(f"group {group!r}: {count} identities per batch from its {len(members[group])} identities")
+                self._kind_groups.append((np.asarray(members[group]), int(count)))
         small = sum(len(g) < self.k for g in self._groups)
         if small:
             logger.info(
@@ -87,12 +120,36 @@ class PKBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
+        if self._kind_groups:
+            return max(len(members) // count for members, count in self._kind_groups)
         n = len(self._groups)
         return n // self.p if self.drop_last else math.ceil(n / self.p)
 
+    def _identity_order(self, rng: np.random.Generator) -> np.ndarray:
+        """The identities of every batch of an epoch, batch after batch."""
+        if not self._kind_groups:
+            return rng.permutation(len(self._groups))
+        batches = len(self)
+        columns = []
+        for members, count in self._kind_groups:
+            rounds = math.ceil(batches * count / len(members)) + 1
+            walk = deque(int(i) for _ in range(rounds) for i in rng.permutation(members))
+            picked = []
+            for _ in range(batches):
+                row: list[int] = []
+                while len(row) < count:
+                    candidate = walk.popleft()
+                    if candidate in row:  # a new round can repeat an identity of the batch the old one ended in
+                        walk.append(candidate)
+                        continue
+                    row.append(candidate)
+                picked.append(row)
+            columns.append(np.asarray(picked))
+        return np.concatenate(columns, axis=1).reshape(-1)
+
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self._groups))
+        order = self._identity_order(rng)
         for b in range(len(self)):
             batch: list[int] = []
             for g in order[b * self.p : (b + 1) * self.p]:

@@ -187,6 +187,30 @@ def test_pk_sampler_errors():
         PKBatchSampler(LABELS, p=2, k=0)
 
 
+def test_pk_sampler_kind_balanced_groups():
+    # 6 face dogs and 3 whole-body dogs: every batch holds 2 of each, the small group cycling faster
+    labels = [f"face-{i}" for i in range(6) for _ in range(3)] + [f"body-{i}" for i in range(3) for _ in range(4)]
+    sampler = PKBatchSampler(labels, p=4, k=2, seed=0, group_p={"face": 2, "body": 2}, group_of=lambda name: name.split("-")[0])
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3  # as long as the larger group needs: 6 face dogs, 2 per batch
+    seen = Counter()
+    for batch in batches:
+        dogs = Counter(labels[i] for i in batch)
+        assert len(dogs) == 4 and set(dogs.values()) == {2}  # 4 distinct identities x k photos
+        assert Counter(d.split("-")[0] for d in dogs) == {"face": 2, "body": 2}
+        seen.update(dogs)
+    assert {d for d in seen if d.startswith("face")} == {f"face-{i}" for i in range(6)}  # every face dog once an epoch
+    assert sum(n for d, n in seen.items() if d.startswith("body")) == 2 * 3 * 2  # body dogs twice as often
+    again = PKBatchSampler(labels, p=4, k=2, seed=0, group_p={"face": 2, "body": 2}, group_of=lambda name: name.split("-")[0])
+    assert list(again) == batches
+    with pytest.raises(ValueError, match="must sum to p=4"):
+        PKBatchSampler(labels, p=4, k=2, group_p={"face": 3, "body": 2}, group_of=lambda name: name.split("-")[0])
+    with pytest.raises(ValueError, match="which group_p"):
+        PKBatchSampler(labels, p=4, k=2, group_p={"face": 4}, group_of=lambda name: name.split("-")[0])
+    with pytest.raises(ValueError, match="group 'body': 4 identities per batch from its 3"):
+        PKBatchSampler(labels, p=6, k=2, group_p={"face": 2, "body": 4}, group_of=lambda name: name.split("-")[0])
+
+
 def test_split_gallery_queries_protocol():
     groups = {f"d{i}": [f"d{i}/{j}.jpg" for j in range(n)] for i, n in enumerate([1, 2, 3, 4, 5, 6, 2, 3])}
     split = split_gallery_queries(groups, gallery_per_id=2, unknown_fraction=0.25, seed=0)

@@ -22,6 +22,7 @@ import model_pkg  # noqa: F401  (registers the Auto classes)
 from model_pkg import ArcFaceEmbedderModel
 from model_pkg.arcface.embedding import embed_paths
 from model_pkg.arcface.trainer import MarginScheduleCallback, phase_cosine_schedule
+from model_pkg.arcface.training import start_from_embedder
 from model_pkg.training import ActivationViewCollator, resolve_mixed_precision
 from tests.arcface.arcface_helpers import TINY, tiny_model
 
@@ -165,6 +166,58 @@ def test_run_resumes_and_fresh_starts_over(dog_tree, trained, tmp_path):
     assert json.load(open(out / "checkpoints" / "checkpoint-15" / "trainer_state.json"))["global_step"] == 15
     run_tiny(dog_tree, out, "--set", "frozen_steps=3", "--set", "finetune_steps=2", "--fresh")
     assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-5"]
+
+
+def test_run_fine_tunes_a_saved_embedder_on_kind_balanced_batches(dog_tree, trained, tmp_path):
+    # The all-pets recipe: start from a saved embedder, new identities' centres at their photos' mean embeddings,
+    # batches drawn per group of identity names (here every other dog stands in for a whole dog)
+    tree = tmp_path / "pets"
+    for i, dog in enumerate(sorted(os.listdir(dog_tree))):
+        shutil.copytree(dog_tree / dog, tree / (f"face-{dog}" if i % 2 else f"body-{dog}"))
+    source = ArcFaceEmbedderModel.from_pretrained(trained[0] / "model")
+    out = tmp_path / "run"
+    summary = run_tiny(
+        tree,
+        out,
+        "--set",
+        "frozen_steps=0",
+        "--set",
+        "finetune_steps=2",
+        "--set",
+        "eval_on_start=true",
+        "--set",
+        "head_init=pretrained",
+        "--set",
+        f"init_from={trained[0] / 'model'}",
+        "--set",
+        'identity_groups={"face-": 2, "body-": 1}',
+    )
+    splits = json.load(open(out / "splits.json"))
+    state = json.load(open(out / "checkpoints" / "checkpoint-2" / "trainer_state.json"))
+    start = next(e for e in state["log_history"] if e.get("step") == 0 and "eval_recall_at_1" in e)
+    assert summary["head_init"] == {} and any(d.startswith("body-") for d in splits["train"])
+    assert 0.0 <= start["eval_recall_at_1"] <= 100.0
+    assert AutoModel.from_pretrained(out / "model").config.num_classes == len(splits["train"])
+
+    # What the run starts from: the saved weights, all but the class centres, which become the mean direction of
+    # each new identity's photo embeddings (a centre set this way classifies its own photos' mean exactly)
+    fresh = tiny_model(seed=3, num_classes=3)
+    start_from_embedder(fresh, str(trained[0] / "model"))
+    for name, value in source.state_dict().items():
+        if not name.startswith("margin_head."):
+            assert torch.equal(value, fresh.state_dict()[name]), name
+    pooled = torch.randn(6, fresh.proj.in_features)
+    fresh.init_centres_from_features(pooled, [0, 0, 1, 1, 2, 2])
+    fresh.eval()
+    emb = torch.nn.functional.normalize(fresh.bn(fresh.proj(pooled)), dim=-1)
+    expected = torch.nn.functional.normalize(emb.view(3, 2, -1).sum(1), dim=-1)
+    assert torch.allclose(fresh.margin_head.weight, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit this recipe's model"):
+        start_from_embedder(tiny_model(embedding_size=8), str(trained[0] / "model"))
+    with pytest.raises(SystemExit, match="head_init='pretrained' and init_from go together"):
+        run_tiny(tree, tmp_path / "bad", "--set", "head_init=pretrained")
+    with pytest.raises(SystemExit, match="identity_groups"):
+        run_tiny(tree, tmp_path / "bad2", "--set", 'identity_groups={"face-": 1, "body-": 1}')
 
 
 def test_run_rejects_unknown_option(dog_tree, tmp_path):
