@@ -1,4 +1,4 @@
-"""A plain JSON REST API beside the Gradio UI: one FastAPI application serves both (`app/app.py` mounts the UI on it).
+"""A plain JSON REST API beside the Gradio UI: one FastAPI application serves both (`app/main.py` mounts the UI on it).
 
     POST   /api/v1/match      two sets of photos (multipart `set_a`, `set_b`) -> probability, decision, most alike pair
     POST   /api/v1/identify   one photo (multipart `photo`) -> the animal, or unknown / reshoot with the reason, top matches
@@ -20,7 +20,7 @@ The endpoints share the app's loaded models and gallery (`Services`, `app/api_co
 `app/api_gallery.py`, the request and response models `app/api_models.py`. Model work runs in worker threads, never on the
 event loop that also serves the Gradio UI, through the queue the UI uses too (`app.security.ModelWork`: a bounded
 number at once, 503 with Retry-After when too many wait), and concurrent requests batch their photos
-(`model_pkg.batching`, set up by `app/app.py`). Errors are JSON `{"detail": "..."}` with the UI's messages:
+(`model_pkg.batching`, set up by `app/main.py`). Errors are JSON `{"detail": "..."}` with the UI's messages:
 400 bad input, 401/403 no or a wrong staff key, 404 an unknown id, 409 a name already registered, 413 too many or too
 large uploads (the body is refused while it is read), 429 too many requests (with Retry-After), 503 a model that is
 not loaded or a full queue. Messages name uploads as the client named them, never a path on the server.
@@ -48,7 +48,7 @@ from app.security import JsonTooLarge, bearer_key
 from model_pkg.data import ImageLoadError
 from model_pkg.pair_matcher.pipeline import match_sets
 
-MAX_REQUEST_BYTES = 200 * 1024 * 1024  # a whole request body, refused while it is read (app.app: --max-request-mb)
+MAX_REQUEST_BYTES = 200 * 1024 * 1024  # a whole request body, refused while it is read (app.main: --max-request-mb)
 NO_KEYS = (
     "Registering, editing and deleting are turned off: this server runs as a public demo without staff keys. "
     "Start it with PETMATCH_API_KEYS=<key>[,<key>...] or --api-keys-file FILE to enable them."

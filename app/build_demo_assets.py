@@ -26,17 +26,14 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from model_pkg.fileio import atomic_write_json
+from model_pkg.gallery import META_FILE, GalleryFileError, GalleryIndex, GalleryMismatchError
+from model_pkg.gallery_store.folder import embed_photos, embedder_id
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run as `python app/build_demo_assets.py`
-
-from model_pkg.fileio import atomic_write_json  # noqa: E402
-from model_pkg.gallery import META_FILE, GalleryFileError, GalleryIndex, GalleryMismatchError  # noqa: E402
-from model_pkg.gallery_store.folder import embed_photos, embedder_id  # noqa: E402
-
 ASSETS_DIR = ROOT / "app" / "assets"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SPLITS_FILE = ROOT / "train" / "splits" / "dogfacenet.json"

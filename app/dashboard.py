@@ -19,13 +19,10 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app import dashboard_data as data  # noqa: E402
-from app.dashboard_tabs import (  # noqa: E402
+from app import dashboard_data as data
+from app.dashboard_tabs import (
     confusion_tab,
     embeddings_tab,
     evaluations_tab,

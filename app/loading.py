@@ -123,7 +123,7 @@ def load_services(settings: argparse.Namespace, staff: StaffKeys, log: Callable[
     for tab, why in (("set vs set", pair_unavailable), ("gallery", gallery_unavailable)):
         if why:
             log(f"{tab} unavailable: {why}")
-    # The text-search model loads in the background once the UI is built (`app/app.py` starts it): the other tabs
+    # The text-search model loads in the background once the UI is built (`app/main.py` starts it): the other tabs
     # answer meanwhile, and a search that comes first waits for it (cold start, bench/README.md).
     log(f"{len(staff)} staff key(s): staff page at /staff/" if staff.enabled else "no staff keys: public demo mode")
     services = Services(

@@ -1,9 +1,12 @@
 """petmatch Gradio app: is this the same animal? Three tabs, one per task, models loaded once at start (the
 text-search model in the background once the UI is up, so the other tabs answer sooner).
 
-    python app/app.py                 # http://127.0.0.1:7860, offline, the models in models/
-    python app/app.py --embedder-model runs/arcface-embedder/model --gallery-dir /tmp/my-gallery --port 7861
-    PETMATCH_PAIR_MODEL=<dir or Hub id> gradio app/app.py
+    python app/main.py                 # http://127.0.0.1:7860, offline, the models in models/
+    python app/main.py --embedder-model runs/arcface-embedder/model --gallery-dir /tmp/my-gallery --port 7861
+    PETMATCH_PAIR_MODEL=<dir or Hub id> gradio app/main.py
+
+Not `app/app.py`: a script's folder comes first on `sys.path`, where a file `app.py` would stand in for the `app`
+package. The packages `app` and `model_pkg` are imported as installed (`pip install -e .`, a line of requirements.txt).
 
 1. Set vs set (`/compare_sets`): two uploads of 1-20 photos -> same-animal probability, the decision at the
    model's stored threshold for those set sizes, and which photos agree most.
@@ -44,10 +47,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # first, so `app` is this package even when run as `python app/app.py`
-
-from app.gradio_import import skip_stub_regeneration  # noqa: E402
+from app.gradio_import import skip_stub_regeneration
 
 skip_stub_regeneration()  # before gradio's first import: 1.5-3 s of the cold start (app/gradio_import.py)
 
@@ -74,7 +74,7 @@ MAX_QUERY_LENGTH = 1000  # characters of a text-search description
 MAX_SESSION_ANIMALS = 20  # demo mode: registrations in one visitor's gallery
 
 
-# `python app/app.py` reads flags; `gradio app/app.py`, a Space or an import read the environment only.
+# `python app/main.py` reads flags; `gradio app/main.py`, a Space or an import read the environment only.
 SETTINGS = parse_settings(sys.argv[1:] if __name__ == "__main__" else [])
 try:
     STAFF = StaffKeys.load(os.environ.get("PETMATCH_API_KEYS"), SETTINGS.api_keys_file)
@@ -381,9 +381,9 @@ def create_app(staff_keys: StaffKeys) -> tuple[FastAPI, gr.Blocks, gr.Blocks | N
 # What the pages may serve besides uploads and their own results: the demo photos of the examples (public). Never
 # the data or gallery folders: registered photos are shown as images the app encodes, or through the REST API.
 ALLOWED_PATHS = [str(Path(SETTINGS.assets_dir, "demo_photos").expanduser().resolve())]
-os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))  # `gradio app/app.py` reads it at launch
+os.environ.setdefault("GRADIO_ALLOWED_PATHS", ",".join(ALLOWED_PATHS))  # `gradio app/main.py` reads it at launch
 
-# `uvicorn app.app:app` serves the same program.
+# `uvicorn app.main:app` serves the same program.
 app, demo, staff_demo = create_app(STAFF)
 if not services.text_loaded.is_set():
     BackgroundLoad("the text-search model", lambda: load_text(SETTINGS, log), _text_search_loaded, services.text_loaded).start()

@@ -1,6 +1,6 @@
 """The Gradio pages' layout: the set-vs-set, gallery and text-search tabs, for visitors ("public"), the public demo
 ("demo": registering into a private session gallery) and staff ("staff": register, edit, delete, the audit log).
-What each button calls, and what was loaded, come in a :class:`PageHandlers` (`app/app.py` fills it in)."""
+What each button calls, and what was loaded, come in a :class:`PageHandlers` (`app/main.py` fills it in)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ __all__ = ["PageHandlers", "build_demo"]
 
 @dataclass
 class PageHandlers:
-    """The handlers the pages' buttons call (`app/app.py`), what the app loaded, and where the demo photos are."""
+    """The handlers the pages' buttons call (`app/main.py`), what the app loaded, and where the demo photos are."""
 
     compare_sets: Callable
     identify: Callable

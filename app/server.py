@@ -1,6 +1,6 @@
 """The server: the REST API and the Gradio pages mounted on one FastAPI application, with the request-body and rate
-limits, Gradio's own upload check turned on, and the staff page behind its login (`app/app.py` calls it on the models
-it loaded; `uvicorn app.app:app` serves the result)."""
+limits, Gradio's own upload check turned on, and the staff page behind its login (`app/main.py` calls it on the models
+it loaded; `uvicorn app.main:app` serves the result)."""
 
 from __future__ import annotations
 

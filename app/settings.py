@@ -1,4 +1,4 @@
-"""The app's settings: command-line flags whose defaults come from environment variables (`app/app.py` reads them;
+"""The app's settings: command-line flags whose defaults come from environment variables (`app/main.py` reads them;
 `app/loading.py` adds the models' flags), and the app's log line."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python bench/bench_app_load.py --clients 8 --queries 25 --json bench/results/app_load.json
 
-Starts `python app/app.py` on a free loopback port (its own temporary gallery folder; extra app flags after
+Starts `python app/main.py` on a free loopback port (its own temporary gallery folder; extra app flags after
 `--app-args`), waits until it answers, warms it up with 2 queries, waits until every model has loaded (the
 text-search model loads in the background after start: `/api/v1/health`), then runs `--clients` threads, each with
 its own `gradio_client.Client`, sending `--queries` `/compare_sets` calls of 1-3 demo photos per side (half
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--max-p50-s", type=float, help="also fail when the median latency is above this")
     parser.add_argument("--max-p99-s", type=float, help="also fail when the 99th percentile latency is above this")
-    parser.add_argument("--app", default=str(ROOT / "app" / "app.py"), help="the app to start (e.g. an older checkout's)")
+    parser.add_argument("--app", default=str(ROOT / "app" / "main.py"), help="the app to start (e.g. an older checkout's)")
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. which commit or setting)")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "plain-http loopback URL; off by default so the clients, on the same cores as the app, cost less",
     )
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra flags for app/app.py")
+    parser.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra flags for app/main.py")
     args = parser.parse_args(argv)
     from gradio_client import Client, handle_file
 
@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
             *args.app_args,
         ]
         launched = time.perf_counter()
-        app = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the `app` and `model_pkg` of the app file's checkout (e.g. an older one), not the installed ones
+        env = {**os.environ, "PYTHONPATH": str(Path(args.app).resolve().parents[1])}
+        app = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             start_s = wait_until_up(url, app, args.start_timeout, poll_s=0.2)
             process = psutil.Process(app.pid)

@@ -1,4 +1,4 @@
-"""Cold start: how long `import model_pkg` takes, and `python app/app.py` from launch to its first answer.
+"""Cold start: how long `import model_pkg` takes, and `python app/main.py` from launch to its first answer.
 
     python bench/bench_cold_start.py --repeats 3 --json bench/results/cold_start.json
     python bench/bench_cold_start.py --repo <another checkout> --json <file>   # e.g. a checkout of an older commit
@@ -10,7 +10,7 @@ Each measurement runs in a fresh Python process (`--repeats` times; the median i
   (its component-stub step skipped, `app/gradio_import.py`), timed inside the process with `time.perf_counter()`
   around the import statement;
 * loads: the pair matcher, then the embedder, loaded as the app does (`app.loading`), their imports done first;
-* app: `python app/app.py` on a free 127.0.0.1 port with a new, empty gallery folder (the demo dogs are
+* app: `python app/main.py` on a free 127.0.0.1 port with a new, empty gallery folder (the demo dogs are
   copied into it at start, as on a first start), timed from launch to (1) the UI answering HTTP 200 and
   (2) the first `/compare_sets` answer (2 demo photos vs 2, through `gradio_client`), that first call's own
   latency, and (3) the first `/search_text` answer, asked right after (the text-search model loads in the
@@ -44,13 +44,13 @@ IMPORTS = {
     "from model_pkg import PairMatcherModel": "from model_pkg import PairMatcherModel",
     "import torch": "import torch",
     "import gradio": "import gradio",
-    # what app/app.py does (app/gradio_import.py); a checkout without it reports the row as unavailable
+    # what app/main.py does (app/gradio_import.py); a checkout without it reports the row as unavailable
     "import gradio, stub step skipped": "from app.gradio_import import skip_stub_regeneration\n"
     "skip_stub_regeneration()\nimport gradio",
 }
 
 
-# the app's two dog models, loaded as app/app.py does, after their imports (not timed): the second one builds the
+# the app's two dog models, loaded as app/main.py does, after their imports (not timed): the second one builds the
 # same backbone as the first (the shape-probe reuse of model_pkg.backbones)
 _LOAD_SETUP = (
     "from app.loading import load_embedder, load_pair_model\nimport model_pkg.arcface, model_pkg.pair_matcher, onnxruntime"
@@ -87,10 +87,14 @@ def time_app_start(repo: Path, app_args: list[str], timeout: float) -> dict[str,
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="petmatch-cold-") as gallery_dir:
-        command = [sys.executable, str(repo / "app" / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
+        app_file = repo / "app" / "main.py"
+        if not app_file.is_file():  # a checkout from before the rename (its app/app.py put its root on sys.path)
+            app_file = repo / "app" / "app.py"
+        command = [sys.executable, str(app_file), "--host", "127.0.0.1", "--port", str(port)]
         command += ["--gallery-dir", gallery_dir, *app_args]
         launched = time.perf_counter()
-        app = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": str(repo)}  # that checkout's `app` and `model_pkg`, not the installed ones
+        app = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             up_s = wait_until_up(url, app, timeout, poll_s=0.1)
             call = time.perf_counter()
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. which commit)")
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra flags for app/app.py")
+    parser.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra flags for app/main.py")
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()
     if not (repo / "model_pkg" / "__init__.py").is_file():

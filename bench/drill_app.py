@@ -1,4 +1,4 @@
-"""The app under drill for drill_reliability.py: a real `python app/app.py` process and the dog photos sent to it.
+"""The app under drill for drill_reliability.py: a real `python app/main.py` process and the dog photos sent to it.
 
 :class:`App` starts the app on 127.0.0.1 with its own gallery folder and talks to its REST API;
 :func:`dog_photos` picks real test dogs from the shared DogFaceNet data. Separate from the drills because
@@ -27,18 +27,18 @@ def free_port() -> int:
 
 
 class App:
-    """`python app/app.py` on 127.0.0.1 with its own gallery folder; stopped by `stop()`."""
+    """`python app/main.py` on 127.0.0.1 with its own gallery folder; stopped by `stop()`."""
 
     def __init__(self, gallery_dir: Path, log_dir: Path, name: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / f"{name}-{self.port}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app" / "app.py"), "--port", str(self.port), "--gallery-dir", str(gallery_dir)],
+            [sys.executable, str(ROOT / "app" / "main.py"), "--port", str(self.port), "--gallery-dir", str(gallery_dir)],
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "2"},
+            env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)},  # this copy's code, not the installed one
         )
         deadline = time.time() + 300
         while time.time() < deadline:

@@ -5,8 +5,8 @@ photos, the demo gallery, the text index and its photos) and an empty writable u
 the shipped models (`models/pair-matcher`, `models/arcface-embedder`, `models/dual-encoder`) and at a data folder that
 does not exist: the app answers as it does on a plain clone, with the shipped thresholds, and never reads
 `../shared`. The shipped demo gallery and text index were made by the shipped models, so nothing is rebuilt at start.
-`app_module()` imports `app.app` under that environment (models load once) with one staff key (`STAFF_KEY`);
-`app_url()` serves it as production does, uvicorn + the mounted app (`app.app:app`: REST API, staff page at /staff/,
+`app_module()` imports `app.main` under that environment (models load once) with one staff key (`STAFF_KEY`);
+`app_url()` serves it as production does, uvicorn + the mounted app (`app.main:app`: REST API, staff page at /staff/,
 visitors' page at /), on 127.0.0.1 in this process, for `gradio_client` and the browser; `demo_url()` serves the same
 models as the app without staff keys (public demo mode).
 """
@@ -49,11 +49,11 @@ def app_env() -> dict[str, str]:
 
 @functools.cache
 def app_module():
-    """`app.app`, imported once under `app_env()` (the environment is restored afterwards)."""
+    """`app.main`, imported once under `app_env()` (the environment is restored afterwards)."""
     saved = {key: os.environ.get(key) for key in app_env()}
     os.environ.update(app_env())
     try:
-        return importlib.import_module("app.app")
+        return importlib.import_module("app.main")
     finally:
         for key, value in saved.items():
             if value is None:
@@ -69,7 +69,7 @@ def _free_port() -> int:
 
 
 def serve(asgi_app) -> str:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread, as `python app/app.py` does; stopped
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a thread, as `python app/main.py` does; stopped
     when the session ends. -> its URL."""
     import logging
 
@@ -96,7 +96,7 @@ def serve(asgi_app) -> str:
 
 @functools.cache
 def app_url() -> str:
-    """The production app (`app.app:app`, with the staff key) served by uvicorn."""
+    """The production app (`app.main:app`, with the staff key) served by uvicorn."""
     return serve(app_module().app)
 
 

@@ -23,7 +23,7 @@ def pins() -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "readme, sdk, entry",
-    [("spaces/README.md", "gradio", "app/app.py"), ("spaces/dashboard/README.md", "streamlit", "app/dashboard.py")],
+    [("spaces/README.md", "gradio", "app/main.py"), ("spaces/dashboard/README.md", "streamlit", "app/dashboard.py")],
 )
 def test_front_matter(readme, sdk, entry):
     meta = front_matter(readme)

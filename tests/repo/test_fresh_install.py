@@ -111,12 +111,13 @@ def test_app_started_from_a_copy_of_the_repo_answers_on_all_three_tabs(tmp_path,
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, clone / name)
     port = _free_port()
-    env = {**os.environ, "PETMATCH_GALLERY_DIR": str(tmp_path / "gallery"), "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the clone's `app` and `model_pkg`, as its own `pip install -e .` would give, not this checkout's
+    env = {**os.environ, "PETMATCH_GALLERY_DIR": str(tmp_path / "gallery"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(clone)}
     for key in ("PETMATCH_PAIR_MODEL", "PETMATCH_EMBEDDER_MODEL", "PETMATCH_DUAL_MODEL", "PETMATCH_ASSETS_DIR", "PETMATCH_DATA"):
         env.pop(key, None)
     log = open(tmp_path / "app.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "app/app.py", "--port", str(port)], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "app/main.py", "--port", str(port)], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.time() + 240
