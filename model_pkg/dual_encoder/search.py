@@ -2,13 +2,14 @@
 
     engine = ImageSearchEngine(AutoModel.from_pretrained("models/dual-encoder"))
     engine.build_image_database(paths)            # every photo through the image tower once
-    engine.save_database("photos.db")             # a GalleryIndex folder, atomic, with the model's id
+    engine.save_database("photos.db")             # a vector store folder, atomic, with the model's id
     engine.search_database("a black dog running on the beach", top_k=10)   # -> [SearchHit(path, score)]
     engine.rank_images("two children playing", some_paths, top_k=3)       # no database needed
 
 Scores are cosine similarities in the shared space; a model with a query bank (`DualEncoderModel.set_query_bank`)
 adds each photo's offset (`image_score_offsets`), which takes back what a photo gains by resembling every caption.
-The database is a `gallery.GalleryIndex` (cosine, faiss): one row per photo (`database_vectors`: the embedding, and
+The database is a plain `gallery.index.VectorStore` (cosine, faiss, the gallery's files; no voting, no thresholds):
+one row per photo (`database_vectors`: the embedding, and
 with a bank the offset and a norm-equalising column, so the index's cosine ranks by cosine + offset exactly),
 labelled by its path, tagged with `model_fingerprint(model)` so a database is never queried with a different model.
 """
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data import ImageLoadError, load_image
-from ..gallery import GalleryIndex
+from ..gallery.index import VectorStore
 from ..modeling_utils import model_identity
 from ..transforms import create_transform
 from .modeling_dual_encoder import DualEncoderModel
@@ -139,7 +140,7 @@ class ImageSearchEngine:
         self.model = model.eval()
         self.batch_size = batch_size
         self.model_id = model_fingerprint(model)
-        self.database: GalleryIndex | None = None
+        self.database: VectorStore | None = None
         self.skipped: list[tuple[str, str]] = []
         self.root: str | None = None  # stored paths are relative to this folder (see build_image_database)
 
@@ -163,7 +164,7 @@ class ImageSearchEngine:
         if not kept:
             raise ValueError(f"none of the {len(paths)} images could be read (e.g. {self.skipped[0][1]}).")
         rows = database_vectors(self.model, emb)
-        database = GalleryIndex(rows.shape[1], "ip", approximate_above=max(len(kept), 200_000), model_id=self.model_id)
+        database = VectorStore(rows.shape[1], "ip", approximate_above=max(len(kept), 200_000), model_id=self.model_id)
         if root is not None:
             kept = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in kept]
         database.add(rows, kept, metadata=[{"path": p} for p in kept])
@@ -171,20 +172,20 @@ class ImageSearchEngine:
         self.root = None if root is None else os.fspath(root)
 
     def save_database(self, directory: str | os.PathLike) -> None:
-        """Write the database to `directory` atomically (a GalleryIndex folder with checksums)."""
+        """Write the database to `directory` atomically (a vector store folder with checksums, `VectorStore.save`)."""
         self.database_or_raise().save(directory)
 
     def load_database(self, directory: str | os.PathLike, root: str | os.PathLike | None = None) -> None:
         """Load a saved database; `GalleryMismatchError` if another model (or embedding size) built it.
         `root`: the folder its relative paths are resolved against (as given to `build_image_database`)."""
-        self.database = GalleryIndex.load(directory, expected_dim=database_dim(self.model), expected_model_id=self.model_id)
+        self.database = VectorStore.load(directory, expected_dim=database_dim(self.model), expected_model_id=self.model_id)
         self.root = None if root is None else os.fspath(root)
 
     def resolve_path(self, path: str) -> str:
         """A path as stored in the database -> the file's path (joined to the database's `root`)."""
         return path if self.root is None or os.path.isabs(path) else os.path.join(self.root, path)
 
-    def database_or_raise(self) -> GalleryIndex:
+    def database_or_raise(self) -> VectorStore:
         if self.database is None:
             raise RuntimeError("no image database: call build_image_database(paths) or load_database(directory) first.")
         return self.database

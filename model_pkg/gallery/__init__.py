@@ -49,8 +49,9 @@ gallery/embedder mismatch); problems with the gallery's state or files are ``Run
 (:class:`EmptyGalleryError`, :class:`GalleryFileError`).
 
 The parts: `common` (constants, errors, `Prediction`), `inputs` (checks of settings, vectors, ids and
-metadata), `index` (the vectors and faiss indexes), `identify` (voting, rejection, calibration, metrics),
-`storage` (files, checksums, atomic swaps); :class:`GalleryIndex` joins them. `python -m model_pkg.gallery build`
+metadata), `index` (`VectorStore`, the plain store: the vectors and faiss indexes, save / load), `storage` (files,
+checksums, atomic swaps), `identify` (voting, rejection, calibration, metrics: functions of a store and thresholds);
+`gallery_index`'s :class:`GalleryIndex` holds a store and its thresholds and decides with `identify`. `python -m model_pkg.gallery build`
 builds a vector index from sharded embeddings (`model_pkg.vector_index`).
 """
 
@@ -74,8 +75,8 @@ from .common import (
     GalleryMismatchError,
     Prediction,
 )
-from .identify import Identification
-from .storage import GalleryStorage
+from .gallery_index import GalleryIndex
+from .index import VectorStore
 
 __all__ = [
     "GALLERY_FILES",
@@ -89,31 +90,9 @@ __all__ = [
     "GalleryIndex",
     "GalleryMismatchError",
     "Prediction",
+    "VectorStore",
     "evaluate_gallery",
 ]
-
-
-class GalleryIndex(GalleryStorage, Identification):
-    """Faiss gallery of labelled embeddings with kNN voting and unknown/reshoot rejection.
-
-    Args:
-        dim: embedding dimension.
-        metric: ``"ip"`` (cosine similarity on L2-normalised vectors) or ``"l2"``.
-        approximate_above: switch to the approximate index when the gallery holds more than this
-            many vectors (default ``vector_index.IVF_MIN``, 100,000: up to there an exact search takes
-            milliseconds; bench/README.md, "Scale").
-        model_id: which embedder made the vectors (e.g. model folder + config hash); recorded
-            in ``gallery.json`` so ``load(expected_model_id=...)`` can refuse a gallery made by
-            another model.
-        score_threshold: minimum ``top_score`` to accept (``None``: never reject as unknown).
-        margin_threshold: minimum vote-share margin to accept (else "reshoot").
-        ef_search: HNSW search breadth (higher = better recall, slower; default ``vector_index.HNSW_EF_SEARCH``,
-            chosen at 1M vectors: bench/README.md, "Scale").
-        ef_construction: HNSW build breadth (default ``vector_index.HNSW_EF_CONSTRUCTION``).
-        approximate_index: ``"auto"`` (by size, :func:`model_pkg.vector_index.choose_spec`), ``"hnsw"``,
-            ``"ivf_flat"`` or ``"ivf_pq"`` (IVF needs ``vector_index.IVF_MIN_TRAIN`` vectors; a smaller
-            gallery uses HNSW).
-    """
 
 
 def evaluate_gallery(

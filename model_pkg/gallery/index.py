@@ -1,25 +1,33 @@
-"""The gallery's vectors: the exact faiss index and the approximate one it switches to above a size (HNSW,
+"""The plain vector store: the exact faiss index and the approximate one it switches to above a size (HNSW,
 IVF-Flat, IVF-PQ with exact re-scoring: `model_pkg.vector_index`), labels, ids and metadata, add / remove /
-search.  What callers pass in is checked first, in ``inputs``."""
+search, save / load (the files: ``storage``).  What callers pass in is checked first, in ``inputs``.  It decides
+nothing: :class:`~model_pkg.gallery.GalleryIndex` holds one and votes over its neighbours; text search
+(`dual_encoder.search`) uses one as it is."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+from typing_extensions import Self
 
 from .. import vector_index as vi
 from ..vector_index import spec as index_spec  # the size thresholds, read at call time (tests scale them down)
-from .common import DEFAULT_MARGIN_THRESHOLD, MIN_DISTANCE, EmptyGalleryError, check_k, check_strings
+from ..vector_index.spec import HNSW_M
+from .common import FORMAT, FORMAT_VERSION, MIN_DISTANCE, EmptyGalleryError, check_k, check_strings
 from .inputs import check_metadata, check_settings, new_row_ids, prepare_vectors
+from .storage import read_folder, write_folder
 
 __all__ = ["VectorStore"]
 
 
 class VectorStore:
-    """The vector half of :class:`~model_pkg.gallery.GalleryIndex` (its constructor arguments are documented there)."""
+    """Labelled vectors in faiss: add, remove, search, save, load. The constructor's arguments are
+    :class:`~model_pkg.gallery.GalleryIndex`'s but the thresholds (documented there); it holds one of these."""
 
     def __init__(
         self,
@@ -28,32 +36,17 @@ class VectorStore:
         approximate_above: int = index_spec.IVF_MIN,
         model_id: str | None = None,
         *,
-        score_threshold: float | None = None,
-        margin_threshold: float = DEFAULT_MARGIN_THRESHOLD,
         ef_search: int = index_spec.HNSW_EF_SEARCH,
         ef_construction: int = index_spec.HNSW_EF_CONSTRUCTION,
         approximate_index: str = "auto",
     ) -> None:
-        check_settings(
-            dim,
-            metric,
-            approximate_above,
-            model_id,
-            approximate_index,
-            ef_search,
-            ef_construction,
-            score_threshold,
-            margin_threshold,
-        )
+        check_settings(dim, metric, approximate_above, model_id, approximate_index, ef_search, ef_construction)
         self.dim = int(dim)
         self.metric = metric
         self.approximate_above = int(approximate_above)
         self.model_id = model_id
-        self.score_threshold = None if score_threshold is None else float(score_threshold)
-        self.margin_threshold = float(margin_threshold)
         self.ef_construction = int(ef_construction)
         self._ef_search = int(ef_search)
-        self.calibration: dict[str, Any] | None = None
         self._flat = self._new_flat()
         self.approximate_index = approximate_index
         self._approx: faiss.Index | None = None
@@ -70,9 +63,13 @@ class VectorStore:
         return int(self._flat.ntotal)
 
     def __repr__(self) -> str:
+        return self.repr_as(type(self).__name__)
+
+    def repr_as(self, name: str) -> str:
+        """``name(dim=..., metric=..., vectors=..., ...)``: the repr of this store or of what holds it."""
         kind = self._approx_spec.kind if self.is_approximate and self._approx_spec else "exact"
         return (
-            f"GalleryIndex(dim={self.dim}, metric={self.metric!r}, vectors={len(self)}, "
+            f"{name}(dim={self.dim}, metric={self.metric!r}, vectors={len(self)}, "
             f"identities={len(set(self._labels))}, index={kind}, model_id={self.model_id!r})"
         )
 
@@ -289,3 +286,86 @@ class VectorStore:
             return dots.astype(np.float64)
         d2 = np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", v, v)[None, :] - 2.0 * dots
         return -np.sqrt(np.maximum(d2.astype(np.float64), 0.0))
+
+    # ------------------------------------------------------------- persistence
+    def _meta(self, policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        index_type = self._approx_spec.kind if self.is_approximate and self._approx_spec else "flat"
+        return {
+            "format": FORMAT,
+            "version": 1 if index_type in ("flat", "hnsw") else FORMAT_VERSION,  # older code still reads these
+            "dim": self.dim,
+            "metric": self.metric,
+            "model_id": self.model_id,
+            "num_vectors": len(self),
+            "index_type": index_type,
+            "approximate_index": self.approximate_index,
+            "vector_index": self._approx_spec.to_dict() if index_type != "flat" and self._approx_spec else None,
+            "approximate_above": self.approximate_above,
+            "force_approximate": self._force_approximate,
+            "hnsw": {"M": HNSW_M, "ef_search": self._ef_search, "ef_construction": self.ef_construction},
+            **(policy or {}),
+            "next_id": self._next_id,
+            "faiss_version": getattr(faiss, "__version__", None),
+            "labels": self._labels,
+            "ids": self._ids,
+            "metadata": self._metadata,
+        }
+
+    def save(self, directory: str | os.PathLike, policy: Mapping[str, Any] | None = None) -> Path:
+        """Write the store to ``directory`` atomically (:func:`~.storage.write_folder`); returns the folder path.
+
+        Files: ``index.faiss`` (the active index: HNSW/IVF when approximate, else the flat one), ``vectors.npy``
+        (the exact vectors), ``gallery.json`` (settings, labels, ids, metadata, model_id, format version, sha256 of
+        the two binary files, and ``policy``: the fields of what decides on top of the store, a
+        :class:`~model_pkg.gallery.GalleryIndex`'s thresholds).  ``directory`` must be empty, missing or hold only a
+        gallery: other files in it are refused, since the folder is replaced whole.
+        """
+        index = self._active_index()  # builds the approximate index here if the store crossed approximate_above
+        return write_folder(directory, index, self._vectors_view(), self._meta(policy))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, expected_dim: int | None = None, expected_model_id: str | None = None) -> Self:
+        """Load a store (or a gallery: its thresholds are left out) written by :meth:`save`, verifying it.
+
+        Raises :class:`GalleryFileError` (a ``RuntimeError``) for a missing folder or file, a checksum mismatch,
+        unreadable or inconsistent files; :class:`GalleryMismatchError` (a ``ValueError``) when ``expected_dim`` /
+        ``expected_model_id`` differ from what the gallery was built with.  Never modifies the files, except to
+        restore the previous gallery when a save was interrupted between its two renames (platforms without
+        ``renameat2``).
+        """
+        return cls.load_with_meta(directory, expected_dim, expected_model_id)[0]
+
+    @classmethod
+    def load_with_meta(
+        cls, directory: str | os.PathLike, expected_dim: int | None = None, expected_model_id: str | None = None
+    ) -> tuple[Self, dict[str, Any]]:
+        """:meth:`load`, and the ``gallery.json`` read (for the fields of a policy on top of the store)."""
+        meta, index, vectors, kind = read_folder(directory, expected_dim, expected_model_id)
+        n = len(meta["labels"])
+        hp = meta.get("hnsw") or {}
+        g = cls(
+            int(meta["dim"]),
+            meta["metric"],
+            int(meta.get("approximate_above", 200_000)),
+            meta.get("model_id"),
+            ef_search=int(hp.get("ef_search", 64)),
+            ef_construction=int(hp.get("ef_construction", 40)),
+            approximate_index=meta.get("approximate_index", "auto"),
+        )
+        if kind != "flat":
+            if n:
+                g._flat.add(np.ascontiguousarray(vectors))
+            spec = meta.get("vector_index") or {"kind": "hnsw", "hnsw_m": HNSW_M, "ef_construction": g.ef_construction}
+            g._approx_spec = vi.IndexSpec.from_dict({**spec, "ef_search": g._ef_search} if kind == "hnsw" else spec)
+            g._approx = index  # read_index returns the owning object, of the concrete type
+            vi.apply_search_params(g._approx, g._approx_spec)
+        else:
+            g._flat = index  # type: ignore[assignment]
+        del vectors
+        g._force_approximate = bool(meta.get("force_approximate", False))
+        g._labels = list(meta["labels"])
+        g._ids = list(meta["ids"])
+        g._id_set = set(g._ids)
+        g._metadata = list(meta["metadata"])
+        g._next_id = int(meta.get("next_id", n))
+        return g, meta

@@ -16,7 +16,7 @@ import numpy as np
 
 from .common import ZERO_NORM, GalleryMismatchError, check_strings
 
-__all__ = ["check_metadata", "check_settings", "new_row_ids", "prepare_vectors"]
+__all__ = ["check_metadata", "check_settings", "check_thresholds", "new_row_ids", "prepare_vectors"]
 
 
 def check_settings(
@@ -27,10 +27,8 @@ def check_settings(
     approximate_index: str,
     ef_search: Any,
     ef_construction: Any,
-    score_threshold: float | None,
-    margin_threshold: float,
 ) -> None:
-    """``ValueError`` for the first bad :class:`~model_pkg.gallery.GalleryIndex` constructor argument."""
+    """``ValueError`` for the first bad :class:`~model_pkg.gallery.index.VectorStore` constructor argument."""
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
         raise ValueError(f"dim must be a positive integer (embedding size), got {dim!r}")
     if metric not in ("ip", "l2"):
@@ -44,6 +42,10 @@ def check_settings(
     for name, v in (("ef_search", ef_search), ("ef_construction", ef_construction)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def check_thresholds(score_threshold: float | None, margin_threshold: float) -> None:
+    """``ValueError`` for a NaN threshold of :class:`~model_pkg.gallery.GalleryIndex` (checked after the store's settings)."""
     if score_threshold is not None and math.isnan(float(score_threshold)):
         raise ValueError("score_threshold is NaN: pass a number, or None to never reject as unknown")
     if math.isnan(float(margin_threshold)):

@@ -64,8 +64,10 @@ def test_identify_searches_once_and_matches_classify(tmp_path, photos, monkeypat
     nearest = [(lab, float(s)) for lab, s in zip(labels[0], scores[0])]
     best = [(lab, s) for i, (lab, s) in enumerate(nearest) if lab not in {n for n, _ in nearest[:i]}]
     calls = []
-    search_raw = type(gallery.index)._search_raw
-    monkeypatch.setattr(type(gallery.index), "_search_raw", lambda self, *a, **kw: calls.append(1) or search_raw(self, *a, **kw))
+    search_raw = type(gallery.index.store)._search_raw
+    monkeypatch.setattr(
+        type(gallery.index.store), "_search_raw", lambda self, *a, **kw: calls.append(1) or search_raw(self, *a, **kw)
+    )
     result = gallery.identify(photos["a"][2])
     assert len(calls) == 1
     assert result.prediction.to_dict() == expected.to_dict()  # thresholds None / 0.0: the vote stands as it is

@@ -272,9 +272,9 @@ def test_ivf_gallery_recall_and_round_trip(ivf_world, tmp_path, kind):
     np.testing.assert_array_equal(a[0], b[0])
     assert a[2] == b[2]
     assert [p.to_dict() for p in g.classify(q[:5])] == [p.to_dict() for p in h.classify(q[:5])]
-    trained = h._approx
+    trained = h.store._approx
     h.remove(labels[0])  # the IVF index keeps its cells (no retraining) and takes the remaining vectors again
-    assert h._approx is trained and h._approx.ntotal == len(h) and h.is_approximate
+    assert h.store._approx is trained and h.store._approx.ntotal == len(h) and h.is_approximate
     assert all(labels[0] not in row for row in h.search(q[:3], k=10)[1]) and h.approximate_spec.kind == kind
     assert h.search(q[3:4], k=1)[2] == h.search(q[3:4], k=1, exact=True)[2]  # positions still match the rows
 
