@@ -26,7 +26,7 @@ import timm
 import torch
 from torch import nn
 
-from .onnx_runtime import OnnxRunnableModule
+from .stand_in import stand_in_for
 
 __all__ = [
     "OFFLINE_WEIGHTS",
@@ -120,11 +120,11 @@ class BackboneOutput:
     pooled: torch.Tensor
 
 
-class Backbone(OnnxRunnableModule):
+class Backbone(nn.Module):
     """A timm model seen as tokens + pooled vector, with the data config its weights expect.
 
-    At inference an ONNX export of the model (`model_pkg.export`, attached by `from_pretrained`) may compute
-    `forward_features` / `forward_tokens` instead of timm: `model_pkg.onnx_runtime`."""
+    At inference a stand-in attached from outside (`model_pkg.stand_in`; `from_pretrained` attaches an ONNX export)
+    may compute `forward_features` / `forward_tokens` instead of timm when it serves the pixels, layer and TTA."""
 
     model: Any  # a timm model: its attributes (blocks, forward_head, group_matcher ...) vary by architecture
     grid_size: tuple[int, ...] | None
@@ -167,9 +167,9 @@ class Backbone(OnnxRunnableModule):
         tokens are the mean of its own and its mirror image's, the mirror's feature map flipped back so
         that token positions agree (for token backbones such as ViTs the tokens are averaged as they
         come). Training with gradients sees single views; its augmentation already flips."""
-        runner = self.onnx_ready()
-        if runner is not None and runner.serves_image(pixel_values, None, self.tta_flip):
-            return runner.run(pixel_values)
+        stand_in = stand_in_for(self)
+        if stand_in is not None and stand_in.serves(pixel_values, layer=None, tta_flip=self.tta_flip):
+            return stand_in.run(pixel_values)
         return self._tokens(self._with_mirror(self.model.forward_features, pixel_values))
 
     def _with_mirror(self, features, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -249,9 +249,9 @@ class Backbone(OnnxRunnableModule):
         `forward_features`, averaged with the mirror image's."""
         if layer is None:
             return self.forward_features(pixel_values)
-        runner = self.onnx_ready()
-        if runner is not None and runner.serves_image(pixel_values, layer, self.tta_flip):
-            return runner.run(pixel_values)
+        stand_in = stand_in_for(self)
+        if stand_in is not None and stand_in.serves(pixel_values, layer=layer, tta_flip=self.tta_flip):
+            return stand_in.run(pixel_values)
         stages = self._stage_indices()
         if layer not in stages:
             raise ValueError(f"Backbone '{self.model_name}' has no token layer {layer!r}; its stages are {sorted(stages)}.")

@@ -1,8 +1,9 @@
 """ONNX Runtime for inference: an exported tower stands in for its PyTorch module when nothing trains.
 
 `python -m model_pkg.export onnx --model DIR` writes `DIR/onnx/<tower>.onnx` and `DIR/onnx/manifest.json`
-(see `model_pkg.export`). `from_pretrained` of a petmatch model then calls `attach_exported`, which gives
-each exported tower an `OnnxTower` (an `onnxruntime.InferenceSession`) when
+(see `model_pkg.export`). `from_pretrained` of a petmatch model then calls `attach_exported`, which attaches to
+each exported tower an `OnnxTower` (an `onnxruntime.InferenceSession`), a stand-in (`model_pkg.stand_in`) held by
+the tower as its child `onnx_runner`, when
 
 * `onnxruntime` is installed (without it, PyTorch runs, silently: it is an optional accelerator),
 * the manifest's checksum of the tower's weights equals the loaded model's (else a warning: the export
@@ -12,9 +13,10 @@ Towers: `image` is the model's `Backbone` (`pixels -> tokens`, flip TTA included
 for the dual encoder its `feature_layer`); `text` is a transformers text tower (`ids, mask -> mean-pooled`).
 Everything after the tower (pooling, projection, normalisation, set pooling) stays in PyTorch: it is cheap.
 
-A module with a session uses it only at inference on CPU float32 inputs: no gradients, eval mode, the same
-layer and TTA setting as the export. Putting it in training mode or loading new weights into it drops the
-session for good (its weights may change from then on), so training never runs on ONNX Runtime.
+The towers know nothing of ONNX Runtime: they ask their stand-in, if any, at each call. A tower uses its session only
+at inference on CPU (float32 pixels): no gradients, eval mode, the same layer and TTA setting as the export. Putting
+it in training mode or loading new weights into it retires the stand-in and drops the session for good (its weights
+may change from then on), so training never runs on ONNX Runtime. `onnx_tower(module)` is the tower's serving one.
 """
 
 from __future__ import annotations
@@ -30,32 +32,35 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .backbones import Backbone
 from .fileio import sha256_file, update_with_weights
+from .stand_in import StandIn
 
 __all__ = [
     "ExportError",
     "export_graph",
     "MANIFEST_FILE",
     "ONNX_SUBDIR",
-    "OnnxRunnableModule",
     "OnnxTower",
     "attach_exported",
     "create_session",
     "detach_onnx",
     "shared_session",
     "exportable_towers",
+    "onnx_tower",
     "tower_checksum",
 ]
 
 logger = logging.getLogger(__name__)
 
 ONNX_SUBDIR = "onnx"  # <model folder>/onnx/ holds the export
+RUNNER_NAME = "onnx_runner"  # the child module of a tower that holds its OnnxTower
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 # Idle intra-op threads sleep instead of spinning: between two batches the caller decodes JPEGs on the same
@@ -133,61 +138,64 @@ def shared_session(path: str | os.PathLike, spinning: bool = SPINNING):
         return session
 
 
-class OnnxTower:
+class OnnxTower(StandIn):
     """One exported tower's session (shared with other towers of the same export, `shared_session`) plus the manifest
-    entry that says what it computes."""
+    entry that says what it computes: the stand-in of the tower's PyTorch module at inference."""
 
     def __init__(self, path: str | os.PathLike, entry: dict[str, Any], spinning: bool = SPINNING):
+        super().__init__()
         self.path = os.fspath(path)
         self.entry = dict(entry)
         self.spinning = spinning
-        self.session = shared_session(self.path, spinning=spinning)
+        self._open()
+
+    def _open(self) -> None:
+        self.session = shared_session(self.path, spinning=self.spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle: deepcopy / pickle reopen the file
-        return {"path": self.path, "entry": self.entry, "spinning": self.spinning}
+        return {k: v for k, v in self.__dict__.items() if k != "session"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["entry"], state["spinning"])  # type: ignore[misc]
+        super().__setstate__(state)
+        self.session = None
+        if not self.retired:
+            self._open()
+
+    def extra_repr(self) -> str:
+        return os.path.basename(self.path) + (", retired" if self.retired else "")
+
+    def retire(self) -> None:
+        super().retire()
+        self.session = None  # the last tower using a shared session frees it
 
     def run(self, *inputs: torch.Tensor) -> torch.Tensor:
         feeds = {name: x.detach().contiguous().numpy() for name, x in zip(self.input_names, inputs)}
         (out,) = self.session.run(None, feeds)
         return torch.from_numpy(np.asarray(out))
 
-    def serves_image(self, pixel_values: torch.Tensor, layer: str | None, tta_flip: bool) -> bool:
-        """Whether this image tower computes `Backbone.forward_tokens(pixel_values, layer)` for these inputs."""
-        size = self.entry["input_size"]
+    def serves(self, *inputs: torch.Tensor, **settings: Any) -> bool:
+        """Whether this tower computes its module's call on these CPU inputs: a text tower any ids and mask; an image
+        tower `Backbone.forward_tokens(pixel_values, layer)` of float32 pixels at the exported size, and the exported
+        `layer` and `tta_flip` settings."""
+        if any(x.device.type != "cpu" for x in inputs):
+            return False
+        if "input_size" not in self.entry:
+            return True
+        (pixel_values,) = inputs
         return (
             pixel_values.ndim == 4
-            and tuple(pixel_values.shape[1:]) == tuple(size)
+            and tuple(pixel_values.shape[1:]) == tuple(self.entry["input_size"])
             and pixel_values.dtype == torch.float32
-            and pixel_values.device.type == "cpu"
-            and layer == self.entry["layer"]
-            and tta_flip == self.entry["tta_flip"]
+            and settings.get("layer") == self.entry["layer"]
+            and settings.get("tta_flip", False) == self.entry["tta_flip"]
         )
 
 
-class OnnxRunnableModule(nn.Module):
-    """An `nn.Module` whose inference forward an `OnnxTower` may serve (set by `attach_exported`)."""
-
-    onnx_runner: OnnxTower | None = None
-
-    def onnx_ready(self) -> OnnxTower | None:
-        """The session when it may serve this call: one is attached, eval mode, gradients off."""
-        if self.onnx_runner is None or self.training or torch.is_grad_enabled():
-            return None
-        return self.onnx_runner
-
-    def train(self, mode: bool = True):
-        if mode and self.onnx_runner is not None:
-            logger.info("training mode: %s drops its ONNX Runtime session and runs on PyTorch", type(self).__name__)
-            self.onnx_runner = None
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.onnx_runner = None  # new weights: the exported graph no longer computes this module
-        return super()._load_from_state_dict(*args, **kwargs)
+def onnx_tower(module: nn.Module) -> OnnxTower | None:
+    """The `OnnxTower` attached to a tower `module` while it may serve (None: none attached, or retired)."""
+    tower = getattr(module, RUNNER_NAME, None)
+    return tower if isinstance(tower, OnnxTower) and not tower.retired else None
 
 
 def tower_checksum(module: nn.Module) -> str:
@@ -195,26 +203,21 @@ def tower_checksum(module: nn.Module) -> str:
     return update_with_weights(hashlib.sha256(), module.state_dict()).hexdigest()[:16]
 
 
-def exportable_towers(model: nn.Module) -> dict[str, tuple[OnnxRunnableModule, str | None]]:
+def exportable_towers(model: nn.Module) -> dict[str, tuple[nn.Module, str | None]]:
     """The towers of a petmatch model an export covers -> (module, feature layer of an image tower).
 
     `image`: the `Backbone` of a pair matcher / ArcFace embedder, or of a dual encoder's vision tower (at its
-    `feature_layer`); `text`: a dual encoder's transformers text tower (the LSTM baseline is not exported).
-    A `Backbone` is an `OnnxRunnableModule` with `forward_tokens`: checked by that, so this module needs no import of
-    `backbones` (which builds on it)."""
-
-    def is_backbone(module: Any) -> TypeGuard[OnnxRunnableModule]:
-        return isinstance(module, OnnxRunnableModule) and callable(getattr(module, "forward_tokens", None))
-
-    towers: dict[str, tuple[OnnxRunnableModule, str | None]] = {}
+    `feature_layer`); `text`: a dual encoder's transformers text tower (the LSTM baseline is not exported)."""
+    towers: dict[str, tuple[nn.Module, str | None]] = {}
     backbone = getattr(model, "backbone", None)
     vision = getattr(model, "vision_model", None)
-    if is_backbone(backbone):
+    if isinstance(backbone, Backbone):
         towers["image"] = (backbone, None)
-    elif vision is not None and is_backbone(getattr(vision, "backbone", None)):
+    elif vision is not None and isinstance(getattr(vision, "backbone", None), Backbone):
         towers["image"] = (vision.backbone, getattr(vision, "layer", None))
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
     text = getattr(model, "text_model", None)
-    if isinstance(text, OnnxRunnableModule):
+    if getattr(text_config, "tower", None) == "transformers" and isinstance(text, nn.Module):
         towers["text"] = (text, None)
     return towers
 
@@ -286,7 +289,7 @@ def attach_exported(model: nn.Module, model_folder: str | os.PathLike) -> list[s
                 continue
         file = folder / str(entry.get("file", ""))
         try:
-            module.onnx_runner = OnnxTower(file, entry)
+            tower = OnnxTower(file, entry)
         except Exception as err:  # onnxruntime raises its own types for missing, damaged or unsupported graphs
             warnings.warn(
                 f"ignoring the ONNX export of the {name} tower: {str(file)!r} could not be opened by onnxruntime "
@@ -294,6 +297,7 @@ def attach_exported(model: nn.Module, model_folder: str | os.PathLike) -> list[s
                 stacklevel=2,
             )
             continue
+        module.add_module(RUNNER_NAME, tower)
         attached.append(name)
     if attached:
         logger.info("ONNX Runtime serves the %s tower(s) of %s", ", ".join(attached), model_folder)
@@ -301,7 +305,7 @@ def attach_exported(model: nn.Module, model_folder: str | os.PathLike) -> list[s
 
 
 def detach_onnx(model: nn.Module) -> None:
-    """Drop every ONNX Runtime session of `model`: it runs on PyTorch only from now on."""
+    """Retire every ONNX Runtime session of `model`: it runs on PyTorch only from now on."""
     for module in model.modules():
-        if isinstance(module, OnnxRunnableModule):
-            module.onnx_runner = None
+        if isinstance(module, OnnxTower):
+            module.retire()

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel
 
 from ..backbones import Backbone, create_backbone
 from ..modeling_utils import load_pretrained_backbone
-from ..onnx_runtime import OnnxRunnableModule
+from ..stand_in import stand_in_for
 from .configuration_dual_encoder import MINILM_ALIAS, DualEncoderTextConfig
 
 __all__ = [
@@ -117,9 +117,9 @@ class VisionTower(nn.Module):
 
 
 # -- text -----------------------------------------------------------------------------------------------
-class TransformersTextTower(OnnxRunnableModule):
+class TransformersTextTower(nn.Module):
     """A transformers encoder (BERT-like) with attention-masked mean pooling, as sentence-transformers does.
-    At inference an ONNX export (`model_pkg.export`) may compute it instead: `model_pkg.onnx_runtime`."""
+    At inference a stand-in attached from outside (`model_pkg.stand_in`: an ONNX export) may compute it instead."""
 
     def __init__(self, config: DualEncoderTextConfig):
         super().__init__()
@@ -184,9 +184,9 @@ class TransformersTextTower(OnnxRunnableModule):
         raise ValueError(f"cannot find the layer list of text model {type(self.encoder).__name__} for trainable_layers.")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        runner = self.onnx_ready()
-        if runner is not None and input_ids.device.type == "cpu":
-            return runner.run(input_ids.long(), attention_mask.long())
+        stand_in = stand_in_for(self)
+        if stand_in is not None and stand_in.serves(input_ids, attention_mask):
+            return stand_in.run(input_ids.long(), attention_mask.long())
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)

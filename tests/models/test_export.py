@@ -13,7 +13,7 @@ import torch
 from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
 from model_pkg.dual_encoder import DualEncoderConfig, DualEncoderModel
 from model_pkg.export import export_onnx, list_photos, main, photo_pixels, spread
-from model_pkg.onnx_runtime import ExportError, OnnxTower, tower_checksum
+from model_pkg.onnx_runtime import ExportError, OnnxTower, onnx_tower, tower_checksum
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -88,8 +88,9 @@ def test_onnx_path_matches_pytorch_on_real_photos_at_any_batch(exported, photos,
     folder, _ = exported
     pytorch = ArcFaceEmbedderModel.from_pretrained(folder, use_onnx=False).eval()
     model = ArcFaceEmbedderModel.from_pretrained(folder).eval()
-    assert pytorch.backbone.onnx_runner is None and model.backbone.onnx_runner is not None
-    calls = count_calls(monkeypatch, model.backbone.onnx_runner)
+    assert onnx_tower(pytorch.backbone) is None and onnx_tower(model.backbone) is not None
+    assert model.state_dict().keys() == pytorch.state_dict().keys()  # the stand-in holds no weights
+    calls = count_calls(monkeypatch, onnx_tower(model.backbone))
     with torch.no_grad():
         for batch in (photos[:1], photos):  # the graph's batch axis is dynamic
             onnx, reference = model.get_image_features(pixel_values=batch), pytorch.get_image_features(pixel_values=batch)
@@ -97,7 +98,7 @@ def test_onnx_path_matches_pytorch_on_real_photos_at_any_batch(exported, photos,
             torch.testing.assert_close(onnx, reference, atol=1e-5, rtol=1e-4)
     assert calls == [1, 7]  # ONNX Runtime computed both, flip TTA inside the graph
     clone = copy.deepcopy(model)  # a session does not pickle: the copy opens its own
-    assert clone.backbone.onnx_runner is not None and clone.backbone.onnx_runner is not model.backbone.onnx_runner
+    assert onnx_tower(clone.backbone) is not None and onnx_tower(clone.backbone) is not onnx_tower(model.backbone)
     with torch.no_grad():
         torch.testing.assert_close(clone.get_image_features(pixel_values=photos), onnx)
 
@@ -106,7 +107,7 @@ def test_pytorch_fallback_without_onnxruntime(exported, photos, monkeypatch):
     folder, _ = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     model = ArcFaceEmbedderModel.from_pretrained(folder).eval()
-    assert model.backbone.onnx_runner is None
+    assert onnx_tower(model.backbone) is None
     monkeypatch.undo()
     pytorch = ArcFaceEmbedderModel.from_pretrained(folder, use_onnx=False).eval()
     with torch.no_grad():
@@ -122,7 +123,7 @@ def test_stale_export_is_ignored_with_a_warning(exported, tmp_path, photos):
     shutil.copytree(folder / "onnx", tmp_path / "onnx")
     with pytest.warns(UserWarning, match="stale ONNX export of the image tower"):
         reloaded = ArcFaceEmbedderModel.from_pretrained(tmp_path).eval()
-    assert reloaded.backbone.onnx_runner is None
+    assert onnx_tower(reloaded.backbone) is None
     with torch.no_grad():
         torch.testing.assert_close(
             reloaded.get_image_features(pixel_values=photos), model.eval().get_image_features(pixel_values=photos)
@@ -132,7 +133,7 @@ def test_stale_export_is_ignored_with_a_warning(exported, tmp_path, photos):
 def test_gradients_training_and_other_settings_run_on_pytorch(exported, photos, monkeypatch):
     folder, _ = exported
     model = ArcFaceEmbedderModel.from_pretrained(folder).eval()
-    runner = model.backbone.onnx_runner
+    runner = onnx_tower(model.backbone)
     assert runner is not None
     calls = count_calls(monkeypatch, runner)
     model.get_image_features(pixel_values=photos).sum().backward()  # gradients on: PyTorch
@@ -148,7 +149,8 @@ def test_gradients_training_and_other_settings_run_on_pytorch(exported, photos, 
         assert calls == [7]
     model.train()  # training may change the weights: the session is dropped for good
     model.eval()
-    assert model.backbone.onnx_runner is None
+    assert onnx_tower(model.backbone) is None
+    assert runner.retired and runner.session is None
 
 
 def test_int8_export_is_used_and_follows_pytorch(exported, photos, dogs, tmp_path):
@@ -159,7 +161,7 @@ def test_int8_export_is_used_and_follows_pytorch(exported, photos, dogs, tmp_pat
     assert image["file"] == "image.int8.onnx" and image["fp32_file"] == "image.onnx" and image["precision"] == "int8"
     assert image["calibration"]["photos"] == 40 and image["calibration"]["split"] == "all photos"
     model = ArcFaceEmbedderModel.from_pretrained(tmp_path).eval()
-    assert model.backbone.onnx_runner is not None and model.backbone.onnx_runner.path.endswith("image.int8.onnx")
+    assert onnx_tower(model.backbone) is not None and onnx_tower(model.backbone).path.endswith("image.int8.onnx")
     pytorch = ArcFaceEmbedderModel.from_pretrained(tmp_path, use_onnx=False).eval()
     with torch.no_grad():
         int8, reference = model.get_image_features(pixel_values=photos), pytorch.get_image_features(pixel_values=photos)
@@ -173,22 +175,22 @@ def test_models_with_the_same_export_share_one_session(exported, photos, dogs, t
     shutil.copytree(folder, tmp_path / "copy")
     first = ArcFaceEmbedderModel.from_pretrained(folder).eval()
     second = ArcFaceEmbedderModel.from_pretrained(tmp_path / "copy").eval()
-    assert first.backbone.onnx_runner is not second.backbone.onnx_runner  # each module its own tower ...
-    assert first.backbone.onnx_runner.session is second.backbone.onnx_runner.session  # ... on one session
+    assert onnx_tower(first.backbone) is not onnx_tower(second.backbone)  # each module its own tower ...
+    assert onnx_tower(first.backbone).session is onnx_tower(second.backbone).session  # ... on one session
     with torch.no_grad():
         torch.testing.assert_close(first.get_image_features(pixel_values=photos), second.get_image_features(pixel_values=photos))
     other = tmp_path / "other"  # other weights, so another graph: never the same session
     save_tiny_embedder(other, seed=1)
     export_onnx(other, photos=dogs, check_photos=2)
     third = ArcFaceEmbedderModel.from_pretrained(other).eval()
-    assert third.backbone.onnx_runner is not None and third.backbone.onnx_runner.session is not first.backbone.onnx_runner.session
+    assert onnx_tower(third.backbone) is not None and onnx_tower(third.backbone).session is not onnx_tower(first.backbone).session
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # other thread settings: another session
     try:
         fourth = ArcFaceEmbedderModel.from_pretrained(folder).eval()
     finally:
         torch.set_num_threads(threads)
-    assert fourth.backbone.onnx_runner.session is not first.backbone.onnx_runner.session
+    assert onnx_tower(fourth.backbone).session is not onnx_tower(first.backbone).session
 
 
 def test_dual_encoder_text_and_image_towers(tmp_path, dogs, monkeypatch):
@@ -200,8 +202,8 @@ def test_dual_encoder_text_and_image_towers(tmp_path, dogs, monkeypatch):
     assert manifest["towers"]["image"]["layer"] == "stage2" and manifest["towers"]["text"]["check"]["relative_error"] <= 1e-4
     model = DualEncoderModel.from_pretrained(tmp_path).eval()
     pytorch = DualEncoderModel.from_pretrained(tmp_path, use_onnx=False).eval()
-    assert model.text_model.onnx_runner is not None and model.vision_model.backbone.onnx_runner is not None
-    calls = count_calls(monkeypatch, model.text_model.onnx_runner)
+    assert onnx_tower(model.text_model) is not None and onnx_tower(model.vision_model.backbone) is not None
+    calls = count_calls(monkeypatch, onnx_tower(model.text_model))
     texts = ["a dog", "two brown dogs play with a red ball in the park", "chien"]
     torch.testing.assert_close(model.encode_text(texts), pytorch.encode_text(texts), atol=1e-5, rtol=1e-4)
     assert model.encode_text(texts[:1]).shape == (1, 16) and calls == [3, 1]  # any batch, any length
