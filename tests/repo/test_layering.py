@@ -67,7 +67,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.arcface.trainer": TRAINING,
     "model_pkg.arcface.training": TRAINING,
     "model_pkg.pair_matcher.training": TRAINING,
-    "model_pkg.pair_matcher.pipeline": TRAINING,  # match_sets, and the seed's PairMatchingTrainer above it
+    "model_pkg.pair_matcher.trainer": TRAINING,  # the seed's PairMatchingTrainer, save_with_card
     "model_pkg.dual_encoder.trainer": TRAINING,
     "model_pkg.dual_encoder.training": TRAINING,
     # command lines

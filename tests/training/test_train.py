@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from model_pkg.pair_matcher import PairMatcherModel
-from model_pkg.pair_matcher.pipeline import PairMatchingTrainer, match_sets, save_with_card
+from model_pkg.pair_matcher.pipeline import match_sets
+from model_pkg.pair_matcher.trainer import PairMatchingTrainer, save_with_card
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOGS = os.path.join(ROOT, "tests", "photos", "dog_faces")  # real dog faces that ship with the repository
