@@ -263,7 +263,7 @@ def test_snorm_matcher_normalises_against_its_cohort_and_round_trips(tmp_path):
     import torch.nn.functional as F
 
     from model_pkg.pair_matcher.configuration_pair_matcher import PairMatcherConfig
-    from model_pkg.pair_matcher.modeling_pair_matcher import adaptive_snorm
+    from model_pkg.pair_matcher.snorm import adaptive_snorm
 
     embedder = _tiny_embedder()
     torch.manual_seed(1)
@@ -298,7 +298,7 @@ def test_snorm_photo_statistics_average_each_photos_own_and_survive_padding(tmp_
     import torch.nn.functional as F
 
     from model_pkg.pair_matcher.configuration_pair_matcher import PairMatcherConfig
-    from model_pkg.pair_matcher.modeling_pair_matcher import adaptive_snorm
+    from model_pkg.pair_matcher.snorm import adaptive_snorm
 
     embedder = _tiny_embedder()
     torch.manual_seed(2)
