@@ -38,7 +38,7 @@ class SessionGallery:
             self.gallery = PhotoGallery(
                 self.folder, shared.embedder, score_threshold=index.score_threshold, margin_threshold=index.margin_threshold
             )
-            with shared._lock:
+            with shared.folder.lock:
                 self.gallery.add_gallery(shared.index, shared.directory)
         except BaseException:
             self.close()

@@ -18,8 +18,9 @@ of the in-memory index happen under a threading lock, while the slow parts (deco
 copying them into the folder) run outside it, so identifications go on while an animal is being registered
 or removed. An identification sees the gallery as it was before or after a change, never half of it.
 
-:class:`GalleryFolder` opens, reloads and saves the index and reads its records; :class:`~.store.PhotoGallery`
-adds the changes (register, update, delete) and identification on top.
+:class:`GalleryFolder` opens, reloads and saves the index, stores photos and appends to the change log;
+:class:`~.store.PhotoGallery` holds one and reads the records, changes them (register, update, delete) and
+identifies with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,8 @@ from ..gallery import META_FILE, GalleryIndex, GalleryMismatchError
 from ..intake.embedding import embed_photos as intake_embed_photos
 from ..intake.embedding import vector_size
 from ..modeling_utils import model_identity
-from .audit import AUDIT_FILE, append_audit, read_audit
-from .records import AnimalRecord, UnknownAnimalError, animal_id_of, name_key, normalize_name, records_of, slug
+from .audit import AUDIT_FILE, append_audit
+from .records import AnimalRecord, records_of, slug
 
 __all__ = ["GalleryFolder", "ProgressFn", "embed_photos", "embedder_id"]
 
@@ -68,38 +69,34 @@ def embed_photos(model, paths: Sequence, progress: ProgressFn | None = None, bat
 
 
 class GalleryFolder:
-    """Named animals (photos + identity embeddings) in a folder: the index opened, reloaded and saved, its records.
+    """Named animals (photos + identity embeddings) in a folder: the index opened, reloaded and saved, the photos
+    stored, the change log appended to, under the locks (``lock``: this process's threads; ``locked()``: and other
+    processes). :class:`~.store.PhotoGallery` holds one.
 
     Args:
         directory: the gallery folder (created when missing).
         embedder: an ``ArcFaceEmbedderModel`` (anything with ``get_image_features`` and ``config.embedding_size``).
-        score_threshold, margin_threshold: the rejection thresholds (default: the embedder config's).
+        thresholds: (score, margin), the rejection thresholds (each None: the embedder config's).
         k: neighbours that vote (default: the embedder config's ``gallery_k``).
 
     A gallery saved by another embedder is re-embedded from its stored photos when opened.
     """
 
-    def __init__(
-        self,
-        directory: str | os.PathLike,
-        embedder,
-        score_threshold: float | None = None,
-        margin_threshold: float | None = None,
-        k: int | None = None,
-    ):
+    def __init__(self, directory: str | os.PathLike, embedder, thresholds: tuple = (None, None), k: int | None = None):
         self.directory = Path(os.path.expanduser(os.fspath(directory))).resolve()
         self.embedder = embedder.eval()
         self.model_id = embedder_id(embedder)
         cfg = embedder.config
         self.k = int(k or getattr(cfg, "gallery_k", None) or 20)
-        self._lock = threading.RLock()  # threads of this process
+        self.lock = threading.RLock()  # threads of this process
         self.directory.mkdir(parents=True, exist_ok=True)
         self._file_lock = FileLock(str(self.directory / ".gallery.lock"), thread_local=False)  # other processes
+        score_threshold, margin_threshold = thresholds
         self._thresholds = (
             getattr(cfg, "score_threshold", None) if score_threshold is None else score_threshold,
             getattr(cfg, "margin_threshold", 0.05) if margin_threshold is None else margin_threshold,
         )
-        with self._locked():
+        with self.locked():
             self.index = self._open()
             self._stamp = self._disk_stamp()
         self.set_thresholds(*self._thresholds)
@@ -136,9 +133,9 @@ class GalleryFolder:
         self.index.margin_threshold = float(margin_threshold)
 
     @contextlib.contextmanager
-    def _locked(self):
+    def locked(self):
         """This process's threads, then other processes: held while the index on disk is read or replaced."""
-        with self._lock, self._file_lock:
+        with self.lock, self._file_lock:
             yield
 
     def _disk_stamp(self) -> tuple | None:
@@ -149,9 +146,16 @@ class GalleryFolder:
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
 
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[GalleryIndex]:
+        """The index as it is now (reloaded if another process saved it), read under this process's thread lock."""
+        with self.lock:
+            self.refresh()
+            yield self.index
+
     def refresh(self) -> bool:
         """Reload the index if another process saved it since this one last read or wrote it; -> reloaded."""
-        with self._lock:
+        with self.lock:
             if self._disk_stamp() == self._stamp:
                 return False
             with self._file_lock:
@@ -163,29 +167,8 @@ class GalleryFolder:
             self.set_thresholds(*self._thresholds)
             return True
 
-    def photo_path(self, i: int) -> str:
-        return str(self.directory / self.index.metadata[i]["photo"])
-
-    def __len__(self) -> int:
-        with self._lock:
-            self.refresh()
-            return len(self.index)
-
-    @property
-    def names(self) -> list[str]:
-        with self._lock:
-            self.refresh()
-            return self.index.identities
-
-    def photo_counts(self) -> dict[str, int]:
-        """{name: number of photos}, in registration order."""
-        with self._lock:
-            self.refresh()
-            labels = list(self.index.labels)
-        return {name: labels.count(name) for name in dict.fromkeys(labels)}
-
     # -- photos ----------------------------------------------------------------------------------
-    def _store_photo(self, source, name: str) -> str:
+    def store_photo(self, source, name: str) -> str:
         """Copy a photo (re-encoded JPEG, longest side <= 448 px) into photos/<name>/; returns its relative path."""
         image = load_image(source, max_side=_THUMBNAIL_SIDE)
         buffer = io.BytesIO()
@@ -194,57 +177,21 @@ class GalleryFolder:
         atomic_write(self.directory / relative, lambda fh: fh.write(buffer.getvalue()), binary=True)
         return relative
 
-    check_name = staticmethod(normalize_name)
-
     # -- records ---------------------------------------------------------------------------------
-    def _records(self) -> dict[str, AnimalRecord]:
-        """{id: record} of the in-memory index, in registration order (call under `self._lock`)."""
+    def records(self) -> dict[str, AnimalRecord]:
+        """{id: record} of the in-memory index, in registration order (call under `self.lock`)."""
         return records_of(self.index.labels, self.index.metadata)
-
-    def animals(self) -> list[AnimalRecord]:
-        """Every registered animal, in registration order (reloads what another process saved meanwhile)."""
-        with self._lock:
-            self.refresh()
-            return list(self._records().values())
-
-    def animal(self, animal_id: str) -> AnimalRecord:
-        with self._lock:
-            self.refresh()
-            record = self._records().get(animal_id)
-        if record is None:
-            raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
-        return record
-
-    def find_name(self, name: str) -> AnimalRecord | None:
-        """The animal registered under `name` (NFKC, case ignored), or None."""
-        key = name_key(name)
-        with self._lock:
-            self.refresh()
-            return next((r for r in self._records().values() if r.name.casefold() == key), None)
-
-    def photo_file(self, animal_id: str, photo_id: str) -> Path:
-        """The stored file of one photo of an animal; `UnknownAnimalError` if either is not registered."""
-        with self._lock:
-            self.refresh()
-            for label, meta in zip(self.index.labels, self.index.metadata):
-                if animal_id_of(label, meta) == animal_id and Path(meta["photo"]).stem == photo_id:
-                    return self.directory / meta["photo"]
-        raise UnknownAnimalError(f"Animal {animal_id!r} has no photo {photo_id!r}.")
 
     # -- audit log -------------------------------------------------------------------------------
     @property
     def audit_path(self) -> Path:
         return self.directory / AUDIT_FILE
 
-    def _audit(self, who: str, action: str, animal: str, **details) -> None:
+    def audit(self, who: str, action: str, animal: str, **details) -> None:
         """Append one entry to the audit log and fsync it (call under the file lock; `audit.append_audit`)."""
         append_audit(self.audit_path, who, action, animal, **details)
 
-    def audit_log(self, limit: int | None = None) -> list[dict]:
-        """The audit entries, oldest first (the last `limit` ones)."""
-        return read_audit(self.audit_path, limit)
-
-    def _save(self) -> None:
+    def save(self) -> None:
         """Save the in-memory index (under the locks) and remember the disk's stamp."""
         try:
             self.index.save(self.index_dir)
@@ -253,7 +200,7 @@ class GalleryFolder:
             raise
         self._stamp = self._disk_stamp()
 
-    def _rebuild(self, labels: list[str], metadata: list[dict]) -> None:
+    def rebuild(self, labels: list[str], metadata: list[dict]) -> None:
         """Replace the index by one with the same vectors and ids and new labels / metadata (rename, edit)."""
         index = self._new_index()
         if len(self.index):

@@ -5,7 +5,8 @@
     result = gallery.identify("found.jpg")
     result.prediction.label, result.prediction.reason, result.matches[0].photo, result.message()
 
-The folder (index, photos, audit log, locks shared by processes and threads) is :class:`~.folder.GalleryFolder`'s.
+The folder (index, photos, audit log, locks shared by processes and threads) is a :class:`~.folder.GalleryFolder`
+that the gallery holds (``folder``); the gallery reads its records, changes them and identifies with it.
 
 Animals are records, not names: every photo's index metadata carries its animal's stable id (`animal`),
 species, who registered it and when (`by`, `at`) and an optional staff-only `note` (`records.py`); the index
@@ -32,6 +33,7 @@ from ..gallery import GalleryIndex, GalleryMismatchError
 from ..intake.embedding import embed_photos as intake_embed_photos
 from ..intake.embedding import model_fusion
 from ..intake.photo_intake import IntakeResult
+from .audit import read_audit
 from .folder import GalleryFolder, ProgressFn
 from .identification import GalleryMatch, Identification, kind_thresholds
 from .records import (
@@ -42,6 +44,8 @@ from .records import (
     animal_id_of,
     check_note,
     legacy_animal_id,
+    name_key,
+    normalize_name,
     now,
     slug,
 )
@@ -61,7 +65,7 @@ def _refuse_reshoots(photos: Sequence, seen: Sequence[IntakeResult]) -> None:
         raise ValueError(f"Nothing was registered. Retake or leave out {named}.")
 
 
-class PhotoGallery(GalleryFolder):
+class PhotoGallery:
     """Named animals (photos + identity embeddings) in a folder, identified with a :class:`GalleryIndex`.
 
     Args:
@@ -72,6 +76,79 @@ class PhotoGallery(GalleryFolder):
 
     A gallery saved by another embedder is re-embedded from its stored photos when opened (:class:`GalleryFolder`).
     """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        embedder,
+        score_threshold: float | None = None,
+        margin_threshold: float | None = None,
+        k: int | None = None,
+    ):
+        self.folder = GalleryFolder(directory, embedder, (score_threshold, margin_threshold), k)
+
+    check_name = staticmethod(normalize_name)
+
+    # -- the folder's ----------------------------------------------------------------------------
+    directory = property(lambda self: self.folder.directory, doc="The gallery folder.")
+    embedder = property(lambda self: self.folder.embedder, doc="The model that embeds the photos.")
+    model_id = property(lambda self: self.folder.model_id, doc="The embedder's id (`embedder_id`).")
+    k = property(lambda self: self.folder.k, doc="Neighbours that vote.")
+    index = property(lambda self: self.folder.index, doc="The :class:`GalleryIndex`, as this process last read it.")
+    audit_path = property(lambda self: self.folder.audit_path, doc="The change log (`audit.py`).")
+
+    def set_thresholds(self, score_threshold: float | None, margin_threshold: float) -> None:
+        self.folder.set_thresholds(score_threshold, margin_threshold)
+
+    def refresh(self) -> bool:
+        """Reload the index if another process saved it since this one last read or wrote it; -> reloaded."""
+        return self.folder.refresh()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self.folder.fresh() as index:
+            return len(index)
+
+    @property
+    def names(self) -> list[str]:
+        with self.folder.fresh() as index:
+            return index.identities
+
+    def photo_counts(self) -> dict[str, int]:
+        """{name: number of photos}, in registration order."""
+        with self.folder.fresh() as index:
+            labels = list(index.labels)
+        return {name: labels.count(name) for name in dict.fromkeys(labels)}
+
+    def animals(self) -> list[AnimalRecord]:
+        """Every registered animal, in registration order (reloads what another process saved meanwhile)."""
+        with self.folder.fresh():
+            return list(self.folder.records().values())
+
+    def animal(self, animal_id: str) -> AnimalRecord:
+        with self.folder.fresh():
+            record = self.folder.records().get(animal_id)
+        if record is None:
+            raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
+        return record
+
+    def find_name(self, name: str) -> AnimalRecord | None:
+        """The animal registered under `name` (NFKC, case ignored), or None."""
+        key = name_key(name)
+        with self.folder.fresh():
+            return next((r for r in self.folder.records().values() if r.name.casefold() == key), None)
+
+    def photo_file(self, animal_id: str, photo_id: str) -> Path:
+        """The stored file of one photo of an animal; `UnknownAnimalError` if either is not registered."""
+        with self.folder.fresh() as index:
+            for label, meta in zip(index.labels, index.metadata):
+                if animal_id_of(label, meta) == animal_id and Path(meta["photo"]).stem == photo_id:
+                    return self.directory / meta["photo"]
+        raise UnknownAnimalError(f"Animal {animal_id!r} has no photo {photo_id!r}.")
+
+    def audit_log(self, limit: int | None = None) -> list[dict]:
+        """The audit entries, oldest first (the last `limit` ones)."""
+        return read_audit(self.audit_path, limit)
 
     # -- registering -----------------------------------------------------------------------------
     def register(
@@ -114,14 +191,14 @@ class PhotoGallery(GalleryFolder):
             load_image(photo)
         # Photos go to new unique files and are embedded outside the locks: other registrations and
         # identifications go on meanwhile. Only adding to the index and saving it are serialised.
-        stored = [self._store_photo(photo, name) for photo in photos]
+        stored = [self.folder.store_photo(photo, name) for photo in photos]
         try:
             vectors = intake_embed_photos(self.embedder, [str(self.directory / p) for p in stored], progress=progress)
             _refuse_reshoots(photos, vectors.intake)
             embeddings = vectors.gallery
-            with self._locked():
-                self.refresh()  # another process may have registered animals since this one last looked
-                records = self._records()
+            with self.folder.locked():
+                self.folder.refresh()  # another process may have registered animals since this one last looked
+                records = self.folder.records()
                 if animal_id is not None:
                     if animal_id not in records:  # deleted while the photos were being embedded
                         raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
@@ -140,12 +217,12 @@ class PhotoGallery(GalleryFolder):
                         species, note = holder.species, holder.note
                 meta = {"animal": animal_id, "species": species, "by": by, "at": now(), "note": note}
                 if action == "add_photos":  # the record's fields stay those of its registration
-                    first = next(m for lab, m in zip(self.index.labels, self.index.metadata) if lab == name)
+                    first = next(m for lab, m in zip(self.folder.index.labels, self.folder.index.metadata) if lab == name)
                     meta.update({k: first[k] for k in ("by", "at") if k in first})
-                self._audit(by, action, animal_id, name=name, photos=[Path(p).stem for p in stored])
-                self.index.add(embeddings, [name] * len(stored), metadata=[{"photo": p, **meta} for p in stored])
-                self._save()
-                return animal_id, self.index.labels.count(name)
+                self.folder.audit(by, action, animal_id, name=name, photos=[Path(p).stem for p in stored])
+                self.folder.index.add(embeddings, [name] * len(stored), metadata=[{"photo": p, **meta} for p in stored])
+                self.folder.save()
+                return animal_id, self.folder.index.labels.count(name)
         except BaseException:
             for p in stored:
                 (self.directory / p).unlink(missing_ok=True)
@@ -161,9 +238,9 @@ class PhotoGallery(GalleryFolder):
             raise ValueError(f"species must be one of {', '.join(SPECIES)}, got {species!r}")
         if note is not None:
             note = check_note(note)
-        with self._locked():
-            self.refresh()
-            records = self._records()
+        with self.folder.locked():
+            self.folder.refresh()
+            records = self.folder.records()
             record = records.get(animal_id)
             if record is None:
                 raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
@@ -175,7 +252,7 @@ class PhotoGallery(GalleryFolder):
                         holder,
                     )
             changes = {k: v for k, v in (("name", name), ("species", species), ("note", note)) if v is not None}
-            labels, metadata = self.index.labels, self.index.metadata
+            labels, metadata = self.folder.index.labels, self.folder.index.metadata
             for i, (label, meta) in enumerate(zip(labels, metadata)):
                 if animal_id_of(label, meta) == animal_id:
                     labels[i] = name if name is not None else label
@@ -188,22 +265,24 @@ class PhotoGallery(GalleryFolder):
             audited: dict[str, object] = {k: v for k, v in changes.items() if k != "note"}
             if "note" in changes:
                 audited["note_changed"] = True  # the note itself stays out of the log (personal data)
-            self._audit(by, "update", animal_id, old_name=record.name, **audited)
-            self._rebuild(labels, metadata)
-            self._save()
+            self.folder.audit(by, "update", animal_id, old_name=record.name, **audited)
+            self.folder.rebuild(labels, metadata)
+            self.folder.save()
         return self.animal(animal_id)
 
     def delete(self, animal_id: str, by: str) -> int:
         """Remove an animal, its photos and their stored copies -> how many photos were removed."""
-        with self._locked():
-            self.refresh()
-            record = self._records().get(animal_id)
+        with self.folder.locked():
+            self.folder.refresh()
+            record = self.folder.records().get(animal_id)
             if record is None:
                 raise UnknownAnimalError(f"No animal with id {animal_id!r} is registered.")
-            photos = [m["photo"] for label, m in zip(self.index.labels, self.index.metadata) if label == record.name]
-            self._audit(by, "delete", animal_id, name=record.name, photos=len(photos))
-            removed = self.index.remove(record.name)
-            self._save()
+            photos = [
+                m["photo"] for label, m in zip(self.folder.index.labels, self.folder.index.metadata) if label == record.name
+            ]
+            self.folder.audit(by, "delete", animal_id, name=record.name, photos=len(photos))
+            removed = self.folder.index.remove(record.name)
+            self.folder.save()
         for photo in photos:  # unreachable through the saved index now
             (self.directory / photo).unlink(missing_ok=True)
         return removed
@@ -215,17 +294,17 @@ class PhotoGallery(GalleryFolder):
 
         An identification answered just before may still name one of the deleted photos as its thumbnail."""
         name = self.check_name(name)
-        with self._locked():
-            self.refresh()  # another process may have registered or removed animals since this one last looked
-            photos = [m["photo"] for label, m in zip(self.index.labels, self.index.metadata) if label == name]
+        with self.folder.locked():
+            self.folder.refresh()  # another process may have registered or removed animals since this one last looked
+            photos = [m["photo"] for label, m in zip(self.folder.index.labels, self.folder.index.metadata) if label == name]
             if not photos:
-                known = self.index.identities
+                known = self.folder.index.identities
                 listed = ", ".join(repr(n) for n in known[:10]) + (", ..." if len(known) > 10 else "")
                 raise ValueError(f"No animal named {name!r} is registered (registered: {listed or 'none'}).")
-            record = next(r for r in self._records().values() if r.name == name)
-            self._audit(by, "delete", record.id, name=name, photos=len(photos))
-            removed = self.index.remove(name)
-            self._save()
+            record = next(r for r in self.folder.records().values() if r.name == name)
+            self.folder.audit(by, "delete", record.id, name=name, photos=len(photos))
+            removed = self.folder.index.remove(name)
+            self.folder.save()
         for photo in photos:  # unreachable through the saved index now
             (self.directory / photo).unlink(missing_ok=True)
         return removed
@@ -237,8 +316,8 @@ class PhotoGallery(GalleryFolder):
             raise GalleryMismatchError(
                 f"the gallery to copy was made by embedder {other.model_id}, this one uses {self.model_id}: rebuild it"
             )
-        with self._locked():
-            self.refresh()
+        with self.folder.locked():
+            self.folder.refresh()
             stored = []
             for label, meta in zip(other.labels, other.metadata):
                 relative = f"photos/{slug(label)}/{uuid.uuid4().hex[:12]}.jpg"
@@ -246,9 +325,9 @@ class PhotoGallery(GalleryFolder):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(photos_root) / meta["photo"], target)
                 stored.append({"animal": legacy_animal_id(label), "by": "demo", "at": now(), **meta, "photo": relative})
-            self._audit("app", "add_gallery", "", animals=len(set(other.labels)), photos=len(stored))
-            self.index.add(other.vectors, other.labels, metadata=stored)
-            self._save()
+            self.folder.audit("app", "add_gallery", "", animals=len(set(other.labels)), photos=len(stored))
+            self.folder.index.add(other.vectors, other.labels, metadata=stored)
+            self.folder.save()
 
     # -- identifying -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -261,15 +340,15 @@ class PhotoGallery(GalleryFolder):
         vectors = intake_embed_photos(self.embedder, [photo])
         query, seen = vectors.gallery, vectors.intake[0]
         fusion = model_fusion(self.embedder)
-        with self._lock:  # a registration may be changing the index in another thread
-            self.refresh()
-            if len(self.index) == 0:  # the last animal was removed while the photo was being embedded
+        with self.folder.lock:  # a registration may be changing the index in another thread
+            self.folder.refresh()
+            if len(self.folder.index) == 0:  # the last animal was removed while the photo was being embedded
                 raise ValueError(empty)
             # one search: the vote of the k nearest photos, and the 50 nearest for the matches shown beside it
-            thresholds = kind_thresholds(fusion, seen.kind, self.index.score_threshold, self.index.margin_threshold)
-            (prediction,), scores, labels, ids = self.index.classify_and_search(query, self.k, 50, thresholds)
-            position = {id_: i for i, id_ in enumerate(self.index.ids)}
-            metadata = self.index.metadata
+            thresholds = kind_thresholds(fusion, seen.kind, self.folder.index.score_threshold, self.folder.index.margin_threshold)
+            (prediction,), scores, labels, ids = self.folder.index.classify_and_search(query, self.k, 50, thresholds)
+            position = {id_: i for i, id_ in enumerate(self.folder.index.ids)}
+            metadata = self.folder.index.metadata
             matches: list[GalleryMatch] = []
             for score, label, id_ in zip(scores[0], labels[0], ids[0]):
                 if label not in {m.label for m in matches}:

@@ -194,8 +194,8 @@ def test_galleries_from_before_records_get_stable_ids(tmp_path, photos):
     gallery.register("Bella", photos["a"][:1])
     old = gallery.index  # strip the record fields, as a gallery saved before issue 33 has them
     rows = [{"photo": m["photo"]} for m in old.metadata]
-    gallery._rebuild(old.labels, rows)
-    gallery._save()
+    gallery.folder.rebuild(old.labels, rows)
+    gallery.folder.save()
     first, second = PhotoGallery(tmp_path / "g", tiny(0)), PhotoGallery(tmp_path / "g", tiny(0))
     assert first.animals()[0].id == second.animals()[0].id and first.animals()[0].name == "Bella"
     renamed = first.update(first.animals()[0].id, "key:aaaa1111", name="Bella II")
