@@ -22,7 +22,7 @@ python train/run.py --task pair --config train/configs/pair_matcher_embedder.yam
 python - <<'PY'
 import json, torch, model_pkg
 from model_pkg import PairMatcherModel
-from model_pkg.pair_matcher.pipeline import save_with_card
+from model_pkg.pair_matcher.trainer import save_with_card
 model = PairMatcherModel.from_pretrained("runs/pair-matcher-embedder/model")
 summary = json.load(open("runs/pair-matcher-embedder/summary.json"))
 metrics = {f"val_{k}": v["accuracy"] for k, v in summary["val_by_size"].items()}

@@ -24,8 +24,7 @@ import model_pkg  # noqa: F401
 from model_pkg import ArcFaceEmbedderModel
 from model_pkg.arcface.calibration import calibrate_gallery_thresholds
 from model_pkg.arcface.embedding import embed_paths
-from model_pkg.arcface.trainer import recall_metrics
-from model_pkg.arcface.training import model_card_metrics, save_with_card
+from model_pkg.arcface.trainer import model_card_metrics, recall_metrics, save_with_card
 from model_pkg.evaluation import load_groups
 from model_pkg.fileio import atomic_write_json
 

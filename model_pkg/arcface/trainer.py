@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from ..data.samplers import PKBatchSampler
+from ..intake.settings import limitations_text
 from ..metrics import retrieval_metrics
-from ..training import BackbonePhaseCallback, PhaseCollator
+from ..training import BackbonePhaseCallback, PhaseCollator, save_with_model_card
 from .modeling_arcface import ArcFaceEmbedderModel
 
 __all__ = ["ArcFaceTrainer", "MarginScheduleCallback", "compute_recall_metrics", "phase_cosine_schedule", "recall_metrics"]
@@ -140,3 +141,59 @@ def compute_recall_metrics(eval_pred) -> dict[str, float]:
     against time (`scripts/learning_curve.py`)."""
     predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
     return {**recall_metrics(predictions, eval_pred.label_ids), "unix_time": time.time()}
+
+
+# -- saving ------------------------------------------------------------------------------------------
+def save_with_card(
+    model: ArcFaceEmbedderModel,
+    save_directory: str,
+    metrics: dict | None = None,
+    data: str | None = None,
+    training: dict | None = None,
+    weights_dtype: torch.dtype | None = None,
+) -> None:
+    """save_pretrained + a model card (README.md), written atomically; ready for `push_folder_to_hub`."""
+    cfg = model.config
+    thresholds = (
+        f"gallery thresholds calibrated on validation dogs: score {cfg.score_threshold:.3f}, vote margin "
+        f"{cfg.margin_threshold:.3f} (k={cfg.gallery_k}, {cfg.gallery_per_id} photo(s) per dog)."
+        if cfg.score_threshold is not None
+        else "no calibrated gallery thresholds (never rejects as unknown)."
+    )
+    save_with_model_card(
+        model,
+        save_directory,
+        weights_dtype,
+        model_type=cfg.model_type,
+        description=(
+            f"ArcFace identity embedder: one photo -> a {cfg.embedding_size}-d L2-normalised embedding; photos of the "
+            f"same individual animal lie close (cosine). Backbone `{cfg.backbone}` ({cfg.image_size}px), "
+            f"ArcFace margin m={cfg.margin}, scale s={cfg.scale} over {cfg.num_classes} training identities; {thresholds}"
+        ),
+        metrics=metrics,
+        data=data or "DogFaceNet (aligned dog faces), split by identity: test dogs are never seen in training.",
+        intended_use="Identify a found animal among registered ones (a gallery), or reject it as unknown, for a person to confirm.",
+        limitations=limitations_text(
+            cfg,
+            "A nearest match is a lead, not a proof of identity; the thresholds hold for the gallery size they were calibrated for.",
+        ),
+        training=training,
+        base_model=f"timm/{cfg.backbone}",
+        usage=(
+            "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.arcface.training import embed_paths\n"
+            f"model = AutoModel.from_pretrained('{save_directory}')\n"
+            "embeddings = embed_paths(model, ['dog1.jpg', 'dog2.jpg'])  # (2, E), L2-normalised\n"
+            "print(float(embeddings[0] @ embeddings[1]))  # cosine similarity"
+        ),
+        tags=["image-feature-extraction", "pet-reidentification", "arcface"],
+    )
+
+
+def model_card_metrics(val: dict) -> dict:
+    """Validation metrics (and the gallery calibration's) as the flat `val_*` keys of the model card's front matter."""
+    out = {f"val_{k}": v for k, v in val.items() if k != "calibration"}
+    calibration = val.get("calibration") or {}
+    for key in ("known_accuracy", "unknown_rejection", "open_set_auroc", "score_threshold", "margin_threshold"):
+        if key in calibration:
+            out[f"val_calibration_{key}"] = calibration[key]
+    return out

@@ -35,9 +35,8 @@ import numpy as np
 import torch
 
 from ..data import as_dataset, get_or_create_splits, group_paths, subset_by_identities
-from ..data.samplers import PKBatchSampler
+from ..data.samplers import PKBatchSampler, prefix_group
 from ..fileio import atomic_write_json
-from ..intake.settings import limitations_text
 from ..loading import load_arcface_model
 from ..training import (
     MIXED_PRECISION,
@@ -57,7 +56,6 @@ from ..training import (
     process_state,
     remove_previous_run,
     resolve_mixed_precision,
-    save_with_model_card,
     trainer_arguments,
 )
 from ..transforms import create_transform
@@ -65,16 +63,18 @@ from .calibration import calibrate_gallery_thresholds, store_gallery_thresholds
 from .configuration_arcface import ArcFaceEmbedderConfig
 from .embedding import embed_paths, embed_pooled
 from .modeling_arcface import ArcFaceEmbedderModel
-from .trainer import ArcFaceTrainer, MarginScheduleCallback, compute_recall_metrics, phase_cosine_schedule, recall_metrics
+from .trainer import (
+    ArcFaceTrainer,
+    MarginScheduleCallback,
+    compute_recall_metrics,
+    model_card_metrics,
+    phase_cosine_schedule,
+    recall_metrics,
+    save_with_card,
+)
 
 # `embed_paths` lives in `embedding.py`; it is importable from here too, where the saved model card imports it
-__all__ = [
-    "ArcFaceTrainingConfig",
-    "embed_paths",
-    "model_card_metrics",
-    "save_with_card",
-    "train_arcface",
-]
+__all__ = ["ArcFaceTrainingConfig", "embed_paths", "start_from_embedder", "train_arcface"]
 
 LR_SCHEDULERS = ("cosine_restarts", "reduce_on_plateau")
 HEAD_INITS = ("random", "pca", "pretrained")
@@ -162,60 +162,6 @@ class ArcFaceTrainingConfig:
     def from_dict(cls, values: dict) -> ArcFaceTrainingConfig:
         check_options(cls, values, "arcface-training")
         return cls(**values)
-
-
-# -- saving ------------------------------------------------------------------------------------------
-def save_with_card(
-    model: ArcFaceEmbedderModel,
-    save_directory: str,
-    metrics: dict | None = None,
-    data: str | None = None,
-    training: dict | None = None,
-    weights_dtype: torch.dtype | None = None,
-) -> None:
-    """save_pretrained + a model card (README.md), written atomically; ready for `push_folder_to_hub`."""
-    cfg = model.config
-    thresholds = (
-        f"gallery thresholds calibrated on validation dogs: score {cfg.score_threshold:.3f}, vote margin "
-        f"{cfg.margin_threshold:.3f} (k={cfg.gallery_k}, {cfg.gallery_per_id} photo(s) per dog)."
-        if cfg.score_threshold is not None
-        else "no calibrated gallery thresholds (never rejects as unknown)."
-    )
-    save_with_model_card(
-        model,
-        save_directory,
-        weights_dtype,
-        model_type=cfg.model_type,
-        description=(
-            f"ArcFace identity embedder: one photo -> a {cfg.embedding_size}-d L2-normalised embedding; photos of the "
-            f"same individual animal lie close (cosine). Backbone `{cfg.backbone}` ({cfg.image_size}px), "
-            f"ArcFace margin m={cfg.margin}, scale s={cfg.scale} over {cfg.num_classes} training identities; {thresholds}"
-        ),
-        metrics=metrics,
-        data=data or "DogFaceNet (aligned dog faces), split by identity: test dogs are never seen in training.",
-        intended_use="Identify a found animal among registered ones (a gallery), or reject it as unknown, for a person to confirm.",
-        limitations=limitations_text(
-            cfg,
-            "A nearest match is a lead, not a proof of identity; the thresholds hold for the gallery size they were calibrated for.",
-        ),
-        training=training,
-        base_model=f"timm/{cfg.backbone}",
-        usage=(
-            "import model_pkg\nfrom transformers import AutoModel\nfrom model_pkg.arcface.training import embed_paths\n"
-            f"model = AutoModel.from_pretrained('{save_directory}')\n"
-            "embeddings = embed_paths(model, ['dog1.jpg', 'dog2.jpg'])  # (2, E), L2-normalised\n"
-            "print(float(embeddings[0] @ embeddings[1]))  # cosine similarity"
-        ),
-        tags=["image-feature-extraction", "pet-reidentification", "arcface"],
-    )
-
-
-def identity_group(name: str, groups: dict[str, int]) -> str:
-    """The longest prefix in `groups` that `name` starts with."""
-    matches = [prefix for prefix in groups if name.startswith(prefix)]
-    if not matches:
-        raise ValueError(f"identity {name!r} starts with none of the identity_groups prefixes {sorted(groups)}.")
-    return max(matches, key=len)
 
 
 def start_from_embedder(model: ArcFaceEmbedderModel, path: str) -> None:
@@ -310,7 +256,7 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
         groups, dog_of = cfg.identity_groups, {i: dog for dog, i in class_of.items()}
 
         def group_of(label: int) -> str:
-            return identity_group(dog_of[label], groups)
+            return prefix_group(dog_of[label], groups)
 
     sampler = PKBatchSampler(
         [r["label"] for r in train_rows], cfg.p, cfg.k, seed=cfg.seed, group_p=cfg.identity_groups, group_of=group_of
@@ -423,13 +369,3 @@ def train_arcface(cfg: ArcFaceTrainingConfig) -> dict:
     summary["best_global_step"] = best
     atomic_write_json(summary, os.path.join(cfg.output_dir, "summary.json"))
     return summary
-
-
-def model_card_metrics(val: dict) -> dict:
-    """Validation metrics (and the gallery calibration's) as the flat `val_*` keys of the model card's front matter."""
-    out = {f"val_{k}": v for k, v in val.items() if k != "calibration"}
-    calibration = val.get("calibration") or {}
-    for key in ("known_accuracy", "unknown_rejection", "open_set_auroc", "score_threshold", "margin_threshold"):
-        if key in calibration:
-            out[f"val_calibration_{key}"] = calibration[key]
-    return out

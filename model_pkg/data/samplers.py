@@ -24,7 +24,7 @@ from torch.utils.data import Sampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GallerySplit", "PKBatchSampler", "split_gallery_queries"]
+__all__ = ["GallerySplit", "PKBatchSampler", "prefix_group", "split_gallery_queries"]
 
 
 class PKBatchSampler(Sampler[list[int]]):
@@ -160,6 +160,14 @@ class PKBatchSampler(Sampler[list[int]]):
                     picks = np.concatenate([rng.permutation(photos), rng.choice(photos, self.k - len(photos))])
                 batch.extend(int(i) for i in picks)
             yield batch
+
+
+def prefix_group(name: str, groups: Mapping[str, Any]) -> str:
+    """The group of an identity named `name`: the longest key of `groups` it starts with ("" matches every name)."""
+    matches = [prefix for prefix in groups if name.startswith(prefix)]
+    if not matches:
+        raise ValueError(f"identity {name!r} starts with none of the group prefixes {sorted(groups)}.")
+    return max(matches, key=len)
 
 
 @dataclass

@@ -36,7 +36,7 @@ the CLI).  Everything is importable from ``model_pkg.vector_index``; the size th
 
 from __future__ import annotations
 
-from .build import build_from_embeddings, main
+from .build import build_from_embeddings
 from .faiss_index import (
     apply_search_params,
     build_index,
@@ -117,7 +117,6 @@ __all__ = [
     "configure_pq_training",
     "faiss_metric",
     "kind_of",
-    "main",
     "make_index",
     "nlist_for",
     "pq_m_for",

@@ -1,5 +1,6 @@
 """``python -m model_pkg.gallery build``: a :class:`~.index_folder.VectorIndex` folder built from the sharded
-embeddings of ``python -m model_pkg.embed`` (:func:`build_from_embeddings`, :func:`main`).
+embeddings of ``python -m model_pkg.embed`` (:func:`build_from_embeddings`; the command line is
+``model_pkg/gallery/__main__.py``).
 
 Separate from searching (``index_folder``) because building streams shards from disk, trains on a sample,
 plans memory (on-disk inverted lists) and swaps the finished folder in atomically; none of that is needed
@@ -8,14 +9,11 @@ to search a built index.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,9 @@ import numpy as np
 from ..fileio import sha256_file, swap_folder
 from .faiss_index import make_index, train
 from .index_folder import FORMAT, IDS_FILE, INDEX_FILE, LISTS_FILE, META_FILE, VECTORS_FILE
-from .spec import BUILD_RERANK, KINDS, RERANK_FROM_DISK, VectorIndexError, spec_for_build, train_sample_size
+from .spec import VectorIndexError, spec_for_build, train_sample_size
 
-__all__ = ["build_from_embeddings", "main"]
+__all__ = ["build_from_embeddings"]
 
 
 def _training_sample(emb_dir: Path, n: int, size: int, seed: int, part: tuple[int, int] | None) -> np.ndarray:
@@ -155,71 +153,3 @@ def build_from_embeddings(
         raise
     log(f"wrote {target} in {meta['build_seconds']} s")
     return meta
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``python -m model_pkg.gallery build --embeddings DIR --out DIR [...]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m model_pkg.gallery",
-        description=sys.modules[__name__.rpartition(".")[0]].__doc__,  # the package docstring: index kinds, how a build runs
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build a faiss index folder from sharded embeddings (python -m model_pkg.embed)")
-    b.add_argument("--embeddings", required=True, help="an embeddings folder written by python -m model_pkg.embed")
-    b.add_argument("--out", required=True, help="the index folder to write (replaced atomically if it exists)")
-    b.add_argument("--index", default="auto", choices=("auto", *KINDS), help="index kind (auto: by size, see choose_spec)")
-    b.add_argument(
-        "--nlist",
-        type=int,
-        default=None,
-        help="IVF cells (default: a power of two near sqrt(N) for IVF-PQ, 4 sqrt(N) for IVF-Flat and on-disk lists)",
-    )
-    b.add_argument(
-        "--nprobe", type=int, default=None, help="IVF cells scanned per query (default: a 16th of the cells for IVF-PQ)"
-    )
-    b.add_argument(
-        "--pq-m", type=int, default=None, help="IVF-PQ sub-quantizers (default dim/2 codes of 4 bits; dim/4 bytes on disk)"
-    )
-    disk = b.add_mutually_exclusive_group()
-    disk.add_argument(
-        "--on-disk", dest="on_disk", action="store_true", default=None, help="inverted lists in a memory-mapped file"
-    )
-    disk.add_argument("--in-memory", dest="on_disk", action="store_false", help="never use on-disk inverted lists")
-    b.add_argument(
-        "--rerank",
-        type=int,
-        default=None,
-        help=f"IVF-PQ: re-score k x this many candidates from a float16 copy (default {BUILD_RERANK}, on disk "
-        f"{RERANK_FROM_DISK}; 1: none)",
-    )
-    b.add_argument("--max-memory-gb", type=float, default=None, help="memory the index may use (default: half the machine's)")
-    b.add_argument("--part", default=None, help="I/S: index only every S-th embeddings shard from the I-th (one of S parts)")
-    b.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from ..embedding_store import EmbeddingsError
-
-    part = None
-    if args.part:
-        try:
-            i, count = (int(v) for v in args.part.split("/"))
-        except ValueError:
-            parser.error(f"--part must look like 0/4 (part I of S), got {args.part!r}")
-        part = (i, count)
-    try:
-        return build_from_embeddings(
-            args.embeddings,
-            args.out,
-            args.index,
-            args.nlist,
-            args.nprobe,
-            args.pq_m,
-            args.on_disk,
-            args.max_memory_gb,
-            args.seed,
-            rerank_factor=args.rerank,
-            part=part,
-        )
-    except (VectorIndexError, EmbeddingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
