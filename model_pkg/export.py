@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
-from .data import IMAGE_EXTENSIONS, load_image, load_splits
+from .data import IMAGE_EXTENSIONS, load_splits
 from .fileio import atomic_write, atomic_write_json
 from .modeling_utils import UntrustedModelError, check_model_folder
 from .onnx_check import check_image_graph, relative_error
@@ -51,6 +51,7 @@ from .onnx_runtime import (
     exportable_towers,
     tower_checksum,
 )
+from .photo_batches import PixelLoader, load_photos
 from .transforms import create_transform
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "export_onnx", "main", "quantize_image_tower"]
@@ -119,8 +120,7 @@ def spread(items: Sequence[str], count: int) -> list[str]:
 
 def photo_pixels(backbone: Backbone, paths: Sequence[str]) -> torch.Tensor:
     """Photos -> (N, 3, S, S) through the model's own eval transform (`model_pkg.transforms`)."""
-    transform = create_transform(backbone.data_config, train=False)
-    return torch.stack([transform(load_image(p)) for p in paths])
+    return torch.stack(load_photos(paths, PixelLoader(create_transform(backbone.data_config, train=False)))[0])
 
 
 # -- the graphs ----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .backbones import Backbone, create_backbone
 from .data import load_image, nearest_identities
 from .fileio import atomic_save_npy, cache_dir
+from .photo_batches import PixelLoader, load_photos
 from .transforms import create_transform
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def compute_tokens(
     t, d = backbone.token_shape(layer)
 
     def embed(batch):
-        pixels = torch.stack([transform(load_image(p)) for p in batch["image_path"]])
+        pixels = torch.stack(load_photos(batch["image_path"], PixelLoader(transform))[0])
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         return {"tokens": backbone.forward_tokens(pixels, layer).to(torch.float16).numpy()}
 

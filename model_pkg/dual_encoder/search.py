@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import ImageLoadError, load_image
 from ..gallery.index import VectorStore
 from ..modeling_utils import model_identity
+from ..photo_batches import PixelLoader, embed_batches
 from ..transforms import create_transform
 from .modeling_dual_encoder import DualEncoderModel
 
@@ -102,31 +102,25 @@ def embed_images(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Photos -> (embeddings (N, P) float32 of the readable ones, their paths, [(path, reason)] skipped)."""
-    transform = create_transform(model.vision_model.backbone.data_config, train=False)
+    load = PixelLoader(create_transform(model.vision_model.backbone.data_config, train=False))
     was_training = model.training
     model.eval()
     device = model.logit_scale.device
-    out, kept, skipped = [], [], []
     paths = [os.fspath(p) for p in image_paths]
+
+    def embed(pixels: list) -> np.ndarray:
+        return model.get_image_features(torch.stack(pixels).to(device)).float().cpu().numpy()
+
     try:
-        for start in range(0, len(paths), batch_size):
-            pixels = []
-            for path in paths[start : start + batch_size]:
-                try:
-                    pixels.append(transform(load_image(path)))
-                    kept.append(path)
-                except (ImageLoadError, OSError) as err:
-                    skipped.append((path, str(err)))
-            if pixels:
-                out.append(model.get_image_features(torch.stack(pixels).to(device)).float().cpu().numpy())
-            if progress is not None:
-                progress(min(start + batch_size, len(paths)), len(paths))
+        out = embed_batches(
+            paths, embed, load=load, batch_size=batch_size, on_error="skip", progress=progress, dim=model.config.projection_dim
+        )
     finally:
         model.train(was_training)
+    skipped = [(paths[i], reason) for i, reason in out.skipped]
     for path, reason in skipped:
         logger.warning("skipped unreadable image %s: %s", path, reason)
-    emb = np.concatenate(out) if out else np.zeros((0, model.config.projection_dim), np.float32)
-    return emb, kept, skipped
+    return out.vectors, [paths[i] for i in out.kept], skipped
 
 
 class ImageSearchEngine:

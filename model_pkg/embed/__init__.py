@@ -41,9 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import load_image
 from ..data.folders import IMAGE_EXTENSIONS
-from ..data.images import ImageLoadError
 from ..embedding_store import (
     FORMAT,
     FORMAT_VERSION,
@@ -60,6 +58,7 @@ from ..embedding_store import (
     write_shard,
 )
 from ..modeling_utils import model_identity
+from ..photo_batches import PixelLoader, embed_batches
 from ..transforms import create_transform
 
 logger = logging.getLogger(__name__)
@@ -137,51 +136,24 @@ def list_photos(images: str | os.PathLike) -> list[Photo]:
 # --------------------------------------------------------------------------- #
 # Embedding
 # --------------------------------------------------------------------------- #
-class _PhotoDataset(torch.utils.data.Dataset):
-    def __init__(self, photos: Sequence[Photo], transform) -> None:
-        self.photos = photos
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
-        try:
-            return i, self.transform(load_image(self.photos[i].path))
-        except (ImageLoadError, OSError) as exc:
-            logger.warning("skipping %s: %s", self.photos[i].path, exc)
-            return i, None
-
-
-def _collate(items):
-    ok = [(i, x) for i, x in items if x is not None]
-    bad = [i for i, x in items if x is None]
-    pixels = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], bad, pixels
-
-
 @torch.no_grad()
 def _embed_shard(model, photos: Sequence[Photo], device, batch_size: int, num_workers: int):
-    loader = torch.utils.data.DataLoader(
-        _PhotoDataset(photos, create_transform(model.backbone.data_config, train=False)),
+    def embed(pixels: list) -> np.ndarray:
+        batch = torch.stack(pixels).to(device).contiguous(memory_format=torch.channels_last)  # ~3x faster convolutions on CPU
+        return model.get_image_features(pixel_values=batch).float().cpu().numpy()  # (B, E), L2-normalised
+
+    out = embed_batches(
+        [p.path for p in photos],
+        embed,
+        load=PixelLoader(create_transform(model.backbone.data_config, train=False)),
         batch_size=batch_size,
+        on_error="skip",
         num_workers=num_workers,
-        collate_fn=_collate,
+        dim=int(model.config.embedding_size),
     )
-    rows: list[int] = []
-    failed: list[str] = []
-    chunks: list[np.ndarray] = []
-    for idx, bad, pixels in loader:
-        failed.extend(photos[i].id for i in bad)
-        if pixels is None:
-            continue
-        pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)  # ~3x faster convolutions on CPU
-        emb = model.get_image_features(pixel_values=pixels)  # (B, E), L2-normalised
-        chunks.append(emb.float().cpu().numpy())
-        rows.extend(idx)
-    dim = int(model.config.embedding_size)
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return [photos[i] for i in rows], vectors, failed
+    for i, reason in out.skipped:
+        logger.warning("skipping %s: %s", photos[i].path, reason)
+    return [photos[i] for i in out.kept], out.vectors, [photos[i].id for i, _ in out.skipped]
 
 
 def _load_model(path: str | os.PathLike):

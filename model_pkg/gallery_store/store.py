@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_image
 from ..gallery import GalleryIndex, GalleryMismatchError
 from ..intake.embedding import embed_photos as intake_embed_photos
 from ..intake.embedding import model_fusion
 from ..intake.photo_intake import IntakeResult
+from ..photo_batches import check_photos
 from .audit import read_audit
 from .folder import GalleryFolder, ProgressFn
 from .identification import GalleryMatch, Identification, kind_thresholds
@@ -187,8 +187,7 @@ class PhotoGallery:
         note = check_note(note)
         if not photos:
             raise ValueError(f"Upload at least one photo of {name} to register it.")
-        for photo in photos:
-            load_image(photo)
+        check_photos(photos)
         # Photos go to new unique files and are embedded outside the locks: other registrations and
         # identifications go on meanwhile. Only adding to the index and saving it are serialised.
         stored = [self.folder.store_photo(photo, name) for photo in photos]

@@ -12,6 +12,7 @@ embeddings only (`fused` and `gallery` are then those), as before the intake exi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..data.images import ImageSource, load_image
+from ..photo_batches import embed_batches, load_photos
 from ..transforms import create_transform
 from .fusion import fused_vectors, gallery_vectors
 from .photo_intake import IntakeResult, PhotoIntake
@@ -100,17 +102,16 @@ def embed_photos(
     model work. Photos the intake would have reshot are embedded all the same (their `intake[i].reshoot` says
     why): the caller decides (the app refuses them, the evaluation scores them as they are). `keep_pixels=False`
     drops each photo's pixels once it is embedded (`intake[i].image` / `.crop` are None), for thousands of photos."""
-    images: list = [load_image(p, max_side=MAX_SIDE) for p in photos] if keep_pixels else list(photos)
+    load = functools.partial(load_image, max_side=MAX_SIDE)
+    images: list = load_photos(photos, load)[0] if keep_pixels else list(photos)
     if model.training:  # eval() walks every module: not on each request
         model.eval()
     intake = model_intake(model)
     fusion = model_fusion(model)
     results: list[IntakeResult] = []
-    trained, untrained = [], []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        if not keep_pixels:
-            chunk = [load_image(p, max_side=MAX_SIDE) for p in chunk]
+    untrained: list[np.ndarray] = []
+
+    def embed_chunk(chunk: list) -> np.ndarray:
         if intake is not None:
             seen = intake(chunk)
             untrained.append(np.stack([r.features for r in seen]))
@@ -126,16 +127,16 @@ def embed_photos(
             rows.append(flat[at : at + n].sum(0))
             at += n
         emb = np.stack(rows)
-        trained.append(emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12))
         if not keep_pixels:
             for r in seen:
                 r.image = r.crop = None
-        if progress is not None:
-            progress(min(start + batch_size, len(images)), len(images))
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+
+    trained = embed_batches(images, embed_chunk, load=None if keep_pixels else load, batch_size=batch_size, progress=progress)
     if not images:
         empty = np.zeros((0, vector_size(model)), np.float32)
         return PhotoVectors([], empty, empty, empty, empty)
-    t = np.concatenate(trained).astype(np.float32)
+    t = trained.vectors.astype(np.float32)
     if intake is None:
         return PhotoVectors(results, t, np.zeros((len(t), 0), np.float32), t, t)
     u = np.concatenate(untrained).astype(np.float32)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import load_image, pad_sets
+from ..data import pad_sets
 from ..intake.embedding import embed_photos, model_fusion, model_intake
 from ..intake.fusion import DECISION_THRESHOLD, decide_pair
+from ..photo_batches import PixelLoader, load_photos
 from ..transforms import create_transform
 from .modeling_pair_matcher import PairMatcherModel
 
@@ -55,9 +56,9 @@ def match_sets(model: PairMatcherModel, photos_a, photos_b, max_set_size: int = 
             raise ValueError(f"Set {side} has {len(photos)} photos; at most {max_set_size} are compared at once.")
     if model_fusion(model) is not None:
         return _match_fused(model, photos_a, photos_b)
-    transform = create_transform(model.data_config, train=False)
-    pixels_a, mask_a = pad_sets([torch.stack([transform(load_image(p)) for p in photos_a])])
-    pixels_b, mask_b = pad_sets([torch.stack([transform(load_image(p)) for p in photos_b])])
+    load = PixelLoader(create_transform(model.data_config, train=False))
+    pixels_a, mask_a = pad_sets([torch.stack(load_photos(photos_a, load)[0])])
+    pixels_b, mask_b = pad_sets([torch.stack(load_photos(photos_b, load)[0])])
     model.eval()
     tokens_a = model.embed_photos(pixels_a[0])  # (N, T, D), each photo through the backbone once
     tokens_b = model.embed_photos(pixels_b[0])

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.loading": MODELS,
     "model_pkg.losses": MODELS,
     "model_pkg.batching": MODELS,
+    "model_pkg.photo_batches": MODELS,  # photos -> vectors: loading, batching, the failure policy, progress
     "model_pkg.stand_in": MODELS,  # what a backbone / text tower knows of ONNX Runtime: a stand-in, attached from outside
     "model_pkg.onnx_runtime": MODELS,
     "model_pkg.onnx_check": MODELS,
