@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         help="whole dogs: all 95 MPDD dogs, or the 47 of the all-pets split's val",
     )
     parser.add_argument("--variants", default="imagenet,trained alone,shipped", help="comma-separated subset of the rows")
+    parser.add_argument(
+        "--gallery-only", action="store_true", help="the gallery protocol only (an embedder without its own pair matcher)"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--json", required=True, help="results file; with --kinds, the other kinds' rows already there are kept")
     parser.add_argument("--kinds", default=None, help="comma-separated subset of dog_face,dog_body,cat_face,cat_body,mixed")
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "dogfacenet_split": args.dogfacenet_split,
         "mpdd": args.mpdd,
+        "gallery_only": args.gallery_only,
         "embedder": args.embedder,
         "matcher": args.matcher,
         "seeds": seeds,
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             with variant(gallery_models[name], name) as model:
                 gallery = [evaluate_gallery_protocol(model, folder, 1, 0.2, seed) for seed in seeds]
             row = mean_of(gallery, ("rank1", "open_set_auroc", "known_accuracy", "unknown_rejection"))
-            if kind != "mixed":
+            if kind != "mixed" and not args.gallery_only:
                 with variant(pair_models[name], name) as model:
                     pairs = [evaluate_pair(model, folder, set_size=1, pairs=1000, seed=seed) for seed in seeds]
                 row.update({f"pair_{k}": v for k, v in mean_of(pairs, ("roc_auc", "accuracy", "best_accuracy")).items()})

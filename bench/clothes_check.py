@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_all_pets_embedder import load  # bench/ is the script's own folder
 from PIL import Image, ImageDraw
 
 from model_pkg.fileio import atomic_write_json
-from model_pkg.loading import load_arcface_model
 from model_pkg.transforms import create_transform
 
 DATA = Path(os.environ.get("PETMATCH_DATA", "../shared/data")) / "mpdd"
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     names = args.models.split(",")
-    models = [load_arcface_model(n).eval() for n in names]
+    models = [load(n).eval() for n in names]
     for model in models:
         model.config.intake = model.config.fusion = None
     size = 160
