@@ -12,7 +12,8 @@ import torch
 
 from model_pkg.arcface import ArcFaceEmbedderConfig, ArcFaceEmbedderModel
 from model_pkg.dual_encoder import DualEncoderConfig, DualEncoderModel
-from model_pkg.export import export_onnx, list_photos, main, photo_pixels, spread
+from model_pkg.export import export_onnx, list_photos, photo_pixels, spread
+from model_pkg.export.__main__ import main
 from model_pkg.onnx_runtime import ExportError, OnnxTower, onnx_tower, tower_checksum
 
 pytest.importorskip("onnxruntime")

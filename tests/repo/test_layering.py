@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.onnx_runtime": MODELS,
     "model_pkg.onnx_check": MODELS,
     "model_pkg.onnx_quantization": MODELS,
+    "model_pkg.export": MODELS,  # the exporter (library); its command line is `model_pkg.export.__main__`
     "model_pkg.intake": MODELS,
     "model_pkg.align": MODELS,
     "model_pkg.arcface": MODELS,
@@ -73,7 +74,7 @@ LAYERS: dict[str, int] = {
     "model_pkg.dual_encoder.training": TRAINING,
     # command lines
     "model_pkg.evaluate": COMMAND_LINES,
-    "model_pkg.export": COMMAND_LINES,
+    "model_pkg.export.__main__": COMMAND_LINES,
     "model_pkg.match": COMMAND_LINES,
     "model_pkg.embed.__main__": COMMAND_LINES,
     "model_pkg.gallery.__main__": COMMAND_LINES,
