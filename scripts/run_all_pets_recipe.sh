@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# 1. The tree (DogFaceNet faces + MPDD squashed to 224 px) and its split: MPDD halved, 48 train / 47 val dogs.
-python scripts/prepare_all_pets.py
+# 1. The tree (DogFaceNet faces + MPDD squashed to 224 px) and its split: MPDD halved, 48 train / 47 val dogs; with
+#    --cat-folds also the tree with the 12 cats and a split per fold of 6 cats (step 2c).
+python scripts/prepare_all_pets.py --cat-folds
 # 2a. Stages 5-6 + head on cached 160 px activations, kind-balanced batches (12 face dogs + 4 whole dogs), starting
 #     from models/arcface-embedder (~7 min of caches, then 2,400 steps at ~4 steps/s; early stopping ends it at 1,500).
 python train/run.py --task arcface --config train/configs/arcface_all_pets_cpu.yaml
@@ -14,6 +15,17 @@ python train/run.py --task arcface --config train/configs/arcface_all_pets_cpu.y
 python train/run.py --task arcface --config train/configs/arcface_all_pets_cpu.yaml --set output_dir=runs/arcface-all-pets-head \
     --set model.activation_stage=null --set frozen_steps=1200 --set finetune_steps=0 --set frozen_margin=0.3 \
     --set learning_rate=0.0003 --set eval_steps=200 --set margin_ramp_steps=0
+# 2c. The same with 6 of the cats (two folds, each measured on the other 6 cats: bench/bench_cat_folds.py).
+for fold in A B; do
+  mkdir -p runs/arcface-all-pets-cats-$fold  # both folds embed the same photos: B reuses A's pooled features
+  if [ $fold = B ]; then cp -rn runs/arcface-all-pets-cats-A/feature_cache runs/arcface-all-pets-cats-B/; fi
+  python train/run.py --task arcface --config train/configs/arcface_all_pets_cpu.yaml --set data_dir=runs/all-pets-cats-data \
+      --set splits_file=runs/all_pets_cats_$fold.json --set output_dir=runs/arcface-all-pets-cats-$fold \
+      --set model.activation_stage=null --set frozen_steps=1200 --set finetune_steps=0 --set frozen_margin=0.3 \
+      --set learning_rate=0.0003 --set eval_steps=200 --set margin_ramp_steps=0 \
+      --set 'identity_groups={"dfn-": 10, "mpdd-": 4, "cat-": 2}'
+done
+python bench/bench_cat_folds.py --json bench/results/cat_folds.json
 # 3. The trained embedding alone, per kind, on the split's validation dogs; what each looks at on dogs in clothes.
 python bench/bench_all_pets_embedder.py --json bench/results/all_pets_embedder.json \
     --models models/arcface-embedder,runs/arcface-all-pets/checkpoints/checkpoint-300,runs/arcface-all-pets-head/model
