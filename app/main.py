@@ -63,7 +63,7 @@ from app.server import create_server  # noqa: E402
 from app.session_gallery import SessionGallery  # noqa: E402
 from app.settings import log, parse_settings  # noqa: E402
 from app.shown_images import KIND_WORDS, intake_view, thumbnail  # noqa: E402
-from app.uploads import check_count, check_formats, ui_error, upload_paths  # noqa: E402
+from app.uploads import check_count, check_formats, checked_uploads, ui_error, upload_paths  # noqa: E402
 from model_pkg.data import ImageLoadError  # noqa: E402
 from model_pkg.gallery_store.records import UnknownAnimalError  # noqa: E402
 from model_pkg.gallery_store.store import PhotoGallery  # noqa: E402
@@ -219,9 +219,7 @@ def register(name, files, species="dog", note="", add_to_existing=False, request
     """Staff: a name and 1-20 photos -> a new animal in the shared gallery (saved to disk), or more photos of the
     animal of that name when `add_to_existing` is ticked; a registered name without it is refused with a question."""
     g = _require_gallery()
-    photos = upload_paths(files)
-    check_count(photos, "upload")
-    check_formats(photos)
+    photos = checked_uploads(files, "upload")
     try:
         name = PhotoGallery.check_name(name)
         holder = g.find_name(name)
@@ -248,9 +246,7 @@ def register(name, files, species="dog", note="", add_to_existing=False, request
 def register_in_session(name, files, session, progress=gr.Progress()):
     """Demo mode: a name and 1-20 photos -> registered in the visitor's private gallery, created on first use."""
     g = _require_gallery()
-    photos = upload_paths(files)
-    check_count(photos, "upload")
-    check_formats(photos)
+    photos = checked_uploads(files, "upload")
     try:
         name = PhotoGallery.check_name(name)
         if session is None:

@@ -13,7 +13,7 @@ from app.settings import log
 from model_pkg.data import ImageLoadError
 from model_pkg.data.images import check_upload
 
-__all__ = ["MAX_PHOTOS", "check_count", "check_formats", "checked", "ui_error", "upload_paths", "uploads_only"]
+__all__ = ["MAX_PHOTOS", "check_count", "check_formats", "checked", "checked_uploads", "ui_error", "upload_paths", "uploads_only"]
 
 MAX_PHOTOS = 20
 
@@ -80,6 +80,14 @@ def checked(fn, *file_positions: int):
     wrapped = uploads_only(fn)
     wrapped.file_args.update(file_positions)
     return wrapped
+
+
+def checked_uploads(files, what: str) -> list[str]:
+    """The paths of one set of uploads, 1 to MAX_PHOTOS of them, each a JPEG, PNG or WEBP; or a gr.Error."""
+    photos = upload_paths(files)
+    check_count(photos, what)
+    check_formats(photos)
+    return photos
 
 
 def check_count(photos: list[str], what: str) -> None:

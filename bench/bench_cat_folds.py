@@ -30,10 +30,10 @@ KINDS = {"cat faces": "faces", "cats in photos": "photos"}
 
 
 def fold_metrics(model, cats: list[str], folder: str) -> tuple[dict, int]:
-    cats = [c for c in cats if (DATA / folder / c).is_dir()]
-    paths = [str(p) for c in cats for p in sorted((DATA / folder / c).glob("*.jpg"))]
-    identities = np.array([i for i, c in enumerate(cats) for _ in sorted((DATA / folder / c).glob("*.jpg"))])
-    return recall_metrics(embed_paths(model, paths), identities), len(paths) - len(cats)
+    photos = {c: sorted(str(p) for p in (DATA / folder / c).glob("*.jpg")) for c in cats if (DATA / folder / c).is_dir()}
+    paths = [p for ps in photos.values() for p in ps]
+    identities = np.array([i for i, ps in enumerate(photos.values()) for _ in ps])
+    return recall_metrics(embed_paths(model, paths), identities), len(paths) - len(photos)
 
 
 def main(argv=None) -> dict:

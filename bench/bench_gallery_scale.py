@@ -172,7 +172,7 @@ def cmd_speed(args) -> dict:
         t = time.perf_counter()
         g.build_approximate()  # the index chosen for this size (also below the gallery's own threshold)
         build = time.perf_counter() - t
-        index, spec = g._active_index(), g.approximate_spec
+        index, spec = g.store._active_index(), g.approximate_spec  # the store's index the gallery searches
         knob = "nprobe" if spec.kind.startswith("ivf") else "ef_search"
         for value in args.gallery_knob or [getattr(spec, knob)]:  # the default, or the values asked for
             setattr(spec, knob, value)

@@ -45,9 +45,8 @@ def embed(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def occlusion_map(model, photo: Image.Image, target: torch.Tensor) -> np.ndarray:
-    transform = create_transform(model.backbone.data_config, train=False)
-    x = transform(photo)[None]
+def occlusion_map(model, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """x: (1, 3, H, W) the photo as the model sees it."""
     base = float(embed(model, x)[0] @ target)
     size = x.shape[-1]
     step = size // GRID
@@ -117,7 +116,7 @@ def main(argv=None) -> dict:
         for c, (name, model) in enumerate(zip(names, models), start=1):
             transform = create_transform(model.backbone.data_config, train=False)
             target = torch.nn.functional.normalize(embed(model, torch.stack([transform(o) for o in others])).mean(0), dim=0)
-            heat = occlusion_map(model, photo, target)
+            heat = occlusion_map(model, transform(photo)[None], target)
             share = clothes_share(heat, box)
             report["dogs"][dog][name] = {"clothes_share": round(share, 3), "map": heat.round(4).tolist()}
             sheet.paste(overlay(photo, heat, size), (c * size, y + 14))

@@ -127,9 +127,6 @@ class GalleryIndex:
     build_approximate = _store_method("build_approximate")
     search = _store_method("search")
 
-    def _active_index(self) -> Any:  # bench/bench_gallery_scale.py times the index searched
-        return self.store._active_index()
-
     # --------------------------------------------------------------- deciding
     def classify(self, queries: np.ndarray, k: int = 20, thresholds: Thresholds | None = None) -> list[Prediction]:
         """Identify each query by 1/d-weighted voting over its ``k`` nearest gallery photos.
